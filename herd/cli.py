@@ -1,0 +1,117 @@
+"""The `herd` command: a thin shell over the library.
+
+Each subcommand parses, calls one library function, prints. Library errors
+(`HerdError`) become one clean line on stderr and exit 1, never a traceback.
+Feature packages add their own subcommands through a `register(sub, common)`
+function (see `COMMAND_MODULES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from herd import __version__
+from herd.errors import HerdError
+from herd.settings import SETTINGS
+
+#: Modules that contribute subcommands. Each has `register(sub, common)`.
+COMMAND_MODULES = (
+    "herd.manifest.commands",
+    "herd.router.commands",
+    "herd.bundle.commands",
+)
+
+EPILOG = """\
+examples:
+  herd validate etc/fleet.yaml          check a manifest, one line per error
+  herd plan etc/fleet.yaml              what would change
+  herd apply etc/fleet.yaml --yes       record it; the router reloads by itself
+  herd serve                            run the router on router.listen
+  herd sim --port 11434                 a simulated Ollama node for demos
+  herd bundle import /media/usb/site-2026-11
+
+every command takes --state-dir DIR (env HERD_STATE_DIR); see `herd CMD --help`.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples in epilogs laid out as written."""
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand takes (declared once, in herd.settings)."""
+    common = argparse.ArgumentParser(add_help=False)
+    for setting in SETTINGS:
+        setting.add_to(common)
+    return common
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    examples: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+    json_flag: bool = False,
+) -> argparse.ArgumentParser:
+    """Add one subcommand whose help ends with its examples."""
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog="examples:\n" + examples.rstrip() + "\n",
+        formatter_class=HelpFormatter,
+        parents=list(parents),
+    )
+    if json_flag:
+        parser.add_argument(
+            "--json", action="store_true", help="print machine-readable JSON"
+        )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herd",
+        description="herd: a private, declarative inference fleet for air-gapped "
+        "sites.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"herd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = common_parser()
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub, common)
+    return parser
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except HerdError as ex:
+        print(f"herd {args.command}: {ex}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"herd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

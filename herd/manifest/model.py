@@ -1,0 +1,257 @@
+"""The fleet manifest as frozen objects, built from an already validated document.
+
+The JSON Schema (schemas/fleet.schema.json) is the one truth about the manifest's
+shape; this module only turns a validated document into typed, immutable values
+and answers questions about it (which model a name means, which nodes a model is
+placed on). Defaults live in the schema (`default`) and are applied here from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_PORT = 11435
+
+
+def normalize_model_name(name: str) -> str:
+    """Ollama's short form: `llama3` means `llama3:latest`; case-insensitive."""
+    name = name.strip().lower()
+    if name.startswith("registry.ollama.ai/library/"):
+        name = name[len("registry.ollama.ai/library/") :]
+    elif name.startswith("library/"):
+        name = name[len("library/") :]
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else name + ":latest"
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `requests_per_minute` sustained, `burst` at once."""
+
+    requests_per_minute: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class Client:
+    """A group of callers, known by source network and optionally a token."""
+
+    name: str
+    networks: tuple[IPNetwork, ...]
+    #: Declared model names (canonical); empty means every declared model.
+    models: tuple[str, ...] = ()
+    token_sha256: str | None = None
+    rate_limit: RateLimit | None = None
+
+    def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in net for net in self.networks)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_mb: float = 32.0
+    request_timeout_s: float = 600.0
+    queue_timeout_s: float = 30.0
+    #: Requests allowed to wait per node when every slot is busy.
+    queue_depth: int = 64
+    connect_timeout_s: float = 3.0
+    first_byte_timeout_s: float = 120.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class Router:
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    clients: tuple[Client, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    url: str
+    labels: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class Discovery:
+    mdns_enabled: bool = False
+    mdns_networks: tuple[IPNetwork, ...] = ()
+    #: Path of an allowed_signers-style file with node agent keys (heartbeats).
+    node_keys: str | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model may run: an explicit node list or a label selector."""
+
+    nodes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    replicas: int | None = None
+
+    def matches(self, node: Node) -> bool:
+        if self.nodes:
+            return node.name in self.nodes
+        return all(node.labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    aliases: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    place: Placement = field(default_factory=Placement)
+    #: Ollama keep_alive to send with requests: "5m", "-1" (forever), "0"...
+    keep_loaded: str | None = None
+    bundle: str | None = None
+
+
+@dataclass(frozen=True)
+class Bundles:
+    trusted_signers: str | None = None
+    require_scan: bool = True
+    store: str | None = None
+    scan_command: str | None = None
+
+
+@dataclass(frozen=True)
+class Audit:
+    retention_days: int = 90
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """One validated manifest. Lookups are precomputed once at load."""
+
+    name: str
+    router: Router
+    nodes: tuple[Node, ...]
+    models: tuple[Model, ...]
+    discovery: Discovery = field(default_factory=Discovery)
+    bundles: Bundles = field(default_factory=Bundles)
+    audit: Audit = field(default_factory=Audit)
+    _names: Mapping[str, Model] = field(
+        default_factory=lambda: _frozen({}), repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        names: dict[str, Model] = {}
+        for model in self.models:
+            names[normalize_model_name(model.name)] = model
+            for alias in model.aliases:
+                names.setdefault(alias.strip().lower(), model)
+                names.setdefault(normalize_model_name(alias), model)
+        object.__setattr__(self, "_names", MappingProxyType(names))
+
+    def resolve(self, requested: str) -> Model | None:
+        """The declared model a request's name (or alias) means, else None."""
+        key = requested.strip().lower()
+        return self._names.get(key) or self._names.get(normalize_model_name(key))
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def nodes_for(self, model: Model) -> tuple[Node, ...]:
+        """Nodes the manifest places `model` on, in manifest order."""
+        return tuple(n for n in self.nodes if model.place.matches(n))
+
+    def client_for(
+        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> Client | None:
+        """The first client group whose networks contain `address`."""
+        return next((c for c in self.router.clients if c.admits(address)), None)
+
+
+def _networks(values: list[str] | None) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values or ())
+
+
+def build_fleet(doc: Mapping[str, Any]) -> Fleet:
+    """Turn a schema-valid manifest document into a `Fleet`.
+
+    Assumes `herd.manifest.schema` validation has passed: missing optional keys
+    take the dataclass defaults (which mirror the schema's `default`s; a test
+    keeps the two in step).
+    """
+    router_doc = doc.get("router") or {}
+    limits = Limits(**(router_doc.get("limits") or {}))
+    clients = tuple(
+        Client(
+            name=c["name"],
+            networks=_networks(c.get("networks")),
+            models=tuple(normalize_model_name(m) for m in c.get("models") or ()),
+            token_sha256=(c.get("token_sha256") or None),
+            rate_limit=RateLimit(**c["rate_limit"]) if c.get("rate_limit") else None,
+        )
+        for c in router_doc.get("clients") or ()
+    )
+    router = Router(
+        listen=router_doc.get("listen", Router.listen), clients=clients, limits=limits
+    )
+    nodes = tuple(
+        Node(
+            name=n["name"],
+            url=n["url"].rstrip("/"),
+            labels=_frozen(n.get("labels")),
+            max_concurrency=n.get("max_concurrency", Node.max_concurrency),
+        )
+        for n in doc.get("nodes") or ()
+    )
+    models = tuple(
+        Model(
+            name=normalize_model_name(m["name"]),
+            aliases=tuple(m.get("aliases") or ()),
+            fallbacks=tuple(normalize_model_name(f) for f in m.get("fallbacks") or ()),
+            place=Placement(
+                nodes=tuple((m.get("place") or {}).get("nodes") or ()),
+                labels=_frozen((m.get("place") or {}).get("labels")),
+                replicas=(m.get("place") or {}).get("replicas"),
+            ),
+            keep_loaded=_keep_alive(m.get("keep_loaded")),
+            bundle=m.get("bundle"),
+        )
+        for m in doc.get("models") or ()
+    )
+    mdns = (doc.get("discovery") or {}).get("mdns") or {}
+    discovery = Discovery(
+        mdns_enabled=bool(mdns.get("enabled", False)),
+        mdns_networks=_networks(mdns.get("networks")),
+        node_keys=(doc.get("discovery") or {}).get("node_keys"),
+    )
+    b = doc.get("bundles") or {}
+    bundles = Bundles(
+        trusted_signers=b.get("trusted_signers"),
+        require_scan=b.get("require_scan", Bundles.require_scan),
+        store=b.get("store"),
+        scan_command=b.get("scan_command"),
+    )
+    audit = Audit(**(doc.get("audit") or {}))
+    return Fleet(
+        name=(doc.get("metadata") or {})["name"],
+        router=router,
+        nodes=nodes,
+        models=models,
+        discovery=discovery,
+        bundles=bundles,
+        audit=audit,
+    )
+
+
+def _keep_alive(value: Any) -> str | None:
+    """`keep_loaded: true` pins the model (-1); a string is an Ollama duration."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "-1"
+    return str(value)

@@ -1,0 +1,348 @@
+"""The state store: SQLite (through sqlite-utils) in WAL mode, plus the `current` pointer.
+
+Tables: `revisions` (every applied manifest, verbatim), `audit` (every apply,
+rollback, bundle import/refusal/removal...). Components that need tables of
+their own call `Store.ensure(namespace, migrations)`; each namespace keeps its
+own schema version in `_migrations`, so features migrate independently.
+
+How a running router notices a new revision: after a revision is committed the
+store replaces `STATE_DIR/current.json` atomically (write temp, fsync, rename).
+It holds the revision number, its sha256, the manifest text and the directory
+relative paths in it resolve against. The router stats that one file (cheap) and
+reloads when its inode or mtime changes; a half-written pointer is impossible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from herd.errors import StateError
+
+DB_NAME = "herd.db"
+POINTER_NAME = "current.json"
+BUSY_TIMEOUT_S = 30.0
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    db["revisions"].create(
+        {
+            "id": int,
+            "created": str,
+            "user": str,
+            "action": str,
+            "sha256": str,
+            "summary": str,
+            "source": str,
+            "base_dir": str,
+            "rollback_of": int,
+            "manifest": bytes,
+        },
+        pk="id",
+        not_null={"created", "user", "action", "sha256", "manifest"},
+    )
+    db["audit"].create(
+        {
+            "id": int,
+            "time": str,
+            "user": str,
+            "action": str,
+            "revision": int,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"time", "user", "action"},
+    )
+    db["audit"].create_index(["time"])
+
+
+CORE_MIGRATIONS: tuple[Migration, ...] = (_m1_core,)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def current_user() -> str:
+    """The OS user running the command, as recorded in revisions and audit."""
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    return str(os.getuid())
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Revision:
+    id: int
+    created: str
+    user: str
+    action: str
+    sha256: str
+    summary: str
+    source: str
+    base_dir: str
+    rollback_of: int | None
+    manifest: bytes
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Revision:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What `current.json` says: the revision a router should serve."""
+
+    revision: int
+    sha256: str
+    base_dir: str
+    manifest: str
+
+
+class Store:
+    """One state directory. Cheap to open; open one per process or per thread."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, create: bool = True):
+        self.dir = Path(state_dir)
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        elif not (self.dir / DB_NAME).exists():
+            raise StateError(
+                f"no herd state in {self.dir} (run `herd apply FILE` first, "
+                "or pass --state-dir)"
+            )
+        conn = sqlite3.connect(
+            self.dir / DB_NAME, timeout=BUSY_TIMEOUT_S, isolation_level=None
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.ensure("core", CORE_MIGRATIONS)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- schema ------------------------------------------------------------
+
+    def ensure(self, namespace: str, migrations: Sequence[Migration]) -> None:
+        """Bring `namespace`'s tables up to date; safe from several processes."""
+        with self.transaction():
+            if "_migrations" not in self.db.table_names():
+                self.db["_migrations"].create(
+                    {"namespace": str, "version": int}, pk="namespace"
+                )
+            row = self.db.execute(
+                "SELECT version FROM _migrations WHERE namespace = ?", [namespace]
+            ).fetchone()
+            done = row[0] if row else 0
+            if done > len(migrations):
+                raise StateError(
+                    f"state in {self.dir} was written by a newer herd "
+                    f"({namespace} schema v{done}); upgrade herd"
+                )
+            for migration in migrations[done:]:
+                migration(self.db)
+            if len(migrations) != done:
+                self.db["_migrations"].upsert(
+                    {"namespace": namespace, "version": len(migrations)},
+                    pk="namespace",
+                )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """BEGIN IMMEDIATE: one writer at a time, others wait up to the busy timeout."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as ex:
+            raise StateError(f"state store {self.dir} is busy: {ex}") from ex
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- audit -------------------------------------------------------------
+
+    def audit(
+        self,
+        action: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        revision: int | None = None,
+        user: str | None = None,
+    ) -> None:
+        """Append one audit row. Never put prompts or response text in `detail`."""
+        self.db["audit"].insert(
+            {
+                "time": now_iso(),
+                "user": user or current_user(),
+                "action": action,
+                "revision": revision,
+                "detail": json.dumps(detail or {}, sort_keys=True),
+            }
+        )
+
+    def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit]
+            )
+        )
+
+    def prune_audit(self, retention_days: int) -> int:
+        cutoff = (
+            dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)
+        ).isoformat(timespec="seconds").replace("+00:00", "Z")
+        cur = self.db.execute("DELETE FROM audit WHERE time < ?", [cutoff])
+        return cur.rowcount
+
+    # -- revisions ---------------------------------------------------------
+
+    def head(self) -> Revision | None:
+        row = self.db.execute(
+            "SELECT * FROM revisions ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return self._revision(row)
+
+    def revision(self, rev: int) -> Revision:
+        row = self.db.execute("SELECT * FROM revisions WHERE id = ?", [rev]).fetchone()
+        found = self._revision(row)
+        if found is None:
+            raise StateError(f"no revision {rev} (see `herd history`)")
+        return found
+
+    def revisions(self) -> list[Revision]:
+        rows = self.db.execute("SELECT * FROM revisions ORDER BY id").fetchall()
+        return [r for r in (self._revision(row) for row in rows) if r]
+
+    def _revision(self, row: tuple | None) -> Revision | None:
+        if row is None:
+            return None
+        cols = [d[0] for d in self.db.execute("SELECT * FROM revisions LIMIT 0").description]
+        return Revision.from_row(dict(zip(cols, row, strict=True)))
+
+    def record(
+        self,
+        manifest: bytes,
+        *,
+        expected_head: int | None,
+        summary: str,
+        source: str,
+        base_dir: str,
+        action: str = "apply",
+        rollback_of: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Revision | None:
+        """Record a new revision if `manifest` differs from the head.
+
+        `expected_head` is the revision the plan was made against: if another
+        apply landed in between, refuse rather than silently overwrite it.
+        Returns None when the manifest is identical to the head (nothing to do).
+        """
+        digest = sha256_hex(manifest)
+        user = current_user()
+        with self.transaction():
+            head = self.head()
+            head_id = head.id if head else None
+            if head_id != expected_head:
+                raise StateError(
+                    f"revision {head_id} was applied while this plan was made "
+                    f"against {expected_head}; run the command again to re-plan"
+                )
+            if head is not None and head.sha256 == digest:
+                return None
+            row_id = self.db["revisions"].insert(
+                {
+                    "created": now_iso(),
+                    "user": user,
+                    "action": action,
+                    "sha256": digest,
+                    "summary": summary,
+                    "source": source,
+                    "base_dir": base_dir,
+                    "rollback_of": rollback_of,
+                    "manifest": manifest,
+                }
+            ).last_pk
+            self.audit(
+                action,
+                {"summary": summary, "sha256": digest, "source": source, **(detail or {})},
+                revision=row_id,
+                user=user,
+            )
+            rev = self.revision(row_id)
+            # Written inside the transaction: if the commit then fails, open()
+            # repairs the pointer from the database (see `sync_pointer`).
+            self._write_pointer(rev)
+        return rev
+
+    # -- the current pointer -----------------------------------------------
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.dir / POINTER_NAME
+
+    def _write_pointer(self, rev: Revision) -> None:
+        data = json.dumps(
+            {
+                "revision": rev.id,
+                "sha256": rev.sha256,
+                "base_dir": rev.base_dir,
+                "manifest": rev.manifest.decode("utf-8"),
+            }
+        ).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".current.", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, self.pointer_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def sync_pointer(self) -> None:
+        """Make `current.json` match the head revision (repairs a crashed apply)."""
+        head = self.head()
+        if head is None:
+            return
+        current = read_pointer(self.dir)
+        if current is None or current.revision != head.id or current.sha256 != head.sha256:
+            self._write_pointer(head)
+
+
+def read_pointer(state_dir: str | os.PathLike[str]) -> Pointer | None:
+    """The revision a router should serve, or None before the first apply."""
+    path = Path(state_dir) / POINTER_NAME
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as ex:
+        raise StateError(f"{path}: unreadable pointer: {ex}") from ex
+    pointer = Pointer(**raw)
+    if sha256_hex(pointer.manifest.encode("utf-8")) != pointer.sha256:
+        raise StateError(f"{path}: manifest does not match its sha256")
+    return pointer
