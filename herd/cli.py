@@ -23,6 +23,7 @@ from herd.settings import SETTINGS
 COMMAND_MODULES = (
     "herd.manifest.commands",
     "herd.router.commands",
+    "herd.sim",
     "herd.bundle.commands",
 )
 

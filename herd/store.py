@@ -119,23 +119,35 @@ class Pointer:
 class Store:
     """One state directory. Cheap to open; open one per process or per thread."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, create: bool = True):
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        db_name: str = DB_NAME,
+    ):
+        """Open (creating if needed) `db_name` in `state_dir`.
+
+        Busy, high-volume data (router traces) goes in its own `db_name` so it
+        never contends with `herd apply` for the write lock.
+        """
         self.dir = Path(state_dir)
         if create:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        elif not (self.dir / DB_NAME).exists():
+        elif not (self.dir / db_name).exists():
             raise StateError(
                 f"no herd state in {self.dir} (run `herd apply FILE` first, "
                 "or pass --state-dir)"
             )
         conn = sqlite3.connect(
-            self.dir / DB_NAME, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            self.dir / db_name, timeout=BUSY_TIMEOUT_S, isolation_level=None
         )
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
-        self.ensure("core", CORE_MIGRATIONS)
+        if db_name == DB_NAME:
+            self.ensure("core", CORE_MIGRATIONS)
 
     def close(self) -> None:
         self.db.conn.close()
