@@ -27,8 +27,12 @@ def state_dir(tmp_path: Path) -> Path:
 def herd(state_dir: Path):
     """Run the real `herd` CLI in a subprocess with a temporary state dir."""
 
-    def run(*args: str, stdin: str | None = None, env: dict | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        *args: str,
+        stdin: str | None = None,
+        env: dict | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "HERD_STATE_DIR": str(state_dir), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "herd", *args],

@@ -13,15 +13,18 @@ from herd.store import Store, read_pointer
 def test_record_writes_revision_audit_and_pointer(tmp_path):
     store = Store(tmp_path)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    rev = store.record(b"a: 1\n", expected_head=None, summary="s", source="f",
-                       base_dir="/x")
+    rev = store.record(
+        b"a: 1\n", expected_head=None, summary="s", source="f", base_dir="/x"
+    )
     assert rev.id == 1 and rev.manifest == b"a: 1\n"
     pointer = read_pointer(tmp_path)
     assert (pointer.revision, pointer.manifest, pointer.base_dir) == (1, "a: 1\n", "/x")
     assert store.audit_rows()[0]["action"] == "apply"
     # Identical bytes: nothing recorded.
-    assert store.record(b"a: 1\n", expected_head=1, summary="s", source="f",
-                        base_dir="/x") is None
+    assert (
+        store.record(b"a: 1\n", expected_head=1, summary="s", source="f", base_dir="/x")
+        is None
+    )
     assert len(store.revisions()) == 1
 
 

@@ -1,4 +1,4 @@
-"""`herd validate / plan / apply / history / show / rollback` (registered by herd.cli)."""
+"""`herd validate / plan / apply / history / show / rollback` (see herd.cli)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from herd.store import Store, read_pointer, sha256_hex
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the manifest and revision commands."""
     p = add_command(
-        sub, "validate", cmd_validate, parents=[common], json_flag=True,
+        sub,
+        "validate",
+        cmd_validate,
+        parents=[common],
+        json_flag=True,
         help="check a fleet manifest against the schema and for semantic errors",
         examples="""\
   herd validate etc/fleet.yaml
@@ -26,7 +30,11 @@ exit status: 0 valid, 1 invalid (one line per problem: FILE:LINE: path: message)
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
 
     p = add_command(
-        sub, "plan", cmd_plan, parents=[common], json_flag=True,
+        sub,
+        "plan",
+        cmd_plan,
+        parents=[common],
+        json_flag=True,
         help="show what applying a manifest would change",
         examples="""\
   herd plan etc/fleet.yaml
@@ -36,7 +44,11 @@ exit status: 0 no changes, 2 changes, 1 error""",
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
 
     p = add_command(
-        sub, "apply", cmd_apply, parents=[common], json_flag=True,
+        sub,
+        "apply",
+        cmd_apply,
+        parents=[common],
+        json_flag=True,
         help="plan, confirm and record a manifest as the new revision",
         examples="""\
   herd apply etc/fleet.yaml          # shows the plan, asks before recording
@@ -47,7 +59,11 @@ the running router picks the new revision up within 2 s, without a restart""",
     p.add_argument("-y", "--yes", action="store_true", help="apply without asking")
 
     add_command(
-        sub, "history", cmd_history, parents=[common], json_flag=True,
+        sub,
+        "history",
+        cmd_history,
+        parents=[common],
+        json_flag=True,
         help="list recorded revisions (who, when, digest, summary)",
         examples="""\
   herd history
@@ -55,7 +71,10 @@ the running router picks the new revision up within 2 s, without a restart""",
     )
 
     p = add_command(
-        sub, "show", cmd_show, parents=[common],
+        sub,
+        "show",
+        cmd_show,
+        parents=[common],
         help="print the manifest of a recorded revision, byte for byte",
         examples="""\
   herd show 3
@@ -64,7 +83,11 @@ the running router picks the new revision up within 2 s, without a restart""",
     p.add_argument("rev", metavar="REV", type=int, help="revision number")
 
     p = add_command(
-        sub, "rollback", cmd_rollback, parents=[common], json_flag=True,
+        sub,
+        "rollback",
+        cmd_rollback,
+        parents=[common],
+        json_flag=True,
         help="re-apply an old revision (recorded as a new revision)",
         examples="""\
   herd rollback 3
@@ -83,10 +106,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         fleet = load_file(args.file)
     except ManifestError as ex:
         if args.json:
-            print_json({"file": args.file, "valid": False, "problems": [
-                {"line": p.line, "path": p.path, "message": p.message}
-                for p in ex.problems
-            ]})
+            print_json(
+                {
+                    "file": args.file,
+                    "valid": False,
+                    "problems": [
+                        {"line": p.line, "path": p.path, "message": p.message}
+                        for p in ex.problems
+                    ],
+                }
+            )
             return 1
         raise
     if args.json:
@@ -101,11 +130,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _print_plan(args: argparse.Namespace, proposal: Proposal) -> None:
     if args.json:
-        print_json({
-            "file": proposal.source,
-            "from_revision": proposal.head.id if proposal.head else None,
-            **proposal.plan.as_json(),
-        })
+        print_json(
+            {
+                "file": proposal.source,
+                "from_revision": proposal.head.id if proposal.head else None,
+                **proposal.plan.as_json(),
+            }
+        )
         return
     against = f"revision {proposal.head.id}" if proposal.head else "an empty fleet"
     print(f"Plan for {proposal.source} against {against}:\n")
@@ -139,10 +170,13 @@ def _record(
     args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
 ) -> int:
     if proposal.head and proposal.head.sha256 == sha256_hex(proposal.data):
-        message = f"No changes: identical to revision {proposal.head.id}; nothing recorded."
+        message = (
+            f"No changes: identical to revision {proposal.head.id}; nothing recorded."
+        )
         if args.json:
-            print_json({"recorded": False, "revision": proposal.head.id,
-                        "message": message})
+            print_json(
+                {"recorded": False, "revision": proposal.head.id, "message": message}
+            )
         else:
             print(message)
         return 0
@@ -154,13 +188,20 @@ def _record(
         print("No changes: an identical revision was recorded meanwhile.")
         return 0
     if args.json:
-        print_json({
-            "recorded": True, "revision": revision.id, "sha256": revision.sha256,
-            "summary": revision.summary, **proposal.plan.as_json(),
-        })
+        print_json(
+            {
+                "recorded": True,
+                "revision": revision.id,
+                "sha256": revision.sha256,
+                "summary": revision.summary,
+                **proposal.plan.as_json(),
+            }
+        )
     else:
-        print(f"\nRecorded revision {revision.id} (sha256 {revision.sha256[:12]}): "
-              f"{revision.summary}. Routers reload it within 2 s.")
+        print(
+            f"\nRecorded revision {revision.id} (sha256 {revision.sha256[:12]}): "
+            f"{revision.summary}. Routers reload it within 2 s."
+        )
     return 0
 
 
@@ -191,12 +232,22 @@ def cmd_history(args: argparse.Namespace) -> int:
         store.close()
     current = pointer.revision if pointer else None
     if args.json:
-        print_json([
-            {"revision": r.id, "created": r.created, "user": r.user, "action": r.action,
-             "sha256": r.sha256, "summary": r.summary, "source": r.source,
-             "rollback_of": r.rollback_of, "current": r.id == current}
-            for r in revisions
-        ])
+        print_json(
+            [
+                {
+                    "revision": r.id,
+                    "created": r.created,
+                    "user": r.user,
+                    "action": r.action,
+                    "sha256": r.sha256,
+                    "summary": r.summary,
+                    "source": r.source,
+                    "rollback_of": r.rollback_of,
+                    "current": r.id == current,
+                }
+                for r in revisions
+            ]
+        )
         return 0
     if not revisions:
         print("No revisions yet: run `herd apply FILE`.")
@@ -205,11 +256,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     for r in revisions:
         action = f"rollback→{r.rollback_of}" if r.rollback_of else r.action
         mark = "*" if r.id == current else " "
-        rows.append((f"{mark}{r.id}", r.created, r.user, action, r.sha256[:12], r.summary))
+        rows.append(
+            (f"{mark}{r.id}", r.created, r.user, action, r.sha256[:12], r.summary)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:5], widths, strict=True))
-              + "  " + row[5])
+        print(
+            "  ".join(f"{c:<{w}}" for c, w in zip(row[:5], widths, strict=True))
+            + "  "
+            + row[5]
+        )
     print("\n* current revision")
     return 0
 

@@ -1,4 +1,4 @@
-"""Load a manifest: bounded YAML with line numbers → JSON Schema → semantic checks → `Fleet`.
+"""Load a manifest: bounded YAML with lines → JSON Schema → semantics → `Fleet`.
 
 Every problem is reported, not just the first, each as `FILE:LINE: path: message`
 (the schema's best match first). Nothing here raises anything but `ManifestError`
@@ -8,6 +8,8 @@ other.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ MAX_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
 
 Path_ = tuple[str | int, ...]
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,20 @@ class Problem:
     message: str
 
     def render(self, source: str) -> str:
-        return f"{source}:{self.line}: {self.path}: {self.message}"
+        message = self.message.replace("\r", "\\r").replace("\n", "\\n")
+        return f"{source}:{self.line}: {self.path}: {message}"
 
 
 def format_path(path: Path_) -> str:
     """`("router", "clients", 0, "name")` → `router.clients[0].name`."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:  # odd keys stay on one line and unambiguous
+            out += f"[{json.dumps(str(part))}]"
     return out or "(top)"
 
 
@@ -128,9 +137,10 @@ def parse_yaml(data: bytes, source: str) -> tuple[Any, LineMap]:
     if root is None:
         raise fail(1, "manifest is empty")
     if _expanded_size(root, {}) > MAX_NODES:
-        raise fail(root.start_mark.line + 1,
-                   f"document expands to more than {MAX_NODES:,} nodes "
-                   "(YAML alias bomb?)")
+        raise fail(
+            root.start_mark.line + 1,
+            f"document expands to more than {MAX_NODES:,} nodes (YAML alias bomb?)",
+        )
     lines = LineMap()
     problems: list[Problem] = []
     _walk(root, (), lines, problems)
@@ -195,7 +205,8 @@ def _schema_message(error: ValidationError) -> str:
     """Short, field-oriented wording for the commonest validators."""
     v, inst = error.validator, error.instance
     if v == "pattern":
-        return f"{inst!r} is not in the expected form ({error.schema.get('description') or 'pattern ' + error.validator_value})"
+        expected = error.schema.get("description") or f"pattern {error.validator_value}"
+        return f"{inst!r} is not in the expected form ({expected})"
     if v == "required":
         return error.message.replace("is a required property", "is required")
     if v == "type":
@@ -245,8 +256,11 @@ def load_file(path: str | Path) -> Fleet:
 
 
 #: Manifest fields that hold file paths.
-_PATH_FIELDS = (("bundles", "trusted_signers"), ("bundles", "store"),
-                ("discovery", "node_keys"))
+_PATH_FIELDS = (
+    ("bundles", "trusted_signers"),
+    ("bundles", "store"),
+    ("discovery", "node_keys"),
+)
 
 
 def _resolve_paths(doc: dict[str, Any], base_dir: str | None) -> dict[str, Any]:

@@ -18,8 +18,17 @@ from herd.manifest.model import Fleet, Router
 
 ADD, CHANGE, REMOVE = "add", "change", "remove"
 #: Row order in the table: what things are, then where they run, then settings.
-KINDS = ("node", "model", "placement", "client", "router", "discovery", "bundles",
-         "audit", "metadata")
+KINDS = (
+    "node",
+    "model",
+    "placement",
+    "client",
+    "router",
+    "discovery",
+    "bundles",
+    "audit",
+    "metadata",
+)
 _SYMBOL = {ADD: "+", CHANGE: "~", REMOVE: "-"}
 
 
@@ -55,10 +64,17 @@ class Plan:
         parts = []
         for kind in KINDS:
             for action in (ADD, CHANGE, REMOVE):
-                n = sum(1 for c in self.changes if c.kind == kind and c.action == action)
+                n = sum(
+                    1 for c in self.changes if c.kind == kind and c.action == action
+                )
                 if n:
-                    noun = kind if n == 1 or kind in ("router", "bundles", "audit",
-                                                      "discovery", "metadata") else kind + "s"
+                    noun = (
+                        kind
+                        if n == 1
+                        or kind
+                        in ("router", "bundles", "audit", "discovery", "metadata")
+                        else kind + "s"
+                    )
                     parts.append(f"{_SYMBOL[action]}{n} {noun}")
         return ", ".join(parts)
 
@@ -77,7 +93,8 @@ class Plan:
             rows.append((_SYMBOL[c.action], c.kind, c.name, _detail(c)))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [
-            f"{r[0]:<{widths[0]}} {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+            f"{r[0]:<{widths[0]}} {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+            f"{r[3]}".rstrip()
             for r in rows
         ]
         return "\n".join(lines) + f"\n\nPlan: {self.summary()}."
@@ -88,7 +105,9 @@ def _detail(change: Change) -> str:
         return "new"
     if change.action == REMOVE:
         return "removed"
-    return "; ".join(f"{k}: {_short(o)} → {_short(n)}" for k, (o, n) in change.fields.items())
+    return "; ".join(
+        f"{k}: {_short(o)} → {_short(n)}" for k, (o, n) in change.fields.items()
+    )
 
 
 def _short(value: Any) -> str:
@@ -130,7 +149,10 @@ def _field_changes(old: Any, new: Any, skip: tuple[str, ...] = ()) -> dict[str, 
 
 
 def _named(
-    kind: str, old: Mapping[str, Any], new: Mapping[str, Any], skip: tuple[str, ...] = ()
+    kind: str,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    skip: tuple[str, ...] = (),
 ) -> Iterator[Change]:
     for name in sorted(set(old) | set(new)):
         if name not in old:
@@ -158,7 +180,9 @@ def diff(old: Fleet | None, new: Fleet) -> Plan:
     """Everything that applying `new` over `old` changes, deterministically ordered."""
     base = old or Fleet(name=new.name, router=Router(), nodes=(), models=())
     changes: list[Change] = []
-    changes += _named("node", {n.name: n for n in base.nodes}, {n.name: n for n in new.nodes})
+    changes += _named(
+        "node", {n.name: n for n in base.nodes}, {n.name: n for n in new.nodes}
+    )
     changes += _named(
         "model",
         {m.name: m for m in base.models},

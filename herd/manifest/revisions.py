@@ -47,15 +47,18 @@ def propose_revision(store: Store, rev: int) -> Proposal:
     """Re-apply an old revision: same plan/confirm path as a file."""
     old = store.revision(rev)
     fleet = load_bytes(old.manifest, f"revision {old.id}", old.base_dir or None)
-    return propose(store, old.manifest, old.source or f"revision {rev}", old.base_dir,
-                   fleet)
+    return propose(
+        store, old.manifest, old.source or f"revision {rev}", old.base_dir, fleet
+    )
 
 
 def propose(
     store: Store, data: bytes, source: str, base_dir: str, fleet: Fleet
 ) -> Proposal:
     head = store.head()
-    return Proposal(data, source, base_dir, fleet, head, diff(applied_fleet(head), fleet))
+    return Proposal(
+        data, source, base_dir, fleet, head, diff(applied_fleet(head), fleet)
+    )
 
 
 def record(

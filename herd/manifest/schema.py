@@ -1,4 +1,4 @@
-"""Finding and compiling schemas/fleet.schema.json, the one truth about the manifest's shape."""
+"""Find and compile schemas/fleet.schema.json: the one truth about the shape."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def schema_path(name: str = "fleet.schema.json") -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"schema {name} not found in {', '.join(map(str, candidates))}")
+    raise FileNotFoundError(
+        f"schema {name} not found in {', '.join(map(str, candidates))}"
+    )
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Checks the JSON Schema cannot express: names that must match, networks that must parse.
+"""Checks JSON Schema cannot express: names that must match, networks that parse.
 
 `check(doc)` runs on a schema-valid document and returns every problem as
 `(field path, message)`; the loader adds line numbers. Pure: no I/O.
@@ -44,8 +44,10 @@ def _ip(path: FieldPath, text: str, what: str) -> Iterator[Finding]:
         yield path, f"{text!r} is not a valid {what}"
 
 
-def parse_cidr(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, str]:
-    """(network, "") or (None, why not). Host bits set is an error: say what was meant."""
+def parse_cidr(
+    text: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, str]:
+    """(network, "") or (None, why not); host bits set is an error with a hint."""
     try:
         return ipaddress.ip_network(text, strict=True), ""
     except ValueError as ex:
@@ -95,10 +97,14 @@ def _nodes(doc: dict[str, Any]) -> Iterator[Finding]:
         yield from _node_url(("nodes", i, "url"), node["url"], allowed)
     mdns = (doc.get("discovery") or {}).get("mdns") or {}
     if not nodes and not mdns.get("enabled"):
-        yield ("nodes",), "no nodes declared and mDNS discovery is off: nothing can serve"
+        yield (
+            ("nodes",),
+            "no nodes declared and mDNS discovery is off: nothing can serve",
+        )
     if mdns.get("enabled") and not mdns.get("networks"):
-        yield ("discovery", "mdns", "networks"), (
-            "mDNS discovery needs at least one network to admit nodes from"
+        yield (
+            ("discovery", "mdns", "networks"),
+            ("mDNS discovery needs at least one network to admit nodes from"),
         )
 
 
@@ -118,15 +124,21 @@ def _node_url(path: FieldPath, url: str, allowed: list[Any]) -> Iterator[Finding
         if url.split("//", 1)[1].startswith("["):
             yield path, f"{host!r} is not a valid IPv6 address"
         elif allowed:
-            yield path, (
-                f"host {host!r} is a name, but router.node_networks is set: "
-                "use the node's IP address so the network check means something"
+            yield (
+                path,
+                (
+                    f"host {host!r} is a name, but router.node_networks is set: "
+                    "use the node's IP address so the network check means something"
+                ),
             )
         return
     if allowed and not any(address in net for net in allowed):
-        yield path, (
-            f"{host} is outside every network in router.node_networks "
-            f"({', '.join(map(str, allowed))})"
+        yield (
+            path,
+            (
+                f"{host} is outside every network in router.node_networks "
+                f"({', '.join(map(str, allowed))})"
+            ),
         )
 
 
@@ -139,8 +151,12 @@ def _models(doc: dict[str, Any]) -> Iterator[Finding]:
     for i, model in enumerate(models):
         canonical = normalize_model_name(model["name"])
         if canonical in owner:
-            yield ("models", i, "name"), (
-                f"model {model['name']!r} is declared twice (also models[{owner[canonical]}])"
+            yield (
+                ("models", i, "name"),
+                (
+                    f"model {model['name']!r} is declared twice "
+                    f"(also models[{owner[canonical]}])"
+                ),
             )
         owner.setdefault(canonical, i)
     for i, model in enumerate(models):
@@ -148,8 +164,12 @@ def _models(doc: dict[str, Any]) -> Iterator[Finding]:
             key = alias.lower()
             clash = owner.get(key, owner.get(normalize_model_name(alias)))
             if clash is not None and clash != i:
-                yield ("models", i, "aliases", j), (
-                    f"alias {alias!r} is already the name or an alias of models[{clash}]"
+                yield (
+                    ("models", i, "aliases", j),
+                    (
+                        f"alias {alias!r} is already the name or an alias "
+                        f"of models[{clash}]"
+                    ),
                 )
             owner.setdefault(key, i)
     declared = {normalize_model_name(m["name"]) for m in models}
@@ -158,13 +178,18 @@ def _models(doc: dict[str, Any]) -> Iterator[Finding]:
         for j, fallback in enumerate(model.get("fallbacks") or []):
             target = normalize_model_name(fallback)
             if target == name:
-                yield ("models", i, "fallbacks", j), "a model cannot fall back to itself"
-            elif target not in declared:
-                yield ("models", i, "fallbacks", j), (
-                    f"fallback {fallback!r} is not a declared model"
+                yield (
+                    ("models", i, "fallbacks", j),
+                    "a model cannot fall back to itself",
                 )
-        yield from _placement(("models", i, "place"), model["place"], nodes,
-                              node_names, mdns_on)
+            elif target not in declared:
+                yield (
+                    ("models", i, "fallbacks", j),
+                    (f"fallback {fallback!r} is not a declared model"),
+                )
+        yield from _placement(
+            ("models", i, "place"), model["place"], nodes, node_names, mdns_on
+        )
 
 
 def _placement(
@@ -196,8 +221,9 @@ def _placement(
         return
     replicas = place.get("replicas")
     if replicas is not None and matching and replicas > matching and not mdns_on:
-        yield (*path, "replicas"), (
-            f"{replicas} replicas wanted but only {matching} node(s) match"
+        yield (
+            (*path, "replicas"),
+            (f"{replicas} replicas wanted but only {matching} node(s) match"),
         )
 
 
@@ -211,11 +237,13 @@ def _clients(doc: dict[str, Any]) -> Iterator[Finding]:
             known.update((alias.lower(), normalize_model_name(alias)))
     for i, client in enumerate(clients):
         if names[client["name"]] > 1:
-            yield ("router", "clients", i, "name"), (
-                f"duplicate client group name {client['name']!r}"
+            yield (
+                ("router", "clients", i, "name"),
+                (f"duplicate client group name {client['name']!r}"),
             )
         for j, model in enumerate(client.get("models") or []):
             if model.lower() not in known and normalize_model_name(model) not in known:
-                yield ("router", "clients", i, "models", j), (
-                    f"{model!r} is not a declared model or alias"
+                yield (
+                    ("router", "clients", i, "models", j),
+                    (f"{model!r} is not a declared model or alias"),
                 )

@@ -54,43 +54,99 @@ def swap(text: str, old: str, new: str) -> str:
 
 
 BREAKAGES = {
-    "wrong type": (("max_concurrency: 8", "max_concurrency: eight"),
-                   "nodes[0].max_concurrency", "expected integer"),
-    "unknown key": (("audit:\n", "audit:\n  colour: red\n"),
-                    "audit.colour", "unknown key 'colour'"),
-    "unknown top key": (("kind: Fleet\n", "kind: Fleet\nspec: {}\n"),
-                        "spec", "unknown key"),
-    "bad cidr": (("10.30.0.0/16", "10.300.0.0/16"),
-                 "router.clients[0].networks[0]", "not a valid CIDR"),
-    "cidr host bits": (("10.30.0.0/16", "10.30.0.1/16"),
-                       "router.clients[0].networks[0]", "did you mean 10.30.0.0/16"),
-    "bad url": (("http://10.20.1.12:11434", "ftp://10.20.1.12"),
-                "nodes[1].url", "not in the expected form"),
-    "url port": (("http://10.20.1.12:11434", "http://10.20.1.12:99999"),
-                 "nodes[1].url", "port"),
-    "url outside node_networks": (("http://10.20.1.12:11434", "http://10.99.1.12:11434"),
-                                  "nodes[1].url", "outside every network"),
-    "duplicate node": (("name: gpu-b", "name: gpu-a"), "nodes[1].name",
-                       "duplicate node name 'gpu-a'"),
-    "undeclared fallback": (("fallbacks: [qwen2.5:0.5b]", "fallbacks: [mistral]"),
-                            "models[0].fallbacks[0]", "not a declared model"),
-    "placement on unknown node": (("nodes: [gpu-a, local-sim]", "nodes: [gpu-z]"),
-                                  "models[3].place.nodes[0]", "no node named 'gpu-z'"),
-    "placement on unknown label": (("labels: {gpu: a100}   ", "labels: {gpu: h100}   "),
-                                   "models[0].place.labels", "gpu=h100"),
-    "alias clash": (("aliases: [small]", "aliases: [gpt-4o-mini]"),
-                    "models[1].aliases[0]", "already the name or an alias"),
-    "client model unknown": (("models: [llama3.2:3b, gpt-4o-mini, nomic-embed-text]",
-                              "models: [llama3.2:3b, claude]"),
-                             "router.clients[0].models[1]", "not a declared model"),
-    "bad token": (("token_sha256: 9f86", "token_sha256: XX86"),
-                  "router.clients[0].token_sha256", "not in the expected form"),
-    "wrong apiVersion": (("apiVersion: herd/v1", "apiVersion: herd/v2"),
-                         "apiVersion", "must be 'herd/v1'"),
-    "duplicate key": (("kind: Fleet\n", "kind: Fleet\nkind: Fleet\n"), "kind",
-                      "duplicate key"),
-    "missing required": (("  name: st-anna-radiology", "  title: st-anna-radiology"),
-                         "metadata", "'name' is required"),
+    "wrong type": (
+        ("max_concurrency: 8", "max_concurrency: eight"),
+        "nodes[0].max_concurrency",
+        "expected integer",
+    ),
+    "unknown key": (
+        ("audit:\n", "audit:\n  colour: red\n"),
+        "audit.colour",
+        "unknown key 'colour'",
+    ),
+    "unknown top key": (
+        ("kind: Fleet\n", "kind: Fleet\nspec: {}\n"),
+        "spec",
+        "unknown key",
+    ),
+    "bad cidr": (
+        ("10.30.0.0/16", "10.300.0.0/16"),
+        "router.clients[0].networks[0]",
+        "not a valid CIDR",
+    ),
+    "cidr host bits": (
+        ("10.30.0.0/16", "10.30.0.1/16"),
+        "router.clients[0].networks[0]",
+        "did you mean 10.30.0.0/16",
+    ),
+    "bad url": (
+        ("http://10.20.1.12:11434", "ftp://10.20.1.12"),
+        "nodes[1].url",
+        "not in the expected form",
+    ),
+    "url port": (
+        ("http://10.20.1.12:11434", "http://10.20.1.12:99999"),
+        "nodes[1].url",
+        "port",
+    ),
+    "url outside node_networks": (
+        ("http://10.20.1.12:11434", "http://10.99.1.12:11434"),
+        "nodes[1].url",
+        "outside every network",
+    ),
+    "duplicate node": (
+        ("name: gpu-b", "name: gpu-a"),
+        "nodes[1].name",
+        "duplicate node name 'gpu-a'",
+    ),
+    "undeclared fallback": (
+        ("fallbacks: [qwen2.5:0.5b]", "fallbacks: [mistral]"),
+        "models[0].fallbacks[0]",
+        "not a declared model",
+    ),
+    "placement on unknown node": (
+        ("nodes: [gpu-a, local-sim]", "nodes: [gpu-z]"),
+        "models[3].place.nodes[0]",
+        "no node named 'gpu-z'",
+    ),
+    "placement on unknown label": (
+        ("labels: {gpu: a100}   ", "labels: {gpu: h100}   "),
+        "models[0].place.labels",
+        "gpu=h100",
+    ),
+    "alias clash": (
+        ("aliases: [small]", "aliases: [gpt-4o-mini]"),
+        "models[1].aliases[0]",
+        "already the name or an alias",
+    ),
+    "client model unknown": (
+        (
+            "models: [llama3.2:3b, gpt-4o-mini, nomic-embed-text]",
+            "models: [llama3.2:3b, claude]",
+        ),
+        "router.clients[0].models[1]",
+        "not a declared model",
+    ),
+    "bad token": (
+        ("token_sha256: 9f86", "token_sha256: XX86"),
+        "router.clients[0].token_sha256",
+        "not in the expected form",
+    ),
+    "wrong apiVersion": (
+        ("apiVersion: herd/v1", "apiVersion: herd/v2"),
+        "apiVersion",
+        "must be 'herd/v1'",
+    ),
+    "duplicate key": (
+        ("kind: Fleet\n", "kind: Fleet\nkind: Fleet\n"),
+        "kind",
+        "duplicate key",
+    ),
+    "missing required": (
+        ("  name: st-anna-radiology", "  title: st-anna-radiology"),
+        "metadata",
+        "'name' is required",
+    ),
 }
 
 
@@ -152,8 +208,11 @@ def test_alias_bomb_is_refused_without_expanding():
 
 
 def test_anchors_in_moderation_are_fine(example_text):
-    text = swap(example_text, "labels: {gpu: a100, room: b2}",
-                "labels: &a100 {gpu: a100, room: b2}")
+    text = swap(
+        example_text,
+        "labels: {gpu: a100, room: b2}",
+        "labels: &a100 {gpu: a100, room: b2}",
+    )
     text = swap(text, "labels: {gpu: a100, room: b2}", "labels: *a100")
     fleet = load_bytes(text.encode())
     assert fleet.node("gpu-b").labels["gpu"] == "a100"

@@ -41,8 +41,9 @@ def test_changes_removals_and_placements(example_text):
 
 def test_label_change_moves_placements(example_text):
     old = fleet(example_text)
-    text = example_text.replace("labels: {gpu: a100, room: b2}",
-                                "labels: {gpu: none, room: b2}", 1)
+    text = example_text.replace(
+        "labels: {gpu: a100, room: b2}", "labels: {gpu: none, room: b2}", 1
+    )
     plan = diff(old, fleet(text))
     assert ("placement", "llama3.2:3b @ gpu-a", REMOVE) in {
         (c.kind, c.name, c.action) for c in plan.changes
@@ -51,8 +52,11 @@ def test_label_change_moves_placements(example_text):
 
 def test_settings_sections_are_diffed(example_text):
     old = fleet(example_text)
-    new = fleet(example_text.replace("retention_days: 180", "retention_days: 30")
-                .replace("queue_timeout_s: 30", "queue_timeout_s: 5"))
+    new = fleet(
+        example_text.replace("retention_days: 180", "retention_days: 30").replace(
+            "queue_timeout_s: 30", "queue_timeout_s: 5"
+        )
+    )
     rows = {c.kind: dict(c.fields) for c in diff(old, new).changes}
     assert rows["audit"] == {"retention_days": (180, 30)}
     assert rows["router"]["limits"][0]["queue_timeout_s"] == 30
