@@ -133,8 +133,14 @@ def test_chat_is_deterministic_and_streams_the_same_text(client: ollama.Client) 
     assert "".join(c.message.content for c in chunks) == once.message.content
     assert [c.done for c in chunks].count(True) == 1 and chunks[-1].done
     final = chunks[-1]
-    for metric in ("total_duration", "load_duration", "prompt_eval_count",
-                   "prompt_eval_duration", "eval_count", "eval_duration"):  # fmt: skip
+    for metric in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
         assert getattr(final, metric) > 0, metric
     assert final.eval_count == len(chunks) - 1
 
@@ -142,8 +148,9 @@ def test_chat_is_deterministic_and_streams_the_same_text(client: ollama.Client) 
 def test_generate(client: ollama.Client) -> None:
     whole = client.generate(model="llama3.2:3b", prompt="Why is the sky blue?")
     assert whole.response and whole.context and whole.done_reason == "stop"
-    parts = list(client.generate(model="llama3.2:3b", prompt="Why is the sky blue?",
-                                 stream=True))  # fmt: skip
+    parts = list(
+        client.generate(model="llama3.2:3b", prompt="Why is the sky blue?", stream=True)
+    )
     assert "".join(p.response for p in parts) == whole.response
     short = client.generate(model="llama3.2:3b", prompt="x", options={"num_predict": 3})
     assert short.done_reason == "length" and short.eval_count == 3
@@ -170,8 +177,9 @@ def test_format_json_and_schema(client: ollama.Client) -> None:
     )
     assert isinstance(value["name"], str) and isinstance(value["age"], int)
     assert isinstance(value["tags"], list) and value["ok"] is True
-    streamed = client.chat(model="llama3.2:3b", messages=hi(), format=schema,
-                           stream=True)  # fmt: skip
+    streamed = client.chat(
+        model="llama3.2:3b", messages=hi(), format=schema, stream=True
+    )
     assert set(json.loads("".join(c.message.content for c in streamed))) == set(
         schema["required"]
     )
@@ -198,14 +206,18 @@ def test_tools(client: ollama.Client) -> None:
     assert call.function.arguments == {"city": "Paris", "unit": "celsius"}
     assert reply.done_reason == "stop" and reply.message.content == ""
     # After the tool answered, the model talks again.
-    followup = [*ask, reply.message, {"role": "tool", "content": "21 C",
-                                      "tool_name": "get_weather"}]  # fmt: skip
+    followup = [
+        *ask,
+        reply.message,
+        {"role": "tool", "content": "21 C", "tool_name": "get_weather"},
+    ]
     answer = client.chat(model="llama3.2:3b", messages=followup, tools=[WEATHER])
     assert answer.message.content and not answer.message.tool_calls
     unrelated = client.chat(model="llama3.2:3b", messages=hi(), tools=[WEATHER])
     assert not unrelated.message.tool_calls
-    streamed = list(client.chat(model="llama3.2:3b", messages=ask, tools=[WEATHER],
-                                stream=True))  # fmt: skip
+    streamed = list(
+        client.chat(model="llama3.2:3b", messages=ask, tools=[WEATHER], stream=True)
+    )
     assert any(c.message.tool_calls for c in streamed)
 
 
@@ -214,8 +226,10 @@ def test_images(client: ollama.Client, raw: httpx.Client) -> None:
     msg = [{"role": "user", "content": "what is this?", "images": [png]}]
     assert client.chat(model="llava:7b", messages=msg).message.content
     # The client refuses bad base64 itself; send it raw.
-    bad = raw.post("/api/generate", json={"model": "llava:7b", "prompt": "x",
-                                          "images": ["%%%not base64%%%"]})  # fmt: skip
+    bad = raw.post(
+        "/api/generate",
+        json={"model": "llava:7b", "prompt": "x", "images": ["%%%not base64%%%"]},
+    )
     assert bad.status_code == 400 and "base64" in bad.json()["error"]
 
 
@@ -238,11 +252,13 @@ def test_embeddings(client: ollama.Client) -> None:
     [
         (lambda c: c.chat(model="nope", messages=hi()), "model 'nope' not found"),
         (lambda c: c.generate(model="nope", prompt="x"), "model 'nope' not found"),
-        (lambda c: c.embed(model="nope", input="x"),
-         'model "nope" not found, try pulling it first'),
+        (
+            lambda c: c.embed(model="nope", input="x"),
+            'model "nope" not found, try pulling it first',
+        ),
         (lambda c: c.show("nope"), "model 'nope:latest' not found"),
     ],
-)  # fmt: skip
+)
 def test_unknown_model_is_ollamas_404(client: ollama.Client, call, message) -> None:
     with pytest.raises(ollama.ResponseError) as ex:
         call(client)
@@ -303,14 +319,17 @@ def test_fault_cut_mid_stream(raw: httpx.Client) -> None:
     raw.post("/_sim/fault", json={"mode": "cut-mid-stream", "after_chunks": 3})
     received = []
     with pytest.raises(httpx.RemoteProtocolError):
-        with raw.stream("POST", "/api/chat", json={"model": "llama3.2:3b",
-                                                    "messages": hi()}) as resp:  # fmt: skip
+        with raw.stream(
+            "POST", "/api/chat", json={"model": "llama3.2:3b", "messages": hi()}
+        ) as resp:
             for line in resp.iter_lines():
                 received.append(json.loads(line))
     assert len(received) == 3 and not any(r["done"] for r in received)
     with pytest.raises(httpx.RemoteProtocolError):
-        raw.post("/api/chat", json={"model": "llama3.2:3b", "messages": hi(),
-                                    "stream": False})  # fmt: skip
+        raw.post(
+            "/api/chat",
+            json={"model": "llama3.2:3b", "messages": hi(), "stream": False},
+        )
 
 
 def test_fault_slow_and_hang_time_out(raw: httpx.Client) -> None:
@@ -327,8 +346,10 @@ def test_fault_slow_and_hang_time_out(raw: httpx.Client) -> None:
 def test_stats_count_what_was_served(raw: httpx.Client) -> None:
     raw.delete("/_sim/stats")
     for _ in range(3):
-        raw.post("/api/chat", json={"model": "llama3.2:3b", "messages": hi(),
-                                    "stream": False})  # fmt: skip
+        raw.post(
+            "/api/chat",
+            json={"model": "llama3.2:3b", "messages": hi(), "stream": False},
+        )
     raw.get("/api/tags")
     stats = raw.get("/_sim/stats").json()
     assert stats["paths"] == {"/api/chat": 3, "/api/tags": 1}
@@ -340,14 +361,20 @@ def test_streams_at_the_configured_rate_and_exits_on_sigterm() -> None:
     try:
         chunks = []
         with pytest.raises(httpx.RemoteProtocolError):
-            with httpx.stream("POST", url + "/api/generate", timeout=10,
-                              json={"model": "llama3.2:3b", "prompt": "x"}) as resp:  # fmt: skip
+            with httpx.stream(
+                "POST",
+                url + "/api/generate",
+                timeout=10,
+                json={"model": "llama3.2:3b", "prompt": "x"},
+            ) as resp:
                 chunks.extend(resp.iter_lines())
         assert len(chunks) == 2  # --fault sets the initial mode; default after 2
         httpx.post(url + "/_sim/fault", json={"mode": "ok"})
-        reply = httpx.post(url + "/api/generate", timeout=10,
-                           json={"model": "llama3.2:3b", "prompt": "x",
-                                 "stream": False}).json()  # fmt: skip
+        reply = httpx.post(
+            url + "/api/generate",
+            timeout=10,
+            json={"model": "llama3.2:3b", "prompt": "x", "stream": False},
+        ).json()
         assert reply["eval_count"] == 5
         # 5 tokens at 200/s: the reported eval time follows the rate.
         assert reply["eval_duration"] == 25_000_000
@@ -391,8 +418,13 @@ def test_compose_stop_and_schema() -> None:
     cut = sm.compose(model, "p", options={"stop": [word]}, tokens=10)
     assert "".join(cut.content) == text[: text.index(word)]
     assert cut.done_reason == "stop"
-    schema = {"type": "object", "required": ["x"],
-              "properties": {"x": {"anyOf": [{"type": "number"}, {"type": "null"}]},
-                             "kind": {"enum": ["a", "b"]}}}  # fmt: skip
+    schema = {
+        "type": "object",
+        "required": ["x"],
+        "properties": {
+            "x": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "kind": {"enum": ["a", "b"]},
+        },
+    }
     value = json.loads("".join(sm.compose(model, "p", options={}, fmt=schema).content))
     assert isinstance(value["x"], float) and value["kind"] == "a"
