@@ -47,7 +47,7 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Start the router's background greenlets (poller, traces, reload) in the worker."""
+    """Start the background greenlets (poller, traces, reload) in the worker."""
     from herd.router.app import runtime
 
     rt = runtime()
