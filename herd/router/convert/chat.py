@@ -99,7 +99,8 @@ def chat_request(body: Any) -> Converted:
         "options": sampling_options(body, where),
     }
     tools = get_field(body, "tools", (list,), where)
-    if tools and _tool_choice(body.get("tool_choice"), where):
+    send_tools = _tool_choice(body.get("tool_choice"), where)
+    if tools and send_tools:
         native["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
     fmt = _response_format(get_field(body, "response_format", (dict,), where), where)
     if fmt is not None:
