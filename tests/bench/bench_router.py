@@ -224,7 +224,7 @@ async def one_stream(port: int, body: bytes, state: dict, timeout: float) -> Non
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port), timeout
         )
-    except (OSError, asyncio.TimeoutError) as ex:
+    except (TimeoutError, OSError) as ex:
         state["errors"].append(f"connect: {ex!r}")
         return
     try:
@@ -252,12 +252,7 @@ async def one_stream(port: int, body: bytes, state: dict, timeout: float) -> Non
             state["ok"] += 1
         else:
             state["errors"].append(f"stream ended without done: {data[-200:]!r}")
-    except (
-        OSError,
-        asyncio.TimeoutError,
-        asyncio.IncompleteReadError,
-        ValueError,
-    ) as ex:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as ex:
         state["errors"].append(f"{type(ex).__name__}: {ex}")
     finally:
         writer.close()
