@@ -17,7 +17,8 @@ worker_connections = int(os.environ.get("HERD_WORKER_CONNECTIONS", "10000"))
 bind = [os.environ.get("HERD_BIND", "0.0.0.0:11435")]
 preload_app = False
 backlog = 2048
-keepalive = 75
+# Idle keep-alive connections are held this long; a graceful stop waits for them.
+keepalive = int(os.environ.get("HERD_KEEPALIVE", "10"))
 timeout = 60
 graceful_timeout = 30
 accesslog = None
