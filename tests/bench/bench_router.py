@@ -258,7 +258,8 @@ async def one_stream(port: int, body: bytes, state: dict, timeout: float) -> Non
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         status = head.split(b" ", 2)[1]
         if status != b"200":
-            state["errors"].append(f"status {status.decode()}")
+            detail = await asyncio.wait_for(reader.read(300), timeout)
+            state["errors"].append(f"status {status.decode()}: {detail!r}")
             return
         state["open"] += 1
         state["peak"] = max(state["peak"], state["open"])
@@ -471,6 +472,15 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             )
     if args.profile:
         profile(router_proc.pid, routed + "/api/chat", lua, args.duration, tmp)
+    # After the load runs the health poller may have marked the slow node down
+    # (its polls wait behind the load): wait until a short stream gets through.
+    probe = {
+        "model": STREAM_MODEL,
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": False,
+        "options": {"num_predict": 1},
+    }
+    wait_http(routed + "/api/chat", body=json.dumps(probe).encode(), timeout=60)
     idle_rss = rss_mb(router_proc.pid)
     print(
         f"holding {args.streams} streams (2 tokens/s, {args.stream_tokens} tokens)…",
