@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from herd import sim_models as sm
+from herd.errors import ConfigError
 
 FAULTS = ("ok", "slow", "hang", "error", "cut-mid-stream", "garbage")
 INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
@@ -180,7 +181,12 @@ def run(args: argparse.Namespace) -> int:
     server = WSGIServer(
         (args.host, args.port), create_app(state), log=None, backlog=4096
     )
-    server.init_socket()
+    try:
+        server.init_socket()
+    except OSError as ex:
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port}: {ex.strerror or ex}"
+        ) from ex
     # Accepted sockets inherit this: without it, Nagle + delayed ACK add ~40 ms
     # to every keep-alive reply and streamed chunk.
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
