@@ -332,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         default=40,
         help="tokens per stream at 2 tokens/s (40: 20 s held open)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="router gevent workers (targets: 1)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument(
         "--profile",
@@ -415,7 +418,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             "--bind",
             f"127.0.0.1:{ports['router']}",
             "--workers",
-            "1",
+            str(args.workers),
         ],
         stdout=log,
         stderr=log,
@@ -425,7 +428,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     wait_http(routed + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
     print(
         f"nodes up: nginx :{ports['nginx']}, sim :{ports['sim']}; "
-        f"router :{ports['router']} (pid {router_proc.pid})",
+        f"router :{ports['router']} (pid {router_proc.pid}, {args.workers} worker(s))",
         flush=True,
     )
     lua = tmp / "chat.lua"
