@@ -49,6 +49,8 @@ class SimError(Exception):
 
 @dataclass(frozen=True)
 class Fault:
+    """How the node misbehaves, on which paths, for how many requests."""
+
     mode: str = "ok"
     after_chunks: int = 2
     delay_s: float = 5.0
@@ -66,13 +68,20 @@ class Fault:
         if unknown:
             raise SimError(400, f"unknown fault field(s): {', '.join(sorted(unknown))}")
         paths = doc.get("paths") or INFERENCE
-        return cls(
-            mode=doc["mode"],
-            after_chunks=int(doc.get("after_chunks", 2)),
-            delay_s=float(doc.get("delay_s", 5.0)),
-            times=None if doc.get("times") is None else int(doc["times"]),
-            paths=tuple(paths),
-        )
+        if not isinstance(paths, list | tuple) or not all(
+            isinstance(p, str) for p in paths
+        ):
+            raise SimError(400, 'paths must be a list of route paths, or ["*"]')
+        try:
+            return cls(
+                mode=doc["mode"],
+                after_chunks=int(doc.get("after_chunks", 2)),
+                delay_s=float(doc.get("delay_s", 5.0)),
+                times=None if doc.get("times") is None else int(doc["times"]),
+                paths=tuple(paths),
+            )
+        except (TypeError, ValueError) as ex:
+            raise SimError(400, f"bad fault value: {ex}") from ex
 
 
 @dataclass

@@ -314,6 +314,10 @@ def test_fault_error_and_garbage(raw: httpx.Client) -> None:
     assert raw.get("/api/tags").status_code == 500
     bad = raw.post("/_sim/fault", json={"mode": "melt"})
     assert bad.status_code == 400 and "mode must be one of" in bad.json()["error"]
+    bad = raw.post("/_sim/fault", json={"mode": "slow", "delay_s": "soon"})
+    assert bad.status_code == 400 and "bad fault value" in bad.json()["error"]
+    bad = raw.post("/_sim/fault", json={"mode": "slow", "paths": "/api/chat"})
+    assert bad.status_code == 400 and "paths" in bad.json()["error"]
 
 
 def test_fault_cut_mid_stream(raw: httpx.Client) -> None:
