@@ -51,11 +51,19 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Start the background greenlets (poller, traces, reload) in the worker."""
+    import gc
+
     from herd.router.app import runtime
 
     rt = runtime()
     if rt is not None:
         rt.ensure_started()
+    if os.environ.get("HERD_GC_TUNE", "1") != "0":
+        # Everything loaded so far lives as long as the worker: keep it out
+        # of the collector, and collect young objects less often. Fewer and
+        # shorter GC pauses, which otherwise show up as tail latency.
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 50)
 
 
 def worker_exit(server, worker):

@@ -210,6 +210,7 @@ class Runtime:
         if error in ("stream_broken", "node_error"):
             self.stats.failure(opened.node.name)
         elif outcome.status < 500:
+            self.poller.report_served(opened.node.name)
             gen = now - (opened.sent_at or outcome.started)
             ttft = None
             if outcome.ttft_ms is not None:
