@@ -56,8 +56,8 @@ def format_path(path: Path_) -> str:
             out += f"[{part}]"
         elif isinstance(part, str) and _PLAIN_KEY.match(part):
             out += f".{part}" if out else part
-        else:  # odd keys stay on one line and unambiguous
-            out += f"[{json.dumps(str(part))}]"
+        else:  # odd keys stay one whitespace-free, unambiguous token
+            out += "[" + json.dumps(str(part)).replace(" ", "\\u0020") + "]"
     return out or "(top)"
 
 

@@ -222,3 +222,9 @@ def test_missing_file_is_one_line(tmp_path: Path):
     with pytest.raises(ManifestError) as info:
         load_file(tmp_path / "nope.yaml")
     assert "cannot read" in str(info.value)
+
+
+def test_odd_keys_stay_one_token_in_the_path(example_text):
+    text = example_text.replace("  name: st-anna-radiology", '  " x\\r": 1')
+    lines = problems_of(text)
+    assert any('metadata["\\u0020x\\r"]: unknown key' in line for line in lines), lines
