@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from herd import __version__
-from herd.errors import HerdError
+from herd.errors import HerdError, ManifestError
 from herd.settings import SETTINGS
 
 #: Modules that contribute subcommands. Each has `register(sub, common)`.
@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
+    except ManifestError as ex:
+        print(str(ex), file=sys.stderr)  # already FILE:LINE: path: message lines
+        return 1
     except HerdError as ex:
         print(f"herd {args.command}: {ex}", file=sys.stderr)
         return 1

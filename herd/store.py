@@ -1,4 +1,4 @@
-"""The state store: SQLite (through sqlite-utils) in WAL mode, plus the `current` pointer.
+"""The state store: SQLite (via sqlite-utils) in WAL mode, plus the `current` pointer.
 
 Tables: `revisions` (every applied manifest, verbatim), `audit` (every apply,
 rollback, bundle import/refusal/removal...). Components that need tables of
@@ -215,15 +215,15 @@ class Store:
 
     def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(
-            self.db.query(
-                "SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit]
-            )
+            self.db.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
         )
 
     def prune_audit(self, retention_days: int) -> int:
         cutoff = (
-            dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)
-        ).isoformat(timespec="seconds").replace("+00:00", "Z")
+            (dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days))
+            .isoformat(timespec="seconds")
+            .replace("+00:00", "Z")
+        )
         cur = self.db.execute("DELETE FROM audit WHERE time < ?", [cutoff])
         return cur.rowcount
 
@@ -249,7 +249,9 @@ class Store:
     def _revision(self, row: tuple | None) -> Revision | None:
         if row is None:
             return None
-        cols = [d[0] for d in self.db.execute("SELECT * FROM revisions LIMIT 0").description]
+        cols = [
+            d[0] for d in self.db.execute("SELECT * FROM revisions LIMIT 0").description
+        ]
         return Revision.from_row(dict(zip(cols, row, strict=True)))
 
     def record(
@@ -282,22 +284,31 @@ class Store:
                 )
             if head is not None and head.sha256 == digest:
                 return None
-            row_id = self.db["revisions"].insert(
-                {
-                    "created": now_iso(),
-                    "user": user,
-                    "action": action,
-                    "sha256": digest,
-                    "summary": summary,
-                    "source": source,
-                    "base_dir": base_dir,
-                    "rollback_of": rollback_of,
-                    "manifest": manifest,
-                }
-            ).last_pk
+            row_id = (
+                self.db["revisions"]
+                .insert(
+                    {
+                        "created": now_iso(),
+                        "user": user,
+                        "action": action,
+                        "sha256": digest,
+                        "summary": summary,
+                        "source": source,
+                        "base_dir": base_dir,
+                        "rollback_of": rollback_of,
+                        "manifest": manifest,
+                    }
+                )
+                .last_pk
+            )
             self.audit(
                 action,
-                {"summary": summary, "sha256": digest, "source": source, **(detail or {})},
+                {
+                    "summary": summary,
+                    "sha256": digest,
+                    "source": source,
+                    **(detail or {}),
+                },
                 revision=row_id,
                 user=user,
             )
@@ -341,7 +352,11 @@ class Store:
         if head is None:
             return
         current = read_pointer(self.dir)
-        if current is None or current.revision != head.id or current.sha256 != head.sha256:
+        if (
+            current is None
+            or current.revision != head.id
+            or current.sha256 != head.sha256
+        ):
             self._write_pointer(head)
 
 

@@ -1,9 +1,281 @@
-"""CLI subcommands of herd.manifest (registered by herd.cli)."""
+"""`herd validate / plan / apply / history / show / rollback` (see herd.cli)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from herd.cli import add_command, print_json
+from herd.errors import ConfigError, ManifestError
+from herd.manifest.loader import load_file
+from herd.manifest.revisions import Proposal, propose_file, propose_revision, record
+from herd.settings import STATE_DIR
+from herd.store import Store, read_pointer, sha256_hex
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add validate/plan/apply/history/rollback/show."""
+    """Add the manifest and revision commands."""
+    p = add_command(
+        sub,
+        "validate",
+        cmd_validate,
+        parents=[common],
+        json_flag=True,
+        help="check a fleet manifest against the schema and for semantic errors",
+        examples="""\
+  herd validate etc/fleet.yaml
+  herd validate --json fleet.yaml | jq '.problems[].message'
+exit status: 0 valid, 1 invalid (one line per problem: FILE:LINE: path: message)""",
+    )
+    p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
+
+    p = add_command(
+        sub,
+        "plan",
+        cmd_plan,
+        parents=[common],
+        json_flag=True,
+        help="show what applying a manifest would change",
+        examples="""\
+  herd plan etc/fleet.yaml
+  herd plan --json etc/fleet.yaml > plan.json
+exit status: 0 no changes, 2 changes, 1 error""",
+    )
+    p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
+
+    p = add_command(
+        sub,
+        "apply",
+        cmd_apply,
+        parents=[common],
+        json_flag=True,
+        help="plan, confirm and record a manifest as the new revision",
+        examples="""\
+  herd apply etc/fleet.yaml          # shows the plan, asks before recording
+  herd apply --yes etc/fleet.yaml    # no prompt (scripts, CI, config management)
+the running router picks the new revision up within 2 s, without a restart""",
+    )
+    p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
+    p.add_argument("-y", "--yes", action="store_true", help="apply without asking")
+
+    add_command(
+        sub,
+        "history",
+        cmd_history,
+        parents=[common],
+        json_flag=True,
+        help="list recorded revisions (who, when, digest, summary)",
+        examples="""\
+  herd history
+  herd history --json | jq '.[-1]'""",
+    )
+
+    p = add_command(
+        sub,
+        "show",
+        cmd_show,
+        parents=[common],
+        help="print the manifest of a recorded revision, byte for byte",
+        examples="""\
+  herd show 3
+  herd show 3 > fleet-rev3.yaml""",
+    )
+    p.add_argument("rev", metavar="REV", type=int, help="revision number")
+
+    p = add_command(
+        sub,
+        "rollback",
+        cmd_rollback,
+        parents=[common],
+        json_flag=True,
+        help="re-apply an old revision (recorded as a new revision)",
+        examples="""\
+  herd rollback 3
+  herd rollback 3 --yes""",
+    )
+    p.add_argument("rev", metavar="REV", type=int, help="revision to go back to")
+    p.add_argument("-y", "--yes", action="store_true", help="roll back without asking")
+
+
+def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
+    return Store(STATE_DIR.resolve(args.state_dir), create=create)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        fleet = load_file(args.file)
+    except ManifestError as ex:
+        if args.json:
+            print_json(
+                {
+                    "file": args.file,
+                    "valid": False,
+                    "problems": [
+                        {"line": p.line, "path": p.path, "message": p.message}
+                        for p in ex.problems
+                    ],
+                }
+            )
+            return 1
+        raise
+    if args.json:
+        print_json({"file": args.file, "valid": True, "problems": []})
+    else:
+        print(
+            f"{args.file}: valid: fleet {fleet.name!r}, {len(fleet.nodes)} nodes, "
+            f"{len(fleet.models)} models, {len(fleet.router.clients)} client groups"
+        )
+    return 0
+
+
+def _print_plan(args: argparse.Namespace, proposal: Proposal) -> None:
+    if args.json:
+        print_json(
+            {
+                "file": proposal.source,
+                "from_revision": proposal.head.id if proposal.head else None,
+                **proposal.plan.as_json(),
+            }
+        )
+        return
+    against = f"revision {proposal.head.id}" if proposal.head else "an empty fleet"
+    print(f"Plan for {proposal.source} against {against}:\n")
+    print(proposal.plan.table())
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    with_store = open_store(args)
+    try:
+        proposal = propose_file(with_store, args.file)
+    finally:
+        with_store.close()
+    _print_plan(args, proposal)
+    return 0 if proposal.plan.empty else 2
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "refusing to apply without confirmation: stdin is not a terminal "
+            "(pass --yes to apply non-interactively)"
+        )
+    answer = input(f"\n{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise ConfigError("not applied: not confirmed")
+
+
+def _record(
+    args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
+) -> int:
+    if proposal.head and proposal.head.sha256 == sha256_hex(proposal.data):
+        message = (
+            f"No changes: identical to revision {proposal.head.id}; nothing recorded."
+        )
+        if args.json:
+            print_json(
+                {"recorded": False, "revision": proposal.head.id, "message": message}
+            )
+        else:
+            print(message)
+        return 0
+    if not args.json:
+        _print_plan(args, proposal)
+    _confirm(args, "Record this as a new revision?")
+    revision = record(store, proposal, rollback_of=rollback_of)
+    if revision is None:  # an identical apply won the race
+        print("No changes: an identical revision was recorded meanwhile.")
+        return 0
+    if args.json:
+        print_json(
+            {
+                "recorded": True,
+                "revision": revision.id,
+                "sha256": revision.sha256,
+                "summary": revision.summary,
+                **proposal.plan.as_json(),
+            }
+        )
+    else:
+        print(
+            f"\nRecorded revision {revision.id} (sha256 {revision.sha256[:12]}): "
+            f"{revision.summary}. Routers reload it within 2 s."
+        )
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    try:
+        store.sync_pointer()
+        return _record(args, store, propose_file(store, args.file), None)
+    finally:
+        store.close()
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = open_store(args, create=False)
+    try:
+        store.sync_pointer()
+        return _record(args, store, propose_revision(store, args.rev), args.rev)
+    finally:
+        store.close()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    store = open_store(args, create=False)
+    try:
+        revisions = store.revisions()
+        pointer = read_pointer(store.dir)
+    finally:
+        store.close()
+    current = pointer.revision if pointer else None
+    if args.json:
+        print_json(
+            [
+                {
+                    "revision": r.id,
+                    "created": r.created,
+                    "user": r.user,
+                    "action": r.action,
+                    "sha256": r.sha256,
+                    "summary": r.summary,
+                    "source": r.source,
+                    "rollback_of": r.rollback_of,
+                    "current": r.id == current,
+                }
+                for r in revisions
+            ]
+        )
+        return 0
+    if not revisions:
+        print("No revisions yet: run `herd apply FILE`.")
+        return 0
+    rows = [("REV", "WHEN (UTC)", "WHO", "ACTION", "SHA256", "SUMMARY")]
+    for r in revisions:
+        action = f"rollback→{r.rollback_of}" if r.rollback_of else r.action
+        mark = "*" if r.id == current else " "
+        rows.append(
+            (f"{mark}{r.id}", r.created, r.user, action, r.sha256[:12], r.summary)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print(
+            "  ".join(f"{c:<{w}}" for c, w in zip(row[:5], widths, strict=True))
+            + "  "
+            + row[5]
+        )
+    print("\n* current revision")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = open_store(args, create=False)
+    try:
+        revision = store.revision(args.rev)
+    finally:
+        store.close()
+    sys.stdout.buffer.write(revision.manifest)
+    sys.stdout.flush()
+    return 0

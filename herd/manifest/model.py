@@ -73,6 +73,8 @@ class Limits:
 class Router:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     clients: tuple[Client, ...] = ()
+    #: When non-empty, node addresses (static or discovered) must fall inside.
+    node_networks: tuple[IPNetwork, ...] = ()
     limits: Limits = field(default_factory=Limits)
 
 
@@ -141,6 +143,7 @@ class Fleet:
     discovery: Discovery = field(default_factory=Discovery)
     bundles: Bundles = field(default_factory=Bundles)
     audit: Audit = field(default_factory=Audit)
+    description: str = ""
     _names: Mapping[str, Model] = field(
         default_factory=lambda: _frozen({}), repr=False, compare=False
     )
@@ -186,19 +189,6 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
     """
     router_doc = doc.get("router") or {}
     limits = Limits(**(router_doc.get("limits") or {}))
-    clients = tuple(
-        Client(
-            name=c["name"],
-            networks=_networks(c.get("networks")),
-            models=tuple(normalize_model_name(m) for m in c.get("models") or ()),
-            token_sha256=(c.get("token_sha256") or None),
-            rate_limit=RateLimit(**c["rate_limit"]) if c.get("rate_limit") else None,
-        )
-        for c in router_doc.get("clients") or ()
-    )
-    router = Router(
-        listen=router_doc.get("listen", Router.listen), clients=clients, limits=limits
-    )
     nodes = tuple(
         Node(
             name=n["name"],
@@ -223,6 +213,17 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
         )
         for m in doc.get("models") or ()
     )
+    lookup = Fleet(name="", router=Router(), nodes=(), models=models)
+    clients = tuple(
+        Client(
+            name=c["name"],
+            networks=_networks(c.get("networks")),
+            models=tuple(_canonical(lookup, m) for m in c.get("models") or ()),
+            token_sha256=(c.get("token_sha256") or None),
+            rate_limit=_rate_limit(c.get("rate_limit")),
+        )
+        for c in router_doc.get("clients") or ()
+    )
     mdns = (doc.get("discovery") or {}).get("mdns") or {}
     discovery = Discovery(
         mdns_enabled=bool(mdns.get("enabled", False)),
@@ -236,9 +237,16 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
         store=b.get("store"),
         scan_command=b.get("scan_command"),
     )
+    router = Router(
+        listen=router_doc.get("listen", Router.listen),
+        clients=clients,
+        node_networks=_networks(router_doc.get("node_networks")),
+        limits=limits,
+    )
     audit = Audit(**(doc.get("audit") or {}))
     return Fleet(
         name=(doc.get("metadata") or {})["name"],
+        description=(doc.get("metadata") or {}).get("description", ""),
         router=router,
         nodes=nodes,
         models=models,
@@ -246,6 +254,18 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
         bundles=bundles,
         audit=audit,
     )
+
+
+def _canonical(lookup: Fleet, name: str) -> str:
+    model = lookup.resolve(name)
+    return model.name if model else normalize_model_name(name)
+
+
+def _rate_limit(doc: Mapping[str, Any] | None) -> RateLimit | None:
+    if not doc:
+        return None
+    rpm = doc["requests_per_minute"]
+    return RateLimit(requests_per_minute=rpm, burst=doc.get("burst", rpm))
 
 
 def _keep_alive(value: Any) -> str | None:

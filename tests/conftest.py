@@ -1,0 +1,47 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "etc" / "fleet.yaml"
+
+
+@pytest.fixture
+def example_text() -> str:
+    return EXAMPLE.read_text()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def herd(state_dir: Path):
+    """Run the real `herd` CLI in a subprocess with a temporary state dir."""
+
+    def run(
+        *args: str,
+        stdin: str | None = None,
+        env: dict | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "HERD_STATE_DIR": str(state_dir), **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "herd", *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+
+    return run
