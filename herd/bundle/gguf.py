@@ -227,13 +227,21 @@ def _pack_value(value: Any) -> bytes:
     raise TypeError(f"cannot encode {type(value).__name__} in GGUF metadata")
 
 
-def encode(
+def _tensor_bytes(shape: tuple[int, ...]) -> int:
+    nbytes = 4
+    for d in shape:
+        nbytes *= d
+    return nbytes
+
+
+def encode_header(
     metadata: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]]
 ) -> bytes:
-    """A valid little-endian GGUF v3 file with F32 tensors of the given shapes.
+    """The header of a little-endian GGUF v3 file with F32 tensors, padded to 32.
 
     Integer metadata is written as uint32 when it fits (as `general.file_type`
-    is in real files), else uint64. Tensor data is deterministic, not random.
+    is in real files), else uint64. Tensor data (not included) follows, each
+    tensor aligned to 32 bytes.
     """
     out = [MAGIC, struct.pack("<IQQ", 3, len(tensors), len(metadata))]
     for key, value in metadata.items():
@@ -247,23 +255,25 @@ def encode(
         else:
             out.append(_pack_value(value))
     offset = 0
-    sizes = []
     for name, shape in tensors.items():
         out.append(_pack_string(name) + struct.pack("<I", len(shape)))
         out.append(struct.pack(f"<{len(shape)}Q", *shape))
         out.append(struct.pack("<IQ", 0, offset))
-        nbytes = 4
-        for d in shape:
-            nbytes *= d
-        sizes.append(nbytes)
-        offset += (nbytes + 31) // 32 * 32
+        offset += (_tensor_bytes(shape) + 31) // 32 * 32
     head = b"".join(out)
-    head += b"\0" * (-len(head) % 32)
-    data = []
-    for i, nbytes in enumerate(sizes):
+    return head + b"\0" * (-len(head) % 32)
+
+
+def encode(
+    metadata: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]]
+) -> bytes:
+    """A complete small GGUF file; tensor data is deterministic, not random."""
+    data = [encode_header(metadata, tensors)]
+    for i, shape in enumerate(tensors.values()):
+        nbytes = _tensor_bytes(shape)
         floats = nbytes // 4
         data.append(
             struct.pack(f"<{floats}f", *((j % 7 + i) / 8 for j in range(floats)))
         )
         data.append(b"\0" * (-nbytes % 32))
-    return head + b"".join(data)
+    return b"".join(data)
