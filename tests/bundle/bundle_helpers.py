@@ -99,7 +99,7 @@ def sha(data: bytes) -> str:
 
 
 def swap_model_layer(bundle: Path, data: bytes, media_type: str = MODEL) -> None:
-    """Replace the model layer with `data` (manifest and bundle.yaml updated, re-signed)."""
+    """Swap in `data` as the model layer; manifest and bundle.yaml follow, re-signed."""
     doc = read_doc(bundle)
     model, rel = next(iter(doc["models"].items()))
     manifest = parse_manifest((bundle / rel).read_bytes(), rel)
