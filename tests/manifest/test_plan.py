@@ -43,7 +43,7 @@ def test_label_change_moves_placements(example_text):
     old = fleet(example_text)
     text = example_text.replace(
         "labels: {gpu: a100, room: b2}", "labels: {gpu: none, room: b2}", 1
-    )
+    ).replace("replicas: 2", "replicas: 1")
     plan = diff(old, fleet(text))
     assert ("placement", "llama3.2:3b @ gpu-a", REMOVE) in {
         (c.kind, c.name, c.action) for c in plan.changes
