@@ -12,6 +12,7 @@ the store are skipped, so a re-run is idempotent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -115,6 +116,12 @@ def _stage(
         raise
 
 
+def _drop_staging(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()
+
+
 def _clean_temps(directory: Path) -> None:
     if directory.is_dir():
         for leftover in directory.glob(transfer.TEMP_PREFIX + "*"):
@@ -180,12 +187,17 @@ def _import(
         try:
             for blob in missing:
                 _stage(checked, blob, staging, policy, advance)
-        except BaseException as ex:
-            if isinstance(ex, BundleError):
-                shutil.rmtree(staging, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    staging.parent.rmdir()
+        except BundleError:
+            _drop_staging(staging)
             raise
+        except OSError as ex:
+            if ex.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _drop_staging(staging)
+            raise BundleError(
+                f"{policy.store}: disk full while copying ({ex.strerror}); nothing "
+                "was imported, free space and run the import again"
+            ) from ex
         store.prepare()
         for blob in missing:
             os.replace(
@@ -196,9 +208,7 @@ def _import(
         for model in checked.models:
             store.write_manifest(model.name, model.manifest.raw)
         _record(checked, state)
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()
+        _drop_staging(staging)
     if ollama_models is not None:
         installed = install_into_ollama(checked, store, ollama_models, state)
         result = ImportResult(**{**result.as_dict(), "installed": installed})
