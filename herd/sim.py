@@ -1,9 +1,251 @@
-"""`herd sim`: a simulated Ollama node (placeholder; see issue "router")."""
+"""`herd sim`: a simulated Ollama node over real HTTP, for demos, tests and benchmarks.
+
+It answers every route the router proxies (/api/chat, /api/generate, /api/embed,
+/api/embeddings, /api/tags, /api/ps, /api/show, /api/version, HEAD/GET /) with
+the exact shapes of Ollama (shared reference §1), deterministic content
+(herd.sim_models) streamed at `--tps` tokens per second, and fault modes to test
+failover. Loopback-only control routes:
+
+    POST /_sim/fault   {"mode": "ok|slow|hang|error|cut-mid-stream|garbage",
+                        "after_chunks": 2, "delay_s": 5, "times": null,
+                        "paths": ["/api/chat", ...] or ["*"]}
+                       (default paths: the inference routes; "times": N faults the
+                       next N requests only)
+    GET  /_sim/fault   the current fault;   GET /_sim/stats   requests served
+    DELETE /_sim/stats reset the counters
+
+Served with gevent's WSGI server + Falcon (herd.sim_app), one greenlet per
+connection; gevent is imported only when the command runs, never by `herd.cli`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from herd import sim_models as sm
+
+FAULTS = ("ok", "slow", "hang", "error", "cut-mid-stream", "garbage")
+INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
+VERSION = "0.33.0"
+_DURATION = re.compile(r"^(-?)((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+)$")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+class SimError(Exception):
+    """An Ollama error reply: `{"error": message}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Fault:
+    mode: str = "ok"
+    after_chunks: int = 2
+    delay_s: float = 5.0
+    times: int | None = None
+    paths: tuple[str, ...] = INFERENCE
+
+    def applies(self, path: str) -> bool:
+        return self.mode != "ok" and ("*" in self.paths or path in self.paths)
+
+    @classmethod
+    def parse(cls, doc: Any) -> Fault:
+        if not isinstance(doc, dict) or doc.get("mode") not in FAULTS:
+            raise SimError(400, f"mode must be one of {', '.join(FAULTS)}")
+        unknown = set(doc) - {"mode", "after_chunks", "delay_s", "times", "paths"}
+        if unknown:
+            raise SimError(400, f"unknown fault field(s): {', '.join(sorted(unknown))}")
+        paths = doc.get("paths") or INFERENCE
+        return cls(
+            mode=doc["mode"],
+            after_chunks=int(doc.get("after_chunks", 2)),
+            delay_s=float(doc.get("delay_s", 5.0)),
+            times=None if doc.get("times") is None else int(doc["times"]),
+            paths=tuple(paths),
+        )
+
+
+@dataclass
+class SimState:
+    """Everything the sim node knows: its models, speed, fault and counters."""
+
+    models: dict[str, sm.SimModel]
+    tps: float = 50.0
+    tokens: int | None = None
+    seed: int = 0
+    fault: Fault = field(default_factory=Fault)
+    loaded: dict[str, float] = field(default_factory=dict)  # name -> expiry (epoch)
+    requests: Counter = field(default_factory=Counter)
+    by_model: Counter = field(default_factory=Counter)
+    active: int = 0
+
+    @classmethod
+    def from_names(cls, names: list[str], **kwargs: Any) -> SimState:
+        models = {
+            sm.normalize(n): sm.SimModel(sm.normalize(n)) for n in names if n.strip()
+        }
+        return cls(models=models, **kwargs)
+
+    def model(self, name: Any, route: str) -> sm.SimModel:
+        found = self.models.get(sm.normalize(name)) if isinstance(name, str) else None
+        if found:
+            return found
+        if route in ("/api/embed", "/api/embeddings"):
+            raise SimError(
+                404, f"model {json.dumps(name)} not found, try pulling it first"
+            )
+        if route == "/api/show":
+            raise SimError(404, f"model '{sm.normalize(str(name or ''))}' not found")
+        if route == "/api/chat" and not name:
+            raise SimError(400, "model is required")
+        raise SimError(404, f"model '{name}' not found")
+
+    def take_fault(self, path: str) -> Fault | None:
+        fault = self.fault
+        if not fault.applies(path):
+            return None
+        if fault.times is not None:
+            left = fault.times - 1
+            self.fault = replace(fault, times=left) if left > 0 else Fault()
+        return fault
+
+    def touch(self, model: sm.SimModel, keep_alive: Any) -> float:
+        """Mark `model` loaded until keep_alive expires; the simulated load time."""
+        seconds = parse_keep_alive(keep_alive)
+        cold = model.name not in self.loaded or self.loaded[model.name] < time.time()
+        if seconds == 0:
+            self.loaded.pop(model.name, None)
+        else:
+            self.loaded[model.name] = time.time() + (1e10 if seconds < 0 else seconds)
+        return 0.8 if cold else 0.002
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": sum(self.requests.values()),
+            "paths": dict(self.requests),
+            "models": dict(self.by_model),
+            "active": self.active,
+            "fault": self.fault_doc(),
+        }
+
+    def fault_doc(self) -> dict[str, Any]:
+        doc = self.fault.__dict__.copy()
+        doc["paths"] = list(self.fault.paths)
+        return doc
+
+
+def parse_keep_alive(value: Any) -> float:
+    """Seconds (negative = forever) from a number or a Go duration string."""
+    if value is None:
+        return 300.0
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SimError(400, "json: cannot unmarshal keep_alive")
+    if not isinstance(value, str):
+        return float(value)
+    if value in ("0", "-0"):
+        return 0.0
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise SimError(400, f'time: missing unit in duration "{value}"')
+    total = sum(
+        float(n) * _UNITS[u]
+        for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", match.group(2))
+    )
+    return -total if match.group(1) else total
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; print one ready line with the bound address."""
+    import signal
+
+    import gevent
+    from gevent.event import Event
+    from gevent.pywsgi import WSGIServer
+
+    from herd.sim_app import create_app
+
+    names = [n for n in args.models.split(",") if n.strip()]
+    state = SimState.from_names(names, tps=args.tps, tokens=args.tokens, seed=args.seed)
+    state.fault = Fault(mode=args.fault)
+    server = WSGIServer(
+        (args.host, args.port), create_app(state), log=None, backlog=4096
+    )
+    server.init_socket()
+    stop = Event()
+    # Signal handlers only set a flag; the main greenlet does the shutdown.
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    server.start()
+    host, port = server.address[:2]
+    print(
+        f"herd sim: Ollama {VERSION} simulation on http://{host}:{port} "
+        f"models={','.join(state.models)} tps={args.tps:g} fault={args.fault}",
+        flush=True,
+    )
+    stop.wait()
+    server.stop(timeout=1)
+    return 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add `herd sim`."""
+    from herd.cli import add_command
+
+    parser = add_command(
+        sub,
+        "sim",
+        run,
+        help="run a simulated Ollama node (real HTTP, deterministic answers) for "
+        "demos, tests and benchmarks",
+        examples="""\
+  herd sim                                   llama3.2:3b + nomic-embed-text on :11434
+  herd sim --port 11500 --models qwen3:0.6b,llava:7b --tps 20
+  herd sim --port 0 --fault cut-mid-stream   pick a free port, break every stream
+  curl -d '{"mode":"hang"}' localhost:11434/_sim/fault    switch fault at runtime
+  curl localhost:11434/_sim/stats                         requests served""",
+        parents=[common],
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--port", type=int, default=11434, help="port to bind (0: any free port)"
+    )
+    parser.add_argument(
+        "--models",
+        default="llama3.2:3b,nomic-embed-text:latest",
+        help="comma-separated model names; capabilities follow the name "
+        "(*embed* embeds, llava/*vision* sees, qwen3/deepseek-r1 think)",
+    )
+    parser.add_argument(
+        "--tps", type=_positive, default=50.0, help="tokens per second (0: no delay)"
+    )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="fixed reply length in tokens (default 8-40, derived from the prompt)",
+    )
+    parser.add_argument(
+        "--fault", choices=FAULTS, default="ok", help="initial fault mode"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="varies every answer (same seed, same output)",
+    )

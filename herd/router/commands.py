@@ -1,9 +1,134 @@
-"""CLI subcommands of herd.router (registered by herd.cli)."""
+"""CLI subcommands of herd.router: `herd serve` and `herd status`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+from herd.errors import ConfigError, StateError
+
+CONF_ENV = "HERD_GUNICORN_CONF"
+
+
+def gunicorn_conf() -> Path:
+    """etc/gunicorn.conf.py: $HERD_GUNICORN_CONF, the source tree, or an install."""
+    candidates = []
+    if os.environ.get(CONF_ENV):
+        candidates.append(Path(os.environ[CONF_ENV]))
+    candidates += [
+        Path(__file__).resolve().parents[2] / "etc" / "gunicorn.conf.py",
+        Path(sys.prefix) / "share" / "herd" / "etc" / "gunicorn.conf.py",
+        Path("/etc/herd/gunicorn.conf.py"),
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(
+        "gunicorn.conf.py not found (looked in "
+        + ", ".join(str(p) for p in candidates)
+        + f"); set {CONF_ENV}"
+    )
+
+
+def _served_fleet(state_dir: str):
+    from herd.manifest import load_bytes
+    from herd.store import read_pointer
+
+    pointer = read_pointer(state_dir)
+    if pointer is None:
+        raise StateError(
+            f"no applied manifest in {state_dir} (run `herd apply FILE` first, "
+            "or pass --state-dir)"
+        )
+    fleet = load_bytes(
+        pointer.manifest.encode(), f"revision {pointer.revision}", pointer.base_dir
+    )
+    return fleet, pointer.revision
+
+
+def serve(args: argparse.Namespace) -> int:
+    """exec gunicorn with the gevent worker on router.listen (or --bind)."""
+    from herd.settings import STATE_DIR
+
+    state_dir = str(STATE_DIR.resolve(args.state_dir))
+    fleet, _ = _served_fleet(state_dir)
+    conf = Path(args.config) if args.config else gunicorn_conf()
+    bind = args.bind or os.environ.get("HERD_BIND") or fleet.router.listen
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        str(conf),
+        "--bind",
+        bind,
+        "--workers",
+        str(args.workers),
+        "--worker-class",
+        "gevent",
+    ]
+    env = {**os.environ, "HERD_STATE_DIR": state_dir, "HERD_BIND": bind}
+    print(f"herd serve: router on http://{bind} (state {state_dir})", flush=True)
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached
+
+
+def status(args: argparse.Namespace) -> int:
+    """Ask the running router for /fleet/status; else show the manifest's view."""
+    from herd.cli import print_json
+    from herd.router import report
+    from herd.settings import STATE_DIR
+
+    fleet, revision = _served_fleet(str(STATE_DIR.resolve(args.state_dir)))
+    url = args.router or report.local_url(fleet.router.listen)
+    live = report.fetch_live(url, os.environ.get("HERD_TOKEN"))
+    if live is not None:
+        live["source"] = f"live router {url}"
+    result = live or report.manifest_view(fleet, revision)
+    if args.json:
+        print_json(result)
+    else:
+        print(report.render(result))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add this package's subcommands to the `herd` parser."""
+    from herd.cli import add_command
+
+    parser = add_command(
+        sub,
+        "serve",
+        serve,
+        help="run the router (gunicorn, gevent worker) on the manifest's router.listen",
+        examples="""\
+  herd serve                          serve the applied manifest on router.listen
+  herd serve --bind 127.0.0.1:11435   override the address
+  herd serve --workers 2              one gevent worker per CPU core to use""",
+        parents=[common],
+    )
+    parser.add_argument("--bind", help="HOST:PORT to listen on (default router.listen)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="gunicorn gevent workers (default 1)"
+    )
+    parser.add_argument(
+        "--config",
+        help=f"gunicorn config file (default etc/gunicorn.conf.py; env {CONF_ENV})",
+    )
+    parser = add_command(
+        sub,
+        "status",
+        status,
+        help="show the fleet: nodes, health, models, drift from the manifest",
+        examples="""\
+  herd status                          ask the local router, else show the manifest
+  herd status --json                   machine-readable
+  herd status --router http://10.0.0.5:11435""",
+        parents=[common],
+        json_flag=True,
+    )
+    parser.add_argument(
+        "--router", help="router URL (default: router.listen of the manifest)"
+    )

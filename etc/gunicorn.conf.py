@@ -1,0 +1,64 @@
+"""gunicorn settings for the herd router (`herd serve` uses this file by default).
+
+One gevent worker serves thousands of concurrent streams; add workers (`herd
+serve --workers N`) only to use more CPU cores. Never `preload_app` with
+gevent: the app must be imported after the worker monkey-patches. The bind
+address comes from the manifest's `router.listen` (passed by `herd serve`) or
+HERD_BIND. gunicorn's access log stays off (herd logs one line per request,
+never bodies); HERD_ACCESS_LOG=0 silences herd's own access lines too.
+"""
+
+import os
+
+wsgi_app = "herd.router.app:get_app()"
+worker_class = "gevent"
+workers = int(os.environ.get("HERD_WORKERS", "1"))
+worker_connections = int(os.environ.get("HERD_WORKER_CONNECTIONS", "10000"))
+bind = [os.environ.get("HERD_BIND", "0.0.0.0:11435")]
+preload_app = False
+backlog = 2048
+keepalive = 75
+timeout = 60
+graceful_timeout = 30
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("HERD_LOG_LEVEL", "info")
+proc_name = "herd-router"
+# gunicorn 24+ opens a control socket in $HOME by default; the router needs none.
+control_socket_disable = True
+
+
+def post_fork(server, worker):
+    """herd's own log lines go to stderr like gunicorn's (access lines optional)."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+        )
+    )
+    herd_log = logging.getLogger("herd")
+    herd_log.addHandler(handler)
+    herd_log.setLevel(loglevel.upper())
+    herd_log.propagate = False
+    if os.environ.get("HERD_ACCESS_LOG", "1") == "0":
+        logging.getLogger("herd.access").setLevel(logging.WARNING)
+
+
+def post_worker_init(worker):
+    """Start the background greenlets (poller, traces, reload) in the worker."""
+    from herd.router.app import runtime
+
+    rt = runtime()
+    if rt is not None:
+        rt.ensure_started()
+
+
+def worker_exit(server, worker):
+    """Write the last buffered traces before the worker goes away."""
+    from herd.router.app import runtime
+
+    rt = runtime()
+    if rt is not None:
+        rt.stop()

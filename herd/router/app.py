@@ -1,0 +1,98 @@
+"""The router's WSGI app: `create_app(...)` builds it from collaborators.
+
+gunicorn loads `herd.router.app:get_app()`, which only reads configuration
+(the state directory, from HERD_STATE_DIR) and builds the real collaborators.
+Importing this module has no side effects: no sockets, threads, greenlets or
+database connections, and no gevent import (tests/router/test_import.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+from herd.router import failures, fleet, ollama, openai, ops
+from herd.router.gate import Gate
+from herd.router.proxy import Upstream
+from herd.router.runtime import Runtime
+from herd.router.traces import TraceLog
+
+
+class RouterApp(falcon.App):
+    """falcon.App plus the `Runtime` behind it (for tests and gunicorn hooks)."""
+
+    __slots__ = ("herd_runtime",)
+
+
+#: The runtime of the app `get_app()` built in this process (for gunicorn hooks).
+_RUNTIME: Runtime | None = None
+
+
+def create_app(
+    source: Any,
+    traces: TraceLog,
+    upstream: Upstream,
+    clock: Callable[[], float] = time.time,
+    *,
+    poller: Any = None,
+    background: bool = True,
+) -> RouterApp:
+    """The router as a falcon WSGI app over the given collaborators.
+
+    `source` supplies the served manifest (`current()`, `check()`,
+    `listeners`: see herd.router.reload); `traces` records one row per
+    request; `upstream` talks to nodes. The `Runtime` is `app.herd_runtime`.
+    """
+    runtime = Runtime(
+        source, traces, upstream, clock, poller=poller, background=background
+    )
+    app = RouterApp(middleware=[Gate(runtime)], media_type=falcon.MEDIA_JSON)
+    app.req_options.strip_url_path_trailing_slash = True
+    failures.install(app)
+
+    app.add_route("/", ollama.Root())
+    for path in ("/api/chat", "/api/generate"):
+        app.add_route(path, ollama.Forwarded(runtime, path, streams=True))
+    for path in ("/api/embed", "/api/embeddings", "/api/show"):
+        app.add_route(path, ollama.Forwarded(runtime, path, streams=False))
+    app.add_route("/api/tags", ollama.Tags(runtime))
+    app.add_route("/api/ps", ollama.Ps(runtime))
+    app.add_route("/api/version", ollama.Version(runtime))
+    managed = ollama.Managed()
+    for path in ollama.MANAGED_PATHS:
+        app.add_route(path, managed)
+
+    for path, resource in openai.resources(runtime).items():
+        app.add_route(path, resource)
+
+    app.add_route("/fleet/status", fleet.Status(runtime))
+    app.add_route("/fleet/nodes", fleet.Nodes(runtime))
+    app.add_route("/healthz", ops.Healthz())
+    app.add_route("/readyz", ops.Readyz(runtime))
+    app.add_route("/metrics", ops.Metrics(runtime))
+    app.herd_runtime = runtime
+    return app
+
+
+def get_app() -> RouterApp:
+    """The app gunicorn serves: the manifest of HERD_STATE_DIR's current revision."""
+    from herd.router.reload import PointerSource
+    from herd.settings import STATE_DIR
+
+    global _RUNTIME
+    state_dir = STATE_DIR.resolve()
+    source = PointerSource(state_dir)
+    traces = TraceLog(
+        state_dir, retention_days=lambda: source.current().fleet.audit.retention_days
+    )
+    app = create_app(source, traces, Upstream())
+    _RUNTIME = app.herd_runtime
+    return app
+
+
+def runtime() -> Runtime | None:
+    """The runtime `get_app()` built in this worker, if any."""
+    return _RUNTIME

@@ -1,0 +1,195 @@
+"""Checks shared by every /v1 request conversion, and completions/embeddings.
+
+Every field is carried or refused with a 400 naming it (see herd.router.convert).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from herd.errors import InvalidRequest
+
+#: Accepted and ignored: identification/metadata that cannot change the output.
+INFORMATIONAL = frozenset(
+    {
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A /v1 request turned into its native Ollama body, plus what the reply needs."""
+
+    native: dict[str, Any]
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    encoding_format: str = "float"
+
+
+def check_fields(body: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    for key in body:
+        if key not in allowed and key not in INFORMATIONAL:
+            raise InvalidRequest(f"{where}: unsupported field '{key}'")
+
+
+def get_field(
+    body: Mapping[str, Any], key: str, kinds: tuple[type, ...], where: str
+) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise InvalidRequest(f"{where}: '{key}' has the wrong type")
+    if not isinstance(value, kinds):
+        raise InvalidRequest(f"{where}: '{key}' has the wrong type")
+    return value
+
+
+def require_model(body: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise InvalidRequest(f"{where}: request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest(f"{where}: 'model' is required")
+    return body
+
+
+def one_choice(body: Mapping[str, Any], where: str) -> None:
+    for key in ("n", "best_of"):
+        n = get_field(body, key, (int,), where)
+        if n is not None and n != 1:
+            raise InvalidRequest(f"{where}: '{key}' must be 1 (one choice per request)")
+    if body.get("logit_bias"):
+        raise InvalidRequest(f"{where}: 'logit_bias' is not supported by Ollama")
+
+
+def sampling_options(body: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Sampling options; temperature and top_p default to 1.0 as in Ollama's /v1."""
+    options: dict[str, Any] = {}
+    number = (int, float)
+    temperature = get_field(body, "temperature", number, where)
+    options["temperature"] = 1.0 if temperature is None else temperature
+    top_p = get_field(body, "top_p", number, where)
+    options["top_p"] = 1.0 if not top_p else top_p
+    for key in ("frequency_penalty", "presence_penalty"):
+        value = get_field(body, key, number, where)
+        if value is not None:
+            options[key] = value
+    seed = get_field(body, "seed", (int,), where)
+    if seed is not None:
+        options["seed"] = seed
+    stop = get_field(body, "stop", (str, list), where)
+    if isinstance(stop, str):
+        options["stop"] = [stop]
+    elif stop:
+        if not all(isinstance(s, str) for s in stop):
+            raise InvalidRequest(f"{where}: 'stop' must be a string or list of strings")
+        options["stop"] = list(stop)
+    limit = get_field(body, "max_completion_tokens", (int,), where)
+    if limit is None:
+        limit = get_field(body, "max_tokens", (int,), where)
+    if limit is not None:
+        options["num_predict"] = limit
+    return options
+
+
+def stream_flags(body: Mapping[str, Any], where: str) -> tuple[bool, bool]:
+    stream = bool(get_field(body, "stream", (bool,), where))
+    opts = get_field(body, "stream_options", (dict,), where) or {}
+    check_fields(opts, frozenset({"include_usage", "include_obfuscation"}), where)
+    return stream, bool(opts.get("include_usage"))
+
+
+_COMPLETION_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "suffix",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "echo",
+        "n",
+        "best_of",
+        "logit_bias",
+    }
+)
+
+
+def completion_request(body: Any) -> Converted:
+    """Turn a /v1/completions body into an /api/generate body."""
+    where = "completions"
+    body = require_model(body, where)
+    check_fields(body, _COMPLETION_FIELDS, where)
+    one_choice(body, where)
+    if body.get("echo"):
+        raise InvalidRequest(f"{where}: 'echo' is not supported by Ollama")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest(
+            f"{where}: 'prompt' must be a string (token arrays and "
+            "batches are not supported)"
+        )
+    stream, include_usage = stream_flags(body, where)
+    native: dict[str, Any] = {
+        "model": body["model"],
+        "prompt": prompt,
+        "stream": stream,
+        "options": sampling_options(body, where),
+    }
+    suffix = get_field(body, "suffix", (str,), where)
+    if suffix:
+        native["suffix"] = suffix
+    logprobs = get_field(body, "logprobs", (int,), where)
+    if logprobs:
+        if not 0 < logprobs <= 20:
+            raise InvalidRequest(f"{where}: 'logprobs' must be within 0..20")
+        native["logprobs"] = True
+        native["top_logprobs"] = logprobs
+    return Converted(native, body["model"], stream, include_usage)
+
+
+def embedding_request(body: Any) -> Converted:
+    """Turn a /v1/embeddings body into an /api/embed body."""
+    where = "embeddings"
+    body = require_model(body, where)
+    check_fields(
+        body, frozenset({"model", "input", "dimensions", "encoding_format"}), where
+    )
+    data = body.get("input")
+    if isinstance(data, str):
+        data = [data]
+    if not isinstance(data, list) or not data:
+        raise InvalidRequest(f"{where}: 'input' must be a string or a non-empty list")
+    if not all(isinstance(s, str) for s in data):
+        raise InvalidRequest(
+            f"{where}: 'input' token arrays are not supported; send strings"
+        )
+    encoding = str(body.get("encoding_format") or "float").lower()
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest(f"{where}: 'encoding_format' must be float or base64")
+    native: dict[str, Any] = {"model": body["model"], "input": data}
+    dimensions = get_field(body, "dimensions", (int,), where)
+    if dimensions is not None:
+        if dimensions < 1:
+            raise InvalidRequest(f"{where}: 'dimensions' must be positive")
+        native["dimensions"] = dimensions
+    return Converted(native, body["model"], encoding_format=encoding)

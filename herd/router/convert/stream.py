@@ -1,0 +1,142 @@
+"""Ollama NDJSON chunk streams -> OpenAI SSE chunk streams (reference §2.2, §2.3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from herd.router.convert.response import (
+    FINGERPRINT,
+    SSE_DONE,
+    error_body,
+    finish_reason,
+    logprobs_of,
+    new_id,
+    openai_tool_calls,
+    sse_event,
+    usage,
+)
+
+
+class _Stream:
+    """Shared state of one OpenAI stream: one id and `created` for every chunk."""
+
+    prefix = "chatcmpl"
+    object = "chat.completion.chunk"
+
+    def __init__(
+        self,
+        model: str,
+        include_usage: bool = False,
+        *,
+        id: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.id = id or new_id(self.prefix)
+        self.created = int(now if now is not None else time.time())
+        self.done = False
+
+    def _chunk(self, choices: list[Any], **extra: Any) -> bytes:
+        obj = {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+            **extra,
+        }
+        return sse_event(obj)
+
+    def _end(self, native: Mapping[str, Any]) -> bytes:
+        self.done = True
+        tail = self._chunk([], usage=usage(native)) if self.include_usage else b""
+        return tail + SSE_DONE
+
+    def fail(self, message: str) -> bytes:
+        """The stream broke after it started: an SSE error event, then [DONE]."""
+        if self.done:
+            return b""
+        self.done = True
+        return sse_event(error_body(message, "server_error")) + SSE_DONE
+
+    def feed(self, chunk: Mapping[str, Any]) -> bytes:
+        if self.done:
+            return b""
+        if chunk.get("error"):
+            return self.fail(str(chunk["error"]))
+        return self._feed(chunk)
+
+    def _feed(self, chunk: Mapping[str, Any]) -> bytes:
+        raise NotImplementedError
+
+
+class ChatStream(_Stream):
+    """/api/chat NDJSON chunks -> `chat.completion.chunk` SSE events (§2.2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._role_sent = False
+        self._tool_calls = 0
+
+    def _delta(self, delta: dict[str, Any], logprobs: Any = None) -> bytes:
+        if not self._role_sent:
+            delta = {"role": "assistant", **delta}
+            self._role_sent = True
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": None,
+        }
+        return self._chunk([choice])
+
+    def _feed(self, chunk: Mapping[str, Any]) -> bytes:
+        msg = chunk.get("message") or {}
+        out = b""
+        if msg.get("thinking"):
+            out += self._delta({"content": "", "reasoning": msg["thinking"]})
+        calls = msg.get("tool_calls") or []
+        if msg.get("content") or calls:
+            delta: dict[str, Any] = {"content": msg.get("content", "")}
+            if calls:
+                converted = openai_tool_calls(calls)
+                for call in converted:
+                    call["index"] = self._tool_calls
+                    self._tool_calls += 1
+                delta["tool_calls"] = converted
+            out += self._delta(delta, logprobs_of(chunk))
+        if not chunk.get("done"):
+            return out
+        if not self._role_sent:
+            out += self._delta({"content": ""})
+        reason = finish_reason(chunk, self._tool_calls > 0) or "stop"
+        finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
+        return out + self._chunk([finish]) + self._end(chunk)
+
+
+class CompletionStream(_Stream):
+    """/api/generate NDJSON chunks -> `text_completion` SSE events (§2.3).
+
+    The last content chunk carries `finish_reason` (no separate finish chunk);
+    with include_usage a final `choices: []` chunk carries the usage.
+    """
+
+    prefix = "cmpl"
+    object = "text_completion"
+
+    def _feed(self, chunk: Mapping[str, Any]) -> bytes:
+        done = bool(chunk.get("done"))
+        if not done and not chunk.get("response"):
+            return b""
+        choice = {
+            "text": chunk.get("response", ""),
+            "index": 0,
+            "logprobs": logprobs_of(chunk),
+            "finish_reason": (finish_reason(chunk, False) or "stop") if done else None,
+        }
+        out = self._chunk([choice])
+        return out + self._end(chunk) if done else out

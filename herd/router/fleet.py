@@ -1,0 +1,97 @@
+"""/fleet/status and /fleet/nodes: the fleet's live state as JSON.
+
+Also used by `herd status`: the manifest's view (where each model should be)
+next to what the nodes report (where it is, loaded or not), so drift shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from herd.manifest.model import Fleet
+from herd.router.forward import dumps
+from herd.router.runtime import Runtime
+
+
+def nodes_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
+    out = []
+    for node in fleet.nodes:
+        health = runtime.poller.get(node).as_dict()
+        health.update(
+            labels=dict(node.labels),
+            max_concurrency=node.max_concurrency,
+            in_flight=runtime.queues.in_flight(node.name),
+            waiting=runtime.queues.waiting(node.name),
+            error_rate=round(runtime.stats.error_rate(node.name), 3),
+        )
+        out.append(health)
+    return out
+
+
+def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
+    out = []
+    for model in fleet.models:
+        placed = [n.name for n in fleet.nodes_for(model)]
+        on_disk, loaded, missing = [], [], []
+        for node in fleet.nodes_for(model):
+            health = runtime.poller.get(node)
+            if model.name in health.loaded:
+                loaded.append(node.name)
+            if model.name in health.on_disk:
+                on_disk.append(node.name)
+            elif health.up:
+                missing.append(node.name)
+        out.append(
+            {
+                "name": model.name,
+                "aliases": list(model.aliases),
+                "fallbacks": list(model.fallbacks),
+                "placed_on": placed,
+                "on_disk": on_disk,
+                "loaded": loaded,
+                "missing_on": missing,
+            }
+        )
+    return out
+
+
+def status(runtime: Runtime) -> dict[str, Any]:
+    served = runtime.served()
+    fleet = served.fleet
+    nodes = nodes_view(runtime, fleet)
+    return {
+        "fleet": fleet.name,
+        "revision": served.revision,
+        "sha256": served.sha256,
+        "reload_error": getattr(runtime.source, "last_error", None),
+        "nodes_up": sum(1 for n in nodes if n["state"] == "up"),
+        "nodes": nodes,
+        "models": models_view(runtime, fleet),
+        "requests": runtime.stats.requests,
+        "upstream_failures": runtime.stats.failures,
+        "traces": {
+            "written": runtime.traces.written,
+            "pending": runtime.traces.pending,
+            "dropped": runtime.traces.dropped,
+        },
+    }
+
+
+class Status:
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+
+    def on_get(self, req: Any, resp: Any) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(status(self.rt))
+
+
+class Nodes:
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+
+    def on_get(self, req: Any, resp: Any) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps({"nodes": nodes_view(self.rt, req.context.served.fleet)})

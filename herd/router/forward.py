@@ -1,0 +1,321 @@
+"""Sending one request to the best node: choose, queue, send, retry, fall back.
+
+`Forwarder.open` walks the model and its fallbacks in order; for each it asks
+`scoring.choose_node` for a ranking, takes a slot (`queues`), and sends. A
+connection failure, a timeout before the first byte, a 5xx or 404, an empty
+or non-JSON answer are all "before the first byte": the slot is released and
+the next node is tried, within `limits.retries`. What it returns is committed:
+the first line of a stream (or the whole non-streaming body) is already read
+and checked, so the caller can start answering the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from herd.errors import (
+    HerdError,
+    NoHealthyNode,
+    QueueFull,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from herd.manifest.model import Fleet, Model, Node
+from herd.router.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
+from herd.router.queues import Queues
+from herd.router.scoring import Candidate, Decision, RouteRequest, choose_node
+from herd.router.stats import Stats
+from herd.router.traces import Trace
+
+log = logging.getLogger("herd.router")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass
+class Outcome:
+    """What happened to one request so far; becomes its trace row."""
+
+    t0: float
+    started: float
+    route: str
+    method: str
+    client: str | None = None
+    requested_model: str | None = None
+    served_model: str | None = None
+    node: str | None = None
+    status: int = 0
+    queue_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    retries: int = 0
+    error_class: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def trace(self, now: float) -> Trace:
+        return Trace(
+            ts=self.t0,
+            client=self.client,
+            route=self.route,
+            method=self.method,
+            requested_model=self.requested_model,
+            served_model=self.served_model,
+            node=self.node,
+            status=self.status,
+            queue_ms=self.queue_ms,
+            ttft_ms=self.ttft_ms,
+            duration_ms=round((now - self.started) * 1000.0, 3),
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            retries=self.retries,
+            error_class=self.error_class,
+        )
+
+    def counts(self, final: dict[str, Any]) -> None:
+        """Take token counts from a node's final (`done`) object."""
+        if "prompt_eval_count" in final:
+            self.tokens_in = final.get("prompt_eval_count")
+        if "eval_count" in final:
+            self.tokens_out = final.get("eval_count")
+
+
+@dataclass
+class Opened:
+    """A node's committed answer: the first line (stream) or the whole body."""
+
+    node: Node
+    model: Model
+    status: int
+    content_type: str
+    body: bytes | None = None
+    first: bytes | None = None
+    first_obj: dict[str, Any] | None = None
+    rest: Iterator[bytes] | None = None
+    reply: Reply | None = None
+    sent_at: float = 0.0
+    _release: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        """Give the node slot back (once) and close the upstream connection."""
+        if self.reply is not None:
+            self.reply.close()
+            self.reply = None
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+class Forwarder:
+    """Choose-queue-send-retry, shared by every forwarded route."""
+
+    def __init__(
+        self,
+        *,
+        health: Any,
+        queues: Queues,
+        stats: Stats,
+        upstream: Upstream,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.health = health
+        self.queues = queues
+        self.stats = stats
+        self.upstream = upstream
+        self.clock = clock
+
+    def candidates(self, fleet: Fleet, model: Model) -> tuple[Candidate, ...]:
+        out = []
+        key = model.name
+        for node in fleet.nodes_for(model):
+            health = self.health.get(node)
+            ttft, tps = self.stats.perf(node.name, key)
+            out.append(
+                Candidate(
+                    node=node.name,
+                    up=health.up,
+                    loaded=key in health.loaded,
+                    on_disk=(key in health.on_disk) if health.up else None,
+                    in_flight=self.queues.in_flight(node.name),
+                    waiting=self.queues.waiting(node.name),
+                    max_concurrency=node.max_concurrency,
+                    ttft_ms=ttft,
+                    tokens_per_s=tps,
+                    error_rate=self.stats.error_rate(node.name),
+                    labels=node.labels,
+                )
+            )
+        return tuple(out)
+
+    def decide(self, fleet: Fleet, model: Model) -> Decision:
+        return choose_node(RouteRequest(model.name), self.candidates(fleet, model))
+
+    def open(
+        self,
+        fleet: Fleet,
+        path: str,
+        body: dict[str, Any],
+        models: tuple[Model, ...],
+        *,
+        stream: bool,
+        outcome: Outcome,
+        raw: bytes | None = None,
+    ) -> Opened:
+        """The first good answer from the best node able to serve `models[0]`
+        (or, failing that, a fallback). Raises a HerdError when none can."""
+        limits = fleet.router.limits
+        attempts = limits.retries + 1
+        error: HerdError | None = None
+        last: Opened | None = None
+        queue_start = self.clock()
+        for model in models:
+            decision = self.decide(fleet, model)
+            if not decision.ranked:
+                error = error or NoHealthyNode(
+                    f"no healthy node can serve model {model.name}"
+                    + (f": {decision.explain()}" if decision.excluded else "")
+                )
+                continue
+            tried: set[str] = set()
+            while attempts > 0:
+                ranked = tuple(n for n in decision.nodes if n not in tried)
+                if not ranked:
+                    break
+                try:
+                    name, _ = self.queues.acquire(ranked, limits.queue_timeout_s)
+                except QueueFull as ex:
+                    error = error or ex
+                    break
+                tried.add(name)
+                attempts -= 1
+                outcome.queue_ms = round((self.clock() - queue_start) * 1000.0, 3)
+                node = fleet.node(name)
+                assert node is not None
+                result = self._attempt(node, model, path, body, raw, stream, limits)
+                outcome.retries = limits.retries - attempts
+                if isinstance(result, Opened):
+                    if result.status in _RETRY_STATUS:
+                        last = result
+                        continue
+                    outcome.node = node.name
+                    outcome.served_model = model.name
+                    return result
+                error = result
+        if last is not None:
+            outcome.node, outcome.served_model = last.node.name, last.model.name
+            return last
+        raise error or NoHealthyNode("no node could serve this request")
+
+    def _attempt(
+        self,
+        node: Node,
+        model: Model,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes | None,
+        stream: bool,
+        limits: Any,
+    ) -> Opened | HerdError:
+        """One try on one node (slot already taken). Releases the slot unless it
+        returns a committed stream."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.queues.release(node.name)
+
+        if raw is None or body.get("model") != model.name:
+            payload = dict(body)
+            payload["model"] = model.name
+            if model.keep_loaded is not None and "keep_alive" not in payload:
+                payload["keep_alive"] = _keep_alive(model.keep_loaded)
+            data = _dumps(payload).encode("utf-8")
+        else:
+            data = raw
+        sent = self.clock()
+        try:
+            reply = self.upstream.open(
+                node.url,
+                "POST",
+                path,
+                data,
+                connect_s=limits.connect_timeout_s,
+                network_s=limits.first_byte_timeout_s,
+            )
+        except UpstreamFailure as ex:
+            release()
+            return self._failed(node, ex.kind, ex.message)
+        opened = Opened(
+            node=node,
+            model=model,
+            status=reply.status,
+            content_type=reply.content_type,
+            reply=reply,
+            sent_at=sent,
+            _release=release,
+        )
+        try:
+            if stream and reply.status == 200:
+                lines = reply.lines()
+                first = next((ln for ln in lines if ln.strip()), None)
+                if first is None:
+                    opened.release()
+                    return self._failed(node, "protocol", f"{node.url}: empty answer")
+                opened.first_obj = _json_object(first)
+                opened.first = first if first.endswith(b"\n") else first + b"\n"
+                opened.rest = lines
+                return opened
+            opened.body = reply.read()
+        except StreamBroken as ex:
+            opened.release()
+            return self._failed(node, "timeout", f"{node.url}: {ex}")
+        except ValueError:
+            opened.release()
+            return self._failed(node, "protocol", f"{node.url}: answer is not JSON")
+        opened.release()
+        if reply.status == 200:
+            try:
+                opened.first_obj = _json_object(opened.body)
+            except ValueError:
+                return self._failed(node, "protocol", f"{node.url}: answer is not JSON")
+        if reply.status >= 500:
+            self.stats.failure(node.name)
+        return opened
+
+    def _failed(self, node: Node, kind: str, message: str) -> HerdError:
+        self.stats.failure(node.name)
+        log.warning("node %s failed before answering: %s", node.name, message)
+        if kind == "connect" and hasattr(self.health, "report_refused"):
+            self.health.report_refused(node, message)
+        if kind == "timeout":
+            return UpstreamTimeout(message)
+        return UpstreamError(message)
+
+
+_RETRY_STATUS = frozenset({404, 500, 502, 503, 504})
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+def _keep_alive(value: str) -> Any:
+    """Manifest keep_loaded -> the wire value (a number of seconds or a duration)."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def dumps(obj: Any) -> bytes:
+    return _dumps(obj).encode("utf-8")

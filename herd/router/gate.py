@@ -1,0 +1,69 @@
+"""The middleware every request passes: admission (client ACL, token) and its trace.
+
+Before routing, the caller's source address and bearer token pick its client
+group (or the request ends with 403/401); the revision serving it is pinned
+for the whole request. After the response, one trace row is recorded, except
+for streams, whose relay records the trace when the stream ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from herd.router.forward import Outcome
+from herd.router.runtime import Runtime
+
+#: Probes that load balancers and systemd use; no client group needed.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class Gate:
+    """Falcon middleware (process_request / process_response)."""
+
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+
+    def process_request(self, req: Any, resp: Any) -> None:
+        rt = self.rt
+        rt.ensure_started()
+        ctx = req.context
+        ctx.deferred = False
+        ctx.outcome = outcome = Outcome(
+            t0=rt.clock(), started=rt.monotonic(), route=req.path, method=req.method
+        )
+        ctx.served = served = rt.served()
+        if req.path in OPEN_PATHS:
+            ctx.client = None
+            return
+        client = rt.policy(served.fleet).admit(
+            req.remote_addr, req.get_header("Authorization")
+        )
+        ctx.client = client
+        outcome.client = client.name
+
+    def process_response(
+        self, req: Any, resp: Any, resource: Any, req_succeeded: bool
+    ) -> None:
+        ctx = req.context
+        outcome = getattr(ctx, "outcome", None)
+        if outcome is None or getattr(ctx, "deferred", False):
+            return
+        if req.uri_template:
+            outcome.route = req.uri_template
+        elif resource is None:
+            outcome.route = "(unrouted)"
+        outcome.status = int(str(resp.status).split(" ", 1)[0])
+        if outcome.node is not None:
+            _decision_headers(resp, outcome)
+        self.rt.record(outcome)
+
+
+def _decision_headers(resp: Any, outcome: Outcome) -> None:
+    resp.set_header("X-Herd-Node", outcome.node or "")
+    resp.set_header("X-Herd-Model", outcome.served_model or "")
+    resp.set_header("X-Herd-Queue-Ms", f"{outcome.queue_ms or 0:.1f}")
+
+
+def decision_headers(resp: Any, outcome: Outcome) -> None:
+    """Headers that explain a routing decision (set before a stream starts)."""
+    _decision_headers(resp, outcome)

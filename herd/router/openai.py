@@ -1,0 +1,172 @@
+"""The OpenAI API (/v1/*), converted to and from the nodes' native API.
+
+Conversion is herd.router.convert's job (pure functions); these resources
+parse, enforce, forward and relay. Streams are Server-Sent Events ending in
+`data: [DONE]`; errors are OpenAI-shaped (see herd.router.failures).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+from herd.errors import ModelNotFound
+from herd.manifest.model import Fleet, Model
+from herd.router import convert, relay
+from herd.router.forward import Outcome, dumps
+from herd.router.gate import decision_headers
+from herd.router.ollama import allowed_models, listed_names
+from herd.router.runtime import Runtime
+
+
+class Forwarded:
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        route: str,
+        native_path: str,
+        to_native: Callable[[Any], convert.Converted],
+        reply: Callable[[dict[str, Any], convert.Converted], dict[str, Any]],
+        stream_type: Any = None,
+    ):
+        self.rt = runtime
+        self.route = route
+        self.native_path = native_path
+        self.to_native = to_native
+        self.reply = reply
+        self.stream_type = stream_type
+
+    def on_post(self, req: Any, resp: Any) -> None:
+        rt = self.rt
+        ctx = req.context
+        fleet = ctx.served.fleet
+        outcome: Outcome = ctx.outcome
+        outcome.route = self.route
+        body, _ = rt.read_json(req, fleet)
+        if isinstance(body.get("model"), str):
+            outcome.requested_model = body["model"]
+        extra = body.pop("fallback_models", None)
+        converted = self.to_native(body)
+        models = rt.models_for(fleet, ctx.client, converted.model, extra)
+        rt.limiter.take(ctx.client)
+        stream = bool(converted.stream and self.stream_type)
+        native = dict(converted.native)
+        if self.stream_type is not None:
+            native["stream"] = stream
+        opened = rt.forwarder.open(
+            fleet, self.native_path, native, models, stream=stream, outcome=outcome
+        )
+        decision_headers(resp, outcome)
+        ctx.deferred = True
+        if opened.body is None:
+            outcome.status = 200
+            resp.content_type = convert.SSE_CONTENT_TYPE
+            resp.set_header("Cache-Control", "no-cache")
+            converter = self.stream_type(converted.model, converted.include_usage)
+            resp.stream = relay.sse(
+                opened, converter, outcome, rt.finish, rt.deadline(fleet), rt.monotonic
+            )
+            return
+        resp.content_type = falcon.MEDIA_JSON
+        resp.status = opened.status
+        outcome.status = opened.status
+        if opened.status == 200 and opened.first_obj is not None:
+            outcome.counts(opened.first_obj)
+            resp.data = dumps(self.reply(opened.first_obj, converted))
+            rt.finish(opened, outcome, None)
+            return
+        resp.data = dumps(convert.error_from_native(opened.status, opened.body or b""))
+        rt.finish(opened, outcome, "node_status")
+
+
+def chat_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
+    return convert.chat_response(native, c.model)
+
+
+def completion_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
+    return convert.completion_response(native, c.model)
+
+
+def embedding_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
+    return convert.embedding_response(native, c.model, c.encoding_format)
+
+
+def resources(runtime: Runtime) -> dict[str, Any]:
+    """Route -> resource for the OpenAI surface."""
+    return {
+        "/v1/chat/completions": Forwarded(
+            runtime,
+            "/v1/chat/completions",
+            "/api/chat",
+            convert.chat_request,
+            chat_reply,
+            convert.ChatStream,
+        ),
+        "/v1/completions": Forwarded(
+            runtime,
+            "/v1/completions",
+            "/api/generate",
+            convert.completion_request,
+            completion_reply,
+            convert.CompletionStream,
+        ),
+        "/v1/embeddings": Forwarded(
+            runtime,
+            "/v1/embeddings",
+            "/api/embed",
+            convert.embedding_request,
+            embedding_reply,
+        ),
+        "/v1/models": Models(runtime),
+        "/v1/models/{model_id}": OneModel(runtime),
+    }
+
+
+def _created(runtime: Runtime, fleet: Fleet, model: Model) -> int:
+    """When the model was written on a node (from its /api/tags), else router start."""
+    for node in fleet.nodes_for(model):
+        stamp = runtime.poller.get(node).details.get(model.name, {}).get("modified_at")
+        if isinstance(stamp, str):
+            try:
+                return int(dt.datetime.fromisoformat(stamp[:19] + "+00:00").timestamp())
+            except ValueError:
+                continue
+    return int(runtime.started_at)
+
+
+class Models:
+    """GET /v1/models: the declared models and aliases this caller may use."""
+
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+
+    def on_get(self, req: Any, resp: Any) -> None:
+        fleet = req.context.served.fleet
+        entries = []
+        for model in allowed_models(fleet, req.context.client):
+            created = _created(self.rt, fleet, model)
+            entries += [(name, created) for name in listed_names(model)]
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(convert.models_list(entries))
+
+
+class OneModel:
+    """GET /v1/models/{model_id}: one declared model (or alias)."""
+
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+
+    def on_get(self, req: Any, resp: Any, model_id: str) -> None:
+        fleet = req.context.served.fleet
+        model = fleet.resolve(model_id)
+        if model is None or model not in allowed_models(fleet, req.context.client):
+            raise ModelNotFound(f"model '{model_id}' not found")
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(
+            convert.model_object(model_id, _created(self.rt, fleet, model))
+        )

@@ -1,0 +1,125 @@
+"""Who may call the router, for which models, how often (manifest `router.clients`).
+
+Every request is admitted by source address (the first client group whose
+networks contain it); a group with `token_sha256` also needs an
+`Authorization: Bearer` token hashing to it (compared in constant time). When
+several groups admit an address, a presented token picks the group it matches.
+Groups may be limited to a list of models and to a token-bucket rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from herd.errors import Forbidden, ModelNotAllowed, RateLimited, Unauthorized
+from herd.manifest.model import Client, Fleet, Model, RateLimit
+
+_CACHE_MAX = 4096
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer X` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class Policy:
+    """The admission rules of one manifest revision (built once per reload)."""
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self._by_address: dict[str, tuple[Client, ...]] = {}
+
+    def _groups(self, remote_addr: str) -> tuple[Client, ...]:
+        groups = self._by_address.get(remote_addr)
+        if groups is None:
+            try:
+                address = ipaddress.ip_address(remote_addr.split("%", 1)[0])
+            except ValueError:
+                return ()
+            mapped = getattr(address, "ipv4_mapped", None)
+            if mapped is not None:
+                address = mapped
+            groups = tuple(c for c in self.fleet.router.clients if c.admits(address))
+            if len(self._by_address) >= _CACHE_MAX:
+                self._by_address.clear()
+            self._by_address[remote_addr] = groups
+        return groups
+
+    def admit(self, remote_addr: str, authorization: str | None) -> Client:
+        """The client group of this caller; raises Forbidden or Unauthorized."""
+        groups = self._groups(remote_addr or "")
+        if not groups:
+            raise Forbidden(f"address {remote_addr} is not in any client group")
+        token = bearer_token(authorization)
+        if token is not None:
+            digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+            for group in groups:
+                if group.token_sha256 and hmac.compare_digest(
+                    digest, group.token_sha256.lower()
+                ):
+                    return group
+        for group in groups:
+            if not group.token_sha256:
+                return group
+        if token is None:
+            raise Unauthorized(
+                f"client group {groups[0].name} requires an Authorization: Bearer token"
+            )
+        raise Unauthorized("the bearer token does not match this client group")
+
+    @staticmethod
+    def check_model(client: Client, model: Model) -> None:
+        """Raise ModelNotAllowed unless `client` may use `model`."""
+        if client.models and model.name not in client.models:
+            raise ModelNotAllowed(
+                f"client group {client.name} may not use model {model.name}"
+            )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+    rate: RateLimit
+
+
+class RateLimiter:
+    """Token buckets per client group; state survives manifest reloads."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, client: Client) -> None:
+        """Spend one token of `client`'s bucket or raise RateLimited."""
+        rate = client.rate_limit
+        if rate is None:
+            return
+        now = self._clock()
+        bucket = self._buckets.get(client.name)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[client.name] = _Bucket(float(rate.burst), now, rate)
+        per_second = rate.requests_per_minute / 60.0
+        bucket.tokens = min(
+            float(rate.burst), bucket.tokens + (now - bucket.stamp) * per_second
+        )
+        bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return
+        wait = (1.0 - bucket.tokens) / per_second if per_second > 0 else 60.0
+        raise RateLimited(
+            f"client group {client.name} is over its rate limit of "
+            f"{rate.requests_per_minute} requests per minute",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )

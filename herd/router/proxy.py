@@ -1,0 +1,198 @@
+"""The upstream HTTP client: pooled keep-alive connections to nodes, made for gevent.
+
+Built on geventhttpclient (a C HTTP parser over gevent sockets with a
+connection pool per host), which costs a fraction of urllib3/http.client per
+request. It is imported on first use, never at module import, so importing the
+router app stays free of side effects before gevent patches the process.
+
+Every call has a connect timeout and a network timeout that bounds both the
+wait for the first byte and each idle gap while streaming. Only URLs the
+`allow` callable accepts (the manifest's nodes) are ever connected to.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+POLL_TIMEOUT_S = 1.5
+
+
+class UpstreamFailure(Exception):
+    """A node failed before answering: safe to retry on another node.
+
+    `kind` is "connect" (refused, unreachable: the node is down), "timeout"
+    (no first byte in time), or "protocol" (the node's answer was not HTTP).
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class StreamBroken(Exception):
+    """A node failed after its answer started (idle timeout, reset, garbage)."""
+
+
+class Reply:
+    """One node's answer: status and headers read, body still on the socket."""
+
+    def __init__(self, response: Any):
+        self._response = response
+        self.status: int = response.status_code
+        self.content_type: str = response.get("content-type") or ""
+
+    def header(self, name: str) -> str | None:
+        value = self._response.get(name)
+        return value if isinstance(value, str) or value is None else value[0]
+
+    def read(self) -> bytes:
+        """The whole body (non-streaming answers)."""
+        try:
+            return bytes(self._response.read())
+        except Exception as ex:  # noqa: BLE001 - any socket/parse failure
+            self.close()
+            raise StreamBroken(_describe(ex)) from ex
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line (`\\n` kept), as soon as each line arrives."""
+        readline = self._response.readline
+        try:
+            while True:
+                line = readline(b"\n")
+                if not line:
+                    return
+                yield line
+        except Exception as ex:  # noqa: BLE001 - any socket/parse failure
+            self.close()
+            raise StreamBroken(_describe(ex)) from ex
+
+    def close(self) -> None:
+        """Give the connection back to the pool, or drop it if unfinished."""
+        response = self._response
+        if response._sock is not None and not response.message_complete:
+            # An unfinished body cannot be reused: close instead of returning.
+            pool, sock = response._pool, response._sock
+            response._sock = response._pool = None
+            if pool is not None:
+                pool.release_socket(sock)
+            return
+        response.release()
+
+
+def _describe(ex: BaseException) -> str:
+    if isinstance(ex, TimeoutError | socket.timeout):
+        return "node stopped sending (idle timeout)"
+    text = str(ex) or type(ex).__name__
+    return f"{type(ex).__name__}: {text}"
+
+
+class Upstream:
+    """Keep-alive pools to node URLs, one per (URL, timeouts)."""
+
+    def __init__(self, allow: Callable[[str], bool] | None = None):
+        self._allow = allow or (lambda url: True)
+        self._clients: dict[tuple[str, float, float], Any] = {}
+
+    def set_allow(self, allow: Callable[[str], bool]) -> None:
+        self._allow = allow
+
+    def _client(self, url: str, connect_s: float, network_s: float) -> Any:
+        key = (url, connect_s, network_s)
+        client = self._clients.get(key)
+        if client is None:
+            from geventhttpclient import HTTPClient
+
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UpstreamFailure("connect", f"bad node URL {url!r}")
+            client = HTTPClient(
+                parts.hostname,
+                port=parts.port or (443 if parts.scheme == "https" else 80),
+                ssl=parts.scheme == "https",
+                connection_timeout=connect_s,
+                network_timeout=network_s,
+                concurrency=2048,
+                headers={"User-Agent": "herd-router"},
+            )
+            client.path_prefix = parts.path.rstrip("/")
+            self._clients[key] = client
+        return client
+
+    def open(
+        self,
+        url: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        connect_s: float = 3.0,
+        network_s: float = 120.0,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """Send a request; return once the status and headers arrived.
+
+        Raises UpstreamFailure when nothing usable came back (retryable).
+        """
+        if not self._allow(url):
+            raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
+        client = self._client(url, connect_s, network_s)
+        send_headers = {"Content-Type": "application/json"} if body else {}
+        if headers:
+            send_headers.update(headers)
+        try:
+            response = client.request(
+                method, client.path_prefix + path, body=body, headers=send_headers
+            )
+        except TimeoutError as ex:
+            raise UpstreamFailure("timeout", f"{url}: no answer in time") from ex
+        except ConnectionRefusedError as ex:
+            raise UpstreamFailure("connect", f"{url}: connection refused") from ex
+        except OSError as ex:
+            kind = "connect" if ex.errno in _CONNECT_ERRNOS else "protocol"
+            raise UpstreamFailure(kind, f"{url}: {_describe(ex)}") from ex
+        except Exception as ex:  # noqa: BLE001 - parse errors, closed connections
+            raise UpstreamFailure("protocol", f"{url}: {_describe(ex)}") from ex
+        return Reply(response)
+
+    def get_json(self, url: str, path: str, timeout: float = POLL_TIMEOUT_S) -> Any:
+        """GET a small JSON document (the health poller); raises UpstreamFailure."""
+        import json
+
+        reply = self.open(url, "GET", path, connect_s=timeout, network_s=timeout)
+        try:
+            data = reply.read()
+        except StreamBroken as ex:
+            raise UpstreamFailure("protocol", f"{url}{path}: {ex}") from ex
+        if reply.status != 200:
+            raise UpstreamFailure("protocol", f"{url}{path}: HTTP {reply.status}")
+        try:
+            return json.loads(data)
+        except ValueError as ex:
+            raise UpstreamFailure("protocol", f"{url}{path}: not JSON") from ex
+
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        """Close pools to URLs that are no longer nodes (after a reload)."""
+        for key in [k for k in self._clients if not keep(k[0])]:
+            self._clients.pop(key).close()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+_CONNECT_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EADDRNOTAVAIL,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+    }
+)

@@ -1,0 +1,118 @@
+"""Relaying a committed stream to the client, chunk by chunk, never buffered.
+
+Once the first byte went out the stream is committed: if the node dies, sends
+garbage, goes idle past its timeout or runs past the request timeout, the
+client's stream ends with one final error line (Ollama NDJSON
+`{"error": "..."}`) or an SSE error event then `[DONE]` (OpenAI), and nothing
+else. Every path through a relay ends in `finish`, which releases the node
+slot and writes the trace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from herd.router.forward import Opened, Outcome, dumps
+from herd.router.proxy import StreamBroken
+
+Finish = Callable[[Opened, Outcome, str | None], None]
+
+
+class Converter(Protocol):
+    done: bool
+
+    def feed(self, chunk: dict[str, Any]) -> bytes: ...
+
+    def fail(self, message: str) -> bytes: ...
+
+
+def native_objects(
+    opened: Opened, deadline: float, clock: Callable[[], float]
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(line, object) pairs of a node's NDJSON stream, first line included.
+
+    Raises StreamBroken on garbage, an early end, or the request deadline.
+    """
+    assert opened.first is not None and opened.first_obj is not None
+    yield opened.first, opened.first_obj
+    if opened.first_obj.get("done") or opened.first_obj.get("error"):
+        return
+    for line in opened.rest or ():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as ex:
+            raise StreamBroken("node sent a line that is not JSON") from ex
+        if not isinstance(obj, dict):
+            raise StreamBroken("node sent a line that is not a JSON object")
+        yield (line if line.endswith(b"\n") else line + b"\n"), obj
+        if obj.get("done") or obj.get("error"):
+            return
+        if clock() > deadline:
+            raise StreamBroken("request timeout reached")
+    raise StreamBroken("node ended the stream before it was done")
+
+
+def ndjson(
+    opened: Opened,
+    outcome: Outcome,
+    finish: Finish,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Iterator[bytes]:
+    """Ollama NDJSON passed through line by line (already valid, one per line)."""
+    error: str | None = None
+    try:
+        for line, obj in native_objects(opened, deadline, clock):
+            if outcome.ttft_ms is None:
+                outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
+            if obj.get("done"):
+                outcome.counts(obj)
+            elif obj.get("error"):
+                error = "node_error"
+            yield line
+    except StreamBroken as ex:
+        error = "stream_broken"
+        yield dumps({"error": f"herd: node {opened.node.name} failed mid-stream: {ex}"})
+        yield b"\n"
+    except GeneratorExit:
+        error = "client_gone"
+        raise
+    finally:
+        finish(opened, outcome, error)
+
+
+def sse(
+    opened: Opened,
+    converter: Converter,
+    outcome: Outcome,
+    finish: Finish,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Iterator[bytes]:
+    """Ollama NDJSON converted to OpenAI SSE events as each line arrives."""
+    error: str | None = None
+    try:
+        for _, obj in native_objects(opened, deadline, clock):
+            if outcome.ttft_ms is None:
+                outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
+            if obj.get("done"):
+                outcome.counts(obj)
+            elif obj.get("error"):
+                error = "node_error"
+            out = converter.feed(obj)
+            if out:
+                yield out
+            if converter.done:
+                break
+    except StreamBroken as ex:
+        error = "stream_broken"
+        yield converter.fail(f"herd: node {opened.node.name} failed mid-stream: {ex}")
+    except GeneratorExit:
+        error = "client_gone"
+        raise
+    finally:
+        finish(opened, outcome, error)

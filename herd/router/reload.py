@@ -1,0 +1,130 @@
+"""The manifest the router serves, and its hot reload from `STATE_DIR/current.json`.
+
+`herd apply` replaces the pointer atomically. The watcher stats it at most
+every `CHECK_S` and, when its inode, size or mtime changed, loads the new
+revision through the real manifest loader. A revision that fails to load never
+replaces a good one (the error is logged, the old fleet keeps serving).
+In-flight requests hold the `Fleet` they started with, so a reload never
+disturbs a running stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from herd.errors import HerdError, StateError
+from herd.manifest import load_bytes
+from herd.manifest.model import Fleet
+from herd.store import POINTER_NAME, read_pointer
+
+log = logging.getLogger("herd.router")
+
+CHECK_S = 0.5
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded revision."""
+
+    fleet: Fleet
+    revision: int | None
+    sha256: str | None
+
+
+class StaticSource:
+    """A fixed fleet (tests, benchmarks)."""
+
+    def __init__(self, fleet: Fleet, revision: int | None = None):
+        self.served = Served(fleet, revision, None)
+        self.listeners: list[Callable[[Served], None]] = []
+
+    def current(self) -> Served:
+        return self.served
+
+    def replace(self, fleet: Fleet, revision: int | None = None) -> None:
+        self.served = Served(fleet, revision, None)
+        for listener in self.listeners:
+            listener(self.served)
+
+    def check(self) -> bool:
+        return False
+
+
+class PointerSource:
+    """The fleet of the state directory's current revision, reloaded on change."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path = Path(state_dir) / POINTER_NAME
+        self._state_dir = state_dir
+        self._clock = clock
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+        self.listeners: list[Callable[[Served], None]] = []
+        self.last_error: str | None = None
+        self.served = self._load_initial()
+
+    def _load_initial(self) -> Served:
+        pointer = read_pointer(self._state_dir)
+        if pointer is None:
+            raise StateError(
+                f"no applied manifest in {self._state_dir} "
+                "(run `herd apply FILE` first, or pass --state-dir)"
+            )
+        self._stamp = self._stat()
+        return self._build(pointer)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @staticmethod
+    def _build(pointer) -> Served:
+        fleet = load_bytes(
+            pointer.manifest.encode("utf-8"),
+            f"revision {pointer.revision}",
+            pointer.base_dir,
+        )
+        return Served(fleet, pointer.revision, pointer.sha256)
+
+    def current(self) -> Served:
+        """The fleet for a new request (stats the pointer at most every CHECK_S)."""
+        if self._clock() - self._checked >= CHECK_S:
+            self.check()
+        return self.served
+
+    def check(self) -> bool:
+        """Reload if the pointer changed; True when a new revision took effect."""
+        self._checked = self._clock()
+        stamp = self._stat()
+        if stamp == self._stamp or stamp is None:
+            return False
+        self._stamp = stamp
+        try:
+            pointer = read_pointer(self._state_dir)
+            if pointer is None or pointer.sha256 == self.served.sha256:
+                return False
+            served = self._build(pointer)
+        except (HerdError, ValueError, TypeError, KeyError) as ex:
+            self.last_error = str(ex)
+            log.error(
+                "kept revision %s: new manifest refused: %s", self.served.revision, ex
+            )
+            return False
+        self.served = served
+        self.last_error = None
+        log.warning("serving revision %s", served.revision)
+        for listener in self.listeners:
+            listener(served)
+        return True

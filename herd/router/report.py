@@ -1,0 +1,106 @@
+"""`herd status`: the fleet's state from the running router, or the manifest's view.
+
+The running router's /fleet/status is asked first (on the manifest's
+`router.listen`, loopback when it listens on every address); when it does not
+answer, the report shows what the manifest declares with every node
+"unknown", and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from herd.manifest.model import Fleet
+
+TIMEOUT_S = 2.0
+
+
+def local_url(listen: str) -> str:
+    """An http:// URL this host can use to reach a router bound to `listen`."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "", "*"):
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    return f"http://{host}:{port}"
+
+
+def fetch_live(url: str, token: str | None = None) -> dict[str, Any] | None:
+    """The router's /fleet/status, or None when it is not reachable."""
+    request = urllib.request.Request(url.rstrip("/") + "/fleet/status")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as reply:
+            return json.loads(reply.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
+    """The same shape as /fleet/status, from the manifest alone."""
+    return {
+        "fleet": fleet.name,
+        "revision": revision,
+        "source": "manifest (router not reachable)",
+        "nodes": [
+            {
+                "name": n.name,
+                "url": n.url,
+                "state": "unknown",
+                "version": None,
+                "in_flight": None,
+                "max_concurrency": n.max_concurrency,
+                "models_loaded": [],
+                "models_on_disk": [],
+            }
+            for n in fleet.nodes
+        ],
+        "models": [
+            {
+                "name": m.name,
+                "aliases": list(m.aliases),
+                "fallbacks": list(m.fallbacks),
+                "placed_on": [n.name for n in fleet.nodes_for(m)],
+                "on_disk": [],
+                "loaded": [],
+                "missing_on": [],
+            }
+            for m in fleet.models
+        ],
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """A plain-text table of nodes and models, with drift called out."""
+    lines = [
+        f"fleet {report.get('fleet')}  revision {report.get('revision')}  "
+        f"({report.get('source', 'live router')})",
+        "",
+        f"{'NODE':<16} {'STATE':<8} {'VERSION':<10} {'BUSY':<7} {'LOADED':<30} URL",
+    ]
+    for n in report.get("nodes", []):
+        busy = (
+            "-"
+            if n.get("in_flight") is None
+            else f"{n['in_flight']}/{n.get('max_concurrency')}"
+        )
+        lines.append(
+            f"{n['name']:<16} {n.get('state', '?'):<8} {n.get('version') or '-':<10} "
+            f"{busy:<7} {','.join(n.get('models_loaded') or []) or '-':<30} {n['url']}"
+        )
+    lines += ["", f"{'MODEL':<28} {'PLACED ON':<24} {'ON DISK':<24} DRIFT"]
+    for m in report.get("models", []):
+        drift = (
+            "missing on " + ",".join(m["missing_on"]) if m.get("missing_on") else "-"
+        )
+        lines.append(
+            f"{m['name']:<28} {','.join(m['placed_on']) or '-':<24} "
+            f"{','.join(m.get('on_disk') or []) or '-':<24} {drift}"
+        )
+    if report.get("reload_error"):
+        lines += ["", f"last manifest reload refused: {report['reload_error']}"]
+    return "\n".join(lines)

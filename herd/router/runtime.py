@@ -1,0 +1,239 @@
+"""The router's live state and the steps every forwarded request shares.
+
+`Runtime` ties the collaborators together: the manifest source (hot reload),
+health poller, queues, stats, rate limiter, upstream pools and trace log. The
+resources call its small steps (read the body, resolve the model, finish the
+request); background greenlets (poller, trace flusher, reload watcher) start
+on the first request or from gunicorn's `post_worker_init`, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from herd.discovery.static import StaticPoller
+from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
+from herd.manifest.model import Client, Fleet, Model
+from herd.router.forward import Forwarder, Opened, Outcome
+from herd.router.policy import Policy, RateLimiter
+from herd.router.proxy import Upstream
+from herd.router.queues import Queues
+from herd.router.reload import Served
+from herd.router.stats import Stats
+from herd.router.traces import TraceLog
+
+log = logging.getLogger("herd.router")
+access = logging.getLogger("herd.access")
+
+RELOAD_CHECK_S = 0.5
+
+
+class Runtime:
+    """Everything a request needs beyond the manifest itself."""
+
+    def __init__(
+        self,
+        source: Any,
+        traces: TraceLog,
+        upstream: Upstream,
+        clock: Callable[[], float] = time.time,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        poller: StaticPoller | None = None,
+        background: bool = True,
+    ):
+        self.source = source
+        self.traces = traces
+        self.upstream = upstream
+        self.clock = clock
+        self.monotonic = monotonic
+        self.poller = poller or StaticPoller(
+            lambda: self.source.current().fleet, upstream, clock
+        )
+        self.queues = Queues(monotonic)
+        self.stats = Stats()
+        self.limiter = RateLimiter(monotonic)
+        self.forwarder = Forwarder(
+            health=self.poller,
+            queues=self.queues,
+            stats=self.stats,
+            upstream=upstream,
+            clock=monotonic,
+        )
+        self.started_at = clock()
+        self._background = background
+        self._started = False
+        self._stopping = False
+        self._greenlets: list[Any] = []
+        self._policy: tuple[int, Policy] | None = None
+        self._node_urls: frozenset[str] = frozenset()
+        upstream.set_allow(lambda url: url in self._node_urls)
+        source.listeners.append(self._apply)
+        self._apply(source.current())
+
+    # -- manifest ------------------------------------------------------------
+
+    def _apply(self, served: Served) -> None:
+        """A (new) revision: resize queues, re-allow node URLs, drop old pools."""
+        fleet = served.fleet
+        self._node_urls = frozenset(n.url for n in fleet.nodes)
+        self.queues.configure(
+            ((n.name, n.max_concurrency) for n in fleet.nodes),
+            fleet.router.limits.queue_depth,
+        )
+        self.upstream.forget(lambda url: url in self._node_urls)
+
+    def served(self) -> Served:
+        return self.source.current()
+
+    def policy(self, fleet: Fleet) -> Policy:
+        cached = self._policy
+        if cached is None or cached[0] != id(fleet):
+            cached = self._policy = (id(fleet), Policy(fleet))
+        return cached[1]
+
+    # -- background ----------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Start the background greenlets once, inside the worker process."""
+        if self._started or not self._background:
+            return
+        self._started = True
+        import gevent
+
+        stopped = self._is_stopping
+        self._greenlets = [
+            gevent.spawn(self.poller.run, stopped),
+            gevent.spawn(self.traces.run, stopped),
+            gevent.spawn(self._watch, stopped),
+        ]
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    def _watch(self, stopped: Callable[[], bool]) -> None:
+        import gevent
+
+        while not stopped():
+            try:
+                self.source.check()
+            except Exception:  # noqa: BLE001 - the watcher must never die
+                log.exception("checking for a new manifest revision failed")
+            gevent.sleep(RELOAD_CHECK_S)
+
+    def stop(self) -> None:
+        """Stop background work and write the last traces (worker exit)."""
+        self._stopping = True
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        self.traces.close()
+        self.upstream.close()
+
+    # -- request steps -------------------------------------------------------
+
+    def read_json(self, req: Any, fleet: Fleet) -> tuple[dict[str, Any], bytes]:
+        """The request body as a JSON object, refusing bodies over max_body_mb."""
+        limit = int(fleet.router.limits.max_body_mb * 1024 * 1024)
+        length = req.content_length
+        if length is not None and length > limit:
+            raise BodyTooLarge(
+                f"request body of {length} bytes is over the limit of "
+                f"{fleet.router.limits.max_body_mb:g} MB"
+            )
+        raw = req.bounded_stream.read(limit + 1)
+        if len(raw) > limit:
+            raise BodyTooLarge(
+                "request body is over the limit of "
+                f"{fleet.router.limits.max_body_mb:g} MB"
+            )
+        if not raw.strip():
+            raise InvalidRequest("missing request body")
+        try:
+            body = json.loads(raw)
+        except ValueError as ex:
+            raise InvalidRequest(f"request body is not valid JSON: {ex}") from ex
+        if not isinstance(body, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        return body, raw
+
+    def models_for(
+        self,
+        fleet: Fleet,
+        client: Client,
+        requested: Any,
+        extra_fallbacks: Any = None,
+    ) -> tuple[Model, ...]:
+        """The declared model a request names, then its fallbacks, in order.
+
+        Manifest `fallbacks` come first, then the request's `fallback_models`
+        (each must be declared). Fallbacks the client may not use are skipped.
+        """
+        if not isinstance(requested, str) or not requested.strip():
+            raise InvalidRequest("model is required")
+        model = fleet.resolve(requested)
+        if model is None:
+            raise ModelNotFound(f"model '{requested}' not found")
+        Policy.check_model(client, model)
+        names: list[str] = list(model.fallbacks)
+        if extra_fallbacks is not None:
+            if not isinstance(extra_fallbacks, list) or not all(
+                isinstance(n, str) for n in extra_fallbacks
+            ):
+                raise InvalidRequest("fallback_models must be a list of model names")
+            for name in extra_fallbacks:
+                if fleet.resolve(name) is None:
+                    raise InvalidRequest(
+                        f"fallback_models: model '{name}' is not declared in the fleet"
+                    )
+            names += extra_fallbacks
+        chain = [model]
+        for name in names:
+            fallback = fleet.resolve(name)
+            if fallback is None or fallback in chain:
+                continue
+            if client.models and fallback.name not in client.models:
+                continue
+            chain.append(fallback)
+        return tuple(chain)
+
+    def deadline(self, fleet: Fleet) -> float:
+        return self.monotonic() + fleet.router.limits.request_timeout_s
+
+    def finish(self, opened: Opened, outcome: Outcome, error: str | None) -> None:
+        """End of a forwarded request: free the slot, learn, trace, log."""
+        opened.release()
+        now = self.monotonic()
+        if error in ("stream_broken", "node_error"):
+            self.stats.failure(opened.node.name)
+        elif outcome.status < 500:
+            gen = now - (opened.sent_at or outcome.started)
+            ttft = None
+            if outcome.ttft_ms is not None:
+                ttft = outcome.ttft_ms - (opened.sent_at - outcome.started) * 1000.0
+            self.stats.success(
+                opened.node.name, opened.model.name, ttft, outcome.tokens_out, gen
+            )
+        if error and not outcome.error_class:
+            outcome.error_class = error
+        self.record(outcome)
+
+    def record(self, outcome: Outcome) -> None:
+        now = self.monotonic()
+        self.traces.record(outcome.trace(now))
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "%s %s %s %d model=%s node=%s retries=%d %.1fms%s",
+                outcome.client or "-",
+                outcome.method,
+                outcome.route,
+                outcome.status,
+                outcome.served_model or outcome.requested_model or "-",
+                outcome.node or "-",
+                outcome.retries,
+                (now - outcome.started) * 1000.0,
+                f" error={outcome.error_class}" if outcome.error_class else "",
+            )

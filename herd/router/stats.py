@@ -1,0 +1,63 @@
+"""Recent performance per node (and node x model), as exponentially weighted averages.
+
+Fed by the forwarder after each request; read by scoring. Time to first token
+and tokens/s are kept per node x model (a node may be fast for one model and
+slow for another); the error rate per node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALPHA = 0.2
+
+
+def _ewma(old: float | None, new: float, alpha: float = ALPHA) -> float:
+    return new if old is None else old + alpha * (new - old)
+
+
+@dataclass
+class _Perf:
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+
+
+class Stats:
+    """Mutable counters; one instance per router process."""
+
+    def __init__(self) -> None:
+        self._perf: dict[tuple[str, str], _Perf] = {}
+        self._errors: dict[str, float] = {}
+        self.requests = 0
+        self.failures = 0
+
+    def success(
+        self,
+        node: str,
+        model: str,
+        ttft_ms: float | None,
+        tokens_out: int | None,
+        gen_seconds: float | None,
+    ) -> None:
+        self.requests += 1
+        perf = self._perf.get((node, model))
+        if perf is None:
+            perf = self._perf[(node, model)] = _Perf()
+        if ttft_ms is not None:
+            perf.ttft_ms = _ewma(perf.ttft_ms, ttft_ms)
+        if tokens_out and gen_seconds and gen_seconds > 0:
+            perf.tokens_per_s = _ewma(perf.tokens_per_s, tokens_out / gen_seconds)
+        rate = self._errors.get(node)
+        if rate:
+            self._errors[node] = rate * (1 - ALPHA)
+
+    def failure(self, node: str) -> None:
+        self.failures += 1
+        self._errors[node] = _ewma(self._errors.get(node, 0.0), 1.0)
+
+    def perf(self, node: str, model: str) -> tuple[float | None, float | None]:
+        perf = self._perf.get((node, model))
+        return (perf.ttft_ms, perf.tokens_per_s) if perf else (None, None)
+
+    def error_rate(self, node: str) -> float:
+        return self._errors.get(node, 0.0)

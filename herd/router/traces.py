@@ -1,0 +1,176 @@
+"""One trace row per request, written in batches off the request path.
+
+A request appends a `Trace` (numbers and names only: never prompt or response
+text) to an in-memory buffer; a background greenlet flushes the buffer to
+`STATE_DIR/traces.db` every `FLUSH_S` in one transaction, and prunes rows older
+than `audit.retention_days`. The buffer is bounded: if the disk stalls, the
+oldest unwritten traces are dropped and counted rather than growing memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, fields
+
+import sqlite_utils
+
+from herd.store import Store
+
+log = logging.getLogger("herd.router")
+
+DB_NAME = "traces.db"
+FLUSH_S = 1.0
+PRUNE_S = 3600.0
+BUFFER_MAX = 100_000
+
+
+@dataclass(frozen=True)
+class Trace:
+    ts: float
+    client: str | None
+    route: str
+    method: str
+    requested_model: str | None
+    served_model: str | None
+    node: str | None
+    status: int
+    queue_ms: float | None
+    ttft_ms: float | None
+    duration_ms: float
+    tokens_in: int | None
+    tokens_out: int | None
+    retries: int
+    error_class: str | None
+
+
+COLUMNS = tuple(f.name for f in fields(Trace))
+
+
+def _m1_traces(db: sqlite_utils.Database) -> None:
+    db["traces"].create(
+        {
+            "id": int,
+            "time": str,
+            "ts": float,
+            "client": str,
+            "route": str,
+            "method": str,
+            "requested_model": str,
+            "served_model": str,
+            "node": str,
+            "status": int,
+            "queue_ms": float,
+            "ttft_ms": float,
+            "duration_ms": float,
+            "tokens_in": int,
+            "tokens_out": int,
+            "retries": int,
+            "error_class": str,
+        },
+        pk="id",
+    )
+    db["traces"].create_index(["ts"])
+
+
+MIGRATIONS = (_m1_traces,)
+
+_INSERT = (
+    f"INSERT INTO traces (time, {', '.join(COLUMNS)}) "
+    f"VALUES (?, {', '.join('?' for _ in COLUMNS)})"
+)
+
+
+def _iso(ts: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class TraceLog:
+    """The buffer and its writer. `record` is O(1) and never touches the disk."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None,
+        *,
+        retention_days: Callable[[], int] = lambda: 90,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._state_dir = state_dir
+        self._retention_days = retention_days
+        self._clock = clock
+        self._buffer: deque[Trace] = deque(maxlen=BUFFER_MAX)
+        self._store: Store | None = None
+        self.written = 0
+        self.dropped = 0
+        self._last_prune = float("-inf")
+
+    def record(self, trace: Trace) -> None:
+        if len(self._buffer) == BUFFER_MAX:
+            self.dropped += 1
+        self._buffer.append(trace)
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def _db(self) -> Store | None:
+        if self._store is None and self._state_dir is not None:
+            self._store = Store(self._state_dir, db_name=DB_NAME)
+            self._store.ensure("traces", MIGRATIONS)
+        return self._store
+
+    def flush(self) -> int:
+        """Write every buffered trace in one transaction; returns how many."""
+        store = self._db()
+        if store is None or not self._buffer:
+            return 0
+        batch = []
+        while self._buffer:
+            batch.append(self._buffer.popleft())
+        rows = [(_iso(t.ts), *astuple(t)) for t in batch]
+        with store.transaction() as db:
+            db.conn.executemany(_INSERT, rows)
+        self.written += len(rows)
+        return len(rows)
+
+    def prune(self) -> int:
+        """Delete traces older than the retention period; returns how many."""
+        store = self._db()
+        if store is None:
+            return 0
+        cutoff = self._clock() - self._retention_days() * 86400.0
+        with store.transaction() as db:
+            count = db.execute("DELETE FROM traces WHERE ts < ?", [cutoff]).rowcount
+        self._last_prune = time.monotonic()
+        return count
+
+    def run(self, stopped: Callable[[], bool]) -> None:
+        """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`."""
+        import gevent
+
+        while not stopped():
+            gevent.sleep(FLUSH_S)
+            self.tick()
+        self.tick()
+
+    def tick(self) -> None:
+        try:
+            self.flush()
+            if time.monotonic() - self._last_prune >= PRUNE_S:
+                self.prune()
+        except Exception:  # noqa: BLE001 - tracing must never take the router down
+            log.exception("writing traces failed")
+
+    def close(self) -> None:
+        self.tick()
+        if self._store is not None:
+            self._store.close()
+            self._store = None

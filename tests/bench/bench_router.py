@@ -1,0 +1,488 @@
+"""Router benchmark: the overhead `herd serve` adds over a zero-cost node, and how
+many slow streams one gevent worker holds.
+
+    python tests/bench/bench_router.py [--duration 10] [--streams 1000]
+
+Needs `nginx` and `wrk` (Debian: `apt-get install -y nginx-light wrk`). Every
+process listens on 127.0.0.1 only and is killed at the end; each load run is
+bounded by --duration. What it does, all in one run:
+
+1. nginx on a free loopback port answers POST /api/chat with a fixed JSON reply
+   (and the /api/version, /api/tags, /api/ps answers the health poller needs):
+   a node that costs nothing, so the difference is the router.
+2. `herd sim --tps 2` on another port: a slow streaming node.
+3. A manifest with both nodes (clients 127.0.0.0/8) is `herd apply`-ed into a
+   temp state dir and `herd serve` runs the router (one gevent worker).
+4. wrk (Lua POST body, --latency) measures non-streaming /api/chat direct to
+   nginx and through the router at concurrency 1, 16 and 64.
+5. N concurrent streaming /api/chat requests are held open through the router
+   to the sim node; router RSS (psutil, master + workers) and errors counted.
+
+Prints figures, router/direct ratios and the targets; exit status 0 when every
+target is met, 1 otherwise (the machine is shared: read the ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+HERD = [sys.executable, "-m", "herd"]
+MODEL, STREAM_MODEL = "bench:latest", "stream:latest"
+CHAT_BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+)
+FIXED_REPLY = json.dumps(
+    {
+        "model": MODEL,
+        "created_at": "2026-11-22T00:00:00.000000000Z",
+        "message": {"role": "assistant", "content": "Hello from a zero-cost node."},
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 1000,
+        "load_duration": 100,
+        "prompt_eval_count": 5,
+        "prompt_eval_duration": 100,
+        "eval_count": 7,
+        "eval_duration": 100,
+    },
+    separators=(",", ":"),
+)
+TAG = {
+    "name": MODEL,
+    "model": MODEL,
+    "modified_at": "2026-11-01T09:30:00Z",
+    "size": 1000,
+    "digest": "0" * 64,
+    "details": {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "1B",
+        "quantization_level": "Q4_K_M",
+    },
+}
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  server {{
+    listen 127.0.0.1:{port};
+    default_type "application/json; charset=utf-8";
+    location = /api/chat {{ return 200 '{chat}'; }}
+    location = /api/version {{ return 200 '{{"version":"0.33.0"}}'; }}
+    location = /api/tags {{ return 200 '{tags}'; }}
+    location = /api/ps {{ return 200 '{ps}'; }}
+    location = / {{ default_type text/plain; return 200 'Ollama is running'; }}
+  }}
+}}
+"""
+WRK_LUA = """\
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+function done(summary, latency, requests)
+  io.write(string.format(
+    'RESULT {{"requests":%d,"duration_us":%d,"p50_us":%.1f,"p99_us":%.1f,' ..
+    '"non2xx":%d,"errors":%d}}\\n',
+    summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout))
+end
+"""
+MANIFEST = """\
+apiVersion: herd/v1
+kind: Fleet
+metadata:
+  name: bench
+router:
+  listen: 127.0.0.1:{router}
+  node_networks: [127.0.0.0/8]
+  clients:
+    - name: bench
+      networks: [127.0.0.0/8]
+  limits:
+    queue_depth: 100000
+    request_timeout_s: 600
+nodes:
+  - name: zero
+    url: http://127.0.0.1:{nginx}
+    max_concurrency: 4096
+  - name: slow
+    url: http://127.0.0.1:{sim}
+    max_concurrency: 4096
+models:
+  - name: {model}
+    place:
+      nodes: [zero]
+  - name: {stream_model}
+    place:
+      nodes: [slow]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, *, body: bytes | None = None, timeout: float = 30.0) -> None:
+    """Poll until `url` answers 200 (POST when `body`), or raise."""
+    deadline = time.monotonic() + timeout
+    last: Exception | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(
+                url, data=body, method="POST" if body else "GET"
+            )
+            req.add_header("Content-Type", "application/json")
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as ex:  # noqa: BLE001 - anything means "not yet"
+            last = ex
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+@dataclass
+class Wrk:
+    requests: int
+    duration_us: int
+    p50_us: float
+    p99_us: float
+    non2xx: int
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / (self.duration_us / 1e6)
+
+
+def run_wrk(url: str, lua: Path, conns: int, duration: int) -> Wrk:
+    threads = 1 if conns == 1 else 2
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        url,
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=duration + 60, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return Wrk(**json.loads(line[len("RESULT ") :]))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (gunicorn master + workers)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+async def one_stream(port: int, body: bytes, state: dict, timeout: float) -> None:
+    """One streaming /api/chat; counts it as ok only when it ends with done:true."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), timeout
+        )
+    except (TimeoutError, OSError) as ex:
+        state["errors"].append(f"connect: {ex!r}")
+        return
+    try:
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            state["errors"].append(f"status {status.decode()}")
+            return
+        state["open"] += 1
+        state["peak"] = max(state["peak"], state["open"])
+        try:
+            data = await asyncio.wait_for(reader.read(), timeout)
+        finally:
+            state["open"] -= 1
+        lines = [x for x in data.split(b"\r\n") if x.startswith(b"{")]
+        last = json.loads(lines[-1]) if lines else {}
+        if last.get("done") is True and "error" not in last:
+            state["ok"] += 1
+        else:
+            state["errors"].append(f"stream ended without done: {data[-200:]!r}")
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as ex:
+        state["errors"].append(f"{type(ex).__name__}: {ex}")
+    finally:
+        writer.close()
+
+
+async def hold_streams(port: int, count: int, tokens: int, router_pid: int) -> dict:
+    body = json.dumps(
+        {
+            "model": STREAM_MODEL,
+            "stream": True,
+            "messages": [{"role": "user", "content": "tell me"}],
+        }
+    ).encode()
+    state: dict = {"ok": 0, "open": 0, "peak": 0, "errors": [], "rss_peak": 0.0}
+    limit = tokens / 2 * 3 + 60  # 2 tokens/s, with slack; the run is bounded
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(one_stream(port, body, state, limit)))
+        await asyncio.sleep(0.002)  # ~2 s ramp: no thundering SYN flood
+    while not all(t.done() for t in tasks):
+        state["rss_peak"] = max(state["rss_peak"], rss_mb(router_pid))
+        await asyncio.sleep(0.5)
+    return state
+
+
+class Procs:
+    """Processes this benchmark started; all are killed on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
+    parser.add_argument(
+        "--stream-tokens",
+        type=int,
+        default=40,
+        help="tokens per stream at 2 tokens/s (40: 20 s held open)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("nginx", "wrk") if not shutil.which(tool)]
+    if missing:
+        print(
+            f"missing {', '.join(missing)}: apt-get install -y nginx-light wrk",
+            file=sys.stderr,
+        )
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="herd-bench-"))
+    procs = Procs()
+    try:
+        return bench(args, tmp, procs)
+    finally:
+        procs.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
+    ports = {"nginx": free_port(), "sim": free_port(), "router": free_port()}
+    log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
+    # 1. the zero-cost node
+    (tmp / "nginx.conf").write_text(
+        NGINX_CONF.format(
+            tmp=tmp,
+            port=ports["nginx"],
+            chat=FIXED_REPLY,
+            tags=json.dumps({"models": [TAG]}, separators=(",", ":")),
+            ps=json.dumps({"models": []}),
+        )
+    )
+    procs.start(
+        ["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stdout=log, stderr=log
+    )
+    # 2. the slow streaming node
+    procs.start(
+        [
+            *HERD,
+            "sim",
+            "--port",
+            str(ports["sim"]),
+            "--models",
+            STREAM_MODEL,
+            "--tps",
+            "2",
+            "--tokens",
+            str(args.stream_tokens),
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    direct = f"http://127.0.0.1:{ports['nginx']}"
+    wait_http(direct + "/api/version")
+    wait_http(f"http://127.0.0.1:{ports['sim']}/api/version")
+    # 3. manifest, apply, serve
+    manifest = tmp / "fleet.yaml"
+    manifest.write_text(
+        MANIFEST.format(model=MODEL, stream_model=STREAM_MODEL, **ports)
+    )
+    state = tmp / "state"
+    env = {**os.environ, "HERD_ACCESS_LOG": "0", "HERD_LOG_LEVEL": "warning"}
+    subprocess.run(
+        [*HERD, "apply", str(manifest), "--yes", "--state-dir", str(state)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    router_proc = procs.start(
+        [
+            *HERD,
+            "serve",
+            "--state-dir",
+            str(state),
+            "--bind",
+            f"127.0.0.1:{ports['router']}",
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+    routed = f"http://127.0.0.1:{ports['router']}"
+    wait_http(routed + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
+    print(
+        f"nodes up: nginx :{ports['nginx']}, sim :{ports['sim']}; "
+        f"router :{ports['router']} (pid {router_proc.pid})",
+        flush=True,
+    )
+    lua = tmp / "chat.lua"
+    lua.write_text(WRK_LUA.format(body=CHAT_BODY))
+    run_wrk(routed + "/api/chat", lua, 16, 2)  # warm-up (imports, pools)
+    results: dict[tuple[str, int], Wrk] = {}
+    for conns in (1, 16, 64):
+        for name, url in (("direct", direct), ("router", routed)):
+            res = results[name, conns] = run_wrk(
+                url + "/api/chat", lua, conns, args.duration
+            )
+            print(
+                f"  {name:6} c{conns:<3} {res.rps:9.0f} req/s  p50 "
+                f"{res.p50_us / 1000:7.3f} ms  p99 {res.p99_us / 1000:7.3f} ms  "
+                f"non2xx {res.non2xx} errors {res.errors}",
+                flush=True,
+            )
+    idle_rss = rss_mb(router_proc.pid)
+    print(
+        f"holding {args.streams} streams (2 tokens/s, {args.stream_tokens} tokens)…",
+        flush=True,
+    )
+    streams = asyncio.run(
+        hold_streams(ports["router"], args.streams, args.stream_tokens, router_proc.pid)
+    )
+    return report(results, streams, idle_rss, args.streams)
+
+
+def report(results: dict, streams: dict, idle_rss: float, count: int) -> int:
+    d1, r1 = results["direct", 1], results["router", 1]
+    r16, r64 = results["router", 16], results["router", 64]
+    added_p50 = (r1.p50_us - d1.p50_us) / 1000
+    errors = sum(r.non2xx + r.errors for r in results.values())
+    checks = [
+        ("added p50 at c1", f"{added_p50:.3f} ms", "<= 0.5 ms", added_p50 <= 0.5),
+        ("router req/s at c16", f"{r16.rps:.0f}", ">= 3000", r16.rps >= 3000),
+        (
+            "router p99 at c64",
+            f"{r64.p99_us / 1000:.2f} ms",
+            "<= 25 ms",
+            r64.p99_us / 1000 <= 25,
+        ),
+        (
+            f"{count} streams: completed",
+            f"{streams['ok']} (peak open {streams['peak']})",
+            f"{count}",
+            streams["ok"] == count,
+        ),
+        (
+            "streams: router RSS peak",
+            f"{streams['rss_peak']:.0f} MB (idle {idle_rss:.0f})",
+            "<= 300 MB",
+            0 < streams["rss_peak"] <= 300,
+        ),
+        (
+            "errors (wrk + streams)",
+            f"{errors + len(streams['errors'])}",
+            "0",
+            errors + len(streams["errors"]) == 0,
+        ),
+    ]
+    print()
+    print(
+        "| conc | direct req/s | router req/s | ratio | direct p50/p99 ms | "
+        "router p50/p99 ms |"
+    )
+    print("|---|---|---|---|---|---|")
+    for conns in (1, 16, 64):
+        d, r = results["direct", conns], results["router", conns]
+        print(
+            f"| {conns} | {d.rps:.0f} | {r.rps:.0f} | {r.rps / d.rps:.2f} | "
+            f"{d.p50_us / 1000:.3f} / {d.p99_us / 1000:.3f} | "
+            f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} |"
+        )
+    print()
+    print("| target | measured | goal | met |")
+    print("|---|---|---|---|")
+    for name, value, goal, ok in checks:
+        print(f"| {name} | {value} | {goal} | {'yes' if ok else 'NO'} |")
+    if streams["errors"]:
+        print("\nfirst stream errors:", *streams["errors"][:5], sep="\n  ")
+    return 0 if all(ok for *_, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
