@@ -84,6 +84,7 @@ def main() -> None:
             attestation=ScanAttestation(report, "clean"),
         )
         weights.unlink()
+        TEST_KEY.chmod(0o600)  # git keeps no modes; ssh-keygen wants 0600
         signature.sign(bundle, TEST_KEY)
         parts = sorted(str(p) for p in (bundle / "blobs").glob("*.part*"))
         total = sum(os.path.getsize(p) for p in parts)
