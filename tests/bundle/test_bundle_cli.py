@@ -16,6 +16,12 @@ from herd.bundle.progress import Progress
 SIGNERS = ("--trusted-signers", str(ALLOWED))
 
 
+def test_verify_writes_nothing(herd, state_dir):
+    ok = herd("bundle", "verify", str(EXAMPLE), *SIGNERS, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    assert not state_dir.exists()
+
+
 def test_connected_side_to_air_gapped_side(herd, tmp_path):
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(tiny_gguf())
