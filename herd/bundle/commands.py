@@ -8,6 +8,7 @@ prints; errors are `BundleError`s that herd.cli prints as one line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -84,6 +85,20 @@ def _text(value: str | None) -> str | None:
     return Path(value).read_text(encoding="utf-8") if value else None
 
 
+def _os_errors(func):  # noqa: ANN001, ANN202 - a decorator for the commands below
+    """File-system errors become one clean line (a BundleError), not a traceback."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except OSError as ex:
+            raise BundleError(f"{ex.filename or ''}: {ex.strerror or ex}") from ex
+
+    return run
+
+
+@_os_errors
 def cmd_create(args: argparse.Namespace) -> int:
     ggufs: tuple[GGUFSource, ...] = ()
     if args.from_gguf:
@@ -126,12 +141,14 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_sign(args: argparse.Namespace) -> int:
     sig = signature.sign(Path(args.dir), Path(args.key).expanduser())
     _print(args, {"signature": str(sig)}, f"signed: {sig}")
     return 0
 
 
+@_os_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     pol = _policy(args)
     checked = verify(Path(args.dir), pol)
@@ -152,6 +169,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_import(args: argparse.Namespace) -> int:
     pol = _policy(args)
     state = Store(_state_dir(args))
@@ -191,6 +209,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_list(args: argparse.Namespace) -> int:
     state = Store(_state_dir(args))
     try:
@@ -242,6 +261,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_rm(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     store_root = policy_mod.store_path(state_dir, args.manifest)

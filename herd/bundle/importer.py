@@ -143,6 +143,12 @@ def import_bundle(
     except BundleError as ex:
         state.audit("bundle.refused", {"source": str(root), "reason": str(ex)})
         raise
+    except OSError as ex:
+        # An unreadable stick, a read-only store...: one clear line, audited.
+        # Staged blobs are kept, so the next run resumes.
+        reason = f"{ex.filename or root}: {ex.strerror or ex}"
+        state.audit("bundle.refused", {"source": str(root), "reason": reason})
+        raise BundleError(reason) from ex
 
 
 def _import(
