@@ -10,19 +10,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from herd.bundle import policy as policy_mod
 from herd.bundle import signature
-from herd.bundle.catalog import Catalog
+from herd.bundle.catalog import Catalog, inventory, render_table
 from herd.bundle.create import (
     DEFAULT_SPLIT,
     GGUFSource,
     ScanAttestation,
     create_bundle,
+    parse_size,
 )
 from herd.bundle.importer import import_bundle
 from herd.bundle.progress import Progress, human_bytes
@@ -32,20 +32,12 @@ from herd.errors import BundleError
 from herd.settings import STATE_DIR
 from herd.store import Store
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-
-def parse_size(text: str) -> int | None:
-    """`3.9G`, `500M`, `1048576` (binary units); `0` or `off` means no splitting."""
-    if text.strip().lower() in ("0", "off", "none"):
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 3.9G or 500M")
-    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if size < 1 << 20:
-        raise argparse.ArgumentTypeError("split size must be at least 1M")
-    return size
+def _split_size(text: str) -> int | None:
+    try:
+        return parse_size(text)
+    except ValueError as ex:
+        raise argparse.ArgumentTypeError(str(ex)) from ex
 
 
 def _print(args: argparse.Namespace, value: Any, text: str) -> None:
@@ -213,51 +205,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     state = Store(_state_dir(args))
     try:
-        catalog = Catalog(state)
-        bundles = {b["name"]: b for b in catalog.bundles()}
-        models = catalog.models()
+        bundles, rows = inventory(Catalog(state))
     finally:
         state.close()
-    rows = []
-    for m in models:
-        b = bundles.get(m.bundle, {})
-        rows.append(
-            {
-                "model": m.name,
-                "digest": m.digest,
-                "size": m.size,
-                "bundle": m.bundle,
-                "signer": b.get("signer", ""),
-                "scan": b.get("scan_verdict", ""),
-                "imported": m.imported,
-            }
-        )
     if args.json:
-        _print(args, {"bundles": list(bundles.values()), "models": rows}, "")
-        return 0
-    if not rows:
-        print("no bundles imported (herd bundle import DIR)")
-        return 0
-    header = ("MODEL", "DIGEST", "SIZE", "BUNDLE", "SIGNER", "SCAN", "IMPORTED")
-    table = [header] + [
-        (
-            r["model"],
-            r["digest"].removeprefix("sha256:")[:12],
-            human_bytes(r["size"]),
-            r["bundle"],
-            r["signer"],
-            r["scan"],
-            r["imported"],
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print(
-            "  ".join(
-                str(v).ljust(w) for v, w in zip(row, widths, strict=True)
-            ).rstrip()
-        )
+        _print(args, {"bundles": bundles, "models": rows}, "")
+    else:
+        print(render_table(rows) or "no bundles imported (herd bundle import DIR)")
     return 0
 
 
@@ -355,7 +309,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--bundle-name", metavar="NAME", help="default: OUT_DIR's name")
     p.add_argument(
         "--split-size",
-        type=parse_size,
+        type=_split_size,
         default=DEFAULT_SPLIT,
         metavar="SIZE",
         help="split blobs larger than this into parts (default 3.9G, fits FAT32; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,22 @@ from herd.errors import BundleError
 from herd.store import now_iso
 
 DEFAULT_SPLIT = int(3.9 * (1 << 30))
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int | None:
+    """`3.9G`, `500M`, `1048576` (binary units); `0` or `off` means no splitting."""
+    if text.strip().lower() in ("0", "off", "none"):
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"{text!r} is not a size like 3.9G or 500M")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < 1 << 20:
+        raise ValueError("split size must be at least 1M")
+    return size
+
+
 _P = "application/vnd.ollama.image."
 
 

@@ -34,8 +34,12 @@ sys.path.insert(0, str(ROOT / "tests" / "bundle"))
 from bundle_helpers import ALLOWED, TEST_KEY  # noqa: E402
 
 from herd.bundle import gguf, signature  # noqa: E402
-from herd.bundle.commands import parse_size  # noqa: E402
-from herd.bundle.create import GGUFSource, ScanAttestation, create_bundle  # noqa: E402
+from herd.bundle.create import (  # noqa: E402
+    GGUFSource,
+    ScanAttestation,
+    create_bundle,
+    parse_size,
+)
 
 MIB = 1 << 20
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from bundle_helpers import ALLOWED, EXAMPLE, TEST_KEY, tiny_gguf
 
-from herd.bundle.commands import parse_size
-from herd.bundle.create import DEFAULT_SPLIT
+from herd.bundle.create import DEFAULT_SPLIT, parse_size
 from herd.bundle.progress import Progress
 
 SIGNERS = ("--trusted-signers", str(ALLOWED))
