@@ -261,6 +261,13 @@ def install_into_ollama(
         raise BundleError(f"{models_dir}: no such Ollama models directory")
     st = models_dir.stat()
     target = ModelStore(models_dir, owner=(st.st_uid, st.st_gid))
+    need = sum(b.layer.size for b in checked.blobs if not target.has_blob(b.layer))
+    free = _free_bytes(models_dir)
+    if need + SPACE_MARGIN > free:
+        raise BundleError(
+            f"{models_dir}: not enough space for the Ollama store: "
+            f"{human_bytes(need)} to copy, {human_bytes(free)} free"
+        )
     target.prepare()
     _clean_temps(target.blobs_dir)
     for blob in checked.blobs:
