@@ -143,3 +143,47 @@ def test_registry_base(client):
     got = client.simulate_get("/v2/")
     assert got.status_code == 200
     assert got.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+def test_pull_over_real_http(policy, state):
+    """The same sequence over a real socket on loopback (wsgiref server)."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):  # noqa: ANN002 - keep test output clean
+            pass
+
+    import_bundle(EXAMPLE, policy, state)
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = True
+    registry.add_routes(app, policy.store)
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+
+        def fetch(path, method="GET", **headers):
+            req = urllib.request.Request(
+                base + path, method=method, headers={"User-Agent": OLLAMA_UA, **headers}
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.headers, resp.read()
+
+        status, _, raw = fetch("/v2/library/tiny/manifests/latest")
+        assert status == 200 and raw == manifest_bytes()
+        layer = json.loads(raw)["layers"][0]
+        url = f"/v2/library/tiny/blobs/{layer['digest']}"
+        status, headers, body = fetch(url, method="HEAD")
+        assert status == 200 and int(headers["Content-Length"]) == layer["size"]
+        status, headers, body = fetch(url)
+        assert status == 200 and headers["Location"] == base + url and body == b""
+        status, headers, body = fetch(url, Range=f"bytes=0-{layer['size'] - 1}")
+        assert status == 206
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == layer["digest"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
