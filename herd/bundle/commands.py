@@ -23,6 +23,7 @@ from herd.bundle.create import (
     ScanAttestation,
     create_bundle,
     parse_size,
+    read_params,
 )
 from herd.bundle.importer import import_bundle
 from herd.bundle.progress import Progress, human_bytes
@@ -52,25 +53,21 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(STATE_DIR.resolve(args.state_dir))
 
 
+def _bar_factory(args: argparse.Namespace, bars: list[Progress]):  # noqa: ANN202
+    """A `progress(total)` callback factory: a bar on a TTY unless --json."""
+
+    def start(total: int):  # noqa: ANN202 - returns the bar's advance callback
+        bar = Progress(total, enabled=False if args.json else None)
+        bars.append(bar)
+        return bar.advance
+
+    return start
+
+
 def _policy(args: argparse.Namespace) -> policy_mod.Policy:
     return policy_mod.resolve(
         _state_dir(args), manifest=args.manifest, trusted_signers=args.trusted_signers
     )
-
-
-def _params(value: str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    text = Path(value).read_text() if Path(value).is_file() else value
-    try:
-        params = json.loads(text)
-    except ValueError as ex:
-        raise BundleError(
-            f"--params: not JSON (a file or an inline object): {ex}"
-        ) from ex
-    if not isinstance(params, dict):
-        raise BundleError("--params must be a JSON object")
-    return params
 
 
 def _text(value: str | None) -> str | None:
@@ -101,7 +98,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                 Path(args.from_gguf),
                 args.name,
                 template=_text(args.template),
-                params=_params(args.params),
+                params=read_params(args.params),
                 system=_text(args.system),
             ),
         )
@@ -143,7 +140,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
 @_os_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     pol = _policy(args)
-    checked = verify(Path(args.dir), pol)
+    bars: list[Progress] = []
+    try:
+        checked = verify(Path(args.dir), pol, progress=_bar_factory(args, bars))
+    finally:
+        for bar in bars:
+            bar.finish()
     value = {
         "bundle": checked.doc.name,
         "ok": True,
@@ -166,12 +168,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     pol = _policy(args)
     state = Store(_state_dir(args))
     bars: list[Progress] = []
-
-    def start(total: int):  # noqa: ANN202 - returns the bar's advance callback
-        bar = Progress(total, enabled=False if args.json else None)
-        bars.append(bar)
-        return bar.advance
-
+    start = _bar_factory(args, bars)
     try:
         result = import_bundle(
             Path(args.dir),

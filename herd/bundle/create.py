@@ -45,6 +45,22 @@ def parse_size(text: str) -> int | None:
 _P = "application/vnd.ollama.image."
 
 
+def read_params(value: str | None) -> dict[str, Any] | None:
+    """`--params`: an inline JSON object, or a file holding one."""
+    if value is None:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        params = json.loads(text)
+    except ValueError as ex:
+        raise BundleError(
+            f"--params: not JSON (a file or an inline object): {ex}"
+        ) from ex
+    if not isinstance(params, dict):
+        raise BundleError("--params must be a JSON object")
+    return params
+
+
 @dataclass(frozen=True)
 class GGUFSource:
     """A bare GGUF file and what to wrap it in."""
