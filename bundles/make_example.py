@@ -63,6 +63,7 @@ def ensure_test_key() -> None:
             ],
             check=True,
         )
+    KEY.chmod(0o600)  # git keeps no modes; ssh-keygen refuses a readable key
     pub = (KEYS / "test_ed25519.pub").read_text().split()
     (KEYS / "allowed_signers").write_text(
         f'{PRINCIPAL} namespaces="herd-bundle" {pub[0]} {pub[1]}\n'

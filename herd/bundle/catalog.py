@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlite_utils
 
+from herd.bundle.progress import human_bytes
 from herd.store import Store, now_iso
 
 NAMESPACE = "bundle"
@@ -150,3 +151,47 @@ class Catalog:
             self.store.audit(
                 "bundle.remove", {"bundle": bundle, "models": models, "blobs": blobs}
             )
+
+
+def inventory(catalog: Catalog) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Bundles, and one row per model with its bundle's signer and scan verdict."""
+    bundles = {b["name"]: b for b in catalog.bundles()}
+    rows = []
+    for m in catalog.models():
+        b = bundles.get(m.bundle, {})
+        rows.append(
+            {
+                "model": m.name,
+                "digest": m.digest,
+                "size": m.size,
+                "bundle": m.bundle,
+                "signer": b.get("signer", ""),
+                "scan": b.get("scan_verdict", ""),
+                "imported": m.imported,
+            }
+        )
+    return list(bundles.values()), rows
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """The `herd bundle list` table ('' when there is nothing to show)."""
+    if not rows:
+        return ""
+    header = ("MODEL", "DIGEST", "SIZE", "BUNDLE", "SIGNER", "SCAN", "IMPORTED")
+    table = [header] + [
+        (
+            r["model"],
+            r["digest"].removeprefix("sha256:")[:12],
+            human_bytes(r["size"]),
+            r["bundle"],
+            r["signer"],
+            r["scan"],
+            r["imported"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )

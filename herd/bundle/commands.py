@@ -8,20 +8,22 @@ prints; errors are `BundleError`s that herd.cli prints as one line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from herd.bundle import policy as policy_mod
 from herd.bundle import signature
-from herd.bundle.catalog import Catalog
+from herd.bundle.catalog import Catalog, inventory, render_table
 from herd.bundle.create import (
     DEFAULT_SPLIT,
     GGUFSource,
     ScanAttestation,
     create_bundle,
+    parse_size,
+    read_params,
 )
 from herd.bundle.importer import import_bundle
 from herd.bundle.progress import Progress, human_bytes
@@ -31,20 +33,12 @@ from herd.errors import BundleError
 from herd.settings import STATE_DIR
 from herd.store import Store
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-
-def parse_size(text: str) -> int | None:
-    """`3.9G`, `500M`, `1048576` (binary units); `0` or `off` means no splitting."""
-    if text.strip().lower() in ("0", "off", "none"):
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 3.9G or 500M")
-    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if size < 1 << 20:
-        raise argparse.ArgumentTypeError("split size must be at least 1M")
-    return size
+def _split_size(text: str) -> int | None:
+    try:
+        return parse_size(text)
+    except ValueError as ex:
+        raise argparse.ArgumentTypeError(str(ex)) from ex
 
 
 def _print(args: argparse.Namespace, value: Any, text: str) -> None:
@@ -59,31 +53,41 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(STATE_DIR.resolve(args.state_dir))
 
 
+def _bar_factory(args: argparse.Namespace, bars: list[Progress]):  # noqa: ANN202
+    """A `progress(total)` callback factory: a bar on a TTY unless --json."""
+
+    def start(total: int):  # noqa: ANN202 - returns the bar's advance callback
+        bar = Progress(total, enabled=False if args.json else None)
+        bars.append(bar)
+        return bar.advance
+
+    return start
+
+
 def _policy(args: argparse.Namespace) -> policy_mod.Policy:
     return policy_mod.resolve(
         _state_dir(args), manifest=args.manifest, trusted_signers=args.trusted_signers
     )
 
 
-def _params(value: str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    text = Path(value).read_text() if Path(value).is_file() else value
-    try:
-        params = json.loads(text)
-    except ValueError as ex:
-        raise BundleError(
-            f"--params: not JSON (a file or an inline object): {ex}"
-        ) from ex
-    if not isinstance(params, dict):
-        raise BundleError("--params must be a JSON object")
-    return params
-
-
 def _text(value: str | None) -> str | None:
     return Path(value).read_text(encoding="utf-8") if value else None
 
 
+def _os_errors(func):  # noqa: ANN001, ANN202 - a decorator for the commands below
+    """File-system errors become one clean line (a BundleError), not a traceback."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except OSError as ex:
+            raise BundleError(f"{ex.filename or ''}: {ex.strerror or ex}") from ex
+
+    return run
+
+
+@_os_errors
 def cmd_create(args: argparse.Namespace) -> int:
     ggufs: tuple[GGUFSource, ...] = ()
     if args.from_gguf:
@@ -94,7 +98,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                 Path(args.from_gguf),
                 args.name,
                 template=_text(args.template),
-                params=_params(args.params),
+                params=read_params(args.params),
                 system=_text(args.system),
             ),
         )
@@ -126,15 +130,22 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_sign(args: argparse.Namespace) -> int:
     sig = signature.sign(Path(args.dir), Path(args.key).expanduser())
     _print(args, {"signature": str(sig)}, f"signed: {sig}")
     return 0
 
 
+@_os_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     pol = _policy(args)
-    checked = verify(Path(args.dir), pol)
+    bars: list[Progress] = []
+    try:
+        checked = verify(Path(args.dir), pol, progress=_bar_factory(args, bars))
+    finally:
+        for bar in bars:
+            bar.finish()
     value = {
         "bundle": checked.doc.name,
         "ok": True,
@@ -152,16 +163,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_import(args: argparse.Namespace) -> int:
     pol = _policy(args)
     state = Store(_state_dir(args))
     bars: list[Progress] = []
-
-    def start(total: int):  # noqa: ANN202 - returns the bar's advance callback
-        bar = Progress(total, enabled=False if args.json else None)
-        bars.append(bar)
-        return bar.advance
-
+    start = _bar_factory(args, bars)
     try:
         result = import_bundle(
             Path(args.dir),
@@ -191,57 +198,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def cmd_list(args: argparse.Namespace) -> int:
     state = Store(_state_dir(args))
     try:
-        catalog = Catalog(state)
-        bundles = {b["name"]: b for b in catalog.bundles()}
-        models = catalog.models()
+        bundles, rows = inventory(Catalog(state))
     finally:
         state.close()
-    rows = []
-    for m in models:
-        b = bundles.get(m.bundle, {})
-        rows.append(
-            {
-                "model": m.name,
-                "digest": m.digest,
-                "size": m.size,
-                "bundle": m.bundle,
-                "signer": b.get("signer", ""),
-                "scan": b.get("scan_verdict", ""),
-                "imported": m.imported,
-            }
-        )
     if args.json:
-        _print(args, {"bundles": list(bundles.values()), "models": rows}, "")
-        return 0
-    if not rows:
-        print("no bundles imported (herd bundle import DIR)")
-        return 0
-    header = ("MODEL", "DIGEST", "SIZE", "BUNDLE", "SIGNER", "SCAN", "IMPORTED")
-    table = [header] + [
-        (
-            r["model"],
-            r["digest"].removeprefix("sha256:")[:12],
-            human_bytes(r["size"]),
-            r["bundle"],
-            r["signer"],
-            r["scan"],
-            r["imported"],
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print(
-            "  ".join(
-                str(v).ljust(w) for v, w in zip(row, widths, strict=True)
-            ).rstrip()
-        )
+        _print(args, {"bundles": bundles, "models": rows}, "")
+    else:
+        print(render_table(rows) or "no bundles imported (herd bundle import DIR)")
     return 0
 
 
+@_os_errors
 def cmd_rm(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     store_root = policy_mod.store_path(state_dir, args.manifest)
@@ -335,7 +306,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--bundle-name", metavar="NAME", help="default: OUT_DIR's name")
     p.add_argument(
         "--split-size",
-        type=parse_size,
+        type=_split_size,
         default=DEFAULT_SPLIT,
         metavar="SIZE",
         help="split blobs larger than this into parts (default 3.9G, fits FAT32; "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,39 @@ from herd.errors import BundleError
 from herd.store import now_iso
 
 DEFAULT_SPLIT = int(3.9 * (1 << 30))
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int | None:
+    """`3.9G`, `500M`, `1048576` (binary units); `0` or `off` means no splitting."""
+    if text.strip().lower() in ("0", "off", "none"):
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"{text!r} is not a size like 3.9G or 500M")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < 1 << 20:
+        raise ValueError("split size must be at least 1M")
+    return size
+
+
 _P = "application/vnd.ollama.image."
+
+
+def read_params(value: str | None) -> dict[str, Any] | None:
+    """`--params`: an inline JSON object, or a file holding one."""
+    if value is None:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        params = json.loads(text)
+    except ValueError as ex:
+        raise BundleError(
+            f"--params: not JSON (a file or an inline object): {ex}"
+        ) from ex
+    if not isinstance(params, dict):
+        raise BundleError("--params must be a JSON object")
+    return params
 
 
 @dataclass(frozen=True)
@@ -179,30 +213,22 @@ def _from_gguf(w: _Writer, src: GGUFSource) -> tuple[str, bytes]:
     return f"{model}:{tag}", encode_manifest(config, layers)
 
 
-def create_bundle(
+def _write_bundle(
     out: Path,
+    bundle_name: str,
     *,
-    name: str | None = None,
-    ollama_store: Path | None = None,
-    ollama_models: tuple[str, ...] = (),
-    ggufs: tuple[GGUFSource, ...] = (),
-    split_size: int | None = DEFAULT_SPLIT,
-    attestation: ScanAttestation | None = None,
-    scan_command: str | None = None,
-    created: str | None = None,
-) -> Path:
-    """Write a complete, unsigned bundle into the new directory `out`."""
-    if not ollama_models and not ggufs:
-        raise BundleError("nothing to bundle: give MODEL:TAG names or --from-gguf")
-    if ollama_models and ollama_store is None:
-        raise BundleError("model names need --from-ollama DIR (an Ollama models dir)")
-    if out.exists() and any(out.iterdir()):
-        raise BundleError(f"{out}: exists and is not empty")
-    bundle_name = name or out.name
+    source_store: Path | None,
+    ollama_models: tuple[str, ...],
+    ggufs: tuple[GGUFSource, ...],
+    split_size: int | None,
+    attestation: ScanAttestation | None,
+    scan_command: str | None,
+    created: str | None,
+) -> None:
     w = _Writer(out, split_size, scan_command)
     (out / "blobs").mkdir(parents=True, exist_ok=True)
     manifests: dict[str, bytes] = {}
-    source = ModelStore(ollama_store) if ollama_store else None
+    source = ModelStore(source_store) if source_store else None
     for model_name in ollama_models:
         key, raw = _from_ollama(w, source, model_name)  # type: ignore[arg-type]
         manifests[key] = raw
@@ -248,4 +274,49 @@ def create_bundle(
     data = layout.dump(doc)
     layout.parse(data)  # never write a bundle.yaml herd itself would refuse
     transfer.write_atomic(out / layout.INDEX, data)
+
+
+def create_bundle(
+    out: Path,
+    *,
+    name: str | None = None,
+    ollama_store: Path | None = None,
+    ollama_models: tuple[str, ...] = (),
+    ggufs: tuple[GGUFSource, ...] = (),
+    split_size: int | None = DEFAULT_SPLIT,
+    attestation: ScanAttestation | None = None,
+    scan_command: str | None = None,
+    created: str | None = None,
+) -> Path:
+    """Write a complete, unsigned bundle into the new directory `out`."""
+    if not ollama_models and not ggufs:
+        raise BundleError("nothing to bundle: give MODEL:TAG names or --from-gguf")
+    if ollama_models and ollama_store is None:
+        raise BundleError("model names need --from-ollama DIR (an Ollama models dir)")
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: exists and is not empty")
+    fresh = not out.exists()
+    try:
+        _write_bundle(
+            out,
+            name or out.name,
+            source_store=ollama_store,
+            ollama_models=ollama_models,
+            ggufs=ggufs,
+            split_size=split_size,
+            attestation=attestation,
+            scan_command=scan_command,
+            created=created,
+        )
+    except BaseException:
+        # Never leave a half-written bundle behind.
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
     return out

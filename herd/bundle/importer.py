@@ -12,6 +12,7 @@ the store are skipped, so a re-run is idempotent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -115,6 +116,12 @@ def _stage(
         raise
 
 
+def _drop_staging(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()
+
+
 def _clean_temps(directory: Path) -> None:
     if directory.is_dir():
         for leftover in directory.glob(transfer.TEMP_PREFIX + "*"):
@@ -136,6 +143,12 @@ def import_bundle(
     except BundleError as ex:
         state.audit("bundle.refused", {"source": str(root), "reason": str(ex)})
         raise
+    except OSError as ex:
+        # An unreadable stick, a read-only store...: one clear line, audited.
+        # Staged blobs are kept, so the next run resumes.
+        reason = f"{ex.filename or root}: {ex.strerror or ex}"
+        state.audit("bundle.refused", {"source": str(root), "reason": reason})
+        raise BundleError(reason) from ex
 
 
 def _import(
@@ -180,12 +193,17 @@ def _import(
         try:
             for blob in missing:
                 _stage(checked, blob, staging, policy, advance)
-        except BaseException as ex:
-            if isinstance(ex, BundleError):
-                shutil.rmtree(staging, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    staging.parent.rmdir()
+        except BundleError:
+            _drop_staging(staging)
             raise
+        except OSError as ex:
+            if ex.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _drop_staging(staging)
+            raise BundleError(
+                f"{policy.store}: disk full while copying ({ex.strerror}); nothing "
+                "was imported, free space and run the import again"
+            ) from ex
         store.prepare()
         for blob in missing:
             os.replace(
@@ -196,9 +214,7 @@ def _import(
         for model in checked.models:
             store.write_manifest(model.name, model.manifest.raw)
         _record(checked, state)
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()
+        _drop_staging(staging)
     if ollama_models is not None:
         installed = install_into_ollama(checked, store, ollama_models, state)
         result = ImportResult(**{**result.as_dict(), "installed": installed})
@@ -245,6 +261,13 @@ def install_into_ollama(
         raise BundleError(f"{models_dir}: no such Ollama models directory")
     st = models_dir.stat()
     target = ModelStore(models_dir, owner=(st.st_uid, st.st_gid))
+    need = sum(b.layer.size for b in checked.blobs if not target.has_blob(b.layer))
+    free = _free_bytes(models_dir)
+    if need + SPACE_MARGIN > free:
+        raise BundleError(
+            f"{models_dir}: not enough space for the Ollama store: "
+            f"{human_bytes(need)} to copy, {human_bytes(free)} free"
+        )
     target.prepare()
     _clean_temps(target.blobs_dir)
     for blob in checked.blobs:

@@ -138,10 +138,12 @@ def _check_paths(doc: Any, source: str) -> None:
     if not isinstance(doc, dict):
         return
     candidates: list[tuple[str, Any]] = []
-    for i, f in enumerate(doc.get("files") or ()):
+    files = doc.get("files")
+    for i, f in enumerate(files if isinstance(files, list) else ()):
         if isinstance(f, dict):
             candidates.append((f"files[{i}].path", f.get("path")))
-            for n, p in enumerate(f.get("parts") or ()):
+            parts = f.get("parts")
+            for n, p in enumerate(parts if isinstance(parts, list) else ()):
                 if isinstance(p, dict):
                     candidates.append((f"files[{i}].parts[{n}].path", p.get("path")))
     if isinstance(doc.get("models"), dict):

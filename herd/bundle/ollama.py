@@ -108,8 +108,11 @@ def parse_manifest(raw: bytes, label: str) -> Manifest:
     if not isinstance(layers, list) or not layers:
         raise BundleError(f"{label}: manifest has no layers")
     config = None
-    if doc.get("config") and doc["config"].get("digest"):
-        config = _layer(doc["config"], f"{label}: config")
+    raw_config = doc.get("config")
+    if raw_config is not None and not isinstance(raw_config, dict):
+        raise BundleError(f"{label}: config is not an object")
+    if raw_config and raw_config.get("digest"):
+        config = _layer(raw_config, f"{label}: config")
         if config.media_type != CONFIG:
             raise BundleError(f"{label}: config has media type {config.media_type!r}")
     return Manifest(

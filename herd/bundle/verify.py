@@ -11,6 +11,7 @@ Import runs `check` and then hashes while it copies (one read).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,17 @@ def verify_blob(
         scan.run_scan_command(scan_command, checked.root / part.path, part.path)
 
 
-def verify(root: Path, policy: Policy, advance: Advance | None = None) -> Checked:
-    """Full verification of a bundle directory, read-only."""
+def verify(
+    root: Path,
+    policy: Policy,
+    progress: Callable[[int], Advance] | None = None,
+) -> Checked:
+    """Full verification of a bundle directory, read-only.
+
+    `progress(total_bytes)` returns the callback fed with bytes as they are hashed.
+    """
     checked = check(root, policy)
+    advance = progress(checked.blob_bytes) if progress else (lambda _: None)
     for blob in checked.blobs:
-        verify_blob(checked, blob, policy.scan_command, advance or (lambda _: None))
+        verify_blob(checked, blob, policy.scan_command, advance)
     return checked

@@ -218,6 +218,7 @@ def test_pickle_file_is_refused_at_create(tmp_path):
     fake.write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(BundleError, match="model.gguf: refused: pickle data"):
         make_bundle(tmp_path / "out", weights=fake)
+    assert not (tmp_path / "out").exists(), "no half-written bundle left behind"
     absurd = tmp_path / "absurd.gguf"
     absurd.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1 << 33))
     with pytest.raises(BundleError, match="metadata count"):
