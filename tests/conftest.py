@@ -45,3 +45,10 @@ def herd(state_dir: Path):
         )
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_test_keys() -> None:
+    """git does not keep file modes beyond +x: ssh-keygen refuses a 0644 private key."""
+    for key in (ROOT / "tests").rglob("*_ed25519"):
+        key.chmod(0o600)

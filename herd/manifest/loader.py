@@ -30,6 +30,8 @@ MAX_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
 
 Path_ = tuple[str | int, ...]
+#: libyaml's parser when PyYAML was built with it (10x faster); same safe constructor.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -54,8 +56,8 @@ def format_path(path: Path_) -> str:
             out += f"[{part}]"
         elif isinstance(part, str) and _PLAIN_KEY.match(part):
             out += f".{part}" if out else part
-        else:  # odd keys stay on one line and unambiguous
-            out += f"[{json.dumps(str(part))}]"
+        else:  # odd keys stay one whitespace-free, unambiguous token
+            out += "[" + json.dumps(str(part)).replace(" ", "\\u0020") + "]"
     return out or "(top)"
 
 
@@ -130,26 +132,29 @@ def parse_yaml(data: bytes, source: str) -> tuple[Any, LineMap]:
     except UnicodeDecodeError as ex:
         line = data[: ex.start].count(b"\n") + 1
         raise fail(line, f"not valid UTF-8 at byte {ex.start}") from None
+    loader = _Loader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
+        if root is None:
+            raise fail(1, "manifest is empty")
+        if _expanded_size(root, {}) > MAX_NODES:
+            raise fail(
+                root.start_mark.line + 1,
+                f"document expands to more than {MAX_NODES:,} nodes (YAML alias bomb?)",
+            )
+        lines = LineMap()
+        problems: list[Problem] = []
+        _walk(root, (), lines, problems)
+        if problems:
+            raise ManifestError(source, problems)
+        # Construct from the node tree already composed: the text is parsed once.
+        doc = loader.construct_document(root)
     except yaml.YAMLError as ex:
         raise fail(_yaml_line(ex), f"invalid YAML: {_yaml_message(ex)}") from None
-    if root is None:
-        raise fail(1, "manifest is empty")
-    if _expanded_size(root, {}) > MAX_NODES:
-        raise fail(
-            root.start_mark.line + 1,
-            f"document expands to more than {MAX_NODES:,} nodes (YAML alias bomb?)",
-        )
-    lines = LineMap()
-    problems: list[Problem] = []
-    _walk(root, (), lines, problems)
-    if problems:
-        raise ManifestError(source, problems)
-    try:
-        doc = yaml.SafeLoader(text).get_single_data()
-    except (yaml.YAMLError, RecursionError, TypeError) as ex:
+    except (RecursionError, TypeError) as ex:
         raise fail(1, f"invalid YAML: {_yaml_message(ex)}") from None
+    finally:
+        loader.dispose()
     return doc, lines
 
 
