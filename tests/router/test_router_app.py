@@ -222,3 +222,30 @@ def test_fallbacks_manifest_then_request(sims, tmp_path):
     ]
     assert served[:2] == ["qwen3:0.6b", "qwen3:0.6b"]
     traces.close()
+
+
+def test_registry_is_mounted_for_nodes(tmp_path):
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "reg"},
+            "router": {"clients": [{"name": "local", "networks": ["127.0.0.1/32"]}]},
+            "nodes": [{"name": "gpu", "url": "http://10.20.1.11:11434"}],
+            "models": [{"name": "m", "place": {"nodes": ["gpu"]}}],
+        }
+    )
+    (tmp_path / "store").mkdir()
+    app = create_app(
+        StaticSource(fleet),
+        TraceLog(None),
+        Upstream(),
+        background=False,
+        bundle_store=lambda: tmp_path / "store",
+    )
+    c = testing.TestClient(app)
+    assert c.simulate_get("/v2/", remote_addr="10.20.1.11").status_code == 200
+    missing = c.simulate_get("/v2/library/m/manifests/latest", remote_addr="10.20.1.11")
+    assert missing.status_code == 404
+    # Not a node and not in a client group: refused before the registry.
+    assert c.simulate_get("/v2/", remote_addr="10.20.1.99").status_code == 403
+    # A node may pull, but not chat.
+    assert c.simulate_get("/api/tags", remote_addr="10.20.1.11").status_code == 403
