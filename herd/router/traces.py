@@ -146,13 +146,23 @@ class TraceLog:
         return count
 
     def run(self, stopped: Callable[[], bool]) -> None:
-        """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`."""
-        import gevent
+        """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`.
 
-        while not stopped():
-            gevent.sleep(FLUSH_S)
-            self.tick()
-        self.tick()
+        The SQLite work runs on one dedicated native thread (SQLite releases
+        the GIL), so a flush never stalls the gevent loop serving requests.
+        The same thread always uses the connection, as sqlite3 requires.
+        """
+        import gevent
+        from gevent.threadpool import ThreadPool
+
+        pool = ThreadPool(1)
+        try:
+            while not stopped():
+                gevent.sleep(FLUSH_S)
+                pool.apply(self.tick)
+            pool.apply(self.close)
+        finally:
+            pool.kill()
 
     def tick(self) -> None:
         try:
@@ -163,6 +173,8 @@ class TraceLog:
             log.exception("writing traces failed")
 
     def close(self) -> None:
+        """Write what is buffered and close the database (call from the thread
+        that wrote, or after the writer stopped)."""
         self.tick()
         if self._store is not None:
             self._store.close()
