@@ -132,11 +132,10 @@ class Runtime:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self._trace_writer is not None:
-            # The writer notices the flag within FLUSH_S, writes the rest on
-            # its own thread (which owns the SQLite connection) and closes.
+            # The writer notices the flag within FLUSH_S, writes the rest
+            # and closes the database.
             self._trace_writer.join(timeout=10)
-        else:
-            self.traces.close()
+        self.traces.close()
         self.upstream.close()
 
     # -- request steps -------------------------------------------------------

@@ -249,3 +249,31 @@ def test_registry_is_mounted_for_nodes(tmp_path):
     assert c.simulate_get("/v2/", remote_addr="10.20.1.99").status_code == 403
     # A node may pull, but not chat.
     assert c.simulate_get("/api/tags", remote_addr="10.20.1.11").status_code == 403
+
+
+def test_trace_flush_writes_everything_in_slices(tmp_path):
+    log = TraceLog(tmp_path)
+    for i in range(1234):
+        log.record(
+            Trace(
+                time.time(),
+                "c",
+                "/api/chat",
+                "POST",
+                "m",
+                "m",
+                "n",
+                200,
+                0.1,
+                5.0,
+                9.0,
+                3,
+                4,
+                0,
+                None,
+            )
+        )
+    pauses = []
+    log.tick(pause=lambda: pauses.append(1))
+    assert log.written == 1234 and len(pauses) == 2
+    log.close()
