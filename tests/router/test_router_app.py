@@ -253,7 +253,7 @@ def test_registry_is_mounted_for_nodes(tmp_path):
 
 def test_trace_flush_writes_everything_in_slices(tmp_path):
     log = TraceLog(tmp_path)
-    for i in range(1234):
+    for _ in range(1234):
         log.record(
             Trace(
                 time.time(),
