@@ -16,10 +16,14 @@ from herd.router.runtime import Runtime
 
 
 def nodes_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
+    declared = {m.name for m in fleet.models}
     out = []
     for node in fleet.nodes:
-        health = runtime.poller.get(node).as_dict()
+        state = runtime.poller.get(node)
+        health = state.as_dict()
         health.update(
+            # On the node but not declared by the manifest: drift to clean up.
+            unmanaged_models=sorted(state.on_disk - declared),
             labels=dict(node.labels),
             max_concurrency=node.max_concurrency,
             in_flight=runtime.queues.in_flight(node.name),

@@ -101,6 +101,12 @@ def render(report: dict[str, Any]) -> str:
             f"{m['name']:<28} {','.join(m['placed_on']) or '-':<24} "
             f"{','.join(m.get('on_disk') or []) or '-':<24} {drift}"
         )
+    for n in report.get("nodes", []):
+        if n.get("unmanaged_models"):
+            lines.append(
+                f"node {n['name']} holds models the manifest does not declare: "
+                + ", ".join(n["unmanaged_models"])
+            )
     if report.get("reload_error"):
         lines += ["", f"last manifest reload refused: {report['reload_error']}"]
     return "\n".join(lines)

@@ -27,7 +27,8 @@ def test_status_from_manifest_when_no_router(herd, state_dir):
 
 def test_status_from_the_running_router(herd, sims, router, state_dir):
     node = sims("node-a")
-    r = router(manifest([node]), state_dir=state_dir)
+    only = [{"name": "llama3.2:3b", "place": {"nodes": ["node-a"]}}]
+    r = router(manifest([node], models=only), state_dir=state_dir)
     r.wait_nodes_up(1)
     out = herd("status", "--router", r.url, "--json")
     assert out.returncode == 0, out.stderr
@@ -35,5 +36,7 @@ def test_status_from_the_running_router(herd, sims, router, state_dir):
     assert report["source"].startswith("live router")
     assert report["nodes"][0]["state"] == "up"
     assert "llama3.2:3b" in report["nodes"][0]["models_on_disk"]
+    assert "llava:7b" in report["nodes"][0]["unmanaged_models"]  # drift
     text = herd("status", "--router", r.url).stdout
     assert "node-a" in text and "up" in text
+    assert "does not declare: " in text
