@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from herd.errors import (
@@ -56,7 +56,8 @@ class Outcome:
     tokens_out: int | None = None
     retries: int = 0
     error_class: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Set once the trace is recorded (a request is finished exactly once).
+    finished: bool = False
 
     def trace(self, now: float) -> Trace:
         return Trace(
@@ -172,7 +173,6 @@ class Forwarder:
         attempts = limits.retries + 1
         error: HerdError | None = None
         last: Opened | None = None
-        queue_start = self.clock()
         for model in models:
             decision = self.decide(fleet, model)
             if not decision.ranked:
@@ -187,13 +187,13 @@ class Forwarder:
                 if not ranked:
                     break
                 try:
-                    name, _ = self.queues.acquire(ranked, limits.queue_timeout_s)
+                    name, waited = self.queues.acquire(ranked, limits.queue_timeout_s)
                 except QueueFull as ex:
                     error = error or ex
                     break
                 tried.add(name)
                 attempts -= 1
-                outcome.queue_ms = round((self.clock() - queue_start) * 1000.0, 3)
+                outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
                 node = fleet.node(name)
                 assert node is not None
                 result = self._attempt(node, model, path, body, raw, stream, limits)
@@ -231,10 +231,11 @@ class Forwarder:
                 released = True
                 self.queues.release(node.name)
 
-        if raw is None or body.get("model") != model.name:
+        inject = model.keep_loaded is not None and "keep_alive" not in body
+        if raw is None or inject or body.get("model") != model.name:
             payload = dict(body)
             payload["model"] = model.name
-            if model.keep_loaded is not None and "keep_alive" not in payload:
+            if inject:
                 payload["keep_alive"] = _keep_alive(model.keep_loaded)
             data = _dumps(payload).encode("utf-8")
         else:

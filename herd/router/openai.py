@@ -75,13 +75,19 @@ class Forwarded:
         resp.content_type = falcon.MEDIA_JSON
         resp.status = opened.status
         outcome.status = opened.status
-        if opened.status == 200 and opened.first_obj is not None:
-            outcome.counts(opened.first_obj)
-            resp.data = dumps(self.reply(opened.first_obj, converted))
-            rt.finish(opened, outcome, None)
-            return
-        resp.data = dumps(convert.error_from_native(opened.status, opened.body or b""))
-        rt.finish(opened, outcome, "node_status")
+        error = None if opened.status == 200 else "node_status"
+        try:
+            if error is None and opened.first_obj is not None:
+                outcome.counts(opened.first_obj)
+                resp.data = dumps(self.reply(opened.first_obj, converted))
+            else:
+                body = opened.body or b""
+                resp.data = dumps(convert.error_from_native(opened.status, body))
+        except Exception:
+            outcome.status, error = 502, "bad_node_answer"
+            raise
+        finally:
+            rt.finish(opened, outcome, error)
 
 
 def chat_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:

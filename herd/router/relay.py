@@ -28,6 +28,29 @@ class Converter(Protocol):
     def fail(self, message: str) -> bytes: ...
 
 
+class Committed:
+    """A stream's body iterable. Closing it always finishes the request, even
+    when the server closes it before reading a byte (the generator's own
+    `finally` only runs once it has started)."""
+
+    def __init__(
+        self, body: Iterator[bytes], opened: Opened, outcome: Outcome, finish: Finish
+    ):
+        self._body = body
+        self._opened = opened
+        self._outcome = outcome
+        self._finish = finish
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            self._finish(self._opened, self._outcome, "client_gone")
+
+
 def native_objects(
     opened: Opened, deadline: float, clock: Callable[[], float]
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
@@ -62,8 +85,32 @@ def ndjson(
     finish: Finish,
     deadline: float,
     clock: Callable[[], float],
-) -> Iterator[bytes]:
+) -> Committed:
     """Ollama NDJSON passed through line by line (already valid, one per line)."""
+    body = _ndjson(opened, outcome, finish, deadline, clock)
+    return Committed(body, opened, outcome, finish)
+
+
+def sse(
+    opened: Opened,
+    converter: Converter,
+    outcome: Outcome,
+    finish: Finish,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Committed:
+    """Ollama NDJSON converted to OpenAI SSE events as each line arrives."""
+    body = _sse(opened, converter, outcome, finish, deadline, clock)
+    return Committed(body, opened, outcome, finish)
+
+
+def _ndjson(
+    opened: Opened,
+    outcome: Outcome,
+    finish: Finish,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Iterator[bytes]:
     error: str | None = None
     try:
         for line, obj in native_objects(opened, deadline, clock):
@@ -85,7 +132,7 @@ def ndjson(
         finish(opened, outcome, error)
 
 
-def sse(
+def _sse(
     opened: Opened,
     converter: Converter,
     outcome: Outcome,
@@ -93,7 +140,6 @@ def sse(
     deadline: float,
     clock: Callable[[], float],
 ) -> Iterator[bytes]:
-    """Ollama NDJSON converted to OpenAI SSE events as each line arrives."""
     error: str | None = None
     try:
         for _, obj in native_objects(opened, deadline, clock):

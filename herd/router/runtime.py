@@ -209,8 +209,10 @@ class Runtime:
         return self.monotonic() + fleet.router.limits.request_timeout_s
 
     def finish(self, opened: Opened, outcome: Outcome, error: str | None) -> None:
-        """End of a forwarded request: free the slot, learn, trace, log."""
+        """End of a forwarded request: free the slot, learn, trace, log (once)."""
         opened.release()
+        if outcome.finished:
+            return
         now = self.monotonic()
         if error in ("stream_broken", "node_error"):
             self.stats.failure(opened.node.name)
@@ -228,6 +230,7 @@ class Runtime:
         self.record(outcome)
 
     def record(self, outcome: Outcome) -> None:
+        outcome.finished = True
         now = self.monotonic()
         self.traces.record(outcome.trace(now))
         if access.isEnabledFor(logging.INFO):
