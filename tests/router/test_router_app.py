@@ -3,9 +3,11 @@ traces, hot reload rules, and the no-side-effects import."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from falcon import testing
@@ -277,3 +279,29 @@ def test_trace_flush_writes_everything_in_slices(tmp_path):
     log.tick(pause=lambda: pauses.append(1))
     assert log.written == 1234 and len(pauses) == 2
     log.close()
+
+
+def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
+    sim = sims("alive")
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "pinned"},
+            "router": {"clients": [{"name": "local", "networks": ["127.0.0.0/8"]}]},
+            "nodes": [{"name": "alive", "url": sim.url}],
+            "models": [
+                {"name": "llama3.2:3b", "keep_loaded": True},
+                {"name": "qwen3:0.6b", "keep_loaded": "0"},
+            ],
+        }
+    )
+    app = create_app(StaticSource(fleet), TraceLog(None), Upstream(), background=False)
+    c = testing.TestClient(app)
+    for model in ("llama3.2:3b", "qwen3:0.6b"):
+        body = {"model": model, "prompt": "hi", "stream": False}
+        assert c.simulate_post("/api/generate", json=body, **LOCAL).status_code == 200
+    with urllib.request.urlopen(sim.url + "/api/ps", timeout=5) as reply:
+        loaded = {
+            m["model"]: m["expires_at"] for m in json.loads(reply.read())["models"]
+        }
+    assert loaded["llama3.2:3b"] > "2090"  # pinned: "forever"
+    assert "qwen3:0.6b" not in loaded  # keep_alive 0 unloads at once
