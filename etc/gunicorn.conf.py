@@ -33,7 +33,8 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    """herd's own log lines go to stderr like gunicorn's (access lines optional)."""
+    """herd's log lines go to stderr like gunicorn's. (The one line per request
+    is written by herd.router.accesslog, in batches; HERD_ACCESS_LOG=0 drops it.)"""
     import logging
 
     handler = logging.StreamHandler()
@@ -46,8 +47,6 @@ def post_fork(server, worker):
     herd_log.addHandler(handler)
     herd_log.setLevel(loglevel.upper())
     herd_log.propagate = False
-    if os.environ.get("HERD_ACCESS_LOG", "1") == "0":
-        logging.getLogger("herd.access").setLevel(logging.WARNING)
 
 
 def post_worker_init(worker):

@@ -8,6 +8,7 @@ database connections, and no gevent import (tests/router/test_router_app.py).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import falcon
 
 from herd.router import failures, fleet, ollama, openai, ops, registry
+from herd.router.accesslog import AccessLog
 from herd.router.gate import Gate
 from herd.router.proxy import Upstream
 from herd.router.runtime import Runtime
@@ -27,6 +29,9 @@ class RouterApp(falcon.App):
 
     __slots__ = ("herd_runtime",)
 
+
+#: Set to 0 to drop the one line per request herd writes to stderr.
+ACCESS_ENV = "HERD_ACCESS_LOG"
 
 #: The runtime of the app `get_app()` built in this process (for gunicorn hooks).
 _RUNTIME: Runtime | None = None
@@ -41,6 +46,7 @@ def create_app(
     poller: Any = None,
     background: bool = True,
     bundle_store: Callable[[], Path] | None = None,
+    access: AccessLog | None = None,
 ) -> RouterApp:
     """The router as a falcon WSGI app over the given collaborators.
 
@@ -48,10 +54,17 @@ def create_app(
     `listeners`: see herd.router.reload); `traces` records one row per
     request; `upstream` talks to nodes; `bundle_store` (the bundle store
     directory, followed across reloads) mounts the read-only /v2 registry
-    nodes pull models from. The `Runtime` is `app.herd_runtime`.
+    nodes pull models from; `access` writes one line per request. The
+    `Runtime` is `app.herd_runtime`.
     """
     runtime = Runtime(
-        source, traces, upstream, clock, poller=poller, background=background
+        source,
+        traces,
+        upstream,
+        clock,
+        poller=poller,
+        background=background,
+        access=access,
     )
     app = RouterApp(middleware=[Gate(runtime)], media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
@@ -94,8 +107,13 @@ def get_app() -> RouterApp:
     traces = TraceLog(
         state_dir, retention_days=lambda: source.current().fleet.audit.retention_days
     )
+    access = AccessLog() if os.environ.get(ACCESS_ENV, "1") != "0" else None
     app = create_app(
-        source, traces, Upstream(), bundle_store=lambda: bundle_store(source, state_dir)
+        source,
+        traces,
+        Upstream(),
+        bundle_store=lambda: bundle_store(source, state_dir),
+        access=access,
     )
     _RUNTIME = app.herd_runtime
     return app

@@ -18,6 +18,7 @@ from typing import Any
 from herd.discovery.static import StaticPoller
 from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
+from herd.router.accesslog import AccessLog
 from herd.router.forward import Forwarder, Opened, Outcome
 from herd.router.policy import Policy, RateLimiter
 from herd.router.proxy import Upstream
@@ -27,7 +28,6 @@ from herd.router.stats import Stats
 from herd.router.traces import TraceLog
 
 log = logging.getLogger("herd.router")
-access = logging.getLogger("herd.access")
 
 RELOAD_CHECK_S = 0.5
 
@@ -45,6 +45,7 @@ class Runtime:
         monotonic: Callable[[], float] = time.monotonic,
         poller: StaticPoller | None = None,
         background: bool = True,
+        access: AccessLog | None = None,
     ):
         self.source = source
         self.traces = traces
@@ -64,6 +65,7 @@ class Runtime:
             upstream=upstream,
             clock=monotonic,
         )
+        self.access = access
         self.started_at = clock()
         self._background = background
         self._started = False
@@ -112,6 +114,8 @@ class Runtime:
             gevent.spawn(self._watch, stopped),
         ]
         self._trace_writer = gevent.spawn(self.traces.run, stopped)
+        if self.access is not None:
+            self._greenlets.append(gevent.spawn(self.access.run, stopped))
 
     def _is_stopping(self) -> bool:
         return self._stopping
@@ -136,6 +140,8 @@ class Runtime:
             # and closes the database.
             self._trace_writer.join(timeout=10)
         self.traces.close()
+        if self.access is not None:
+            self.access.flush()
         self.upstream.close()
 
     # -- request steps -------------------------------------------------------
@@ -233,16 +239,5 @@ class Runtime:
         outcome.finished = True
         now = self.monotonic()
         self.traces.record(outcome.trace(now))
-        if access.isEnabledFor(logging.INFO):
-            access.info(
-                "%s %s %s %d model=%s node=%s retries=%d %.1fms%s",
-                outcome.client or "-",
-                outcome.method,
-                outcome.route,
-                outcome.status,
-                outcome.served_model or outcome.requested_model or "-",
-                outcome.node or "-",
-                outcome.retries,
-                (now - outcome.started) * 1000.0,
-                f" error={outcome.error_class}" if outcome.error_class else "",
-            )
+        if self.access is not None:
+            self.access.request(outcome, (now - outcome.started) * 1000.0)

@@ -305,3 +305,30 @@ def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
         }
     assert loaded["llama3.2:3b"] > "2090"  # pinned: "forever"
     assert "qwen3:0.6b" not in loaded  # keep_alive 0 unloads at once
+
+
+def test_access_log_lines_are_batched(tmp_path):
+    import io
+
+    from herd.router.accesslog import AccessLog
+    from herd.router.forward import Outcome
+
+    out = io.StringIO()
+    log = AccessLog(out, clock=lambda: 0.0)
+    done = Outcome(
+        t0=0.0,
+        started=0.0,
+        route="/api/chat",
+        method="POST",
+        client="lan",
+        served_model="m:latest",
+        node="n1",
+        status=200,
+    )
+    log.request(done, 1.25)
+    assert out.getvalue() == ""  # nothing written per request
+    log.flush()
+    assert out.getvalue() == (
+        "1970-01-01T00:00:00Z herd.access lan POST /api/chat 200 "
+        "model=m:latest node=n1 retries=0 1.2ms\n"
+    )
