@@ -4,6 +4,8 @@ Each node has `max_concurrency` slots. A request takes a free slot at once, or
 waits (at most `depth` waiters per node, at most `queue_timeout_s`); a full
 queue is refused immediately, never piled up. Built on `threading` primitives,
 which gevent's monkey-patching makes cooperative inside the gunicorn worker.
+The fast paths (a free slot, a release with nobody waiting) take no lock:
+within one gevent worker nothing can run between a check and an update.
 """
 
 from __future__ import annotations
@@ -34,13 +36,12 @@ class Slots:
             self._cond.notify_all()
 
     def try_acquire(self) -> bool:
-        # The lock is uncontended in a gevent worker (greenlets only switch
-        # on I/O), so this is a check and an increment.
-        with self._lock:
-            if self.in_flight < self.limit and not self.waiting:
-                self.in_flight += 1
-                return True
-            return False
+        # No lock: greenlets only switch on I/O, so nothing runs between the
+        # check and the increment (the router is one thread per worker).
+        if self.in_flight < self.limit and not self.waiting:
+            self.in_flight += 1
+            return True
+        return False
 
     def wait_acquire(self, timeout: float, clock: Callable[[], float]) -> bool:
         """Queue for a slot; False when the queue is full or `timeout` passed."""
@@ -64,9 +65,9 @@ class Slots:
                 self.waiting -= 1
 
     def release(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-            if self.waiting:
+        self.in_flight -= 1
+        if self.waiting:
+            with self._cond:
                 self._cond.notify()
 
     @property
