@@ -64,9 +64,9 @@ def serve(args: argparse.Namespace) -> int:
         str(conf),
         "--bind",
         bind,
-        "--workers",
-        str(args.workers),
     ]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
     env = {**os.environ, "HERD_STATE_DIR": state_dir, "HERD_BIND": bind}
     print(f"herd serve: router on http://{bind} (state {state_dir})", flush=True)
     os.execve(sys.executable, argv, env)
@@ -109,7 +109,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     parser.add_argument("--bind", help="HOST:PORT to listen on (default router.listen)")
     parser.add_argument(
-        "--workers", type=int, default=1, help="gunicorn gevent workers (default 1)"
+        "--workers",
+        type=int,
+        help="gunicorn gevent workers (default: HERD_WORKERS, else 1)",
     )
     parser.add_argument(
         "--config",
