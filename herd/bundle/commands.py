@@ -165,8 +165,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @_os_errors
 def cmd_import(args: argparse.Namespace) -> int:
-    pol = _policy(args)
     state = Store(_state_dir(args))
+    try:
+        pol = _policy(args)
+    except BundleError as ex:  # e.g. no trusted signers: a refusal, audited
+        state.audit("bundle.refused", {"source": str(args.dir), "reason": str(ex)})
+        state.close()
+        raise
     bars: list[Progress] = []
     start = _bar_factory(args, bars)
     try:
