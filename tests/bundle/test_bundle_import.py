@@ -110,7 +110,8 @@ def test_rm_keeps_blobs_other_models_use(tmp_path, policy, state):
 def test_install_into_ollama_store_preserves_owner(tmp_path, policy, state):
     models = tmp_path / "ollama" / "models"
     models.mkdir(parents=True)
-    os.chown(models, 4321, 4321)
+    owner = (4321, 4321) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(models, *owner)  # as root: a store owned by another user (ollama)
     stick = tmp_path / "stick"
     shutil.copytree(EXAMPLE, stick)
     old = time.time() - 7200
@@ -122,7 +123,7 @@ def test_install_into_ollama_store_preserves_owner(tmp_path, policy, state):
     assert manifest.read_bytes() == (EXAMPLE / "manifests/tiny/latest").read_bytes()
     for path in [manifest, *(models / "blobs").iterdir(), manifest.parent]:
         st = path.stat()
-        assert (st.st_uid, st.st_gid) == (4321, 4321), path
+        assert (st.st_uid, st.st_gid) == owner, path
         assert st.st_mtime > time.time() - 600, "fresh mtimes (Ollama prunes old)"
     assert verify_store_blobs(models) == 4
     # Nothing stray for Ollama's glob: only the one manifest file below manifests/.
