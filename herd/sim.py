@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from herd import sim_models as sm
+from herd.errors import ConfigError
 
 FAULTS = ("ok", "slow", "hang", "error", "cut-mid-stream", "garbage")
 INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
@@ -48,6 +49,8 @@ class SimError(Exception):
 
 @dataclass(frozen=True)
 class Fault:
+    """How the node misbehaves, on which paths, for how many requests."""
+
     mode: str = "ok"
     after_chunks: int = 2
     delay_s: float = 5.0
@@ -65,13 +68,20 @@ class Fault:
         if unknown:
             raise SimError(400, f"unknown fault field(s): {', '.join(sorted(unknown))}")
         paths = doc.get("paths") or INFERENCE
-        return cls(
-            mode=doc["mode"],
-            after_chunks=int(doc.get("after_chunks", 2)),
-            delay_s=float(doc.get("delay_s", 5.0)),
-            times=None if doc.get("times") is None else int(doc["times"]),
-            paths=tuple(paths),
-        )
+        if not isinstance(paths, list | tuple) or not all(
+            isinstance(p, str) for p in paths
+        ):
+            raise SimError(400, 'paths must be a list of route paths, or ["*"]')
+        try:
+            return cls(
+                mode=doc["mode"],
+                after_chunks=int(doc.get("after_chunks", 2)),
+                delay_s=float(doc.get("delay_s", 5.0)),
+                times=None if doc.get("times") is None else int(doc["times"]),
+                paths=tuple(paths),
+            )
+        except (TypeError, ValueError) as ex:
+            raise SimError(400, f"bad fault value: {ex}") from ex
 
 
 @dataclass
@@ -166,6 +176,7 @@ def parse_keep_alive(value: Any) -> float:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; print one ready line with the bound address."""
     import signal
+    import socket
 
     import gevent
     from gevent.event import Event
@@ -179,7 +190,15 @@ def run(args: argparse.Namespace) -> int:
     server = WSGIServer(
         (args.host, args.port), create_app(state), log=None, backlog=4096
     )
-    server.init_socket()
+    try:
+        server.init_socket()
+    except OSError as ex:
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port}: {ex.strerror or ex}"
+        ) from ex
+    # Accepted sockets inherit this: without it, Nagle + delayed ACK add ~40 ms
+    # to every keep-alive reply and streamed chunk.
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stop = Event()
     # Signal handlers only set a flag; the main greenlet does the shutdown.
     gevent.signal_handler(signal.SIGTERM, stop.set)

@@ -109,7 +109,7 @@ class Inference:
         model = body["model"]
 
         def final(**fields: Any) -> dict[str, Any]:
-            eval_ns = int(reply.eval_count * (per_token or 1e-4) * 1e9)
+            eval_ns = round(reply.eval_count * (per_token or 1e-4) * 1e9)
             return {
                 **frame(model, done=True, **fields),
                 "done_reason": reply.done_reason,

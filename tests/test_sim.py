@@ -7,6 +7,7 @@ import json
 import math
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -313,6 +314,10 @@ def test_fault_error_and_garbage(raw: httpx.Client) -> None:
     assert raw.get("/api/tags").status_code == 500
     bad = raw.post("/_sim/fault", json={"mode": "melt"})
     assert bad.status_code == 400 and "mode must be one of" in bad.json()["error"]
+    bad = raw.post("/_sim/fault", json={"mode": "slow", "delay_s": "soon"})
+    assert bad.status_code == 400 and "bad fault value" in bad.json()["error"]
+    bad = raw.post("/_sim/fault", json={"mode": "slow", "paths": "/api/chat"})
+    assert bad.status_code == 400 and "paths" in bad.json()["error"]
 
 
 def test_fault_cut_mid_stream(raw: httpx.Client) -> None:
@@ -428,3 +433,18 @@ def test_compose_stop_and_schema() -> None:
     }
     value = json.loads("".join(sm.compose(model, "p", options={}, fmt=schema).content))
     assert isinstance(value["x"], float) and value["kind"] == "a"
+
+
+def test_busy_port_is_one_clean_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "herd", "sim", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"herd sim: cannot listen on 127.0.0.1:{port}")

@@ -66,8 +66,6 @@ def serve(args: argparse.Namespace) -> int:
         bind,
         "--workers",
         str(args.workers),
-        "--worker-class",
-        "gevent",
     ]
     env = {**os.environ, "HERD_STATE_DIR": state_dir, "HERD_BIND": bind}
     print(f"herd serve: router on http://{bind} (state {state_dir})", flush=True)

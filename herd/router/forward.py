@@ -247,7 +247,7 @@ class Forwarder:
                 path,
                 data,
                 connect_s=limits.connect_timeout_s,
-                network_s=limits.first_byte_timeout_s,
+                network_s=_network_timeout(path, stream, limits),
             )
         except UpstreamFailure as ex:
             release()
@@ -297,6 +297,23 @@ class Forwarder:
         if kind == "timeout":
             return UpstreamTimeout(message)
         return UpstreamError(message)
+
+
+#: Routes whose non-streaming answer only comes once generation is complete.
+_GENERATING = frozenset({"/api/chat", "/api/generate"})
+
+
+def _network_timeout(path: str, stream: bool, limits: Any) -> float:
+    """How long a node may stay silent: until the first byte, and between lines.
+
+    A streaming node sends its first line once the model is loaded and the
+    prompt read, so `first_byte_timeout_s` detects a hung node. A
+    non-streaming chat/generate answer arrives only when generation is done,
+    so only the request timeout can bound it.
+    """
+    if stream or path not in _GENERATING:
+        return limits.first_byte_timeout_s
+    return max(limits.first_byte_timeout_s, limits.request_timeout_s)
 
 
 _RETRY_STATUS = frozenset({404, 500, 502, 503, 504})

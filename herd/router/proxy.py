@@ -19,6 +19,26 @@ from typing import Any
 from urllib.parse import urlsplit
 
 POLL_TIMEOUT_S = 1.5
+BLOCK_SIZE = 16 * 1024
+
+
+def _open(sock: Any) -> bool:
+    return sock is not None and sock.fileno() >= 0
+
+
+def _drop_idle(pool: Any) -> None:
+    """Close every idle pooled connection (the node restarted or closed them)."""
+    queue = pool._socket_queue
+    while not queue.empty():
+        try:
+            queue.get(block=False).close()
+        except Exception:  # noqa: BLE001 - empty queue or already closed
+            return
+
+
+def _no_delay(sock: Any) -> None:
+    """Requests go out in one write; never let Nagle hold a small one back."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class UpstreamFailure(Exception):
@@ -120,6 +140,15 @@ class Upstream:
                 headers={"User-Agent": "herd-router"},
             )
             client.path_prefix = parts.path.rstrip("/")
+            client.host_header = parts.netloc
+            client.heads = {}
+            pool = client._connection_pool
+            pool.after_connect = _no_delay
+            # geventhttpclient select()s every pooled socket before reuse; a
+            # node that closed an idle connection is caught by the retry in
+            # `_exchange` instead, which saves a syscall and a greenlet
+            # switch per request.
+            pool._is_socket_alive = _open
             self._clients[key] = client
         return client
 
@@ -141,13 +170,8 @@ class Upstream:
         if not self._allow(url):
             raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
         client = self._client(url, connect_s, network_s)
-        send_headers = {"Content-Type": "application/json"} if body else {}
-        if headers:
-            send_headers.update(headers)
         try:
-            response = client.request(
-                method, client.path_prefix + path, body=body, headers=send_headers
-            )
+            response = self._exchange(client, method, path, body, headers)
         except TimeoutError as ex:
             raise UpstreamFailure("timeout", f"{url}: no answer in time") from ex
         except ConnectionRefusedError as ex:
@@ -158,6 +182,71 @@ class Upstream:
         except Exception as ex:  # noqa: BLE001 - parse errors, closed connections
             raise UpstreamFailure("protocol", f"{url}: {_describe(ex)}") from ex
         return Reply(response)
+
+    def _exchange(
+        self,
+        client: Any,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+    ) -> Any:
+        """Send one request on a pooled connection and read the response head.
+
+        The request head is built from a cached prefix (method, path, Host,
+        User-Agent) and sent with the body in one write. A kept-alive
+        connection the node closed while idle gives "connection closed" before
+        any byte: that request was never processed, so it is sent once more
+        on a fresh connection.
+        """
+        from geventhttpclient.response import (
+            HTTPConnectionClosed,
+            HTTPSocketPoolResponse,
+        )
+
+        key = (method, path)
+        prefix = client.heads.get(key)
+        if prefix is None:
+            prefix = client.heads[key] = (
+                f"{method} {client.path_prefix}{path} HTTP/1.1\r\n"
+                f"Host: {client.host_header}\r\nUser-Agent: herd-router\r\n"
+            ).encode("latin-1")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        if body:
+            data = (
+                b"%sContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                % (
+                    prefix,
+                    extra.encode("latin-1"),
+                    len(body),
+                    body,
+                )
+            )
+        else:
+            data = prefix + extra.encode("latin-1") + b"\r\n"
+        pool = client._connection_pool
+        for attempt in (1, 2):
+            sock = pool.get_socket()
+            try:
+                sock.sendall(data)
+            except OSError as ex:
+                pool.release_socket(sock)
+                if attempt == 2 or ex.errno not in _STALE_ERRNOS:
+                    raise
+                _drop_idle(pool)
+                continue
+            try:
+                return HTTPSocketPoolResponse(
+                    sock, pool, block_size=BLOCK_SIZE, method=method
+                )
+            except HTTPConnectionClosed:
+                # Closed before any byte of an answer: the node never took
+                # the request (an idle connection it had closed). The
+                # response released the socket already.
+                if attempt == 2:
+                    raise
+                _drop_idle(pool)
+        raise AssertionError("unreachable")
 
     def get_json(self, url: str, path: str, timeout: float = POLL_TIMEOUT_S) -> Any:
         """GET a small JSON document (the health poller); raises UpstreamFailure."""
@@ -186,6 +275,7 @@ class Upstream:
         self._clients.clear()
 
 
+_STALE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED})
 _CONNECT_ERRNOS = frozenset(
     {
         errno.ECONNREFUSED,

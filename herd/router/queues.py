@@ -23,7 +23,8 @@ class Slots:
         self.depth = max(int(depth), 0)
         self.in_flight = 0
         self.waiting = 0
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
 
     def configure(self, limit: int, depth: int) -> None:
         """Apply new limits from a reloaded manifest (in-flight work is kept)."""
@@ -33,9 +34,9 @@ class Slots:
             self._cond.notify_all()
 
     def try_acquire(self) -> bool:
-        # The lock is uncontended in a single gevent worker; the fast path
-        # is a check and an increment.
-        with self._cond:
+        # The lock is uncontended in a gevent worker (greenlets only switch
+        # on I/O), so this is a check and an increment.
+        with self._lock:
             if self.in_flight < self.limit and not self.waiting:
                 self.in_flight += 1
                 return True
@@ -63,9 +64,10 @@ class Slots:
                 self.waiting -= 1
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self.in_flight -= 1
-            self._cond.notify()
+            if self.waiting:
+                self._cond.notify()
 
     @property
     def full(self) -> bool:

@@ -60,7 +60,11 @@ class RouteRequest:
 class Ranked:
     node: str
     score: float
-    reason: str
+    candidate: Candidate
+
+    @property
+    def reason(self) -> str:
+        return reason(self.candidate)
 
 
 @dataclass(frozen=True)
@@ -81,39 +85,39 @@ class Decision:
         return "; ".join(parts)
 
 
-def score(request: RouteRequest, c: Candidate) -> tuple[float, str]:
-    """The score of one eligible candidate, and a short human reason."""
-    reasons = []
-    total = 0.0
-    if c.loaded:
-        total += LOADED
-        reasons.append("loaded")
-    elif c.on_disk is None:
-        total += UNKNOWN_DISK
-        reasons.append("disk unknown")
-    else:
-        reasons.append("on disk")
-    capacity = max(c.max_concurrency, 1)
+def score(request: RouteRequest, c: Candidate) -> float:
+    """The score of one eligible candidate (higher is better)."""
+    total = LOADED if c.loaded else UNKNOWN_DISK if c.on_disk is None else 0.0
+    capacity = c.max_concurrency if c.max_concurrency > 0 else 1
     if c.in_flight < capacity:
         total += FREE_SLOT
-    else:
-        reasons.append("full")
     total -= LOAD_PENALTY * (c.in_flight + c.waiting) / capacity
-    reasons.append(f"{c.in_flight}/{capacity} busy")
     if c.error_rate > 0:
         total -= ERROR_PENALTY * min(c.error_rate, 1.0)
-        reasons.append(f"errors {c.error_rate:.2f}")
     if c.ttft_ms is not None:
         total -= min(c.ttft_ms / 20.0, TTFT_PENALTY_MAX)
-        reasons.append(f"ttft {c.ttft_ms:.0f}ms")
     if c.tokens_per_s is not None:
         total += min(c.tokens_per_s / 2.0, TPS_BONUS_MAX)
     if request.prefer_labels and all(
         c.labels.get(k) == v for k, v in request.prefer_labels.items()
     ):
         total += 10.0
-        reasons.append("labels match")
-    return total, ", ".join(reasons)
+    return total
+
+
+def reason(c: Candidate) -> str:
+    """Why a candidate scored what it did, in a few words (for explain())."""
+    parts = [
+        "loaded" if c.loaded else "disk unknown" if c.on_disk is None else "on disk"
+    ]
+    if c.in_flight >= max(c.max_concurrency, 1):
+        parts.append("full")
+    parts.append(f"{c.in_flight}/{max(c.max_concurrency, 1)} busy")
+    if c.error_rate > 0:
+        parts.append(f"errors {c.error_rate:.2f}")
+    if c.ttft_ms is not None:
+        parts.append(f"ttft {c.ttft_ms:.0f}ms")
+    return ", ".join(parts)
 
 
 def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Decision:
@@ -122,7 +126,7 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
     A node that is down, or up but known not to hold the model, is excluded. A
     node not polled yet is kept (ranked low) so a fresh router serves at once.
     """
-    ranked: list[tuple[float, int, str, str]] = []
+    ranked: list[tuple[float, int, str, Candidate]] = []
     excluded: list[tuple[str, str]] = []
     for c in candidates:
         if c.up is False:
@@ -131,11 +135,10 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
         if c.up and c.on_disk is False and not c.loaded:
             excluded.append((c.node, "model not on node"))
             continue
-        value, reason = score(request, c)
-        ranked.append((-value, c.in_flight, c.node, reason))
-    ranked.sort()
+        ranked.append((-score(request, c), c.in_flight, c.node, c))
+    ranked.sort(key=lambda r: r[:3])
     return Decision(
         model=request.model,
-        ranked=tuple(Ranked(node, -neg, reason) for neg, _, node, reason in ranked),
+        ranked=tuple(Ranked(node, -neg, c) for neg, _, node, c in ranked),
         excluded=tuple(excluded),
     )

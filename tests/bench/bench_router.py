@@ -10,11 +10,14 @@ bounded by --duration. What it does, all in one run:
 1. nginx on a free loopback port answers POST /api/chat with a fixed JSON reply
    (and the /api/version, /api/tags, /api/ps answers the health poller needs):
    a node that costs nothing, so the difference is the router.
-2. `herd sim --tps 2` on another port: a slow streaming node.
+2. `herd sim --tps 2` on another port: a slow streaming node; and the "floor":
+   gunicorn + gevent + Falcon answering the fixed reply itself (no proxying),
+   the fastest any Python router on this stack can be on this machine.
 3. A manifest with both nodes (clients 127.0.0.0/8) is `herd apply`-ed into a
    temp state dir and `herd serve` runs the router (one gevent worker).
 4. wrk (Lua POST body, --latency) measures non-streaming /api/chat direct to
-   nginx and through the router at concurrency 1, 16 and 64.
+   nginx, to the floor and through the router at concurrency 1, 16 and 64
+   (`--profile`: py-spy samples the router worker under c16, hot spots printed).
 5. N concurrent streaming /api/chat requests are held open through the router
    to the sim node; router RSS (psutil, master + workers) and errors counted.
 
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -116,6 +120,22 @@ function done(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write +
     summary.errors.timeout))
 end
+"""
+FLOOR_APP = """\
+import falcon
+
+REPLY = {reply!r}.encode()
+
+
+class Chat:
+    def on_post(self, req, resp):
+        req.bounded_stream.read()
+        resp.content_type = "application/json; charset=utf-8"
+        resp.data = REPLY
+
+
+app = falcon.App()
+app.add_route("/api/chat", Chat())
 """
 MANIFEST = """\
 apiVersion: herd/v1
@@ -238,7 +258,8 @@ async def one_stream(port: int, body: bytes, state: dict, timeout: float) -> Non
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         status = head.split(b" ", 2)[1]
         if status != b"200":
-            state["errors"].append(f"status {status.decode()}")
+            detail = await asyncio.wait_for(reader.read(300), timeout)
+            state["errors"].append(f"status {status.decode()}: {detail!r}")
             return
         state["open"] += 1
         state["peak"] = max(state["peak"], state["open"])
@@ -311,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
         default=40,
         help="tokens per stream at 2 tokens/s (40: 20 s held open)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="router gevent workers (targets: 1)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the router worker during an extra c16 run; print hot spots",
+    )
     args = parser.parse_args(argv)
     missing = [tool for tool in ("nginx", "wrk") if not shutil.which(tool)]
     if missing:
@@ -331,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
-    ports = {"nginx": free_port(), "sim": free_port(), "router": free_port()}
+    ports = {name: free_port() for name in ("nginx", "sim", "router", "floor")}
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
     # 1. the zero-cost node
     (tmp / "nginx.conf").write_text(
@@ -389,7 +418,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             "--bind",
             f"127.0.0.1:{ports['router']}",
             "--workers",
-            "1",
+            str(args.workers),
         ],
         stdout=log,
         stderr=log,
@@ -399,15 +428,42 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     wait_http(routed + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
     print(
         f"nodes up: nginx :{ports['nginx']}, sim :{ports['sim']}; "
-        f"router :{ports['router']} (pid {router_proc.pid})",
+        f"router :{ports['router']} (pid {router_proc.pid}, {args.workers} worker(s))",
         flush=True,
     )
     lua = tmp / "chat.lua"
     lua.write_text(WRK_LUA.format(body=CHAT_BODY))
     run_wrk(routed + "/api/chat", lua, 16, 2)  # warm-up (imports, pools)
     results: dict[tuple[str, int], Wrk] = {}
+    # The Python floor: gunicorn + gevent + Falcon answering the fixed reply
+    # itself, no proxying. The router cannot beat it on this machine.
+    (tmp / "floor_app.py").write_text(FLOOR_APP.format(reply=FIXED_REPLY))
+    (tmp / "floor_conf.py").write_text("control_socket_disable = True\n")
+    floor = f"http://127.0.0.1:{ports['floor']}"
+    procs.start(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(tmp / "floor_conf.py"),
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "--chdir",
+            str(tmp),
+            "-b",
+            floor[len("http://") :],
+            "floor_app:app",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    wait_http(floor + "/api/chat", body=CHAT_BODY.encode())
+    targets = (("direct", direct), ("floor", floor), ("router", routed))
     for conns in (1, 16, 64):
-        for name, url in (("direct", direct), ("router", routed)):
+        for name, url in targets:
             res = results[name, conns] = run_wrk(
                 url + "/api/chat", lua, conns, args.duration
             )
@@ -417,6 +473,17 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
                 f"non2xx {res.non2xx} errors {res.errors}",
                 flush=True,
             )
+    if args.profile:
+        profile(router_proc.pid, routed + "/api/chat", lua, args.duration, tmp)
+    # After the load runs the health poller may have marked the slow node down
+    # (its polls wait behind the load): wait until a short stream gets through.
+    probe = {
+        "model": STREAM_MODEL,
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": False,
+        "options": {"num_predict": 1},
+    }
+    wait_http(routed + "/api/chat", body=json.dumps(probe).encode(), timeout=60)
     idle_rss = rss_mb(router_proc.pid)
     print(
         f"holding {args.streams} streams (2 tokens/s, {args.stream_tokens} tokens)…",
@@ -426,6 +493,55 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         hold_streams(ports["router"], args.streams, args.stream_tokens, router_proc.pid)
     )
     return report(results, streams, idle_rss, args.streams)
+
+
+def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
+    """Sample the gevent worker with py-spy under c16 load; print the hot frames."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return
+    worker = psutil.Process(master).children()[0].pid
+    raw = tmp / "profile.txt"
+    spy_proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(worker),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--duration",
+            str(duration),
+            "--output",
+            str(raw),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_wrk(url, lua, 16, duration)
+    spy_proc.wait(timeout=duration + 30)
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in {re.sub(r":\d+\)$", ")", f) for f in frames}:
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    print(f"\nprofile ({total} samples; saved {raw}):")
+    print("  self%  function")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {100 * n / total:5.1f}  {frame}")
+    print("  incl%  herd function")
+    herd = [(f, n) for f, n in inclusive.items() if "(herd/" in f or "/herd/" in f]
+    for frame, n in sorted(herd, key=lambda kv: -kv[1])[:20]:
+        print(f"  {100 * n / total:5.1f}  {frame}")
 
 
 def report(results: dict, streams: dict, idle_rss: float, count: int) -> int:
@@ -463,15 +579,17 @@ def report(results: dict, streams: dict, idle_rss: float, count: int) -> int:
     ]
     print()
     print(
-        "| conc | direct req/s | router req/s | ratio | direct p50/p99 ms | "
-        "router p50/p99 ms |"
+        "| conc | direct req/s | floor req/s | router req/s | router/direct | "
+        "router/floor | direct p50/p99 ms | floor p50/p99 ms | router p50/p99 ms |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16, 64):
-        d, r = results["direct", conns], results["router", conns]
+        d, f, r = (results[name, conns] for name in ("direct", "floor", "router"))
         print(
-            f"| {conns} | {d.rps:.0f} | {r.rps:.0f} | {r.rps / d.rps:.2f} | "
+            f"| {conns} | {d.rps:.0f} | {f.rps:.0f} | {r.rps:.0f} | "
+            f"{r.rps / d.rps:.2f} | {r.rps / f.rps:.2f} | "
             f"{d.p50_us / 1000:.3f} / {d.p99_us / 1000:.3f} | "
+            f"{f.p50_us / 1000:.3f} / {f.p99_us / 1000:.3f} | "
             f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} |"
         )
     print()

@@ -1,0 +1,230 @@
+"""Real processes on loopback for router tests: `herd sim` nodes and `herd serve`.
+
+(Helpers; the pytest fixtures wrapping them are in conftest.py.)
+
+`sims` starts simulated Ollama nodes (subprocesses, free ports); `router`
+writes a manifest revision into a temporary state dir and runs the real
+`herd serve` (gunicorn + gevent worker). Everything is killed in teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from herd.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret-token"
+TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
+
+#: The models the e2e fleet declares (each sim offers all of them).
+SIM_MODELS = "llama3.2:3b,nomic-embed-text,qwen3:0.6b,llava:7b"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Sim:
+    """One `herd sim` subprocess."""
+
+    proc: subprocess.Popen
+    url: str
+    name: str
+
+    def fault(self, mode: str, **kw: Any) -> None:
+        body = json.dumps({"mode": mode, **kw}).encode()
+        req = urllib.request.Request(self.url + "/_sim/fault", data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=5) as reply:
+            assert reply.status == 200
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_sim/stats", timeout=5) as reply:
+            return json.loads(reply.read())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_sim(
+    name: str, tps: float = 0, models: str = SIM_MODELS, port: int = 0
+) -> Sim:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "herd",
+            "sim",
+            "--port",
+            str(port),
+            "--models",
+            models,
+            "--tps",
+            str(tps),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    line = proc.stdout.readline()
+    if " on " not in line:
+        proc.kill()
+        raise RuntimeError(f"herd sim did not start: {line!r}")
+    url = line.split(" on ", 1)[1].split()[0]
+    return Sim(proc, url, name)
+
+
+def manifest(
+    nodes: list[Sim],
+    *,
+    clients: list[dict[str, Any]] | None = None,
+    limits: dict[str, Any] | None = None,
+    models: list[dict[str, Any]] | None = None,
+    max_concurrency: int = 8,
+    listen: str = "127.0.0.1:11435",
+) -> str:
+    """A valid manifest document placing every model on every given node."""
+    names = [n.name for n in nodes]
+    doc = {
+        "apiVersion": "herd/v1",
+        "kind": "Fleet",
+        "metadata": {"name": "test-fleet"},
+        "router": {
+            "listen": listen,
+            "node_networks": ["127.0.0.0/8"],
+            "clients": clients
+            or [{"name": "local", "networks": ["127.0.0.0/8", "::1/128"]}],
+            "limits": {
+                "max_body_mb": 1,
+                "request_timeout_s": 60,
+                "queue_timeout_s": 2,
+                "queue_depth": 4,
+                "connect_timeout_s": 1,
+                "first_byte_timeout_s": 2,
+                "retries": 2,
+                **(limits or {}),
+            },
+        },
+        "nodes": [
+            {"name": n.name, "url": n.url, "max_concurrency": max_concurrency}
+            for n in nodes
+        ],
+        "models": models
+        or [
+            {"name": "llama3.2:3b", "aliases": ["fast"], "place": {"nodes": names}},
+            {"name": "nomic-embed-text", "place": {"nodes": names}},
+            {"name": "qwen3:0.6b", "place": {"nodes": names}},
+            {"name": "llava:7b", "place": {"nodes": names}},
+        ],
+        "audit": {"retention_days": 30},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def apply(state_dir: Path, text: str) -> int:
+    """Record `text` as the next revision (what `herd apply --yes` does)."""
+    from herd.manifest import load_bytes
+
+    load_bytes(text.encode(), "test manifest", str(state_dir))  # must be valid
+    store = Store(state_dir)
+    try:
+        head = store.head()
+        rev = store.record(
+            text.encode(),
+            expected_head=head.id if head else None,
+            summary="test",
+            source="test",
+            base_dir=str(state_dir),
+        )
+        return rev.id if rev else head.id
+    finally:
+        store.close()
+
+
+@dataclass
+class Router:
+    proc: subprocess.Popen
+    url: str
+    state_dir: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def get(self, path: str, timeout: float = 5) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as reply:
+                return reply.status, json.loads(reply.read() or b"null")
+        except urllib.error.HTTPError as ex:
+            return ex.code, json.loads(ex.read() or b"null")
+
+    def wait_nodes_up(self, count: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.get("/fleet/status")
+            if status == 200 and body["nodes_up"] >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"fewer than {count} nodes up: {body}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_router(state_dir: Path, text: str, log_path: Path) -> Router:
+    apply(state_dir, text)
+    port = free_port()
+    env = {
+        **os.environ,
+        "HERD_STATE_DIR": str(state_dir),
+        "PYTHONUNBUFFERED": "1",
+        # Idle keep-alive connections hold a graceful stop this long.
+        "HERD_KEEPALIVE": "1",
+    }
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herd", "serve", "--bind", f"127.0.0.1:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+    router = Router(proc, f"http://127.0.0.1:{port}", state_dir, log_path, env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"herd serve exited: {log_path.read_text()}")
+        try:
+            if router.get("/healthz", timeout=1)[0] == 200:
+                return router
+        except OSError:
+            time.sleep(0.1)
+    router.stop()
+    raise RuntimeError(f"herd serve did not come up: {log_path.read_text()}")

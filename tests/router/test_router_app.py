@@ -1,0 +1,173 @@
+"""The app in-process (falcon TestClient): error shapes frozen per API family,
+traces, hot reload rules, and the no-side-effects import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from falcon import testing
+from routerproc import ROOT, apply, free_port, manifest
+
+from herd.manifest.model import build_fleet
+from herd.router.app import create_app
+from herd.router.proxy import Upstream
+from herd.router.reload import PointerSource, StaticSource
+from herd.router.traces import Trace, TraceLog
+
+LOCAL = {"remote_addr": "127.0.0.1"}
+
+
+@pytest.fixture
+def client(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "shapes"},
+            "router": {
+                "clients": [{"name": "local", "networks": ["127.0.0.0/8"]}],
+                "limits": {"max_body_mb": 0.001, "retries": 0},
+            },
+            "nodes": [{"name": "gone", "url": dead}],
+            "models": [{"name": "m", "place": {"nodes": ["gone"]}}],
+        }
+    )
+    traces = TraceLog(tmp_path)
+    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    yield testing.TestClient(app), traces
+    traces.close()
+
+
+CHAT = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+
+
+def test_error_shapes_are_frozen(client):
+    c, _ = client
+    r = c.simulate_post("/api/chat", json=CHAT, **LOCAL)
+    assert (r.status_code, r.json) == (404, {"error": "model 'nope' not found"})
+    r = c.simulate_post("/v1/chat/completions", json=CHAT, **LOCAL)
+    assert r.status_code == 404
+    assert r.json == {
+        "error": {
+            "message": "model 'nope' not found",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    }
+    r = c.simulate_get("/api/tags", remote_addr="10.1.1.1")
+    assert r.status_code == 403 and set(r.json) == {"error"}
+    assert isinstance(r.json["error"], str)
+    r = c.simulate_get("/v1/models", remote_addr="10.1.1.1")
+    assert r.status_code == 403
+    assert set(r.json["error"]) == {"message", "type", "param", "code"}
+    assert r.json["error"]["type"] == "permission_error"
+    r = c.simulate_post("/api/chat", body=b"{not json", **LOCAL)
+    assert r.status_code == 400 and "not valid JSON" in r.json["error"]
+    r = c.simulate_post("/api/chat", body=b"x" * 2000, **LOCAL)
+    assert r.status_code == 413
+    r = c.simulate_get("/api/nothing", **LOCAL)
+    assert r.status_code == 404 and isinstance(r.json["error"], str)
+    r = c.simulate_get("/v1/nothing", **LOCAL)
+    assert r.status_code == 404 and r.json["error"]["type"] == "invalid_request_error"
+    r = c.simulate_delete("/api/delete", json={"model": "m"}, **LOCAL)
+    assert r.status_code == 403 and "herd apply" in r.json["error"]
+
+
+def test_dead_node_then_no_healthy_node(client):
+    c, traces = client
+    body = {**CHAT, "model": "m", "stream": False}
+    r = c.simulate_post("/api/chat", json=body, **LOCAL)
+    assert r.status_code == 502 and "refused" in r.json["error"]
+    r = c.simulate_post("/v1/chat/completions", json=body, **LOCAL)
+    assert r.status_code == 503  # the refusal marked the node down at once
+    assert r.json["error"]["type"] == "server_error"
+    assert traces.flush() == 2
+    rows = list(traces._db().db.query("SELECT * FROM traces ORDER BY id"))
+    assert [row["status"] for row in rows] == [502, 503]
+    assert rows[0]["client"] == "local" and rows[0]["requested_model"] == "m"
+    assert rows[1]["error_class"] == "NoHealthyNode"
+
+
+def test_traces_retention(tmp_path):
+    now = time.time()
+    log = TraceLog(tmp_path, retention_days=lambda: 1, clock=lambda: now)
+    for age_days in (0, 0.5, 2, 30):
+        log.record(
+            Trace(
+                now - age_days * 86400,
+                "c",
+                "/api/chat",
+                "POST",
+                "m",
+                "m",
+                "n",
+                200,
+                0.1,
+                5.0,
+                9.0,
+                3,
+                4,
+                0,
+                None,
+            )
+        )
+    assert log.flush() == 4
+    assert log.prune() == 2
+    assert log._db().db["traces"].count == 2
+    log.close()
+
+
+def test_reload_keeps_good_revision(tmp_path, sims):
+    node = type("N", (), {"name": "n1", "url": "http://127.0.0.1:9"})
+    state = tmp_path / "state"
+    apply(state, manifest([node]))
+    source = PointerSource(state, clock=time.monotonic)
+    assert source.current().revision == 1
+    from herd.store import Store
+
+    store = Store(state)
+    store.record(
+        b"kind: nonsense\n",
+        expected_head=1,
+        summary="bad",
+        source="t",
+        base_dir=str(state),
+    )
+    store.close()
+    assert source.check() is False and source.last_error
+    assert source.current().revision == 1
+    seen = []
+    source.listeners.append(seen.append)
+    apply(state, manifest([node], listen="127.0.0.1:11499"))
+    assert source.check() is True and source.served.revision == 3
+    assert seen[0].fleet.router.listen == "127.0.0.1:11499"
+
+
+def test_import_has_no_side_effects():
+    """Importing the app starts nothing and leaves gevent's patching intact."""
+    code = (
+        "import sys, threading, warnings\n"
+        "import herd.router.app\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert 'gevent' not in sys.modules and 'geventhttpclient' not in sys.modules\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import gevent.monkey; gevent.monkey.patch_all()\n"
+        "assert not caught, [str(w.message) for w in caught]\n"
+        "import socket, gevent.socket\n"
+        "assert socket.socket is gevent.socket.socket\n"
+        "assert gevent.monkey.is_module_patched('threading')\n"
+        "print('clean')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clean"
