@@ -221,3 +221,11 @@ def test_create_from_ollama_store_keeps_manifest_bytes(tmp_path, policy, state):
     )
     with pytest.raises(BundleError, match="no manifest"):
         create_bundle(tmp_path / "x", ollama_store=models, ollama_models=("nope:1",))
+
+
+def test_rm_uses_the_store_the_bundle_went_to(tmp_path, policy, state):
+    from herd.bundle.removal import bundle_store
+
+    import_bundle(EXAMPLE, policy, state)
+    assert bundle_store(state, "example", tmp_path / "elsewhere") == policy.store
+    assert Catalog(state).bundle("example")["store"] == str(policy.store)
