@@ -136,7 +136,7 @@ def test_default_state_dir_for_non_root(tmp_path: Path):
 def test_concurrent_applies_never_corrupt_state(tmp_path: Path, state_dir: Path):
     """Many applies of different manifests at once: each wins or fails cleanly."""
     files = []
-    for i in range(6):
+    for i in range(10):
         f = tmp_path / f"f{i}.yaml"
         f.write_text(
             EXAMPLE.read_text().replace(
