@@ -203,6 +203,9 @@ class Chat(Inference):
         think = check_think(body.get("think"), model)
         fmt = check_format(body.get("format"))
         options = check_options(body.get("options"))
+        tools = body.get("tools") or []
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise SimError(400, "json: cannot unmarshal tools into []api.Tool")
         load_s = self.state.touch(model, body.get("keep_alive"))
         self.state.by_model[model.name] += 1
         if not messages:
@@ -216,7 +219,7 @@ class Chat(Inference):
             options=options,
             think=think,
             fmt=fmt,
-            tools=body.get("tools") or (),
+            tools=tools,
             tool_turn=str(messages[-1].get("role", "")).lower() == "user",
             tokens=self.state.tokens,
             salt=self.state.seed,

@@ -16,6 +16,9 @@ from typing import Any
 from herd.manifest.model import normalize_model_name
 
 DOWN_AFTER = 2
+#: A node that served a request this recently is not marked down by a failed
+#: poll: under heavy load the poll itself can time out inside a busy router.
+RECENT_OK_S = 1.5
 
 
 def model_key(name: str) -> str:
@@ -90,8 +93,10 @@ def _keys(entries: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     return out
 
 
-def observe(prev: NodeHealth, result: PollResult, now: float) -> NodeHealth:
-    """The node's health after one poll."""
+def observe(
+    prev: NodeHealth, result: PollResult, now: float, served_at: float | None = None
+) -> NodeHealth:
+    """The node's health after one poll (`served_at`: its last good answer)."""
     if result.ok:
         tags = _keys(result.tags)
         return replace(
@@ -108,6 +113,8 @@ def observe(prev: NodeHealth, result: PollResult, now: float) -> NodeHealth:
             last_error=None,
             poll_ms=result.latency_ms,
         )
+    if prev.up and served_at is not None and now - served_at < RECENT_OK_S:
+        return replace(prev, last_poll=now, last_error=result.error)
     failures = prev.failures + 1
     return replace(
         prev,

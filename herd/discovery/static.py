@@ -41,6 +41,8 @@ class StaticPoller:
         self.interval = interval
         self.timeout = timeout
         self.health: dict[str, NodeHealth] = {}
+        #: When each node last answered a proxied request well (passive health).
+        self.served_at: dict[str, float] = {}
 
     def get(self, node: Node) -> NodeHealth:
         """The node's health; a node new to the manifest (or moved) is unknown."""
@@ -67,7 +69,7 @@ class StaticPoller:
         except Exception as ex:  # noqa: BLE001 - any failure means "not healthy"
             result = PollResult(ok=False, error=str(ex) or type(ex).__name__)
         prev = self.get(node)
-        health = observe(prev, result, self._clock())
+        health = observe(prev, result, self._clock(), self.served_at.get(node.name))
         if health.up != prev.up and prev.up is not None:
             log.warning(
                 "node %s is %s%s",
@@ -90,6 +92,10 @@ class StaticPoller:
         gevent.joinall(jobs, timeout=self.timeout * 3 + 1)
         for job in jobs:
             job.kill(block=False)
+
+    def report_served(self, name: str) -> None:
+        """The proxy got a good answer from the node (cheap: one dict write)."""
+        self.served_at[name] = self._clock()
 
     def report_refused(self, node: Node, error: str) -> None:
         """The proxy saw the node refuse a connection: mark it down at once."""

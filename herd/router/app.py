@@ -3,18 +3,19 @@
 gunicorn loads `herd.router.app:get_app()`, which only reads configuration
 (the state directory, from HERD_STATE_DIR) and builds the real collaborators.
 Importing this module has no side effects: no sockets, threads, greenlets or
-database connections, and no gevent import (tests/router/test_import.py).
+database connections, and no gevent import (tests/router/test_router_app.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import falcon
 
-from herd.router import failures, fleet, ollama, openai, ops
+from herd.router import failures, fleet, ollama, openai, ops, registry
 from herd.router.gate import Gate
 from herd.router.proxy import Upstream
 from herd.router.runtime import Runtime
@@ -39,12 +40,15 @@ def create_app(
     *,
     poller: Any = None,
     background: bool = True,
+    bundle_store: Callable[[], Path] | None = None,
 ) -> RouterApp:
     """The router as a falcon WSGI app over the given collaborators.
 
     `source` supplies the served manifest (`current()`, `check()`,
     `listeners`: see herd.router.reload); `traces` records one row per
-    request; `upstream` talks to nodes. The `Runtime` is `app.herd_runtime`.
+    request; `upstream` talks to nodes; `bundle_store` (the bundle store
+    directory, followed across reloads) mounts the read-only /v2 registry
+    nodes pull models from. The `Runtime` is `app.herd_runtime`.
     """
     runtime = Runtime(
         source, traces, upstream, clock, poller=poller, background=background
@@ -73,6 +77,8 @@ def create_app(
     app.add_route("/healthz", ops.Healthz())
     app.add_route("/readyz", ops.Readyz(runtime))
     app.add_route("/metrics", ops.Metrics(runtime))
+    if bundle_store is not None:
+        registry.add_routes(app, bundle_store)
     app.herd_runtime = runtime
     return app
 
@@ -88,9 +94,24 @@ def get_app() -> RouterApp:
     traces = TraceLog(
         state_dir, retention_days=lambda: source.current().fleet.audit.retention_days
     )
-    app = create_app(source, traces, Upstream())
+    app = create_app(
+        source, traces, Upstream(), bundle_store=lambda: bundle_store(source, state_dir)
+    )
     _RUNTIME = app.herd_runtime
     return app
+
+
+def bundle_store(source: Any, state_dir: str) -> Path:
+    """`bundles.store` of the served revision (relative to its manifest), else
+    STATE_DIR/store: the same rule as `herd bundle import` (herd.bundle.policy)."""
+    served = source.current()
+    configured = served.fleet.bundles.store
+    if not configured:
+        return Path(state_dir) / "store"
+    path = Path(configured).expanduser()
+    if path.is_absolute():
+        return path
+    return Path(served.base_dir or state_dir) / path
 
 
 def runtime() -> Runtime | None:

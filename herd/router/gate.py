@@ -14,6 +14,7 @@ from herd.router.forward import Outcome
 from herd.router.runtime import Runtime
 
 #: Probes that load balancers and systemd use; no client group needed.
+#: (/v2, the registry, also admits the fleet's own nodes by address.)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -35,9 +36,13 @@ class Gate:
         if req.path in OPEN_PATHS:
             ctx.client = None
             return
-        client = rt.policy(served.fleet).admit(
-            req.remote_addr, req.get_header("Authorization")
-        )
+        policy = rt.policy(served.fleet)
+        if req.path.startswith("/v2") and req.remote_addr in policy.node_addresses:
+            # Nodes pull model blobs from the registry; they need no client group.
+            ctx.client = None
+            outcome.client = "node"
+            return
+        client = policy.admit(req.remote_addr, req.get_header("Authorization"))
         ctx.client = client
         outcome.client = client.name
 

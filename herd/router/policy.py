@@ -15,6 +15,7 @@ import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from herd.errors import Forbidden, ModelNotAllowed, RateLimited, Unauthorized
 from herd.manifest.model import Client, Fleet, Model, RateLimit
@@ -38,6 +39,8 @@ class Policy:
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
         self._by_address: dict[str, tuple[Client, ...]] = {}
+        #: Node IP addresses (from node URLs): they may pull from the registry.
+        self.node_addresses = frozenset(_node_addresses(fleet))
 
     def _groups(self, remote_addr: str) -> tuple[Client, ...]:
         groups = self._by_address.get(remote_addr)
@@ -84,6 +87,17 @@ class Policy:
             raise ModelNotAllowed(
                 f"client group {client.name} may not use model {model.name}"
             )
+
+
+def _node_addresses(fleet: Fleet) -> list[str]:
+    out = []
+    for node in fleet.nodes:
+        host = urlsplit(node.url).hostname or ""
+        try:
+            out.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            continue  # a host name: such a node must also be in a client group
+    return out
 
 
 @dataclass

@@ -22,6 +22,23 @@ POLL_TIMEOUT_S = 1.5
 BLOCK_SIZE = 16 * 1024
 
 
+_RESPONSE_CLASSES: tuple[Any, Any] | None = None
+
+
+def _response_classes() -> tuple[Any, Any]:
+    """geventhttpclient's (HTTPConnectionClosed, HTTPSocketPoolResponse), imported
+    on first use (never at module import: see the module docstring)."""
+    global _RESPONSE_CLASSES
+    if _RESPONSE_CLASSES is None:
+        from geventhttpclient.response import (
+            HTTPConnectionClosed,
+            HTTPSocketPoolResponse,
+        )
+
+        _RESPONSE_CLASSES = (HTTPConnectionClosed, HTTPSocketPoolResponse)
+    return _RESPONSE_CLASSES
+
+
 def _open(sock: Any) -> bool:
     return sock is not None and sock.fileno() >= 0
 
@@ -199,11 +216,7 @@ class Upstream:
         any byte: that request was never processed, so it is sent once more
         on a fresh connection.
         """
-        from geventhttpclient.response import (
-            HTTPConnectionClosed,
-            HTTPSocketPoolResponse,
-        )
-
+        closed, response_type = _response_classes()
         key = (method, path)
         prefix = client.heads.get(key)
         if prefix is None:
@@ -236,10 +249,8 @@ class Upstream:
                 _drop_idle(pool)
                 continue
             try:
-                return HTTPSocketPoolResponse(
-                    sock, pool, block_size=BLOCK_SIZE, method=method
-                )
-            except HTTPConnectionClosed:
+                return response_type(sock, pool, block_size=BLOCK_SIZE, method=method)
+            except closed:
                 # Closed before any byte of an answer: the node never took
                 # the request (an idle connection it had closed). The
                 # response released the socket already.

@@ -34,6 +34,8 @@ class Served:
     fleet: Fleet
     revision: int | None
     sha256: str | None
+    #: Directory relative paths in the manifest resolve against.
+    base_dir: str | None = None
 
 
 class StaticSource:
@@ -96,7 +98,7 @@ class PointerSource:
             f"revision {pointer.revision}",
             pointer.base_dir,
         )
-        return Served(fleet, pointer.revision, pointer.sha256)
+        return Served(fleet, pointer.revision, pointer.sha256, pointer.base_dir)
 
     def current(self) -> Served:
         """The fleet for a new request (stats the pointer at most every CHECK_S)."""

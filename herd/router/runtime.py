@@ -69,6 +69,7 @@ class Runtime:
         self._started = False
         self._stopping = False
         self._greenlets: list[Any] = []
+        self._trace_writer: Any = None
         self._policy: tuple[int, Policy] | None = None
         self._node_urls: frozenset[str] = frozenset()
         upstream.set_allow(lambda url: url in self._node_urls)
@@ -108,9 +109,9 @@ class Runtime:
         stopped = self._is_stopping
         self._greenlets = [
             gevent.spawn(self.poller.run, stopped),
-            gevent.spawn(self.traces.run, stopped),
             gevent.spawn(self._watch, stopped),
         ]
+        self._trace_writer = gevent.spawn(self.traces.run, stopped)
 
     def _is_stopping(self) -> bool:
         return self._stopping
@@ -130,6 +131,10 @@ class Runtime:
         self._stopping = True
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
+        if self._trace_writer is not None:
+            # The writer notices the flag within FLUSH_S, writes the rest
+            # and closes the database.
+            self._trace_writer.join(timeout=10)
         self.traces.close()
         self.upstream.close()
 
@@ -210,6 +215,7 @@ class Runtime:
         if error in ("stream_broken", "node_error"):
             self.stats.failure(opened.node.name)
         elif outcome.status < 500:
+            self.poller.report_served(opened.node.name)
             gen = now - (opened.sent_at or outcome.started)
             ttft = None
             if outcome.ttft_ms is not None:

@@ -120,6 +120,10 @@ def reason(c: Candidate) -> str:
     return ", ".join(parts)
 
 
+def _rank_key(entry: tuple[float, int, str, Candidate]) -> tuple[float, int, str]:
+    return entry[0], entry[1], entry[2]
+
+
 def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Decision:
     """Rank the candidates able to serve `request.model`, best first.
 
@@ -136,7 +140,8 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
             excluded.append((c.node, "model not on node"))
             continue
         ranked.append((-score(request, c), c.in_flight, c.node, c))
-    ranked.sort(key=lambda r: r[:3])
+    if len(ranked) > 1:
+        ranked.sort(key=_rank_key)
     return Decision(
         model=request.model,
         ranked=tuple(Ranked(node, -neg, c) for neg, _, node, c in ranked),

@@ -14,7 +14,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -26,6 +26,7 @@ DB_NAME = "traces.db"
 FLUSH_S = 1.0
 PRUNE_S = 3600.0
 BUFFER_MAX = 100_000
+BATCH_MAX = 500
 
 
 class Trace(NamedTuple):
@@ -121,14 +122,15 @@ class TraceLog:
             self._store.ensure("traces", MIGRATIONS)
         return self._store
 
-    def flush(self) -> int:
-        """Write every buffered trace in one transaction; returns how many."""
+    def flush(self, limit: int | None = None) -> int:
+        """Write buffered traces (at most `limit`) in one transaction; returns
+        how many."""
         store = self._db()
         if store is None or not self._buffer:
             return 0
-        batch = []
-        while self._buffer:
-            batch.append(self._buffer.popleft())
+        take = len(self._buffer) if limit is None else min(limit, len(self._buffer))
+        popleft = self._buffer.popleft
+        batch = [popleft() for _ in range(take)]
         with store.transaction() as db:
             db.conn.executemany(_INSERT, batch)
         self.written += len(batch)
@@ -146,23 +148,32 @@ class TraceLog:
         return count
 
     def run(self, stopped: Callable[[], bool]) -> None:
-        """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`."""
+        """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`.
+
+        Runs in the worker's event loop. (A native writer thread was tried:
+        contention for the GIL cost more CPU per request than the inserts.)
+        Batches are written in slices of BATCH_MAX rows with a yield between
+        them, so a flush never holds the loop for long.
+        """
         import gevent
 
         while not stopped():
             gevent.sleep(FLUSH_S)
-            self.tick()
-        self.tick()
+            self.tick(pause=gevent.sleep)
+        self.close()
 
-    def tick(self) -> None:
+    def tick(self, pause: Callable[[], Any] | None = None) -> None:
         try:
-            self.flush()
+            while self.flush(BATCH_MAX) == BATCH_MAX:
+                if pause is not None:
+                    pause()
             if time.monotonic() - self._last_prune >= PRUNE_S:
                 self.prune()
         except Exception:  # noqa: BLE001 - tracing must never take the router down
             log.exception("writing traces failed")
 
     def close(self) -> None:
+        """Write what is buffered and close the database."""
         self.tick()
         if self._store is not None:
             self._store.close()

@@ -5,7 +5,8 @@ many slow streams one gevent worker holds.
 
 Needs `nginx` and `wrk` (Debian: `apt-get install -y nginx-light wrk`). Every
 process listens on 127.0.0.1 only and is killed at the end; each load run is
-bounded by --duration. What it does, all in one run:
+bounded by --duration (`--repeat N` interleaves N runs per target and keeps
+each one's best, for shared machines). What it does, all in one run:
 
 1. nginx on a free loopback port answers POST /api/chat with a fixed JSON reply
    (and the /api/version, /api/tags, /api/ps answers the health poller needs):
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -333,6 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         help="tokens per stream at 2 tokens/s (40: 20 s held open)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="interleaved wrk runs per target and concurrency; the best is kept",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="router gevent workers (targets: 1)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -435,6 +443,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     lua.write_text(WRK_LUA.format(body=CHAT_BODY))
     run_wrk(routed + "/api/chat", lua, 16, 2)  # warm-up (imports, pools)
     results: dict[tuple[str, int], Wrk] = {}
+    errors: dict[str, int] = {}
     # The Python floor: gunicorn + gevent + Falcon answering the fixed reply
     # itself, no proxying. The router cannot beat it on this machine.
     (tmp / "floor_app.py").write_text(FLOOR_APP.format(reply=FIXED_REPLY))
@@ -463,10 +472,14 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     wait_http(floor + "/api/chat", body=CHAT_BODY.encode())
     targets = (("direct", direct), ("floor", floor), ("router", routed))
     for conns in (1, 16, 64):
-        for name, url in targets:
-            res = results[name, conns] = run_wrk(
-                url + "/api/chat", lua, conns, args.duration
-            )
+        for _, (name, url) in itertools.product(range(args.repeat), targets):
+            res = run_wrk(url + "/api/chat", lua, conns, args.duration)
+            # Under noise (shared CPU) keep each target's best run: the runs are
+            # interleaved, so every target had the same chances.
+            best = results.get((name, conns))
+            if best is None or res.rps > best.rps:
+                results[name, conns] = res
+            errors[name] = errors.get(name, 0) + res.non2xx + res.errors
             print(
                 f"  {name:6} c{conns:<3} {res.rps:9.0f} req/s  p50 "
                 f"{res.p50_us / 1000:7.3f} ms  p99 {res.p99_us / 1000:7.3f} ms  "
@@ -492,7 +505,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     streams = asyncio.run(
         hold_streams(ports["router"], args.streams, args.stream_tokens, router_proc.pid)
     )
-    return report(results, streams, idle_rss, args.streams)
+    return report(results, streams, idle_rss, args.streams, sum(errors.values()))
 
 
 def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
@@ -544,11 +557,12 @@ def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
         print(f"  {100 * n / total:5.1f}  {frame}")
 
 
-def report(results: dict, streams: dict, idle_rss: float, count: int) -> int:
+def report(
+    results: dict, streams: dict, idle_rss: float, count: int, errors: int
+) -> int:
     d1, r1 = results["direct", 1], results["router", 1]
     r16, r64 = results["router", 16], results["router", 64]
     added_p50 = (r1.p50_us - d1.p50_us) / 1000
-    errors = sum(r.non2xx + r.errors for r in results.values())
     checks = [
         ("added p50 at c1", f"{added_p50:.3f} ms", "<= 0.5 ms", added_p50 <= 0.5),
         ("router req/s at c16", f"{r16.rps:.0f}", ">= 3000", r16.rps >= 3000),

@@ -46,3 +46,13 @@ def test_refused_connection_is_down_at_once():
 def test_model_key():
     assert model_key("router:11435/library/x:1") == "x:1"
     assert model_key("X") == "x:latest"
+
+
+def test_recent_success_outweighs_a_failed_poll():
+    h = observe(NodeHealth("n", "u"), PollResult(ok=True), 1.0)
+    for t in (2.0, 2.5):
+        h = observe(h, PollResult(ok=False, error="poll timeout"), t, served_at=1.9)
+    assert h.up and h.failures == 0
+    for t in (5.0, 6.0):
+        h = observe(h, PollResult(ok=False, error="poll timeout"), t, served_at=1.9)
+    assert h.up is False

@@ -176,7 +176,7 @@ class Router:
         except urllib.error.HTTPError as ex:
             return ex.code, json.loads(ex.read() or b"null")
 
-    def wait_nodes_up(self, count: int, timeout: float = 10) -> None:
+    def wait_nodes_up(self, count: int, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, body = self.get("/fleet/status")

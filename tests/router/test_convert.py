@@ -775,6 +775,18 @@ def test_official_openai_client(v1: str) -> None:
     assert called.choices[0].finish_reason == "tool_calls"
     args = called.choices[0].message.tool_calls[0].function.arguments
     assert json.loads(args) == {"city": "Oslo"}
+    chunks = list(
+        client.chat.completions.create(
+            model="llama3.2:3b",
+            tools=[tool],
+            stream=True,
+            messages=[{"role": "user", "content": "weather in Oslo?"}],
+        )
+    )
+    streamed = [c.choices[0].delta.tool_calls for c in chunks if c.choices]
+    (call,) = [tc for tcs in streamed if tcs for tc in tcs]
+    assert call.function.name == "get_weather" and call.index == 0 and call.id
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
     done = client.completions.create(model="llama3.2:3b", prompt="Once", max_tokens=3)
     assert done.choices[0].finish_reason == "length"
     vectors = client.embeddings.create(model="nomic-embed-text", input=["a", "b"])

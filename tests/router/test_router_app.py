@@ -171,3 +171,109 @@ def test_import_has_no_side_effects():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
+
+
+def test_fallbacks_manifest_then_request(sims, tmp_path):
+    sim = sims("alive")
+    dead = f"http://127.0.0.1:{free_port()}"
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "fallbacks"},
+            "router": {
+                "clients": [{"name": "local", "networks": ["127.0.0.0/8"]}],
+                "limits": {"retries": 3},
+            },
+            "nodes": [
+                {"name": "gone", "url": dead},
+                {"name": "alive", "url": sim.url},
+            ],
+            "models": [
+                {
+                    "name": "llama3.2:3b",
+                    "fallbacks": ["qwen3:0.6b"],
+                    "place": {"nodes": ["gone"]},
+                },
+                {"name": "llava:7b", "place": {"nodes": ["gone"]}},
+                {"name": "qwen3:0.6b", "place": {"nodes": ["alive"]}},
+            ],
+        }
+    )
+    traces = TraceLog(tmp_path)
+    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    c = testing.TestClient(app)
+    ask = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+    r = c.simulate_post("/api/chat", json={"model": "llama3.2:3b", **ask}, **LOCAL)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Herd-Node"] == "alive"
+    assert r.headers["X-Herd-Model"] == "qwen3:0.6b"
+    body = {"model": "llava:7b", "fallback_models": ["qwen3:0.6b"], **ask}
+    r = c.simulate_post("/v1/chat/completions", json=body, **LOCAL)
+    assert r.status_code == 200 and r.headers["X-Herd-Model"] == "qwen3:0.6b"
+    assert r.json["model"] == "llava:7b"  # echoes what the client asked for
+    body = {"model": "llava:7b", "fallback_models": ["gpt-99"], **ask}
+    r = c.simulate_post("/api/chat", json=body, **LOCAL)
+    assert r.status_code == 400 and "gpt-99" in r.json["error"]
+    r = c.simulate_post("/api/chat", json={"model": "llava:7b", **ask}, **LOCAL)
+    assert r.status_code in (502, 503)  # no fallback: the only node is gone
+    traces.flush()
+    served = [
+        row["served_model"]
+        for row in traces._db().db.query("SELECT served_model FROM traces")
+    ]
+    assert served[:2] == ["qwen3:0.6b", "qwen3:0.6b"]
+    traces.close()
+
+
+def test_registry_is_mounted_for_nodes(tmp_path):
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "reg"},
+            "router": {"clients": [{"name": "local", "networks": ["127.0.0.1/32"]}]},
+            "nodes": [{"name": "gpu", "url": "http://10.20.1.11:11434"}],
+            "models": [{"name": "m", "place": {"nodes": ["gpu"]}}],
+        }
+    )
+    (tmp_path / "store").mkdir()
+    app = create_app(
+        StaticSource(fleet),
+        TraceLog(None),
+        Upstream(),
+        background=False,
+        bundle_store=lambda: tmp_path / "store",
+    )
+    c = testing.TestClient(app)
+    assert c.simulate_get("/v2/", remote_addr="10.20.1.11").status_code == 200
+    missing = c.simulate_get("/v2/library/m/manifests/latest", remote_addr="10.20.1.11")
+    assert missing.status_code == 404
+    # Not a node and not in a client group: refused before the registry.
+    assert c.simulate_get("/v2/", remote_addr="10.20.1.99").status_code == 403
+    # A node may pull, but not chat.
+    assert c.simulate_get("/api/tags", remote_addr="10.20.1.11").status_code == 403
+
+
+def test_trace_flush_writes_everything_in_slices(tmp_path):
+    log = TraceLog(tmp_path)
+    for _ in range(1234):
+        log.record(
+            Trace(
+                time.time(),
+                "c",
+                "/api/chat",
+                "POST",
+                "m",
+                "m",
+                "n",
+                200,
+                0.1,
+                5.0,
+                9.0,
+                3,
+                4,
+                0,
+                None,
+            )
+        )
+    pauses = []
+    log.tick(pause=lambda: pauses.append(1))
+    assert log.written == 1234 and len(pauses) == 2
+    log.close()

@@ -1,0 +1,93 @@
+"""The gunicorn worker class for the router: gevent's pywsgi with a lean header parser.
+
+gunicorn's `gevent_pywsgi` worker parses request headers with
+`http.client.parse_headers`, which runs the `email` package's feed parser: a
+third of the worker's own CPU per proxied request. `HeaderBlock` reads the same
+header block directly and offers exactly what pywsgi and gunicorn use of it
+(`get`, `getheader`, `__delitem__`, `items`, `headers`, `typeheader`,
+`status`), with the same limits (64 KiB per line, 100 headers) as http.client.
+
+Imported only by gunicorn when it loads the worker class (etc/gunicorn.conf.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
+
+class HeaderBlock:
+    """A request's headers, read from `fp` up to the blank line."""
+
+    __slots__ = ("_fields", "status")
+
+    def __init__(self, fp: Any):
+        self.status = ""
+        fields: list[list[str]] = []
+        while True:
+            line = fp.readline(MAX_LINE + 1)
+            if len(line) > MAX_LINE:
+                self.status = "Line too long"
+                break
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if len(fields) >= MAX_HEADERS:
+                self.status = "Too many headers"
+                break
+            text = line.decode("iso-8859-1")
+            if text[:1] in " \t" and fields:  # obsolete line folding
+                fields[-1][1] += " " + text.strip()
+                continue
+            name, sep, value = text.partition(":")
+            if not sep:
+                self.status = "Invalid header line"
+                break
+            fields.append([name, value.strip()])
+        self._fields = fields
+
+    def get(self, name: str, default: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._fields:
+            if key.lower() == name:
+                return value
+        return default
+
+    getheader = get
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __delitem__(self, name: str) -> None:
+        name = name.lower()
+        self._fields = [f for f in self._fields if f[0].lower() != name]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self._fields]
+
+    @property
+    def headers(self) -> Iterator[str]:
+        """Raw lines, as pywsgi's environ builder reads them."""
+        for key, value in self._fields:
+            yield f"{key}: {value}\r\n"
+
+    @property
+    def typeheader(self) -> str | None:
+        return self.get("content-type")
+
+
+class LeanHandler(PyWSGIHandler):
+    """gunicorn's pywsgi handler, with `HeaderBlock` as the header parser."""
+
+    def MessageClass(self, fp: Any, *args: Any) -> HeaderBlock:  # noqa: N802
+        return HeaderBlock(fp)
+
+
+class RouterWorker(GeventPyWSGIWorker):
+    """`worker_class` of the router (etc/gunicorn.conf.py)."""
+
+    wsgi_handler = LeanHandler
