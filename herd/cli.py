@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except HerdError as ex:
         print(f"herd {args.command}: {ex}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as ex:  # a state store problem not already explained
+        print(f"herd {args.command}: state store error: {ex}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"herd {args.command}: interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,15 +140,37 @@ class Store:
                 f"no herd state in {self.dir} (run `herd apply FILE` first, "
                 "or pass --state-dir)"
             )
-        conn = sqlite3.connect(
-            self.dir / db_name, timeout=BUSY_TIMEOUT_S, isolation_level=None
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn = sqlite3.connect(
+                self.dir / db_name, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self.db = sqlite_utils.Database(conn)
+            self._enable_wal()
+            self.db.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as ex:
+            raise StateError(f"cannot open state in {self.dir}: {ex}") from ex
         if db_name == DB_NAME:
             self.ensure("core", CORE_MIGRATIONS)
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL once (it persists in the file).
+
+        Changing the journal mode needs an exclusive lock and SQLite does not
+        wait for it (no busy handler), so a fresh database opened by several
+        processes at once retries here instead of failing.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                if self.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as ex:
+                if "locked" not in str(ex) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         self.db.conn.close()

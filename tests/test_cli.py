@@ -136,7 +136,7 @@ def test_default_state_dir_for_non_root(tmp_path: Path):
 def test_concurrent_applies_never_corrupt_state(tmp_path: Path, state_dir: Path):
     """Many applies of different manifests at once: each wins or fails cleanly."""
     files = []
-    for i in range(6):
+    for i in range(10):
         f = tmp_path / f"f{i}.yaml"
         f.write_text(
             EXAMPLE.read_text().replace(
@@ -170,3 +170,53 @@ def test_concurrent_applies_never_corrupt_state(tmp_path: Path, state_dir: Path)
     assert len(revisions) == wins
     assert read_pointer(state_dir).sha256 == revisions[-1].sha256
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _apply_on_a_tty(state_dir: Path, answer: bytes) -> tuple[int, str]:
+    """Run `herd apply` with a pseudo-terminal as stdin and answer its prompt."""
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdin/stdout are the pty
+        os.environ["HERD_STATE_DIR"] = str(state_dir)
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "herd", "apply", str(EXAMPLE)])
+    out = b""
+    deadline = time.monotonic() + 60
+    answered = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not answered and b"[y/N]" in out:
+            os.write(fd, answer + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_apply_asks_on_a_terminal(state_dir: Path):
+    code, out = _apply_on_a_tty(state_dir, b"n")
+    assert code == 1 and "not confirmed" in out
+    assert not (state_dir / "current.json").exists()
+    code, out = _apply_on_a_tty(state_dir, b"y")
+    assert code == 0 and "Recorded revision 1" in out
+    assert (state_dir / "current.json").exists()
+
+
+def test_plan_of_a_broken_file_exits_1(herd, tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: herd/v1\n")
+    out = herd("plan", str(bad))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{bad}:1: (top): " in out.stderr

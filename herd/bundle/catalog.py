@@ -54,7 +54,12 @@ def _m1_catalog(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = (_m1_catalog,)
+def _m2_store_path(db: sqlite_utils.Database) -> None:
+    """Remember which store each bundle went to (rm must find it again)."""
+    db["bundles"].add_column("store", str)
+
+
+MIGRATIONS = (_m1_catalog, _m2_store_path)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from herd.bundle.create import (
 )
 from herd.bundle.importer import import_bundle
 from herd.bundle.progress import Progress, human_bytes
-from herd.bundle.removal import plan_removal, remove_bundle
+from herd.bundle.removal import bundle_store, plan_removal, remove_bundle
 from herd.bundle.verify import verify
 from herd.errors import BundleError
 from herd.settings import STATE_DIR
@@ -165,8 +165,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @_os_errors
 def cmd_import(args: argparse.Namespace) -> int:
-    pol = _policy(args)
     state = Store(_state_dir(args))
+    try:
+        pol = _policy(args)
+    except BundleError as ex:  # e.g. no trusted signers: a refusal, audited
+        state.audit("bundle.refused", {"source": str(args.dir), "reason": str(ex)})
+        state.close()
+        raise
     bars: list[Progress] = []
     start = _bar_factory(args, bars)
     try:
@@ -215,9 +220,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 @_os_errors
 def cmd_rm(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
-    store_root = policy_mod.store_path(state_dir, args.manifest)
     state = Store(state_dir)
     try:
+        configured = policy_mod.store_path(state_dir, args.manifest)
+        store_root = bundle_store(state, args.name, configured)
         plan = plan_removal(state, store_root, args.name)
         if not args.yes:
             print(

@@ -201,6 +201,13 @@ def _from_ollama(w: _Writer, source: ModelStore, name: str) -> tuple[str, bytes]
 def _from_gguf(w: _Writer, src: GGUFSource) -> tuple[str, bytes]:
     model, tag = split_name(src.name)
     info = scan.check_weights_file(src.path)
+    kind = info.metadata.get("general.type")
+    if kind in ("adapter", "projector", "mmproj"):
+        raise BundleError(
+            f"{src.path}: GGUF of type {kind!r}, not a model; --from-gguf wraps "
+            "base models only (create the model with Ollama, then bundle it with "
+            "--from-ollama)"
+        )
     layers = [w.blob_file(src.path, _P + "model", None)]
     if src.template is not None:
         layers.append(w.blob_bytes(src.template.encode(), _P + "template"))

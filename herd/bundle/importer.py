@@ -213,7 +213,7 @@ def _import(
             transfer.fsync_dir(store.blobs_dir)
         for model in checked.models:
             store.write_manifest(model.name, model.manifest.raw)
-        _record(checked, state)
+        _record(checked, state, policy.store)
         _drop_staging(staging)
     if ollama_models is not None:
         installed = install_into_ollama(checked, store, ollama_models, state)
@@ -221,7 +221,7 @@ def _import(
     return result
 
 
-def _record(checked: Checked, state: Store) -> None:
+def _record(checked: Checked, state: Store, store: Path) -> None:
     doc = checked.doc
     scan_info = doc.scan
     Catalog(state).record_import(
@@ -235,6 +235,7 @@ def _record(checked: Checked, state: Store) -> None:
             "scan_report": scan_info.report or "" if scan_info else "",
             "source": str(checked.root),
             "size": checked.blob_bytes,
+            "store": str(store),
         },
         [
             (

@@ -20,6 +20,14 @@ class Removal:
     freed: int
 
 
+def bundle_store(state: Store, name: str, default: Path) -> Path:
+    """The store `name` was imported into (recorded), else `default`."""
+    row = Catalog(state).bundle(name)
+    if row is None:
+        raise BundleError(f"no imported bundle named {name!r} (see `herd bundle list`)")
+    return Path(row["store"]) if row.get("store") else default
+
+
 def plan_removal(state: Store, store_root: Path, name: str) -> Removal:
     """What `remove_bundle` would delete (shown before the confirmation)."""
     catalog = Catalog(state)

@@ -11,6 +11,7 @@ from bundle_helpers import ALLOWED, EXAMPLE, TEST_KEY, tiny_gguf
 
 from herd.bundle.create import DEFAULT_SPLIT, parse_size
 from herd.bundle.progress import Progress
+from herd.store import Store
 
 SIGNERS = ("--trusted-signers", str(ALLOWED))
 
@@ -81,10 +82,14 @@ def test_verify_failure_is_one_line_and_exit_1(herd, tmp_path):
     assert imported.returncode == 1 and "not listed" in imported.stderr
 
 
-def test_import_without_trusted_signers_refuses(herd):
+def test_import_without_trusted_signers_refuses(herd, state_dir):
     done = herd("bundle", "import", str(EXAMPLE))
     assert done.returncode == 1
     assert "never imports unsigned bundles" in done.stderr
+    state = Store(state_dir)
+    [row] = state.audit_rows()
+    state.close()
+    assert row["action"] == "bundle.refused" and "trusted signers" in row["detail"]
 
 
 def test_import_uses_the_applied_manifest(herd, tmp_path):

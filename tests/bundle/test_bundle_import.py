@@ -110,7 +110,8 @@ def test_rm_keeps_blobs_other_models_use(tmp_path, policy, state):
 def test_install_into_ollama_store_preserves_owner(tmp_path, policy, state):
     models = tmp_path / "ollama" / "models"
     models.mkdir(parents=True)
-    os.chown(models, 4321, 4321)
+    owner = (4321, 4321) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(models, *owner)  # as root: a store owned by another user (ollama)
     stick = tmp_path / "stick"
     shutil.copytree(EXAMPLE, stick)
     old = time.time() - 7200
@@ -122,7 +123,7 @@ def test_install_into_ollama_store_preserves_owner(tmp_path, policy, state):
     assert manifest.read_bytes() == (EXAMPLE / "manifests/tiny/latest").read_bytes()
     for path in [manifest, *(models / "blobs").iterdir(), manifest.parent]:
         st = path.stat()
-        assert (st.st_uid, st.st_gid) == (4321, 4321), path
+        assert (st.st_uid, st.st_gid) == owner, path
         assert st.st_mtime > time.time() - 600, "fresh mtimes (Ollama prunes old)"
     assert verify_store_blobs(models) == 4
     # Nothing stray for Ollama's glob: only the one manifest file below manifests/.
@@ -220,3 +221,11 @@ def test_create_from_ollama_store_keeps_manifest_bytes(tmp_path, policy, state):
     )
     with pytest.raises(BundleError, match="no manifest"):
         create_bundle(tmp_path / "x", ollama_store=models, ollama_models=("nope:1",))
+
+
+def test_rm_uses_the_store_the_bundle_went_to(tmp_path, policy, state):
+    from herd.bundle.removal import bundle_store
+
+    import_bundle(EXAMPLE, policy, state)
+    assert bundle_store(state, "example", tmp_path / "elsewhere") == policy.store
+    assert Catalog(state).bundle("example")["store"] == str(policy.store)

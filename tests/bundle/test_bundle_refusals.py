@@ -253,3 +253,11 @@ def test_missing_trusted_signers_file(tmp_path, policy, state):
     with pytest.raises(BundleError, match="trusted signers file not found"):
         import_bundle(bundle, bad, state)
     assert os.path.exists(bundle / "bundle.yaml.sig")
+
+
+def test_adapter_gguf_is_not_wrapped_as_a_model(tmp_path):
+    from herd.bundle import gguf
+
+    lora = gguf.encode({"general.architecture": "llama", "general.type": "adapter"}, {})
+    with pytest.raises(BundleError, match="GGUF of type .adapter., not a model"):
+        make_bundle(tmp_path / "out", weights=lora)

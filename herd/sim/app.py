@@ -18,9 +18,9 @@ from typing import Any
 import falcon
 import gevent
 
-from herd import sim_models as sm
 from herd.sim import VERSION, Fault, SimError, SimState
-from herd.sim_inference import (
+from herd.sim import models as sm
+from herd.sim.inference import (
     JSON_TYPE,
     Chat,
     Embed,

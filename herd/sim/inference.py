@@ -1,7 +1,7 @@
 """The inference routes of `herd sim`: /api/chat, /api/generate, /api/embed(dings).
 
 Requests are checked the way Ollama checks them (same statuses and messages,
-shared reference §1.1-§1.4); replies come from herd.sim_models and stream as
+shared reference §1.1-§1.4); replies come from herd.sim.models and stream as
 NDJSON at the node's tokens/s, one object per line.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import falcon
 import gevent
 
-from herd import sim_models as sm
 from herd.sim import SimError, SimState, parse_keep_alive
+from herd.sim import models as sm
 
 JSON_TYPE = "application/json; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"

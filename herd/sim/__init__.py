@@ -3,7 +3,7 @@
 It answers every route the router proxies (/api/chat, /api/generate, /api/embed,
 /api/embeddings, /api/tags, /api/ps, /api/show, /api/version, HEAD/GET /) with
 the exact shapes of Ollama (shared reference §1), deterministic content
-(herd.sim_models) streamed at `--tps` tokens per second, and fault modes to test
+(herd.sim.models) streamed at `--tps` tokens per second, and fault modes to test
 failover. Loopback-only control routes:
 
     POST /_sim/fault   {"mode": "ok|slow|hang|error|cut-mid-stream|garbage",
@@ -14,7 +14,7 @@ failover. Loopback-only control routes:
     GET  /_sim/fault   the current fault;   GET /_sim/stats   requests served
     DELETE /_sim/stats reset the counters
 
-Served with gevent's WSGI server + Falcon (herd.sim_app), one greenlet per
+Served with gevent's WSGI server + Falcon (herd.sim.app), one greenlet per
 connection; gevent is imported only when the command runs, never by `herd.cli`.
 """
 
@@ -28,8 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from herd import sim_models as sm
 from herd.errors import ConfigError
+from herd.sim import models as sm
 
 FAULTS = ("ok", "slow", "hang", "error", "cut-mid-stream", "garbage")
 INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from gevent.event import Event
     from gevent.pywsgi import WSGIServer
 
-    from herd.sim_app import create_app
+    from herd.sim.app import create_app
 
     names = [n for n in args.models.split(",") if n.strip()]
     state = SimState.from_names(names, tps=args.tps, tokens=args.tokens, seed=args.seed)

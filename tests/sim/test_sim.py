@@ -17,9 +17,9 @@ import ollama
 import pytest
 from falcon import testing
 
-from herd import sim_models as sm
 from herd.sim import Fault, SimError, SimState, parse_keep_alive
-from herd.sim_app import create_app
+from herd.sim import models as sm
+from herd.sim.app import create_app
 
 MODELS = "llama3.2:3b,nomic-embed-text,qwen3:0.6b,llava:7b"
 WEATHER = {
