@@ -153,7 +153,8 @@ class Upstream:
                 ssl=parts.scheme == "https",
                 connection_timeout=connect_s,
                 network_timeout=network_s,
-                concurrency=2048,
+                # The router bounds concurrency per node itself (queues.py).
+                concurrency=65536,
                 headers={"User-Agent": "herd-router"},
             )
             client.path_prefix = parts.path.rstrip("/")
