@@ -35,7 +35,8 @@ SIM_MODELS = "llama3.2:3b,nomic-embed-text,qwen3:0.6b,llava:7b"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
@@ -198,9 +199,12 @@ class Router:
                 self.proc.wait(5)
 
 
-def start_router(state_dir: Path, text: str, log_path: Path) -> Router:
+def start_router(
+    state_dir: Path, text: str, log_path: Path, host: str = "127.0.0.1"
+) -> Router:
     apply(state_dir, text)
-    port = free_port()
+    port = free_port(host)
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     env = {
         **os.environ,
         "HERD_STATE_DIR": str(state_dir),
@@ -210,13 +214,13 @@ def start_router(state_dir: Path, text: str, log_path: Path) -> Router:
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "herd", "serve", "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "herd", "serve", "--bind", netloc],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
         cwd=ROOT,
     )
-    router = Router(proc, f"http://127.0.0.1:{port}", state_dir, log_path, env)
+    router = Router(proc, f"http://{netloc}", state_dir, log_path, env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:

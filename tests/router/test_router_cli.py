@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 from routerproc import apply, manifest
 
 
@@ -40,3 +41,16 @@ def test_status_from_the_running_router(herd, sims, router, state_dir):
     text = herd("status", "--router", r.url).stdout
     assert "node-a" in text and "up" in text
     assert "does not declare: " in text
+
+
+def test_serve_on_ipv6_loopback(sims, router):
+    node = sims("node-a")
+    r = router(manifest([node]), host="::1")
+    assert r.url.startswith("http://[::1]:")
+    r.wait_nodes_up(1)
+    reply = httpx.post(
+        r.url + "/api/chat",
+        json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert reply.status_code == 200 and reply.headers["X-Herd-Node"] == "node-a"
