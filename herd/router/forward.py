@@ -26,6 +26,7 @@ from herd.errors import (
     UpstreamTimeout,
 )
 from herd.manifest.model import Fleet, Model, Node
+from herd.router.aggregate import Fold
 from herd.router.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
 from herd.router.queues import Queues
 from herd.router.scoring import Candidate, Decision, RouteRequest, choose_node
@@ -100,6 +101,8 @@ class Opened:
     rest: Iterator[bytes] | None = None
     reply: Reply | None = None
     sent_at: float = 0.0
+    #: When the node's first line arrived (streams and folded streams).
+    first_at: float = 0.0
     _release: Callable[[], None] | None = None
 
     def release(self) -> None:
@@ -170,6 +173,7 @@ class Forwarder:
         """The first good answer from the best node able to serve `models[0]`
         (or, failing that, a fallback). Raises a HerdError when none can."""
         limits = fleet.router.limits
+        deadline = self.clock() + limits.request_timeout_s
         attempts = limits.retries + 1
         error: HerdError | None = None
         last: Opened | None = None
@@ -196,7 +200,9 @@ class Forwarder:
                 outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
                 node = fleet.node(name)
                 assert node is not None
-                result = self._attempt(node, model, path, body, raw, stream, limits)
+                result = self._attempt(
+                    node, model, path, body, raw, stream, limits, deadline
+                )
                 outcome.retries = limits.retries - attempts
                 if isinstance(result, Opened):
                     if result.status in _RETRY_STATUS:
@@ -204,6 +210,10 @@ class Forwarder:
                         continue
                     outcome.node = node.name
                     outcome.served_model = model.name
+                    if result.first_at:
+                        outcome.ttft_ms = round(
+                            (result.first_at - outcome.started) * 1000.0, 3
+                        )
                     return result
                 error = result
         if last is not None:
@@ -220,6 +230,7 @@ class Forwarder:
         raw: bytes | None,
         stream: bool,
         limits: Any,
+        deadline: float,
     ) -> Opened | HerdError:
         """One try on one node (slot already taken). Releases the slot unless it
         returns a committed stream."""
@@ -232,11 +243,14 @@ class Forwarder:
                 self.queues.release(node.name)
 
         inject = model.keep_loaded is not None and "keep_alive" not in body
-        if raw is None or inject or body.get("model") != model.name:
+        fold = not stream and path in _GENERATING
+        if raw is None or inject or fold or body.get("model") != model.name:
             payload = dict(body)
             payload["model"] = model.name
             if inject:
                 payload["keep_alive"] = _keep_alive(model.keep_loaded)
+            if fold:
+                payload["stream"] = True  # folded back here (see aggregate.py)
             data = _dumps(payload).encode("utf-8")
         else:
             data = raw
@@ -248,7 +262,7 @@ class Forwarder:
                 path,
                 data,
                 connect_s=limits.connect_timeout_s,
-                network_s=_network_timeout(path, stream, limits),
+                network_s=limits.first_byte_timeout_s,
             )
         except UpstreamFailure as ex:
             release()
@@ -263,17 +277,21 @@ class Forwarder:
             _release=release,
         )
         try:
-            if stream and reply.status == 200:
+            if (stream or fold) and reply.status == 200:
                 lines = reply.lines()
                 first = next((ln for ln in lines if ln.strip()), None)
                 if first is None:
                     opened.release()
                     return self._failed(node, "protocol", f"{node.url}: empty answer")
+                opened.first_at = self.clock()
                 opened.first_obj = _json_object(first)
                 opened.first = first if first.endswith(b"\n") else first + b"\n"
                 opened.rest = lines
-                return opened
-            opened.body = reply.read()
+                if stream:
+                    return opened
+                opened.body = self._fold(opened, path, deadline)
+            else:
+                opened.body = reply.read()
         except StreamBroken as ex:
             opened.release()
             return self._failed(node, "timeout", f"{node.url}: {ex}")
@@ -281,7 +299,7 @@ class Forwarder:
             opened.release()
             return self._failed(node, "protocol", f"{node.url}: answer is not JSON")
         opened.release()
-        if reply.status == 200:
+        if reply.status == 200 and not fold:
             try:
                 opened.first_obj = _json_object(opened.body)
             except ValueError:
@@ -289,6 +307,32 @@ class Forwarder:
         if reply.status >= 500:
             self.stats.failure(node.name)
         return opened
+
+    def _fold(self, opened: Opened, path: str, deadline: float) -> bytes:
+        """Read a whole node stream and fold it into one object (the answer
+        to a non-streaming request). A node `{"error"}` line becomes a 500 the
+        caller may retry elsewhere; garbage or an early end raise."""
+        fold = Fold(chat=path == "/api/chat")
+        obj = opened.first_obj or {}
+        lines = opened.rest or iter(())
+        while True:
+            if obj.get("error"):
+                opened.status = 500
+                opened.first_obj = {"error": str(obj["error"])}
+                return _dumps(opened.first_obj).encode()
+            if fold.feed(obj):
+                break
+            line = next(lines, None)
+            if line is None:
+                raise StreamBroken("node ended the stream before it was done")
+            if not line.strip():
+                continue
+            if self.clock() > deadline:
+                raise StreamBroken("request timeout reached")
+            obj = _json_object(line)
+        opened.content_type = "application/json; charset=utf-8"
+        opened.first_obj = fold.result()
+        return _dumps(opened.first_obj).encode()
 
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
         self.stats.failure(node.name)
@@ -300,21 +344,8 @@ class Forwarder:
         return UpstreamError(message)
 
 
-#: Routes whose non-streaming answer only comes once generation is complete.
+#: Routes whose non-streaming answers the router folds from a node stream.
 _GENERATING = frozenset({"/api/chat", "/api/generate"})
-
-
-def _network_timeout(path: str, stream: bool, limits: Any) -> float:
-    """How long a node may stay silent: until the first byte, and between lines.
-
-    A streaming node sends its first line once the model is loaded and the
-    prompt read, so `first_byte_timeout_s` detects a hung node. A
-    non-streaming chat/generate answer arrives only when generation is done,
-    so only the request timeout can bound it.
-    """
-    if stream or path not in _GENERATING:
-        return limits.first_byte_timeout_s
-    return max(limits.first_byte_timeout_s, limits.request_timeout_s)
 
 
 _RETRY_STATUS = frozenset({404, 500, 502, 503, 504})

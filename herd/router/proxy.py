@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 POLL_TIMEOUT_S = 1.5
 BLOCK_SIZE = 16 * 1024
+#: How long closing a finished stream waits for the end of the HTTP body.
+DRAIN_S = 0.05
 
 
 _RESPONSE_CLASSES: tuple[Any, Any] | None = None
@@ -97,11 +99,18 @@ class Reply:
 
     def lines(self) -> Iterator[bytes]:
         """The body line by line (`\\n` kept), as soon as each line arrives."""
-        readline = self._response.readline
+        response = self._response
+        readline = response.readline
         try:
             while True:
                 line = readline(b"\n")
                 if not line:
+                    # A last line without "\n" (a plain JSON body) stays in
+                    # the parser's buffer; hand it out too.
+                    rest = bytes(response._body_buffer)
+                    del response._body_buffer[:]
+                    if rest:
+                        yield rest
                     return
                 yield line
         except Exception as ex:  # noqa: BLE001 - any socket/parse failure
@@ -109,8 +118,27 @@ class Reply:
             raise StreamBroken(_describe(ex)) from ex
 
     def close(self) -> None:
-        """Give the connection back to the pool, or drop it if unfinished."""
+        """Give the connection back to the pool, or drop it if unfinished.
+
+        After a stream's last line the end of the body (the chunked
+        terminator) is normally already in flight: wait for it briefly so the
+        kept-alive connection can be reused.
+        """
         response = self._response
+        sock = response._sock
+        if sock is not None and not response.message_complete:
+            try:
+                sock.settimeout(DRAIN_S)
+                while (
+                    not response.message_complete and len(response._body_buffer) < 65536
+                ):
+                    if not response.readline(b"\n"):
+                        break
+                sock.settimeout(
+                    response._pool.network_timeout if response._pool else None
+                )
+            except Exception:  # noqa: BLE001 - not finished in time: drop it
+                pass
         if response._sock is not None and not response.message_complete:
             # An unfinished body cannot be reused: close instead of returning.
             pool, sock = response._pool, response._sock
