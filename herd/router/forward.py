@@ -312,8 +312,12 @@ class Forwarder:
         """Read a whole node stream and fold it into one object (the answer
         to a non-streaming request). A node `{"error"}` line becomes a 500 the
         caller may retry elsewhere; garbage or an early end raise."""
-        fold = Fold(chat=path == "/api/chat")
         obj = opened.first_obj or {}
+        if obj.get("done") and opened.first is not None:
+            # The whole answer in one object (a node that did not stream).
+            opened.content_type = "application/json; charset=utf-8"
+            return opened.first
+        fold = Fold(chat=path == "/api/chat")
         lines = opened.rest or iter(())
         while True:
             if obj.get("error"):
