@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from herd.errors import (
@@ -59,6 +59,8 @@ class Outcome:
     error_class: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False
+    #: The scoring decisions taken (one per model tried), for X-Herd-Decision.
+    decisions: list[Decision] = field(default_factory=list)
 
     def trace(self, now: float) -> Trace:
         return Trace(
@@ -179,6 +181,7 @@ class Forwarder:
         last: Opened | None = None
         for model in models:
             decision = self.decide(fleet, model)
+            outcome.decisions.append(decision)
             if not decision.ranked:
                 error = error or NoHealthyNode(
                     f"no healthy node can serve model {model.name}"

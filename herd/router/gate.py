@@ -69,6 +69,13 @@ def _decision_headers(resp: Any, outcome: Outcome) -> None:
     resp.set_header("X-Herd-Queue-Ms", f"{outcome.queue_ms or 0:.1f}")
 
 
-def decision_headers(resp: Any, outcome: Outcome) -> None:
-    """Headers that explain a routing decision (set before a stream starts)."""
+def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
+    """Headers that explain a routing decision (set before a stream starts).
+
+    A request with `X-Herd-Explain: 1` also gets `X-Herd-Decision`: every
+    candidate node with its score and why (or why it was left out).
+    """
     _decision_headers(resp, outcome)
+    if req is not None and req.get_header("X-Herd-Explain") == "1":
+        text = " | ".join(f"{d.model}: {d.explain()}" for d in outcome.decisions)
+        resp.set_header("X-Herd-Decision", text.encode("ascii", "replace").decode())

@@ -69,7 +69,7 @@ class Forwarded:
         opened = rt.forwarder.open(
             fleet, self.path, body, models, stream=stream, outcome=outcome, raw=raw
         )
-        decision_headers(resp, outcome)
+        decision_headers(resp, outcome, req)
         if opened.body is None:
             outcome.status = 200
             ctx.deferred = True

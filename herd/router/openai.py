@@ -61,7 +61,7 @@ class Forwarded:
         opened = rt.forwarder.open(
             fleet, self.native_path, native, models, stream=stream, outcome=outcome
         )
-        decision_headers(resp, outcome)
+        decision_headers(resp, outcome, req)
         ctx.deferred = True
         if opened.body is None:
             outcome.status = 200

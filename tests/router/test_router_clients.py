@@ -170,8 +170,11 @@ def test_routing_headers_and_curl_style_raw_http(fleet):
             {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
         ).encode(),
     )
+    req.add_header("X-Herd-Explain", "1")
     with urllib.request.urlopen(req, timeout=10) as reply:
         assert reply.headers["X-Herd-Node"] in {n.name for n in nodes}
+        decision = reply.headers["X-Herd-Decision"]
+        assert decision.startswith("llama3.2:3b: ") and "node-a=" in decision
         assert reply.headers["X-Herd-Model"] == "llama3.2:3b"
         float(reply.headers["X-Herd-Queue-Ms"])
         assert reply.headers["Content-Type"] == "application/x-ndjson"
