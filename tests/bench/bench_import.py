@@ -29,9 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "bundle"))
-
-from bundle_helpers import ALLOWED, TEST_KEY  # noqa: E402
 
 from herd.bundle import gguf, signature  # noqa: E402
 from herd.bundle.create import (  # noqa: E402
@@ -40,6 +37,7 @@ from herd.bundle.create import (  # noqa: E402
     create_bundle,
     parse_size,
 )
+from tests.bundle.bundle_helpers import ALLOWED, TEST_KEY  # noqa: E402
 
 MIB = 1 << 20
 

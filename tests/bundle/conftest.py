@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bundle_helpers import ALLOWED
 
 from herd.bundle.policy import Policy
 from herd.store import Store
+from tests.bundle.bundle_helpers import ALLOWED
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from bundle_helpers import ALLOWED, EXAMPLE, TEST_KEY, tiny_gguf
 
 from herd.bundle.create import DEFAULT_SPLIT, parse_size
 from herd.bundle.progress import Progress
 from herd.store import Store
+from tests.bundle.bundle_helpers import ALLOWED, EXAMPLE, TEST_KEY, tiny_gguf
 
 SIGNERS = ("--trusted-signers", str(ALLOWED))
 

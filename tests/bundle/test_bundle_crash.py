@@ -16,11 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-from bundle_helpers import ALLOWED, ROOT, big_gguf, store_files, verify_store_blobs
 
 from herd.bundle import signature
 from herd.bundle.create import GGUFSource, ScanAttestation, create_bundle
 from herd.store import Store
+from tests.bundle.bundle_helpers import (
+    ALLOWED,
+    ROOT,
+    big_gguf,
+    store_files,
+    verify_store_blobs,
+)
 
 MIB = 1 << 20
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import struct
 
-from bundle_helpers import EXAMPLE, read_doc, tiny_gguf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from herd.bundle import gguf, layout
 from herd.bundle.ollama import parse_manifest
 from herd.errors import BundleError
+from tests.bundle.bundle_helpers import EXAMPLE, read_doc, tiny_gguf
 
 GOOD = tiny_gguf()
 

@@ -6,10 +6,10 @@ import io
 import struct
 
 import pytest
-from bundle_helpers import tiny_gguf
 
 from herd.bundle import gguf
 from herd.errors import BundleError
+from tests.bundle.bundle_helpers import tiny_gguf
 
 
 def read(data: bytes) -> gguf.GGUFInfo:

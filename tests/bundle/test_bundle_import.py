@@ -9,7 +9,15 @@ import shutil
 import time
 
 import pytest
-from bundle_helpers import (
+
+from herd.bundle import policy as policy_mod
+from herd.bundle.catalog import Catalog
+from herd.bundle.importer import import_bundle
+from herd.bundle.ollama import ModelStore
+from herd.bundle.removal import remove_bundle
+from herd.bundle.verify import verify
+from herd.errors import BundleError
+from tests.bundle.bundle_helpers import (
     ALLOWED,
     EXAMPLE,
     PRINCIPAL,
@@ -21,14 +29,6 @@ from bundle_helpers import (
     tiny_gguf,
     verify_store_blobs,
 )
-
-from herd.bundle import policy as policy_mod
-from herd.bundle.catalog import Catalog
-from herd.bundle.importer import import_bundle
-from herd.bundle.ollama import ModelStore
-from herd.bundle.removal import remove_bundle
-from herd.bundle.verify import verify
-from herd.errors import BundleError
 
 
 def audit_actions(state) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from bundle_helpers import EXAMPLE, read_doc
 
 from herd.bundle import layout
 from herd.errors import BundleError
+from tests.bundle.bundle_helpers import EXAMPLE, read_doc
 
 ZERO = "0" * 64
 

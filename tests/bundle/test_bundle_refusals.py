@@ -18,7 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from bundle_helpers import (
+
+from herd.bundle import signature
+from herd.bundle.catalog import Catalog
+from herd.bundle.importer import import_bundle
+from herd.bundle.verify import verify
+from herd.errors import BundleError
+from tests.bundle.bundle_helpers import (
     TEST_KEY,
     make_bundle,
     other_key,
@@ -28,12 +34,6 @@ from bundle_helpers import (
     tiny_gguf,
     write_doc,
 )
-
-from herd.bundle import signature
-from herd.bundle.catalog import Catalog
-from herd.bundle.importer import import_bundle
-from herd.bundle.verify import verify
-from herd.errors import BundleError
 
 
 def first_blob(bundle: Path, *, largest: bool = True) -> Path:

@@ -12,10 +12,10 @@ import json
 import falcon
 import falcon.testing
 import pytest
-from bundle_helpers import EXAMPLE, make_bundle, tiny_gguf
 
 from herd.bundle.importer import import_bundle
 from herd.router import registry
+from tests.bundle.bundle_helpers import EXAMPLE, make_bundle, tiny_gguf
 
 OLLAMA_UA = "ollama/0.33.0 (amd64 linux) Go/go1.24.1"
 

@@ -5,17 +5,13 @@ Helpers live in routerproc.py; everything started here is killed in teardown.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The helpers module sits next to this file (whatever pytest's pythonpath is).
-sys.path.insert(0, str(Path(__file__).parent))
-
-from routerproc import SIM_MODELS, Router, Sim, start_router, start_sim  # noqa: E402
+from tests.router.routerproc import SIM_MODELS, Router, Sim, start_router, start_sim
 
 
 @pytest.fixture

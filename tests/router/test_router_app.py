@@ -11,13 +11,13 @@ import urllib.request
 
 import pytest
 from falcon import testing
-from routerproc import ROOT, apply, free_port, manifest
 
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
 from herd.router.proxy import Upstream
 from herd.router.reload import PointerSource, StaticSource
 from herd.router.traces import Trace, TraceLog
+from tests.router.routerproc import ROOT, apply, free_port, manifest
 
 LOCAL = {"remote_addr": "127.0.0.1"}
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import httpx
-from routerproc import apply, manifest
+
+from tests.router.routerproc import apply, manifest
 
 
 def test_serve_without_an_applied_manifest_is_one_clean_line(herd):

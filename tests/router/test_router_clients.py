@@ -17,7 +17,8 @@ import httpx
 import ollama
 import openai
 import pytest
-from routerproc import TOKEN, TOKEN_SHA, manifest, start_router, start_sim
+
+from tests.router.routerproc import TOKEN, TOKEN_SHA, manifest, start_router, start_sim
 
 pytestmark = pytest.mark.e2e
 

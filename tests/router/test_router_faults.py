@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from routerproc import apply, manifest, start_sim
+
+from tests.router.routerproc import apply, manifest, start_sim
 
 pytestmark = pytest.mark.e2e
 
