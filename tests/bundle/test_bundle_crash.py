@@ -51,6 +51,14 @@ def two_model_bundle(tmp: Path, size: int, split: int | None) -> Path:
     return out
 
 
+def _size(path: Path) -> int:
+    """Size of a file the running import may rename or remove at any moment."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def import_cmd(bundle: Path, state_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -89,8 +97,8 @@ def test_kill_9_mid_import_then_rerun_resumes_and_verifies(tmp_path):
                     assert not blob.name.startswith(".herd-tmp"), blob
             staged = list(staging.glob("sha256-*")) if staging.is_dir() else []
             temps = list(staging.glob(".herd-tmp-*")) if staging.is_dir() else []
-            big_staged = [p for p in staged if p.stat().st_size > MIB]
-            if big_staged and temps and temps[0].stat().st_size > 0:
+            big_staged = [p for p in staged if _size(p) > MIB]
+            if big_staged and temps and _size(temps[0]) > 0:
                 proc.send_signal(signal.SIGKILL)
                 killed = True
                 break
