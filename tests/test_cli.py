@@ -20,7 +20,9 @@ def test_help_version_and_module_entry(herd):
     assert "--state-dir" in herd("history", "--help").stdout
     version = herd("--version")
     assert version.returncode == 0 and version.stdout.startswith("herd ")
-    entry = subprocess.run(["herd", "--help"], capture_output=True, text=True)
+    # The console script installed next to this interpreter (venv active or not).
+    script = Path(sys.executable).parent / "herd"
+    entry = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert entry.returncode == 0 and "validate" in entry.stdout
 
 
