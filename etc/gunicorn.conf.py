@@ -8,25 +8,32 @@ HERD_BIND. gunicorn's access log stays off (herd logs one line per request,
 never bodies); HERD_ACCESS_LOG=0 silences herd's own access lines too.
 """
 
-import os
+from herd.settings import (
+    BIND,
+    GC_TUNE,
+    KEEPALIVE,
+    LOG_LEVEL,
+    WORKER_CONNECTIONS,
+    WORKERS,
+)
 
 wsgi_app = "herd.router.app:get_app()"
 # gevent's pywsgi server under gunicorn (about a third less CPU per request
 # than the plain "gevent" worker), with a lean request-header parser: see
 # herd/router/worker.py. "gevent_pywsgi" or "gevent" work too.
 worker_class = "herd.router.worker.RouterWorker"
-workers = int(os.environ.get("HERD_WORKERS", "1"))
-worker_connections = int(os.environ.get("HERD_WORKER_CONNECTIONS", "10000"))
-bind = [os.environ.get("HERD_BIND", "0.0.0.0:11435")]
+workers = WORKERS.resolve()
+worker_connections = WORKER_CONNECTIONS.resolve()
+bind = [BIND.resolve() or "0.0.0.0:11435"]
 preload_app = False
 backlog = 2048
 # Idle keep-alive connections are held this long; a graceful stop waits for them.
-keepalive = int(os.environ.get("HERD_KEEPALIVE", "10"))
+keepalive = KEEPALIVE.resolve()
 timeout = 60
 graceful_timeout = 30
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("HERD_LOG_LEVEL", "info")
+loglevel = LOG_LEVEL.resolve()
 proc_name = "herd-router"
 # gunicorn 24+ opens a control socket in $HOME by default; the router needs none.
 control_socket_disable = True
@@ -58,7 +65,7 @@ def post_worker_init(worker):
     rt = runtime()
     if rt is not None:
         rt.ensure_started()
-    if os.environ.get("HERD_GC_TUNE", "1") != "0":
+    if GC_TUNE.resolve():
         # Everything loaded so far lives as long as the worker: keep it out
         # of the collector, and collect young objects less often. Fewer and
         # shorter GC pauses, which otherwise show up as tail latency.

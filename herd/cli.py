@@ -18,7 +18,7 @@ from typing import Any
 
 from herd import __version__
 from herd.errors import HerdError, ManifestError
-from herd.settings import SETTINGS
+from herd.settings import COMMON
 
 #: Modules that contribute subcommands. Each has `register(sub, common)`.
 COMMAND_MODULES = (
@@ -48,7 +48,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def common_parser() -> argparse.ArgumentParser:
     """Options every subcommand takes (declared once, in herd.settings)."""
     common = argparse.ArgumentParser(add_help=False)
-    for setting in SETTINGS:
+    for setting in COMMON:
         setting.add_to(common)
     return common
 

@@ -24,32 +24,56 @@ def default_state_dir() -> str:
     return str(Path(base) / "herd")
 
 
+def parse_bool(text: str) -> bool:
+    """Environment booleans: 1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1 or 0, got {text!r}")
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
-    flag: str
+    #: CLI flag, or None for environment-only settings (read by gunicorn's config).
+    flag: str | None
     env: str
     help: str
     default: Callable[[], Any]
     type: Callable[[str], Any] = str
+    metavar: str | None = None
 
     def resolve(self, cli_value: Any = None) -> Any:
-        """CLI flag beats environment beats default."""
+        """CLI flag beats environment beats default; a bad env value is an error."""
         if cli_value is not None:
             return cli_value
-        if os.environ.get(self.env):
-            return self.type(os.environ[self.env])
+        raw = os.environ.get(self.env)
+        if raw:
+            try:
+                return self.type(raw)
+            except ValueError as ex:
+                from herd.errors import ConfigError
+
+                raise ConfigError(f"{self.env}={raw!r}: {ex}") from None
         return self.default()
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
+        if self.flag is None:
+            raise ValueError(f"{self.name} is environment-only")
         parser.add_argument(
             self.flag,
             dest=self.name,
             type=self.type,
             default=None,
-            metavar=self.name.upper().replace("_", "-").split("-")[-1],
+            metavar=self.metavar or self.name.upper(),
             help=f"{self.help} (env {self.env})",
         )
+
+
+def _none() -> None:
+    return None
 
 
 STATE_DIR = Setting(
@@ -59,13 +83,106 @@ STATE_DIR = Setting(
     help="where herd keeps its state: revisions, audit log, traces, bundle store "
     "(default /var/lib/herd as root, else $XDG_STATE_HOME/herd)",
     default=default_state_dir,
+    metavar="DIR",
+)
+BIND = Setting(
+    name="bind",
+    flag="--bind",
+    env="HERD_BIND",
+    help="`herd serve`: HOST:PORT to listen on (default: the manifest's router.listen)",
+    default=_none,
+    metavar="HOST:PORT",
+)
+WORKERS = Setting(
+    name="workers",
+    flag="--workers",
+    env="HERD_WORKERS",
+    help="`herd serve`: gunicorn gevent workers; one holds thousands of streams, add "
+    "more only to use more CPU cores (default 1)",
+    default=lambda: 1,
+    type=int,
+    metavar="N",
+)
+GUNICORN_CONF = Setting(
+    name="config",
+    flag="--config",
+    env="HERD_GUNICORN_CONF",
+    help="`herd serve`: gunicorn config file (default etc/gunicorn.conf.py from the "
+    "source tree or the install)",
+    default=_none,
+    metavar="FILE",
+)
+ROUTER_TOKEN = Setting(
+    name="token",
+    flag="--token",
+    env="HERD_TOKEN",
+    help="`herd status`: bearer token for the router, if its client group needs one",
+    default=_none,
+    metavar="TOKEN",
+)
+ACCESS_LOG = Setting(
+    name="access_log",
+    flag=None,
+    env="HERD_ACCESS_LOG",
+    help="router: one log line per request on stderr (never bodies); 0 turns it off "
+    "(default 1)",
+    default=lambda: True,
+    type=parse_bool,
+)
+LOG_LEVEL = Setting(
+    name="log_level",
+    flag=None,
+    env="HERD_LOG_LEVEL",
+    help="router: log level of herd and gunicorn (default info)",
+    default=lambda: "info",
+)
+KEEPALIVE = Setting(
+    name="keepalive",
+    flag=None,
+    env="HERD_KEEPALIVE",
+    help="router: seconds an idle client keep-alive connection is held (default 10)",
+    default=lambda: 10,
+    type=int,
+)
+WORKER_CONNECTIONS = Setting(
+    name="worker_connections",
+    flag=None,
+    env="HERD_WORKER_CONNECTIONS",
+    help="router: most simultaneous client connections per worker (default 10000)",
+    default=lambda: 10000,
+    type=int,
+)
+GC_TUNE = Setting(
+    name="gc_tune",
+    flag=None,
+    env="HERD_GC_TUNE",
+    help="router: freeze start-up objects out of the garbage collector and collect "
+    "less often, for steadier latency; 0 turns it off (default 1)",
+    default=lambda: True,
+    type=parse_bool,
 )
 
-SETTINGS: tuple[Setting, ...] = (STATE_DIR,)
+#: Every command takes these.
+COMMON: tuple[Setting, ...] = (STATE_DIR,)
+SETTINGS: tuple[Setting, ...] = (
+    STATE_DIR,
+    BIND,
+    WORKERS,
+    GUNICORN_CONF,
+    ROUTER_TOKEN,
+    ACCESS_LOG,
+    LOG_LEVEL,
+    KEEPALIVE,
+    WORKER_CONNECTIONS,
+    GC_TUNE,
+)
 
 
 def docs_table() -> str:
     """The settings table as Markdown, as it must appear in README.md."""
     rows = ["| flag | env | meaning |", "|---|---|---|"]
-    rows += [f"| `{s.flag}` | `{s.env}` | {s.help} |" for s in SETTINGS]
+    rows += [
+        f"| {f'`{s.flag}`' if s.flag else '—'} | `{s.env}` | {s.help} |"
+        for s in SETTINGS
+    ]
     return "\n".join(rows)

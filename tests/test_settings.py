@@ -56,3 +56,19 @@ def test_every_schema_field_has_a_description():
 
     walk(schema(), "")
     assert not missing, missing
+
+
+def test_herd_environment_is_read_only_through_settings():
+    """Every HERD_* variable is a declared Setting; nothing reads one on the side."""
+    import re
+
+    declared = {s.env for s in SETTINGS}
+    sources = [*(ROOT / "herd").rglob("*.py"), ROOT / "etc" / "gunicorn.conf.py"]
+    for path in sources:
+        if path.name == "settings.py":
+            continue
+        text = path.read_text()
+        for match in re.finditer(r"environ(?:\.get)?[\[(]\s*['\"](HERD_\w+)", text):
+            raise AssertionError(f"{path}: reads {match.group(1)} directly")
+        for name in re.findall(r"\bHERD_[A-Z_]+\b", text):
+            assert name in declared, f"{path}: {name} is not a declared setting"

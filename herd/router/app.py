@@ -8,7 +8,6 @@ database connections, and no gevent import (tests/router/test_router_app.py).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,6 @@ class RouterApp(falcon.App):
 
 
 #: Set to 0 to drop the one line per request herd writes to stderr.
-ACCESS_ENV = "HERD_ACCESS_LOG"
 
 #: The runtime of the app `get_app()` built in this process (for gunicorn hooks).
 _RUNTIME: Runtime | None = None
@@ -99,7 +97,7 @@ def create_app(
 def get_app() -> RouterApp:
     """The app gunicorn serves: the manifest of HERD_STATE_DIR's current revision."""
     from herd.router.reload import PointerSource
-    from herd.settings import STATE_DIR
+    from herd.settings import ACCESS_LOG, STATE_DIR
 
     global _RUNTIME
     state_dir = STATE_DIR.resolve()
@@ -107,7 +105,7 @@ def get_app() -> RouterApp:
     traces = TraceLog(
         state_dir, retention_days=lambda: source.current().fleet.audit.retention_days
     )
-    access = AccessLog() if os.environ.get(ACCESS_ENV, "1") != "0" else None
+    access = AccessLog() if ACCESS_LOG.resolve() else None
     app = create_app(
         source,
         traces,

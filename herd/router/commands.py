@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 
 from herd.errors import ConfigError, StateError
+from herd.settings import BIND, GUNICORN_CONF, ROUTER_TOKEN, STATE_DIR, WORKERS
 
-CONF_ENV = "HERD_GUNICORN_CONF"
 
-
-def gunicorn_conf() -> Path:
-    """etc/gunicorn.conf.py: $HERD_GUNICORN_CONF, the source tree, or an install."""
+def gunicorn_conf(configured: str | None = None) -> Path:
+    """etc/gunicorn.conf.py: --config / $HERD_GUNICORN_CONF, the source tree, or an
+    install."""
     candidates = []
-    if os.environ.get(CONF_ENV):
-        candidates.append(Path(os.environ[CONF_ENV]))
+    if configured:
+        candidates.append(Path(configured))
     candidates += [
         Path(__file__).resolve().parents[2] / "etc" / "gunicorn.conf.py",
         Path(sys.prefix) / "share" / "herd" / "etc" / "gunicorn.conf.py",
@@ -28,7 +28,7 @@ def gunicorn_conf() -> Path:
     raise ConfigError(
         "gunicorn.conf.py not found (looked in "
         + ", ".join(str(p) for p in candidates)
-        + f"); set {CONF_ENV}"
+        + f"); pass {GUNICORN_CONF.flag} or set {GUNICORN_CONF.env}"
     )
 
 
@@ -50,12 +50,11 @@ def _served_fleet(state_dir: str):
 
 def serve(args: argparse.Namespace) -> int:
     """exec gunicorn with the gevent worker on router.listen (or --bind)."""
-    from herd.settings import STATE_DIR
-
     state_dir = str(STATE_DIR.resolve(args.state_dir))
     fleet, _ = _served_fleet(state_dir)
-    conf = Path(args.config) if args.config else gunicorn_conf()
-    bind = args.bind or os.environ.get("HERD_BIND") or fleet.router.listen
+    conf = gunicorn_conf(GUNICORN_CONF.resolve(args.config))
+    bind = BIND.resolve(args.bind) or fleet.router.listen
+    workers = WORKERS.resolve(args.workers)
     argv = [
         sys.executable,
         "-m",
@@ -65,9 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         "--bind",
         bind,
     ]
-    if args.workers is not None:
-        argv += ["--workers", str(args.workers)]
-    env = {**os.environ, "HERD_STATE_DIR": state_dir, "HERD_BIND": bind}
+    argv += ["--workers", str(workers)]
+    env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: bind}
     print(f"herd serve: router on http://{bind} (state {state_dir})", flush=True)
     os.execve(sys.executable, argv, env)
     return 0  # not reached
@@ -77,11 +75,10 @@ def status(args: argparse.Namespace) -> int:
     """Ask the running router for /fleet/status; else show the manifest's view."""
     from herd.cli import print_json
     from herd.router import report
-    from herd.settings import STATE_DIR
 
     fleet, revision = _served_fleet(str(STATE_DIR.resolve(args.state_dir)))
     url = args.router or report.local_url(fleet.router.listen)
-    live = report.fetch_live(url, os.environ.get("HERD_TOKEN"))
+    live = report.fetch_live(url, ROUTER_TOKEN.resolve(args.token))
     if live is not None:
         live["source"] = f"live router {url}"
     result = live or report.manifest_view(fleet, revision)
@@ -107,16 +104,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
   herd serve --workers 2              one gevent worker per CPU core to use""",
         parents=[common],
     )
-    parser.add_argument("--bind", help="HOST:PORT to listen on (default router.listen)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="gunicorn gevent workers (default: HERD_WORKERS, else 1)",
-    )
-    parser.add_argument(
-        "--config",
-        help=f"gunicorn config file (default etc/gunicorn.conf.py; env {CONF_ENV})",
-    )
+    for setting in (BIND, WORKERS, GUNICORN_CONF):
+        setting.add_to(parser)
     parser = add_command(
         sub,
         "status",
@@ -132,3 +121,4 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser.add_argument(
         "--router", help="router URL (default: router.listen of the manifest)"
     )
+    ROUTER_TOKEN.add_to(parser)
