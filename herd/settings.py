@@ -68,7 +68,9 @@ class Setting:
             type=self.type,
             default=None,
             metavar=self.metavar or self.name.upper(),
-            help=f"{self.help} (env {self.env})",
+            # The README names the command a setting belongs to; --help needn't.
+            help=f"{self.help.split(': ', 1)[-1] if self.help.startswith('`') else self.help}"
+            f" (env {self.env})",
         )
 
 
