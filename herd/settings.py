@@ -62,15 +62,15 @@ class Setting:
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         if self.flag is None:
             raise ValueError(f"{self.name} is environment-only")
+        # The README names the command a setting belongs to; --help needn't.
+        text = self.help.split(": ", 1)[-1] if self.help.startswith("`") else self.help
         parser.add_argument(
             self.flag,
             dest=self.name,
             type=self.type,
             default=None,
             metavar=self.metavar or self.name.upper(),
-            # The README names the command a setting belongs to; --help needn't.
-            help=f"{self.help.split(': ', 1)[-1] if self.help.startswith('`') else self.help}"
-            f" (env {self.env})",
+            help=f"{text} (env {self.env})",
         )
 
 
