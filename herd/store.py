@@ -336,9 +336,10 @@ class Store:
                 user=user,
             )
             rev = self.revision(row_id)
-            # Written inside the transaction: if the commit then fails, open()
-            # repairs the pointer from the database (see `sync_pointer`).
-            self._write_pointer(rev)
+        # After the commit, so a router never serves an unrecorded revision. A
+        # crash in between leaves the pointer behind the database; the next
+        # apply or rollback repairs it (`sync_pointer`).
+        self._write_pointer(rev)
         return rev
 
     # -- the current pointer -----------------------------------------------

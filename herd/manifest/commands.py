@@ -144,11 +144,11 @@ def _print_plan(args: argparse.Namespace, proposal: Proposal) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    with_store = open_store(args)
+    store = open_store(args)
     try:
-        proposal = propose_file(with_store, args.file)
+        proposal = propose_file(store, args.file)
     finally:
-        with_store.close()
+        store.close()
     _print_plan(args, proposal)
     return 0 if proposal.plan.empty else 2
 
