@@ -48,9 +48,22 @@ def _served_fleet(state_dir: str):
     return fleet, pointer.revision
 
 
+def _repair_pointer(state_dir: str) -> None:
+    """Serve the head revision even if an apply crashed before swapping the pointer."""
+    from herd.store import DB_NAME, Store
+
+    if (Path(state_dir) / DB_NAME).exists():
+        store = Store(state_dir, create=False)
+        try:
+            store.sync_pointer()
+        finally:
+            store.close()
+
+
 def serve(args: argparse.Namespace) -> int:
     """exec gunicorn with the gevent worker on router.listen (or --bind)."""
     state_dir = str(STATE_DIR.resolve(args.state_dir))
+    _repair_pointer(state_dir)
     fleet, _ = _served_fleet(state_dir)
     conf = gunicorn_conf(GUNICORN_CONF.resolve(args.config))
     bind = BIND.resolve(args.bind) or fleet.router.listen
