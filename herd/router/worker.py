@@ -10,7 +10,8 @@ header block directly and offers exactly what pywsgi and gunicorn use of it
 `LeanHandler` also writes each response's head and its first body chunk in
 one `send` (pywsgi sends them separately: one syscall and one TCP segment more
 per response, and a client woken twice), and skips gevent's `sendall`
-set-up (a `getsockopt` syscall per call) when one `send` takes everything.
+set-up (a `getsockopt` syscall per call) when one `send` takes everything,
+and builds no gunicorn access record while gunicorn's access log is off.
 
 Imported only by gunicorn when it loads the worker class (etc/gunicorn.conf.py).
 """
@@ -92,6 +93,12 @@ class LeanHandler(PyWSGIHandler):
 
     def MessageClass(self, fp: Any, *args: Any) -> HeaderBlock:  # noqa: N802
         return HeaderBlock(fp)
+
+    def log_request(self) -> None:
+        """gunicorn's access line, not even built while gunicorn's access log
+        is off (herd writes its own: herd.router.accesslog)."""
+        if getattr(self.server.log, "access_log_enabled", True):
+            super().log_request()
 
     def _sendall(self, data: Any) -> None:
         """pywsgi's `_sendall`, with one plain `send` first (small responses
