@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -247,7 +248,10 @@ class Forwarder:
 
         inject = model.keep_loaded is not None and "keep_alive" not in body
         fold = not stream and path in _GENERATING
-        if raw is None or inject or fold or body.get("model") != model.name:
+        data = None
+        if raw is not None and not inject and body.get("model") == model.name:
+            data = _streaming(raw) if fold else raw
+        if data is None:
             payload = dict(body)
             payload["model"] = model.name
             if inject:
@@ -255,8 +259,6 @@ class Forwarder:
             if fold:
                 payload["stream"] = True  # folded back here (see aggregate.py)
             data = _dumps(payload).encode("utf-8")
-        else:
-            data = raw
         sent = self.clock()
         try:
             reply = self.upstream.open(
@@ -356,6 +358,19 @@ _GENERATING = frozenset({"/api/chat", "/api/generate"})
 
 
 _RETRY_STATUS = frozenset({404, 500, 502, 503, 504})
+
+
+_STREAM_FALSE = re.compile(rb'"stream"\s*:\s*false')
+
+
+def _streaming(raw: bytes) -> bytes | None:
+    """The client's body with `"stream": false` turned into true, without
+    re-encoding it; None unless `"stream"` occurs exactly once (then it is the
+    top-level key the caller parsed as false)."""
+    if raw.count(b'"stream"') != 1:
+        return None
+    data, count = _STREAM_FALSE.subn(b'"stream":true', raw, count=1)
+    return data if count == 1 else None
 
 
 def _json_object(data: bytes) -> dict[str, Any]:

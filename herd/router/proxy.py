@@ -270,7 +270,11 @@ class Upstream:
         for attempt in (1, 2):
             sock = pool.get_socket()
             try:
-                sock.sendall(data)
+                # One plain send takes a request this small; gevent's sendall
+                # would first ask the kernel for the buffer size (a syscall).
+                sent = sock.send(data)
+                if sent < len(data):
+                    sock.sendall(memoryview(data)[sent:])
             except OSError as ex:
                 pool.release_socket(sock)
                 if attempt == 2 or ex.errno not in _STALE_ERRNOS:

@@ -7,6 +7,12 @@ header block directly and offers exactly what pywsgi and gunicorn use of it
 (`get`, `getheader`, `__delitem__`, `items`, `headers`, `typeheader`,
 `status`), with the same limits (64 KiB per line, 100 headers) as http.client.
 
+`LeanHandler` also writes each response's head and its first body chunk in
+one `send` (pywsgi sends them separately: one syscall and one TCP segment more
+per response, and a client woken twice), and skips gevent's `sendall`
+set-up (a `getsockopt` syscall per call) when one `send` takes everything,
+and builds no gunicorn access record while gunicorn's access log is off.
+
 Imported only by gunicorn when it loads the worker class (etc/gunicorn.conf.py).
 """
 
@@ -19,6 +25,8 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
+#: Body chunks up to this size are sent together with the response head.
+MERGE_MAX = 65536
 
 
 class HeaderBlock:
@@ -85,6 +93,52 @@ class LeanHandler(PyWSGIHandler):
 
     def MessageClass(self, fp: Any, *args: Any) -> HeaderBlock:  # noqa: N802
         return HeaderBlock(fp)
+
+    def log_request(self) -> None:
+        """gunicorn's access line, not even built while gunicorn's access log
+        is off (herd writes its own: herd.router.accesslog)."""
+        if getattr(self.server.log, "access_log_enabled", True):
+            super().log_request()
+
+    def _sendall(self, data: Any) -> None:
+        """pywsgi's `_sendall`, with one plain `send` first (small responses
+        fit the socket buffer: no `getsockopt`, no chunking loop)."""
+        sock = self.socket
+        try:
+            sent = sock.send(data)
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
+        except OSError as ex:
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
+    def _write_with_headers(self, data: Any) -> None:
+        """Status line, headers and the first body chunk in one write."""
+        if data and len(data) > MERGE_MAX:
+            super()._write_with_headers(data)
+            return
+        self.headers_sent = True
+        self.finalize_headers()
+        out = bytearray(b"HTTP/1.1 ")
+        out += self.status
+        out += b"\r\n"
+        for header, value in self.response_headers:
+            out += header
+            out += b": "
+            out += value
+            out += b"\r\n"
+        out += b"\r\n"
+        if data:
+            if self.response_use_chunked:
+                out += b"%x\r\n" % len(data)
+                out += data
+                out += b"\r\n"
+            else:
+                out += data
+        self._sendall(out)
 
 
 class RouterWorker(GeventPyWSGIWorker):

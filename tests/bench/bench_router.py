@@ -12,8 +12,9 @@ each one's best, for shared machines). What it does, all in one run:
    (and the /api/version, /api/tags, /api/ps answers the health poller needs):
    a node that costs nothing, so the difference is the router.
 2. `herd sim --tps 2` on another port: a slow streaming node; and the "floor":
-   gunicorn + gevent + Falcon answering the fixed reply itself (no proxying),
-   the fastest any Python router on this stack can be on this machine.
+   the router's own gunicorn config and worker class (herd.router.worker) with
+   a Falcon app answering the fixed reply itself (no proxying): the fastest any
+   router on this stack can be on this machine.
 3. A manifest with both nodes (clients 127.0.0.0/8) is `herd apply`-ed into a
    temp state dir and `herd serve` runs the router (one gevent worker).
 4. wrk (Lua POST body, --latency) measures non-streaming /api/chat direct to
@@ -22,8 +23,16 @@ each one's best, for shared machines). What it does, all in one run:
 5. N concurrent streaming /api/chat requests are held open through the router
    to the sim node; router RSS (psutil, master + workers) and errors counted.
 
-Prints figures, router/direct ratios and the targets; exit status 0 when every
-target is met, 1 otherwise (the machine is shared: read the ratios).
+CPU pinning (default with 2+ cores, needs `taskset`, util-linux): the router
+(and the floor) run on the first core, wrk, nginx, the sim node and this
+script on the others, so "one gevent worker" gets one whole core instead of
+fighting the load generator for it. `--no-pin` lets the OS schedule everything.
+
+For every run it prints req/s, p50/p99 and the CPU time the server under test
+used per request (psutil user+system of master + workers, before/after the
+run; far less noisy than req/s on a shared machine) and its CPU share of one
+core (100 % = the server was CPU-bound). Exit status 0 when every target is
+met, 1 otherwise (the machine is shared: read the ratios and CPU figures).
 """
 
 from __future__ import annotations
@@ -203,15 +212,54 @@ class Wrk:
     p99_us: float
     non2xx: int
     errors: int
+    #: CPU seconds the server under test used during the run (user + system).
+    cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
         return self.requests / (self.duration_us / 1e6)
 
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU time per request, in microseconds."""
+        return self.cpu_s * 1e6 / self.requests if self.requests else 0.0
 
-def run_wrk(url: str, lua: Path, conns: int, duration: int) -> Wrk:
+    @property
+    def cpu_share(self) -> float:
+        """Server CPU time over the run's wall time (1.0 = one whole core)."""
+        return self.cpu_s / (self.duration_us / 1e6)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live children."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_wrk(
+    url: str,
+    lua: Path,
+    conns: int,
+    duration: int,
+    *,
+    server: int | None = None,
+    pin: list[str] | None = None,
+) -> Wrk:
+    """One bounded wrk run; `server` is the pid whose CPU time is measured."""
     threads = 1 if conns == 1 else 2
     cmd = [
+        *(pin or []),
         "wrk",
         f"-t{threads}",
         f"-c{conns}",
@@ -223,11 +271,13 @@ def run_wrk(url: str, lua: Path, conns: int, duration: int) -> Wrk:
         str(lua),
         url,
     ]
+    before = cpu_seconds(server) if server else 0.0
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=duration + 60, check=True
     ).stdout
+    after = cpu_seconds(server) if server else 0.0
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return Wrk(**json.loads(line[len("RESULT ") :]))
+    return Wrk(**json.loads(line[len("RESULT ") :]), cpu_s=max(after - before, 0.0))
 
 
 def rss_mb(pid: int) -> float:
@@ -315,13 +365,70 @@ class Procs:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                _killpg(proc.pid, signal.SIGTERM)
         for proc in reversed(self.procs):
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which cores the server under test and the load side run on."""
+
+    server: tuple[int, ...]
+    load: tuple[int, ...]
+
+    @property
+    def on(self) -> bool:
+        return bool(self.server)
+
+    def server_cmd(self) -> list[str]:
+        return _taskset(self.server)
+
+    def load_cmd(self) -> list[str]:
+        return _taskset(self.load)
+
+    def describe(self, workers: int) -> str:
+        if not self.on:
+            return f"unpinned: {workers} router worker(s), OS scheduling (--no-pin)"
+        return (
+            f"pinned: router/floor ({workers} worker(s)) on CPU "
+            f"{_cpus(self.server)}; wrk, nginx, sim and this script on CPU "
+            f"{_cpus(self.load)}"
+        )
+
+
+def _cpus(cores: tuple[int, ...]) -> str:
+    return ",".join(str(c) for c in cores)
+
+
+def _taskset(cores: tuple[int, ...]) -> list[str]:
+    return ["taskset", "-c", _cpus(cores)] if cores else []
+
+
+def choose_pinning(requested: bool, workers: int) -> Pinning:
+    """Router worker(s) on their own core(s), the rest for the load side."""
+    cores = tuple(sorted(os.sched_getaffinity(0)))
+    if not requested:
+        return Pinning((), ())
+    if len(cores) < 2 or not shutil.which("taskset"):
+        print(
+            "not pinning: needs 2+ usable cores and taskset (util-linux)",
+            file=sys.stderr,
+        )
+        return Pinning((), ())
+    take = max(1, min(workers, len(cores) - 1))
+    return Pinning(cores[:take], cores[take:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="router gevent workers (targets: 1)"
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the router to its own core (the default with 2+ cores)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument(
         "--profile",
@@ -359,15 +472,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="herd-bench-"))
     procs = Procs()
+    # SIGTERM/SIGHUP end the run like Ctrl-C: the `finally` kills everything.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    affinity = os.sched_getaffinity(0)
     try:
         return bench(args, tmp, procs)
+    except KeyboardInterrupt:
+        print("interrupted: stopping every process started", file=sys.stderr)
+        return 130
     finally:
         procs.stop()
+        os.sched_setaffinity(0, affinity)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
+    pin = choose_pinning(args.pin, args.workers)
+    mode = pin.describe(args.workers)
+    print(f"mode: {mode}", flush=True)
+    if pin.on:
+        # This script (the stream client, psutil polling) stays off the
+        # router's core too.
+        os.sched_setaffinity(0, set(pin.load))
     ports = {name: free_port() for name in ("nginx", "sim", "router", "floor")}
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
     # 1. the zero-cost node
@@ -380,12 +512,15 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             ps=json.dumps({"models": []}),
         )
     )
-    procs.start(
-        ["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stdout=log, stderr=log
+    nginx = procs.start(
+        [*pin.load_cmd(), "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
+        stdout=log,
+        stderr=log,
     )
     # 2. the slow streaming node
     procs.start(
         [
+            *pin.load_cmd(),
             *HERD,
             "sim",
             "--port",
@@ -419,6 +554,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     )
     router_proc = procs.start(
         [
+            *pin.server_cmd(),
             *HERD,
             "serve",
             "--state-dir",
@@ -441,25 +577,25 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     )
     lua = tmp / "chat.lua"
     lua.write_text(WRK_LUA.format(body=CHAT_BODY))
-    run_wrk(routed + "/api/chat", lua, 16, 2)  # warm-up (imports, pools)
+    load = pin.load_cmd()
+    run_wrk(routed + "/api/chat", lua, 16, 2, pin=load)  # warm-up (imports, pools)
     results: dict[tuple[str, int], Wrk] = {}
     errors: dict[str, int] = {}
-    # The Python floor: gunicorn + gevent + Falcon answering the fixed reply
+    # The floor: the router's own gunicorn config (worker class, gc tuning,
+    # keep-alive, backlog) serving a Falcon app that answers the fixed reply
     # itself, no proxying. The router cannot beat it on this machine.
+    from herd.router.commands import gunicorn_conf
+
     (tmp / "floor_app.py").write_text(FLOOR_APP.format(reply=FIXED_REPLY))
-    (tmp / "floor_conf.py").write_text("control_socket_disable = True\n")
     floor = f"http://127.0.0.1:{ports['floor']}"
-    procs.start(
+    floor_proc = procs.start(
         [
+            *pin.server_cmd(),
             sys.executable,
             "-m",
             "gunicorn",
-            "-c",
-            str(tmp / "floor_conf.py"),
-            "-k",
-            "gevent",
-            "-w",
-            "1",
+            "--config",
+            str(gunicorn_conf()),
             "--chdir",
             str(tmp),
             "-b",
@@ -468,12 +604,20 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         ],
         stdout=log,
         stderr=log,
+        env={**env, "HERD_WORKERS": str(args.workers)},
     )
     wait_http(floor + "/api/chat", body=CHAT_BODY.encode())
-    targets = (("direct", direct), ("floor", floor), ("router", routed))
+    run_wrk(floor + "/api/chat", lua, 16, 2, pin=load)  # warm-up
+    targets = (
+        ("direct", direct, nginx.pid),
+        ("floor", floor, floor_proc.pid),
+        ("router", routed, router_proc.pid),
+    )
     for conns in (1, 16, 64):
-        for _, (name, url) in itertools.product(range(args.repeat), targets):
-            res = run_wrk(url + "/api/chat", lua, conns, args.duration)
+        for _, (name, url, pid) in itertools.product(range(args.repeat), targets):
+            res = run_wrk(
+                url + "/api/chat", lua, conns, args.duration, server=pid, pin=load
+            )
             # Under noise (shared CPU) keep each target's best run: the runs are
             # interleaved, so every target had the same chances.
             best = results.get((name, conns))
@@ -483,11 +627,12 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             print(
                 f"  {name:6} c{conns:<3} {res.rps:9.0f} req/s  p50 "
                 f"{res.p50_us / 1000:7.3f} ms  p99 {res.p99_us / 1000:7.3f} ms  "
+                f"cpu {res.cpu_us:6.0f} us/req {100 * res.cpu_share:4.0f}%  "
                 f"non2xx {res.non2xx} errors {res.errors}",
                 flush=True,
             )
     if args.profile:
-        profile(router_proc.pid, routed + "/api/chat", lua, args.duration, tmp)
+        profile(router_proc.pid, routed + "/api/chat", lua, args.duration, tmp, pin)
     # After the load runs the health poller may have marked the slow node down
     # (its polls wait behind the load): wait until a short stream gets through.
     probe = {
@@ -505,10 +650,12 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     streams = asyncio.run(
         hold_streams(ports["router"], args.streams, args.stream_tokens, router_proc.pid)
     )
-    return report(results, streams, idle_rss, args.streams, sum(errors.values()))
+    return report(results, streams, idle_rss, args.streams, sum(errors.values()), mode)
 
 
-def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
+def profile(
+    master: int, url: str, lua: Path, duration: int, tmp: Path, pin: Pinning
+) -> None:
     """Sample the gevent worker with py-spy under c16 load; print the hot frames."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -518,6 +665,7 @@ def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
     raw = tmp / "profile.txt"
     spy_proc = subprocess.Popen(
         [
+            *pin.load_cmd(),
             spy,
             "record",
             "--pid",
@@ -535,8 +683,13 @@ def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    run_wrk(url, lua, 16, duration)
-    spy_proc.wait(timeout=duration + 30)
+    try:
+        run_wrk(url, lua, 16, duration, pin=pin.load_cmd())
+        spy_proc.wait(timeout=duration + 30)
+    finally:
+        if spy_proc.poll() is None:
+            spy_proc.kill()
+            spy_proc.wait()
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
@@ -558,7 +711,7 @@ def profile(master: int, url: str, lua: Path, duration: int, tmp: Path) -> None:
 
 
 def report(
-    results: dict, streams: dict, idle_rss: float, count: int, errors: int
+    results: dict, streams: dict, idle_rss: float, count: int, errors: int, mode: str
 ) -> int:
     d1, r1 = results["direct", 1], results["router", 1]
     r16, r64 = results["router", 16], results["router", 64]
@@ -591,21 +744,33 @@ def report(
             errors + len(streams["errors"]) == 0,
         ),
     ]
-    print()
+    print(f"\n{mode}\n")
     print(
-        "| conc | direct req/s | floor req/s | router req/s | router/direct | "
-        "router/floor | direct p50/p99 ms | floor p50/p99 ms | router p50/p99 ms |"
+        "| conc | direct req/s | floor req/s | router req/s | router/floor | "
+        "direct p50/p99 ms | floor p50/p99 ms | router p50/p99 ms | "
+        "CPU us/req floor | CPU us/req router | router - floor | "
+        "CPU % floor / router |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16, 64):
         d, f, r = (results[name, conns] for name in ("direct", "floor", "router"))
         print(
             f"| {conns} | {d.rps:.0f} | {f.rps:.0f} | {r.rps:.0f} | "
-            f"{r.rps / d.rps:.2f} | {r.rps / f.rps:.2f} | "
+            f"{r.rps / f.rps:.2f} | "
             f"{d.p50_us / 1000:.3f} / {d.p99_us / 1000:.3f} | "
             f"{f.p50_us / 1000:.3f} / {f.p99_us / 1000:.3f} | "
-            f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} |"
+            f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} | "
+            f"{f.cpu_us:.0f} | {r.cpu_us:.0f} | {r.cpu_us - f.cpu_us:.0f} | "
+            f"{100 * f.cpu_share:.0f} / {100 * r.cpu_share:.0f} |"
         )
+    # At a fixed concurrency wrk is a closed loop: mean latency = conns / rate.
+    floor64 = 64 / 0.025
+    print(
+        f"\n(c64 closed loop: p99 <= 25 ms needs >= {floor64:.0f} req/s even with "
+        "zero jitter; router CPU at 100 % of a core caps req/s at "
+        f"1e6 / {results['router', 16].cpu_us:.0f} us = "
+        f"{1e6 / max(results['router', 16].cpu_us, 1):.0f})"
+    )
     print()
     print("| target | measured | goal | met |")
     print("|---|---|---|---|")
