@@ -147,6 +147,9 @@ class Fleet:
     _names: Mapping[str, Model] = field(
         default_factory=lambda: _frozen({}), repr=False, compare=False
     )
+    _placed: Mapping[str, tuple[Node, ...]] = field(
+        default_factory=lambda: _frozen({}), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         names: dict[str, Model] = {}
@@ -156,6 +159,26 @@ class Fleet:
                 names.setdefault(alias.strip().lower(), model)
                 names.setdefault(normalize_model_name(alias), model)
         object.__setattr__(self, "_names", MappingProxyType(names))
+        object.__setattr__(self, "_placed", MappingProxyType(self._placements()))
+
+    def _placements(self) -> dict[str, tuple[Node, ...]]:
+        """Every model's nodes, resolved once: label selectors intersect an index
+        of (label, value) → node positions instead of testing every node."""
+        position = {node.name: i for i, node in enumerate(self.nodes)}
+        by_label: dict[tuple[str, str], set[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for item in node.labels.items():
+                by_label.setdefault(item, set()).add(i)
+        placed = {}
+        for model in self.models:
+            if model.place.nodes:
+                hits = {position[n] for n in model.place.nodes if n in position}
+            else:
+                hits = set(range(len(self.nodes)))
+                for item in model.place.labels.items():
+                    hits &= by_label.get(item, set())
+            placed[model.name] = tuple(self.nodes[i] for i in sorted(hits))
+        return placed
 
     def resolve(self, requested: str) -> Model | None:
         """The declared model a request's name (or alias) means, else None."""
@@ -167,7 +190,10 @@ class Fleet:
 
     def nodes_for(self, model: Model) -> tuple[Node, ...]:
         """Nodes the manifest places `model` on, in manifest order."""
-        return tuple(n for n in self.nodes if model.place.matches(n))
+        placed = self._placed.get(model.name)
+        if placed is None or self._names.get(model.name) is not model:
+            return tuple(n for n in self.nodes if model.place.matches(n))
+        return placed
 
     def client_for(
         self, address: ipaddress.IPv4Address | ipaddress.IPv6Address

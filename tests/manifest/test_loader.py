@@ -228,3 +228,13 @@ def test_odd_keys_stay_one_token_in_the_path(example_text):
     text = example_text.replace("  name: st-anna-radiology", '  " x\\r": 1')
     lines = problems_of(text)
     assert any('metadata["\\u0020x\\r"]: unknown key' in line for line in lines), lines
+
+
+def test_precomputed_placements_match_the_placement_rule():
+    from tests.bench.bench_manifest import generate
+
+    for text in (EXAMPLE.read_text(), generate(300, 60)):
+        fleet = load_bytes(text.encode())
+        for model in fleet.models:
+            brute = tuple(n for n in fleet.nodes if model.place.matches(n))
+            assert fleet.nodes_for(model) == brute, model.name
