@@ -30,9 +30,11 @@ fighting the load generator for it. `--no-pin` lets the OS schedule everything.
 
 For every run it prints req/s, p50/p99 and the CPU time the server under test
 used per request (psutil user+system of master + workers, before/after the
-run; far less noisy than req/s on a shared machine) and its CPU share of one
-core (100 % = the server was CPU-bound). Exit status 0 when every target is
-met, 1 otherwise (the machine is shared: read the ratios and CPU figures).
+run) and its CPU share of one core (100 % = the server was CPU-bound). On a
+shared VM even CPU time per request drifts with the neighbours' load: the
+floor, measured in the same run, is the control (read router / floor CPU).
+Exit status 0 when every target is met, 1 otherwise (the machine is shared:
+read the ratios and CPU figures).
 """
 
 from __future__ import annotations
@@ -749,9 +751,9 @@ def report(
         "| conc | direct req/s | floor req/s | router req/s | router/floor | "
         "direct p50/p99 ms | floor p50/p99 ms | router p50/p99 ms | "
         "CPU us/req floor | CPU us/req router | router - floor | "
-        "CPU % floor / router |"
+        "router / floor CPU | CPU % floor / router |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16, 64):
         d, f, r = (results[name, conns] for name in ("direct", "floor", "router"))
         print(
@@ -761,6 +763,7 @@ def report(
             f"{f.p50_us / 1000:.3f} / {f.p99_us / 1000:.3f} | "
             f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} | "
             f"{f.cpu_us:.0f} | {r.cpu_us:.0f} | {r.cpu_us - f.cpu_us:.0f} | "
+            f"{r.cpu_us / max(f.cpu_us, 1e-9):.1f} | "
             f"{100 * f.cpu_share:.0f} / {100 * r.cpu_share:.0f} |"
         )
     # At a fixed concurrency wrk is a closed loop: mean latency = conns / rate.
