@@ -30,9 +30,11 @@ fighting the load generator for it. `--no-pin` lets the OS schedule everything.
 
 For every run it prints req/s, p50/p99 and the CPU time the server under test
 used per request (psutil user+system of master + workers, before/after the
-run; far less noisy than req/s on a shared machine) and its CPU share of one
-core (100 % = the server was CPU-bound). Exit status 0 when every target is
-met, 1 otherwise (the machine is shared: read the ratios and CPU figures).
+run) and its CPU share of one core (100 % = the server was CPU-bound). On a
+shared VM even CPU time per request drifts with the neighbours' load: the
+floor, measured in the same run, is the control (read router / floor CPU).
+Exit status 0 when every target is met, 1 otherwise (the machine is shared:
+read the ratios and CPU figures).
 """
 
 from __future__ import annotations
@@ -214,6 +216,8 @@ class Wrk:
     errors: int
     #: CPU seconds the server under test used during the run (user + system).
     cpu_s: float = 0.0
+    #: Share of the machine's CPU time the hypervisor stole during the run.
+    steal: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -247,6 +251,16 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat; (0, 0) elsewhere."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
 def run_wrk(
     url: str,
     lua: Path,
@@ -271,13 +285,18 @@ def run_wrk(
         str(lua),
         url,
     ]
-    before = cpu_seconds(server) if server else 0.0
+    before, ticks0 = (cpu_seconds(server) if server else 0.0), cpu_ticks()
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=duration + 60, check=True
     ).stdout
-    after = cpu_seconds(server) if server else 0.0
+    after, ticks1 = (cpu_seconds(server) if server else 0.0), cpu_ticks()
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return Wrk(**json.loads(line[len("RESULT ") :]), cpu_s=max(after - before, 0.0))
+    stolen, total = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
+    return Wrk(
+        **json.loads(line[len("RESULT ") :]),
+        cpu_s=max(after - before, 0.0),
+        steal=stolen / total if total > 0 else 0.0,
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -628,6 +647,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
                 f"  {name:6} c{conns:<3} {res.rps:9.0f} req/s  p50 "
                 f"{res.p50_us / 1000:7.3f} ms  p99 {res.p99_us / 1000:7.3f} ms  "
                 f"cpu {res.cpu_us:6.0f} us/req {100 * res.cpu_share:4.0f}%  "
+                f"steal {100 * res.steal:3.0f}%  "
                 f"non2xx {res.non2xx} errors {res.errors}",
                 flush=True,
             )
@@ -749,9 +769,9 @@ def report(
         "| conc | direct req/s | floor req/s | router req/s | router/floor | "
         "direct p50/p99 ms | floor p50/p99 ms | router p50/p99 ms | "
         "CPU us/req floor | CPU us/req router | router - floor | "
-        "CPU % floor / router |"
+        "router / floor CPU | CPU % floor / router |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16, 64):
         d, f, r = (results[name, conns] for name in ("direct", "floor", "router"))
         print(
@@ -761,12 +781,18 @@ def report(
             f"{f.p50_us / 1000:.3f} / {f.p99_us / 1000:.3f} | "
             f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} | "
             f"{f.cpu_us:.0f} | {r.cpu_us:.0f} | {r.cpu_us - f.cpu_us:.0f} | "
+            f"{r.cpu_us / max(f.cpu_us, 1e-9):.1f} | "
             f"{100 * f.cpu_share:.0f} / {100 * r.cpu_share:.0f} |"
         )
+    steal = max(res.steal for res in results.values())
+    print(
+        f"\n(VM steal: up to {100 * steal:.0f} % of CPU time in a kept run; "
+        "above a few % the machine's neighbours are slowing this one down)"
+    )
     # At a fixed concurrency wrk is a closed loop: mean latency = conns / rate.
     floor64 = 64 / 0.025
     print(
-        f"\n(c64 closed loop: p99 <= 25 ms needs >= {floor64:.0f} req/s even with "
+        f"(c64 closed loop: p99 <= 25 ms needs >= {floor64:.0f} req/s even with "
         "zero jitter; router CPU at 100 % of a core caps req/s at "
         f"1e6 / {results['router', 16].cpu_us:.0f} us = "
         f"{1e6 / max(results['router', 16].cpu_us, 1):.0f})"
