@@ -104,6 +104,18 @@ def sse(
     return Committed(body, opened, outcome, finish)
 
 
+def _observe(
+    outcome: Outcome, obj: dict[str, Any], clock: Callable[[], float]
+) -> str | None:
+    """Note time to first token and the final counts; an error object's class."""
+    if outcome.ttft_ms is None:
+        outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
+    if obj.get("done"):
+        outcome.counts(obj)
+        return None
+    return "node_error" if obj.get("error") else None
+
+
 def _ndjson(
     opened: Opened,
     outcome: Outcome,
@@ -114,12 +126,7 @@ def _ndjson(
     error: str | None = None
     try:
         for line, obj in native_objects(opened, deadline, clock):
-            if outcome.ttft_ms is None:
-                outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
-            if obj.get("done"):
-                outcome.counts(obj)
-            elif obj.get("error"):
-                error = "node_error"
+            error = _observe(outcome, obj, clock) or error
             yield line
     except StreamBroken as ex:
         error = "stream_broken"
@@ -143,12 +150,7 @@ def _sse(
     error: str | None = None
     try:
         for _, obj in native_objects(opened, deadline, clock):
-            if outcome.ttft_ms is None:
-                outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
-            if obj.get("done"):
-                outcome.counts(obj)
-            elif obj.get("error"):
-                error = "node_error"
+            error = _observe(outcome, obj, clock) or error
             out = converter.feed(obj)
             if out:
                 yield out
