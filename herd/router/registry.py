@@ -169,6 +169,14 @@ class Manifests:
         resp.data = None
 
 
+def _blob_head(resp: falcon.Response, path: Path, digest: str) -> int:
+    """Headers every blob answer carries; returns the blob's size."""
+    resp.content_type = "application/octet-stream"
+    resp.set_header("Accept-Ranges", "bytes")
+    resp.set_header("Docker-Content-Digest", digest.replace("-", ":", 1))
+    return path.stat().st_size
+
+
 class Blobs:
     """`HEAD|GET /v2/{namespace}/{model}/blobs/{digest}`, with Range support."""
 
@@ -197,10 +205,7 @@ class Blobs:
         if path is None:
             resp.media = None
             return
-        resp.content_type = "application/octet-stream"
-        resp.set_header("Accept-Ranges", "bytes")
-        resp.set_header("Docker-Content-Digest", digest.replace("-", ":", 1))
-        resp.content_length = path.stat().st_size
+        resp.content_length = _blob_head(resp, path, digest)
 
     def on_get(
         self,
@@ -213,10 +218,7 @@ class Blobs:
         path = self._path(resp, namespace, model, digest)
         if path is None:
             return
-        size = path.stat().st_size
-        resp.content_type = "application/octet-stream"
-        resp.set_header("Accept-Ranges", "bytes")
-        resp.set_header("Docker-Content-Digest", digest.replace("-", ":", 1))
+        size = _blob_head(resp, path, digest)
         if req.range is None:
             # Ollama's "resolve" GET needs Location; it reads no body, so give
             # it none. Other clients get the whole blob (Location is harmless).
