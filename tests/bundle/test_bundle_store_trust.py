@@ -206,3 +206,14 @@ def test_source_swapped_after_the_checks_is_refused(
     assert reason in done.stdout
     staged = policy.store / ".staging"
     assert not staged.exists() or not any(staged.rglob("*"))
+
+
+def test_create_still_follows_a_link_the_user_names(tmp_path, policy, state):
+    """Connected side: `--from-gguf` through a link (e.g. a model cache) is fine."""
+    real = tmp_path / "cache" / "blob-0123"
+    real.parent.mkdir()
+    real.write_bytes(tiny_gguf())
+    link = tmp_path / "model.gguf"
+    link.symlink_to(real)
+    bundle = make_bundle(tmp_path / "b1", weights=link)
+    assert import_bundle(bundle, policy, state).models == ("tiny:latest",)
