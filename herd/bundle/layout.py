@@ -131,7 +131,8 @@ def parse(raw: bytes, source: str = INDEX) -> BundleDoc:
         doc, _ = parse_yaml(raw, source)
     except ManifestError as ex:
         first = ex.problems[0]
-        raise BundleError(f"{source}:{first.line}: {first.message}") from None
+        where = "" if first.path == "(top)" else f" {first.path}:"
+        raise BundleError(f"{source}:{first.line}:{where} {first.message}") from None
     _check_paths(doc, source)
     errors = sorted(_validator().iter_errors(doc), key=lambda e: list(e.path))
     if errors:

@@ -148,8 +148,7 @@ def verify_blob(
 ) -> None:
     """Hash every part and the whole of one blob, then check its contents."""
     entry = blob.entry
-    sources = blob.sources(checked.root)
-    whole, parts = hash_files(sources, advance)
+    whole, parts = hash_files(blob.sources(checked.root), advance)
     for i, (part, got) in enumerate(zip(entry.parts, parts, strict=False)):
         if got != part.sha256:
             raise BundleError(
