@@ -63,13 +63,22 @@ def doc_lines(markdown: str) -> list[str]:
 
 
 def help_lines() -> list[str]:
+    """The examples of `herd --help`, `herd bundle --help` and each action's."""
     out = []
-    for action in ACTIONS:
+    for argv in (
+        ["--help"],
+        ["bundle", "--help"],
+        *(["bundle", a, "--help"] for a in ACTIONS),
+    ):
         text = io.StringIO()
         with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
-            main(["bundle", action, "--help"])
+            main(argv)
         examples = text.getvalue().split("examples:\n", 1)[1]
-        out += [line.strip() for line in examples.splitlines() if "herd bundle" in line]
+        out += [
+            line.strip()
+            for line in examples.splitlines()
+            if line.strip().startswith("herd bundle ")
+        ]
     return out
 
 
