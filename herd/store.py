@@ -10,16 +10,24 @@ store replaces `STATE_DIR/current.json` atomically (write temp, fsync, rename).
 It holds the revision number, its sha256, the manifest text and the directory
 relative paths in it resolve against. The router stats that one file (cheap) and
 reloads when its inode or mtime changes; a half-written pointer is impossible.
+
+The pointer only ever moves forward: every writer holds `STATE_DIR/herd.lock`
+(an advisory file lock) from the commit of a revision until its pointer is in
+place, and writes the head's pointer, so two racing applies cannot leave it on
+an older revision than the head. Every revision read back is checked against
+its recorded sha256; bytes edited in herd.db behind herd's back are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import getpass
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -34,7 +42,17 @@ from herd.errors import StateError
 
 DB_NAME = "herd.db"
 POINTER_NAME = "current.json"
+LOCK_NAME = "herd.lock"
+#: A pointer holds one manifest (at most 4 MiB), JSON-escaped.
+POINTER_MAX_BYTES = 32 * 1024 * 1024
 BUSY_TIMEOUT_S = 30.0
+#: What `current.json` holds: each key and the JSON types it may have.
+POINTER_FIELDS: dict[str, tuple[type, ...]] = {
+    "revision": (int,),
+    "sha256": (str,),
+    "base_dir": (str, type(None)),
+    "manifest": (str,),
+}
 
 Migration = Callable[[sqlite_utils.Database], None]
 
@@ -106,6 +124,22 @@ class Revision:
     def from_row(cls, row: dict[str, Any]) -> Revision:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
 
+    @property
+    def intact(self) -> bool:
+        """Whether the stored bytes still hash to the stored sha256."""
+        return isinstance(self.manifest, bytes) and sha256_hex(self.manifest) == (
+            self.sha256
+        )
+
+    def verified(self, where: str | os.PathLike[str]) -> Revision:
+        """This revision, or StateError if its bytes no longer match its sha256."""
+        if not self.intact:
+            raise StateError(
+                f"{where}: revision {self.id} does not match its recorded sha256 "
+                "(herd.db was changed outside herd); refusing to use it"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class Pointer:
@@ -113,7 +147,7 @@ class Pointer:
 
     revision: int
     sha256: str
-    base_dir: str
+    base_dir: str | None
     manifest: str
 
 
@@ -210,10 +244,14 @@ class Store:
             raise StateError(f"state store {self.dir} is busy: {ex}") from ex
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does that, and
+            # a failed COMMIT can leave the transaction open): end it either
+            # way, so the connection stays usable for the next attempt.
+            if self.db.conn.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # -- audit -------------------------------------------------------------
 
@@ -253,19 +291,26 @@ class Store:
     # -- revisions ---------------------------------------------------------
 
     def head(self) -> Revision | None:
+        """The newest revision (None before the first apply), checked intact."""
+        head = self._head()
+        return head.verified(self.dir / DB_NAME) if head else None
+
+    def _head(self) -> Revision | None:
         row = self.db.execute(
             "SELECT * FROM revisions ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return self._revision(row)
 
     def revision(self, rev: int) -> Revision:
+        """Revision `rev`, checked intact (StateError if absent or altered)."""
         row = self.db.execute("SELECT * FROM revisions WHERE id = ?", [rev]).fetchone()
         found = self._revision(row)
         if found is None:
             raise StateError(f"no revision {rev} (see `herd history`)")
-        return found
+        return found.verified(self.dir / DB_NAME)
 
     def revisions(self) -> list[Revision]:
+        """Every revision, oldest first, unchecked (see `Revision.intact`)."""
         rows = self.db.execute("SELECT * FROM revisions ORDER BY id").fetchall()
         return [r for r in (self._revision(row) for row in rows) if r]
 
@@ -276,6 +321,36 @@ class Store:
             d[0] for d in self.db.execute("SELECT * FROM revisions LIMIT 0").description
         ]
         return Revision.from_row(dict(zip(cols, row, strict=True)))
+
+    @contextlib.contextmanager
+    def pointer_lock(self) -> Iterator[None]:
+        """Hold `STATE_DIR/herd.lock` (flock): the only way to move the pointer.
+
+        Held from the commit of a revision until its pointer is written, so
+        pointers are written in commit order and never move backwards.
+        Waits up to BUSY_TIMEOUT_S for another herd command to finish.
+        """
+        path = self.dir / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as ex:
+            raise StateError(f"cannot lock state in {self.dir}: {ex}") from ex
+        try:
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateError(
+                            f"state in {self.dir} is busy: another herd command "
+                            f"holds {path}; try again"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def record(
         self,
@@ -297,6 +372,44 @@ class Store:
         """
         digest = sha256_hex(manifest)
         user = current_user()
+        with self.pointer_lock():
+            rev = self._commit(
+                manifest,
+                digest,
+                user,
+                expected_head=expected_head,
+                summary=summary,
+                source=source,
+                base_dir=base_dir,
+                action=action,
+                rollback_of=rollback_of,
+                detail=detail,
+            )
+            if rev is None:
+                return None
+            # After the commit, so a router never serves an unrecorded revision;
+            # under the lock, so no other apply can write its (older) pointer
+            # after this one. A crash in between leaves the pointer behind the
+            # database; the next apply, rollback or serve repairs it
+            # (`sync_pointer`).
+            self._write_pointer(rev)
+        return rev
+
+    def _commit(
+        self,
+        manifest: bytes,
+        digest: str,
+        user: str,
+        *,
+        expected_head: int | None,
+        summary: str,
+        source: str,
+        base_dir: str,
+        action: str,
+        rollback_of: int | None,
+        detail: dict[str, Any] | None,
+    ) -> Revision | None:
+        """Insert the revision and its audit row in one transaction."""
         with self.transaction():
             head = self.head()
             head_id = head.id if head else None
@@ -335,12 +448,7 @@ class Store:
                 revision=row_id,
                 user=user,
             )
-            rev = self.revision(row_id)
-        # After the commit, so a router never serves an unrecorded revision. A
-        # crash in between leaves the pointer behind the database; the next
-        # apply or rollback repairs it (`sync_pointer`).
-        self._write_pointer(rev)
-        return rev
+            return self.revision(row_id)
 
     # -- the current pointer -----------------------------------------------
 
@@ -370,30 +478,96 @@ class Store:
                 os.unlink(tmp)
             raise
 
-    def sync_pointer(self) -> None:
-        """Make `current.json` match the head revision (repairs a crashed apply)."""
-        head = self.head()
-        if head is None:
-            return
-        current = read_pointer(self.dir)
-        if (
-            current is None
-            or current.revision != head.id
-            or current.sha256 != head.sha256
-        ):
+    def sync_pointer(self) -> str | None:
+        """Make `current.json` match the head revision.
+
+        Repairs a pointer left behind by a crashed apply, and a missing,
+        truncated or otherwise unreadable one. Returns what was repaired (one
+        line), or None when the pointer was already right.
+        """
+        if self._pointer_problem(self._head()) is None:
+            return None
+        with self.pointer_lock():
+            head = self._head()
+            problem = self._pointer_problem(head)
+            if head is None or problem is None:
+                return None
+            head.verified(self.dir / DB_NAME)
             self._write_pointer(head)
+        return f"repaired {self.pointer_path}: {problem}; now revision {head.id}"
+
+    def _pointer_problem(self, head: Revision | None) -> str | None:
+        """Why the pointer does not name `head` (None when it does)."""
+        if head is None:
+            return None
+        try:
+            current = read_pointer(self.dir)
+        except StateError as ex:
+            return f"it was unreadable ({ex})"
+        if current is None:
+            return "it was missing"
+        if current.revision != head.id or current.sha256 != head.sha256:
+            return f"it named revision {current.revision}, the head is {head.id}"
+        return None
 
 
 def read_pointer(state_dir: str | os.PathLike[str]) -> Pointer | None:
-    """The revision a router should serve, or None before the first apply."""
+    """The revision a router should serve, or None before the first apply.
+
+    Every field's type is checked (StateError naming the field), so a
+    damaged or hand-written pointer is refused as a whole, never half-used.
+    """
     path = Path(state_dir) / POINTER_NAME
     try:
-        raw = json.loads(path.read_bytes())
+        with path.open("rb") as fh:
+            data = fh.read(POINTER_MAX_BYTES + 1)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as ex:
+    except OSError as ex:
         raise StateError(f"{path}: unreadable pointer: {ex}") from ex
-    pointer = Pointer(**raw)
-    if sha256_hex(pointer.manifest.encode("utf-8")) != pointer.sha256:
-        raise StateError(f"{path}: manifest does not match its sha256")
-    return pointer
+    if len(data) > POINTER_MAX_BYTES:
+        raise StateError(f"{path}: pointer is over {POINTER_MAX_BYTES} bytes")
+    return parse_pointer(data, path)
+
+
+def parse_pointer(data: bytes, where: str | os.PathLike[str]) -> Pointer:
+    """Check and parse the bytes of a pointer file (see `read_pointer`)."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as ex:
+        raise StateError(f"{where}: unreadable pointer: {ex}") from ex
+    if not isinstance(raw, dict):
+        raise StateError(f"{where}: pointer is not a JSON object")
+    unknown = sorted(set(raw) - set(POINTER_FIELDS))
+    if unknown:
+        raise StateError(f"{where}: unknown key {unknown[0]!r} in pointer")
+    for key, types in POINTER_FIELDS.items():
+        if key not in raw:
+            raise StateError(f"{where}: {key} missing from pointer")
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            expected = " or ".join(_JSON_TYPES[t] for t in types)
+            raise StateError(
+                f"{where}: {key} must be {expected}, not {_json_type(value)}"
+            )
+    if raw["revision"] < 1:
+        raise StateError(f"{where}: revision must be a positive integer")
+    if not _SHA256.fullmatch(raw["sha256"]):
+        raise StateError(f"{where}: sha256 must be 64 lowercase hex digits")
+    try:
+        manifest = raw["manifest"].encode("utf-8")
+    except UnicodeEncodeError as ex:
+        raise StateError(f"{where}: manifest is not valid UTF-8: {ex}") from ex
+    if sha256_hex(manifest) != raw["sha256"]:
+        raise StateError(f"{where}: manifest does not match its sha256")
+    return Pointer(**raw)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_JSON_TYPES = {int: "an integer", str: "a string", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "an array", dict: "an object", type(None): "null"})
+    return names.get(type(value), type(value).__name__)
