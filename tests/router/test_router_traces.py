@@ -139,10 +139,12 @@ def test_router_counts_every_trace_while_its_disk_refuses_writes(sims, tmp_path)
     node = sims("node-a")
     r, output = _start_router(tmp_path / "state", manifest([node]))
     try:
+        # Up, with a node, and traces.db open: the first rows are written.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if r.get("/fleet/status", timeout=2)[1]["nodes_up"] == 1:
+                status = r.get("/fleet/status", timeout=2)[1]
+                if status["nodes_up"] == 1 and status["traces"]["written"]:
                     break
             except OSError:
                 pass
