@@ -122,7 +122,10 @@ class Revision:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Revision:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        fields = {k: row[k] for k in cls.__dataclass_fields__}
+        if isinstance(fields["manifest"], str):  # re-typed by a hand edit
+            fields["manifest"] = fields["manifest"].encode("utf-8", "surrogateescape")
+        return cls(**fields)
 
     @property
     def intact(self) -> bool:

@@ -202,6 +202,23 @@ def test_show_and_rollback_refuse_a_tampered_revision(herd, tmp_path, state_dir)
     assert [r.id for r in Store(state_dir, create=False).revisions()] == [1, 2]
     # The intact revision is still shown byte for byte.
     assert herd("show", "2").stdout == files[1].read_text()
+    # history lists both and marks the altered one.
+    listed = json.loads(herd("history", "--json").stdout)
+    assert [(r["revision"], r["intact"]) for r in listed] == [(1, False), (2, True)]
+    assert "!1" in herd("history").stdout
+
+
+def test_a_revision_retyped_as_text_with_the_same_bytes_is_still_intact(
+    herd, tmp_path, state_dir
+):
+    (f,) = _files(tmp_path, 31)
+    assert herd("apply", "--yes", str(f)).returncode == 0
+    db = sqlite3.connect(state_dir / "herd.db")
+    with db:
+        db.execute("UPDATE revisions SET manifest = CAST(manifest AS TEXT)")
+    db.close()
+    out = herd("show", "1")
+    assert (out.returncode, out.stdout) == (0, f.read_text())
 
 
 def test_a_tampered_head_is_refused_by_apply_and_serve_repair(
