@@ -6,30 +6,23 @@ their own call `Store.ensure(namespace, migrations)`; each namespace keeps its
 own schema version in `_migrations`, so features migrate independently.
 
 How a running router notices a new revision: after a revision is committed the
-store replaces `STATE_DIR/current.json` atomically (write temp, fsync, rename).
-It holds the revision number, its sha256, the manifest text and the directory
-relative paths in it resolve against. The router stats that one file (cheap) and
-reloads when its inode or mtime changes; a half-written pointer is impossible.
-
-The pointer only ever moves forward: every writer holds `STATE_DIR/herd.lock`
-(an advisory file lock) from the commit of a revision until its pointer is in
-place, and writes the head's pointer, so two racing applies cannot leave it on
-an older revision than the head. Every revision read back is checked against
-its recorded sha256; bytes edited in herd.db behind herd's back are refused.
+store replaces `STATE_DIR/current.json` (herd.pointer) atomically; the router
+stats that one file (cheap) and reloads when its inode or mtime changes. The
+lock on the state dir is held from the commit until the pointer is written, so
+two racing applies cannot leave it on an older revision than the head. Every
+revision read back is checked against its recorded sha256: bytes edited in
+herd.db behind herd's back are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
 import json
 import os
-import re
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,20 +32,16 @@ from typing import Any
 import sqlite_utils
 
 from herd.errors import StateError
+from herd.pointer import (  # noqa: F401 - read_pointer: re-exported
+    POINTER_NAME,
+    Pointer,
+    read_pointer,
+    state_lock,
+    write_pointer,
+)
 
 DB_NAME = "herd.db"
-POINTER_NAME = "current.json"
-LOCK_NAME = "herd.lock"
-#: A pointer holds one manifest (at most 4 MiB), JSON-escaped.
-POINTER_MAX_BYTES = 32 * 1024 * 1024
 BUSY_TIMEOUT_S = 30.0
-#: What `current.json` holds: each key and the JSON types it may have.
-POINTER_FIELDS: dict[str, tuple[type, ...]] = {
-    "revision": (int,),
-    "sha256": (str,),
-    "base_dir": (str, type(None)),
-    "manifest": (str,),
-}
 
 Migration = Callable[[sqlite_utils.Database], None]
 
@@ -142,16 +131,6 @@ class Revision:
                 "(herd.db was changed outside herd); refusing to use it"
             )
         return self
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """What `current.json` says: the revision a router should serve."""
-
-    revision: int
-    sha256: str
-    base_dir: str | None
-    manifest: str
 
 
 class Store:
@@ -325,35 +304,9 @@ class Store:
         ]
         return Revision.from_row(dict(zip(cols, row, strict=True)))
 
-    @contextlib.contextmanager
-    def pointer_lock(self) -> Iterator[None]:
-        """Hold `STATE_DIR/herd.lock` (flock): the only way to move the pointer.
-
-        Held from the commit of a revision until its pointer is written, so
-        pointers are written in commit order and never move backwards.
-        Waits up to BUSY_TIMEOUT_S for another herd command to finish.
-        """
-        path = self.dir / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as ex:
-            raise StateError(f"cannot lock state in {self.dir}: {ex}") from ex
-        try:
-            deadline = time.monotonic() + BUSY_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StateError(
-                            f"state in {self.dir} is busy: another herd command "
-                            f"holds {path}; try again"
-                        ) from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def pointer_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Hold `STATE_DIR/herd.lock`: the only way to move the pointer."""
+        return state_lock(self.dir, BUSY_TIMEOUT_S)
 
     def record(
         self,
@@ -376,20 +329,45 @@ class Store:
         digest = sha256_hex(manifest)
         user = current_user()
         with self.pointer_lock():
-            rev = self._commit(
-                manifest,
-                digest,
-                user,
-                expected_head=expected_head,
-                summary=summary,
-                source=source,
-                base_dir=base_dir,
-                action=action,
-                rollback_of=rollback_of,
-                detail=detail,
-            )
-            if rev is None:
-                return None
+            with self.transaction():
+                head = self.head()
+                head_id = head.id if head else None
+                if head_id != expected_head:
+                    raise StateError(
+                        f"revision {head_id} was applied while this plan was made "
+                        f"against {expected_head}; run the command again to re-plan"
+                    )
+                if head is not None and head.sha256 == digest:
+                    return None
+                row_id = (
+                    self.db["revisions"]
+                    .insert(
+                        {
+                            "created": now_iso(),
+                            "user": user,
+                            "action": action,
+                            "sha256": digest,
+                            "summary": summary,
+                            "source": source,
+                            "base_dir": base_dir,
+                            "rollback_of": rollback_of,
+                            "manifest": manifest,
+                        }
+                    )
+                    .last_pk
+                )
+                self.audit(
+                    action,
+                    {
+                        "summary": summary,
+                        "sha256": digest,
+                        "source": source,
+                        **(detail or {}),
+                    },
+                    revision=row_id,
+                    user=user,
+                )
+                rev = self.revision(row_id)
             # After the commit, so a router never serves an unrecorded revision;
             # under the lock, so no other apply can write its (older) pointer
             # after this one. A crash in between leaves the pointer behind the
@@ -398,61 +376,6 @@ class Store:
             self._write_pointer(rev)
         return rev
 
-    def _commit(
-        self,
-        manifest: bytes,
-        digest: str,
-        user: str,
-        *,
-        expected_head: int | None,
-        summary: str,
-        source: str,
-        base_dir: str,
-        action: str,
-        rollback_of: int | None,
-        detail: dict[str, Any] | None,
-    ) -> Revision | None:
-        """Insert the revision and its audit row in one transaction."""
-        with self.transaction():
-            head = self.head()
-            head_id = head.id if head else None
-            if head_id != expected_head:
-                raise StateError(
-                    f"revision {head_id} was applied while this plan was made "
-                    f"against {expected_head}; run the command again to re-plan"
-                )
-            if head is not None and head.sha256 == digest:
-                return None
-            row_id = (
-                self.db["revisions"]
-                .insert(
-                    {
-                        "created": now_iso(),
-                        "user": user,
-                        "action": action,
-                        "sha256": digest,
-                        "summary": summary,
-                        "source": source,
-                        "base_dir": base_dir,
-                        "rollback_of": rollback_of,
-                        "manifest": manifest,
-                    }
-                )
-                .last_pk
-            )
-            self.audit(
-                action,
-                {
-                    "summary": summary,
-                    "sha256": digest,
-                    "source": source,
-                    **(detail or {}),
-                },
-                revision=row_id,
-                user=user,
-            )
-            return self.revision(row_id)
-
     # -- the current pointer -----------------------------------------------
 
     @property
@@ -460,26 +383,8 @@ class Store:
         return self.dir / POINTER_NAME
 
     def _write_pointer(self, rev: Revision) -> None:
-        data = json.dumps(
-            {
-                "revision": rev.id,
-                "sha256": rev.sha256,
-                "base_dir": rev.base_dir,
-                "manifest": rev.manifest.decode("utf-8"),
-            }
-        ).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".current.", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, self.pointer_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        manifest = rev.manifest.decode("utf-8")
+        write_pointer(self.dir, Pointer(rev.id, rev.sha256, rev.base_dir, manifest))
 
     def sync_pointer(self) -> str | None:
         """Make `current.json` match the head revision.
@@ -512,65 +417,3 @@ class Store:
         if current.revision != head.id or current.sha256 != head.sha256:
             return f"it named revision {current.revision}, the head is {head.id}"
         return None
-
-
-def read_pointer(state_dir: str | os.PathLike[str]) -> Pointer | None:
-    """The revision a router should serve, or None before the first apply.
-
-    Every field's type is checked (StateError naming the field), so a
-    damaged or hand-written pointer is refused as a whole, never half-used.
-    """
-    path = Path(state_dir) / POINTER_NAME
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(POINTER_MAX_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as ex:
-        raise StateError(f"{path}: unreadable pointer: {ex}") from ex
-    if len(data) > POINTER_MAX_BYTES:
-        raise StateError(f"{path}: pointer is over {POINTER_MAX_BYTES} bytes")
-    return parse_pointer(data, path)
-
-
-def parse_pointer(data: bytes, where: str | os.PathLike[str]) -> Pointer:
-    """Check and parse the bytes of a pointer file (see `read_pointer`)."""
-    try:
-        raw = json.loads(data)
-    except (ValueError, RecursionError) as ex:
-        raise StateError(f"{where}: unreadable pointer: {ex}") from ex
-    if not isinstance(raw, dict):
-        raise StateError(f"{where}: pointer is not a JSON object")
-    unknown = sorted(set(raw) - set(POINTER_FIELDS))
-    if unknown:
-        raise StateError(f"{where}: unknown key {unknown[0]!r} in pointer")
-    for key, types in POINTER_FIELDS.items():
-        if key not in raw:
-            raise StateError(f"{where}: {key} missing from pointer")
-        value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            expected = " or ".join(_JSON_TYPES[t] for t in types)
-            raise StateError(
-                f"{where}: {key} must be {expected}, not {_json_type(value)}"
-            )
-    if raw["revision"] < 1:
-        raise StateError(f"{where}: revision must be a positive integer")
-    if not _SHA256.fullmatch(raw["sha256"]):
-        raise StateError(f"{where}: sha256 must be 64 lowercase hex digits")
-    try:
-        manifest = raw["manifest"].encode("utf-8")
-    except UnicodeEncodeError as ex:
-        raise StateError(f"{where}: manifest is not valid UTF-8: {ex}") from ex
-    if sha256_hex(manifest) != raw["sha256"]:
-        raise StateError(f"{where}: manifest does not match its sha256")
-    return Pointer(**raw)
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_JSON_TYPES = {int: "an integer", str: "a string", type(None): "null"}
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    names.update({list: "an array", dict: "an object", type(None): "null"})
-    return names.get(type(value), type(value).__name__)

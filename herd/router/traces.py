@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -94,6 +95,10 @@ _INSERT = (
 )
 
 
+#: Errors that come from a row's values, not from the disk: retrying won't help.
+_UNWRITABLE_ROW = (ValueError, OverflowError, sqlite3.ProgrammingError)
+
+
 class TraceLog:
     """The buffer and its writer. `record` is O(1) and never touches the disk."""
 
@@ -164,6 +169,11 @@ class TraceLog:
                         if start:
                             between()
                         insert(_INSERT, batch[start : start + SLICE_ROWS])
+        except _UNWRITABLE_ROW:
+            # A row SQLite cannot take (a value no column type holds): write
+            # the batch row by row, dropping and counting only the bad rows,
+            # so one poison row never blocks the buffer.
+            return self._write_each(store, batch)
         except BaseException as ex:
             self._requeue(batch)
             if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
@@ -173,6 +183,26 @@ class TraceLog:
         if self.write_error is not None:
             log.warning("writing traces works again (%d pending)", self.pending)
             self.write_error = None
+        return len(batch)
+
+    def _write_each(self, store: Store, batch: list[Trace]) -> int:
+        bad = 0
+        try:
+            with store.transaction() as db:
+                for row in batch:
+                    try:
+                        db.conn.execute(_INSERT, row)
+                    except _UNWRITABLE_ROW:
+                        bad += 1
+        except BaseException as ex:
+            self._requeue(batch)
+            if isinstance(ex, Exception):
+                self._failed(ex)
+            raise
+        if bad:
+            log.error("dropped %d trace rows with values SQLite cannot store", bad)
+        self.dropped += bad
+        self.written += len(batch) - bad
         return len(batch)
 
     def _requeue(self, batch: list[Trace]) -> None:

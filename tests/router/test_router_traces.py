@@ -85,6 +85,28 @@ def test_a_full_disk_overflows_the_bounded_buffer_as_counted_drops(
     assert (log.pending, log.dropped + log.written) == (0, sent)
 
 
+def test_a_row_sqlite_cannot_store_is_dropped_alone_and_counted(tmp_path):
+    """A lone surrogate in a model name, a node's absurd token count: the rest
+    of the batch is written, the bad rows are counted as dropped."""
+    log = TraceLog(tmp_path)
+    sent = 0
+    for i in range(300):
+        row = _trace(i)
+        if i % 100 == 7:
+            row = row._replace(requested_model="bad\ud800name")
+        if i % 100 == 9:
+            row = row._replace(tokens_out=2**70)
+        if i % 100 == 11:
+            row = row._replace(tokens_in={"n": 1})
+        log.record(row)
+        sent += 1
+    log.tick()
+    assert (log.written, log.dropped, log.pending) == (sent - 9, 9, 0)
+    log.tick()  # nothing stuck behind them
+    assert _accounted(log) == sent
+    log.close()
+
+
 # -- through a real router whose worker may not write files any more -----------
 
 
