@@ -179,13 +179,17 @@ class TraceLog:
             if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
                 self._failed(ex)
             raise
-        self.written += len(batch)
+        self._wrote(len(batch))
+        return len(batch)
+
+    def _wrote(self, count: int) -> None:
+        self.written += count
         if self.write_error is not None:
             log.warning("writing traces works again (%d pending)", self.pending)
             self.write_error = None
-        return len(batch)
 
     def _write_each(self, store: Store, batch: list[Trace]) -> int:
+        """Write `batch` row by row in one transaction, skipping bad rows."""
         bad = 0
         try:
             with store.transaction() as db:
@@ -202,7 +206,7 @@ class TraceLog:
         if bad:
             log.error("dropped %d trace rows with values SQLite cannot store", bad)
         self.dropped += bad
-        self.written += len(batch) - bad
+        self._wrote(len(batch) - bad)
         return len(batch)
 
     def _requeue(self, batch: list[Trace]) -> None:
