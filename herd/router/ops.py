@@ -31,11 +31,19 @@ class Readyz:
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
-        fleet = req.context.served.fleet
-        up = [n.name for n in fleet.nodes if self.rt.poller.get(n).up]
+        served = req.context.served
+        up = [n.name for n in served.fleet.nodes if self.rt.poller.get(n).up]
         resp.content_type = falcon.MEDIA_JSON
         resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
-        resp.data = dumps({"ready": bool(up), "nodes_up": up})
+        # revision and reload_error: what `systemctl reload` waits for.
+        resp.data = dumps(
+            {
+                "ready": bool(up),
+                "nodes_up": up,
+                "revision": served.revision,
+                "reload_error": getattr(self.rt.source, "last_error", None),
+            }
+        )
 
     on_head = on_get
 
