@@ -3,9 +3,10 @@
 `systemd/herd-router.service` has `IPAddressDeny=any`, so the kernel drops every
 packet of the router's cgroup except to or from the addresses the drop-in
 allows: loopback, link-local, the mDNS group (224.0.0.251, ff02::fb), the
-manifest's client networks (who may call) and node networks plus literal node
-addresses (where the router may connect). `herd apply` and `herd rollback`
-write it after recording a revision; `systemctl daemon-reload` loads it.
+manifest's client networks (who may call) and node networks, literal node
+addresses and, with mDNS discovery on, its networks (where nodes may be).
+`herd apply` and `herd rollback` write it after recording a revision;
+`systemctl daemon-reload` loads it.
 
 `dropin_text` is pure; `after_record` is the I/O edge, and it never fails an
 apply: a drop-in that cannot be written is a note on stderr.
@@ -43,6 +44,8 @@ def allowed_networks(fleet: Fleet) -> tuple[list[str], list[str]]:
     for client in fleet.router.clients:
         nets.update(client.networks)
     nets.update(fleet.router.node_networks)
+    if fleet.discovery.mdns_enabled:
+        nets.update(fleet.discovery.mdns_networks)  # nodes that announce themselves
     for node in fleet.nodes:
         host = urlsplit(node.url).hostname or ""
         try:

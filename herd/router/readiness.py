@@ -36,8 +36,6 @@ from typing import Any
 
 log = logging.getLogger("herd.router")
 
-#: Where herd keeps systemd's notify socket once gunicorn must not see it.
-NOTIFY_ENV = "HERD_NOTIFY_SOCKET"
 #: Longest wait after the first answer from a worker for a node to be up.
 NODE_WAIT_S = 10.0
 #: Longest wait for a worker to answer at all (systemd's start timeout is 90 s).
@@ -49,12 +47,9 @@ PROBE_EVERY_S = 0.1
 
 
 def take_notify_socket() -> str | None:
-    """Move $NOTIFY_SOCKET to $HERD_NOTIFY_SOCKET (gunicorn, and the workers it
-    forks, then see none) and return it."""
-    address = os.environ.pop("NOTIFY_SOCKET", None)
-    if address:
-        os.environ[NOTIFY_ENV] = address
-    return os.environ.get(NOTIFY_ENV) or None
+    """Remove $NOTIFY_SOCKET from the environment (gunicorn, and the workers it
+    forks, then see none) and return it, for the master's `Supervisor`."""
+    return os.environ.pop("NOTIFY_SOCKET", None) or None
 
 
 def notify(address: str | None, *fields: str) -> bool:
