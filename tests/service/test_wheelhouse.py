@@ -1,0 +1,184 @@
+"""`herd wheelhouse`: an offline install from pinned, signed wheels.
+
+The slow test builds a real wheelhouse with no package index (herd's wheel
+from this source tree, every dependency packed from this environment's
+installed distributions), signs and verifies it with the real ssh-keygen,
+installs herd into a fresh venv with `pip --no-index --require-hashes`, and
+runs `herd --version` from there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from herd import __version__
+from herd.wheelhouse import REQUIREMENTS, pins, requirements_text, sign
+from tests.conftest import ROOT
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """No pip configuration and no index: only what the wheelhouse holds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", **extra)
+    return env
+
+
+def keypair(tmp_path: Path) -> tuple[Path, Path]:
+    key = tmp_path / "signer_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", str(key)],
+        check=True,
+        timeout=60,
+    )
+    allowed = tmp_path / "allowed_signers"
+    pub = key.with_suffix(".pub").read_text().split()
+    allowed.write_text(f'ops@site namespaces="herd-wheelhouse" {pub[0]} {pub[1]}\n')
+    return key, allowed
+
+
+def herd(*args: str, cwd: Path = ROOT, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "herd", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=offline_env(),
+        **kw,
+    )
+
+
+@pytest.mark.slow
+def test_offline_install_from_wheelhouse(tmp_path: Path) -> None:
+    out = tmp_path / "wheelhouse"
+    key, allowed = keypair(tmp_path)
+    built = herd("wheelhouse", str(out), "--from-installed", "--sign", str(key))
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (out / "requirements.txt.sig").is_file()
+    checked = herd(
+        "wheelhouse", "--verify", str(out), "--trusted-signers", str(allowed)
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "signed by ops@site" in checked.stdout
+
+    lines = [
+        line
+        for line in (out / REQUIREMENTS).read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    assert any(
+        line.startswith(f"herd-fleet=={__version__} --hash=sha256:") for line in lines
+    )
+    assert all("==" in line and "--hash=sha256:" in line for line in lines)
+    assert len(lines) == len(list(out.glob("*.whl")))
+
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    # This environment's pip installs into the fresh venv (which has none).
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-compile",
+            "--no-index",
+            "--require-hashes",
+            "--find-links",
+            str(out),
+            "-r",
+            str(out / REQUIREMENTS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=offline_env(),
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    version = subprocess.run(
+        [str(venv / "bin" / "herd"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,  # not the source tree: the installed herd answers
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"herd {__version__}"
+    # The installed herd is the venv's, with its data files (units, gunicorn.conf.py).
+    assert (venv / "share/herd/systemd/herd-router.service").is_file()
+    assert (venv / "share/herd/etc/gunicorn.conf.py").is_file()
+
+
+def _fake_wheelhouse(tmp_path: Path) -> tuple[Path, Path, Path]:
+    out = tmp_path / "wh"
+    out.mkdir()
+    (out / "alpha-1.0-py3-none-any.whl").write_bytes(b"alpha wheel bytes")
+    (out / "beta-2.0-py3-none-any.whl").write_bytes(b"beta wheel bytes")
+    (out / REQUIREMENTS).write_text(requirements_text(pins(sorted(out.glob("*.whl")))))
+    key, allowed = keypair(tmp_path)
+    sign(out, key)
+    return out, key, allowed
+
+
+def test_verify_names_what_was_tampered_with(tmp_path: Path) -> None:
+    out, _, allowed = _fake_wheelhouse(tmp_path)
+    verify = ("wheelhouse", "--verify", str(out), "--trusted-signers", str(allowed))
+    ok = herd(*verify)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 wheels match their pins" in ok.stdout
+
+    (out / "beta-2.0-py3-none-any.whl").write_bytes(b"swapped")
+    bad = herd(*verify)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "herd wheelhouse: beta-2.0-py3-none-any.whl: not pinned by the signed "
+        "requirements.txt"
+    ]
+    (out / "beta-2.0-py3-none-any.whl").write_bytes(b"beta wheel bytes")
+    (out / "gamma-3.0-py3-none-any.whl").write_bytes(b"smuggled")
+    assert "gamma-3.0-py3-none-any.whl: not pinned" in herd(*verify).stderr
+    (out / "gamma-3.0-py3-none-any.whl").unlink()
+
+    text = (out / REQUIREMENTS).read_text()
+    (out / REQUIREMENTS).write_text(text.replace("alpha", "alpha2"))
+    edited = herd(*verify)
+    assert edited.returncode == 1
+    assert "bad signature" in edited.stderr
+    (out / REQUIREMENTS).write_text(text)
+    (out / "alpha-1.0-py3-none-any.whl").unlink()
+    missing = herd(*verify)
+    assert "pinned but missing: alpha" in missing.stderr
+
+
+def test_verify_refuses_untrusted_signer(tmp_path: Path) -> None:
+    out, _, _ = _fake_wheelhouse(tmp_path)
+    _, other = (
+        keypair(tmp_path / "other") if (tmp_path / "other").mkdir() is None else None
+    )
+    result = herd("wheelhouse", "--verify", str(out), "--trusted-signers", str(other))
+    assert result.returncode == 1
+    assert "signer's key is not in" in result.stderr
+
+
+def test_from_installed_cannot_target_other_platform(tmp_path: Path) -> None:
+    result = herd(
+        "wheelhouse",
+        str(tmp_path / "o"),
+        "--from-installed",
+        "--platform",
+        "manylinux2014_aarch64",
+    )
+    assert result.returncode == 1
+    assert "cannot target another --python or --platform" in result.stderr
