@@ -164,9 +164,8 @@ def test_verify_names_what_was_tampered_with(tmp_path: Path) -> None:
 
 def test_verify_refuses_untrusted_signer(tmp_path: Path) -> None:
     out, _, _ = _fake_wheelhouse(tmp_path)
-    _, other = (
-        keypair(tmp_path / "other") if (tmp_path / "other").mkdir() is None else None
-    )
+    (tmp_path / "other").mkdir()
+    _, other = keypair(tmp_path / "other")
     result = herd("wheelhouse", "--verify", str(out), "--trusted-signers", str(other))
     assert result.returncode == 1
     assert "signer's key is not in" in result.stderr
