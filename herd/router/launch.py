@@ -136,13 +136,19 @@ def answers(url: str) -> bool:
 
 
 def start(
-    conf: Path, sock: socket.socket, workers: int, env: Mapping[str, str]
+    conf: Path,
+    sock: socket.socket,
+    workers: int,
+    env: Mapping[str, str],
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen:
     """gunicorn as a child, holding the already bound socket."""
     return subprocess.Popen(
         gunicorn_argv(conf, sock, workers),
         env=dict(env),
         pass_fds=(sock.fileno(),),
+        stdin=subprocess.DEVNULL,
+        preexec_fn=preexec_fn,
     )
 
 
