@@ -1,4 +1,4 @@
-"""`herd serve` start-up: bad arguments are one line and exit 1; the banner means serving.
+"""`herd serve` start-up: bad arguments are one line and exit 1; banner means serving.
 
 Each bad argument must be refused before gunicorn starts (no retries, no
 server that listens and never answers), and "router on http://..." may only
