@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from herd import hosts
 from herd.errors import ConfigError, StateError
 from herd.router import launch
 from herd.settings import (
@@ -122,7 +124,7 @@ def status(args: argparse.Namespace) -> int:
     from herd.router import report
 
     fleet, revision = _served_fleet(str(STATE_DIR.resolve(args.state_dir)))
-    url = args.router or report.local_url(fleet.router.listen)
+    url = _addressed(args.router or report.local_url(fleet.router.listen))
     live = report.fetch_live(url, ROUTER_TOKEN.resolve(args.token))
     if live is not None:
         live["source"] = f"live router {url}"
@@ -132,6 +134,19 @@ def status(args: argparse.Namespace) -> int:
     else:
         print(report.render(result))
     return 0
+
+
+def _addressed(url: str) -> str:
+    """`url` with its host replaced by its address (IP, or from /etc/hosts): never
+    handed to the system resolver, which may ask DNS."""
+    parts = urlsplit(url)
+    address = hosts.lookup(parts.hostname or "")
+    if address is None:
+        raise ConfigError(f"--router {url}: {hosts.unresolvable(parts.hostname or '')}")
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
