@@ -40,6 +40,8 @@ DEMO_NAME = "demo.yaml"
 SIM_START_S = 30.0
 NODES_UP_S = 15.0
 STOP_S = 10.0
+#: Probes go straight to the router, never through an http_proxy from the env.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def demo_manifest() -> Path:
@@ -95,16 +97,21 @@ class Demo:
         source = demo_manifest()
         doc = yaml.safe_load(source.read_bytes())
         fleet = load_bytes(source.read_bytes(), str(source), str(source.parent))
-        for node_doc, node in zip(doc.get("nodes") or [], fleet.nodes, strict=True):
-            models = [m.name for m in fleet.models if node in fleet.nodes_for(m)]
-            sim = self._start_sim(node.name, models)
-            node_doc["url"] = sim.url
+        # The router's port first: if it is taken, say so before starting anything.
         listen = launch.parse_bind(fleet.router.listen, "router.listen")
         bind = launch.Bind("127.0.0.1", listen.port if self.port is None else self.port)
         sock = launch.listen(bind)
-        bind = launch.Bind(bind.host, sock.getsockname()[1])  # --port 0: the real one
-        doc.setdefault("router", {})["listen"] = bind.netloc
-        self._apply(doc, source)
+        try:
+            bind = launch.Bind(bind.host, sock.getsockname()[1])  # --port 0: real one
+            doc.setdefault("router", {})["listen"] = bind.netloc
+            nodes = zip(doc.get("nodes") or [], fleet.nodes, strict=True)
+            for node_doc, node in nodes:
+                models = [m.name for m in fleet.models if node in fleet.nodes_for(m)]
+                node_doc["url"] = self._start_sim(node.name, models).url
+            self._apply(doc, source)
+        except BaseException:
+            sock.close()
+            raise
         env = {
             **os.environ,
             "HERD_STATE_DIR": str(self.state_dir),
@@ -207,9 +214,6 @@ class Demo:
                 child.proc.stdout.close()
         if not self.keep_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def tips(demo: Demo) -> str:

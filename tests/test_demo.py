@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,6 +150,7 @@ def test_demo_children_die_with_it_even_on_sigkill(tmp_path):
         for pid in children:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(started.state_dir)  # SIGKILL left no chance to remove it
 
 
 def test_demo_keeps_an_explicit_state_dir(tmp_path):
