@@ -56,6 +56,8 @@ def command_lines() -> list[str]:
     prose = re.sub(r"```.*?```", "", README, flags=re.S)
     for span in re.findall(r"`([^`\n]+)`", prose):
         first = span.split()[0]
+        if re.match(r"herd [a-z]+: ", span):
+            continue  # a message herd prints, quoted, not a command
         if first in WORDS and (" " in span or first == "herd"):
             lines.append(span.strip())
     return [re.sub(r"\s+", " ", line) for line in lines]
