@@ -127,7 +127,7 @@ class LeanHandler(PyWSGIHandler):
 
     def _close(self) -> None:
         sock = self.__dict__.pop("socket", None)
-        self.__dict__.pop("rfile", None)
+        rfile = self.__dict__.pop("rfile", None)
         self.__dict__.pop("wsgi_input", None)
         if sock is None:
             return
@@ -136,6 +136,11 @@ class LeanHandler(PyWSGIHandler):
                 self._drain(sock)
         finally:
             try:
+                # The file first: while it is open (the environ of a failed
+                # request can keep it alive), closing the socket would not
+                # close the connection.
+                if rfile is not None:
+                    rfile.close()
                 sock.close()
             except OSError:
                 pass
@@ -205,7 +210,10 @@ class LeanHandler(PyWSGIHandler):
         self.application = server.application
         self.handle_one_response()
         self._served = True
-        return not (self.close_connection or self.wsgi_input.broken or rfile.closed)
+        if self.wsgi_input.broken:  # an unread or bad body: answered, now close
+            self._linger = True
+            return False
+        return not (self.close_connection or rfile.closed)
 
     def _read_head_within(self, deadline: float) -> None:
         timer = gevent.Timeout(max(deadline - time.monotonic(), 0.001))
