@@ -53,6 +53,8 @@ from herd.router.httphead import (
     HeadError,
     body_framing,
     parse_request_line,
+    read_fields,
+    split_head,
 )
 
 log = logging.getLogger("herd.router.worker")
@@ -197,8 +199,11 @@ class LeanHandler(PyWSGIHandler):
         if started is None:
             started = time.monotonic()
         try:
-            if _head_buffered(rfile.peek()):
-                self._read_head()  # all in memory: nothing can block
+            size = split_head(rfile.peek())
+            if size and buffered[:1] not in (b"\r", b"\n"):
+                # The whole head is in memory already (the usual case): parse
+                # it in one piece, no timer needed since nothing can block.
+                self._parse_head(rfile.read(size).decode("latin-1"))
             else:
                 self._read_head_within(started + door.header_timeout)
         except HeadError as ex:
@@ -228,6 +233,7 @@ class LeanHandler(PyWSGIHandler):
             timer.close()
 
     def _read_head(self) -> None:
+        """Read the head line by line, within the caps (it may still arrive)."""
         rfile = self.rfile
         line = rfile.readline(MAX_REQUEST_LINE + 1)
         if line in (b"\r\n", b"\n"):  # RFC 9112 §2.2: ignore one empty line
@@ -236,9 +242,16 @@ class LeanHandler(PyWSGIHandler):
             raise HeadError(414, "request line too long")
         if not line.endswith(b"\n"):
             raise HeadError(0, "connection closed inside the request line")
-        self.command, self.path, version = parse_request_line(line)
+        fields = read_fields(rfile, MAX_HEAD - len(line))
+        self._parse_head(line.decode("latin-1") + fields + "\n")
+
+    def _parse_head(self, head: str) -> None:
+        """Parse a whole head (request line, field lines, blank line)."""
+        end = head.index("\n") + 1
+        self.command, self.path, version = parse_request_line(head[:end])
         self.request_version = version
-        self.headers = headers = HeaderBlock(rfile, MAX_HEAD - len(line))
+        blank = 2 if head.endswith("\r\n") else 1
+        self.headers = headers = HeaderBlock(head[end:-blank])
         self._framing = body_framing(headers, version)
         self.content_length = None if self._framing == CHUNKED else self._framing
         conn = headers.get("connection")
@@ -383,11 +396,6 @@ class LeanHandler(PyWSGIHandler):
             else:
                 out += data
         self._sendall(out)
-
-
-def _head_buffered(data: bytes) -> bool:
-    """Whether `data` holds a whole request head (its blank line)."""
-    return b"\n\r\n" in data or b"\n\n" in data
 
 
 def _tokens(value: str) -> list[str]:
