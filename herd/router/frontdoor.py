@@ -3,7 +3,8 @@
 `FrontDoor` holds the limits one worker applies (from gunicorn's `keepalive`
 and herd's settings). `RouterServer` is pywsgi's server with what spans
 connections: the count of connections per client address (HERD_CLIENT_CONNECTIONS),
-the set of idle keep-alive connections a stopping worker closes at once, and
+the deadlines of blocked reads (deadlines.py; a stopping worker drops the
+idle keep-alive connections among them at once), and
 SERVER_NAME taken from the bind address as given (pywsgi looks it up with
 `socket.getfqdn`: a reverse-DNS query that stalls start-up without DNS).
 """
@@ -15,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import gevent
 from gunicorn.workers.ggevent import PyWSGIServer
 
+from herd.router.deadlines import Deadlines
 from herd.settings import BODY_TIMEOUT, CLIENT_CONNECTIONS, HEADER_TIMEOUT
 
 log = logging.getLogger("herd.router.worker")
@@ -49,13 +50,12 @@ class FrontDoor:
 
 
 class RouterServer(PyWSGIServer):
-    """pywsgi's server with the per-address count, the idle set and no DNS."""
+    """pywsgi's server with the per-address count, the read deadlines and no DNS."""
 
     def __init__(self, *args: Any, frontdoor: FrontDoor, **kwargs: Any):
         self.frontdoor = frontdoor
         self.connections: dict[str, int] = {}
-        #: Handler greenlets waiting on an idle keep-alive connection.
-        self.idle: set[Any] = set()
+        self.deadlines = Deadlines()
         self.closing = False
         self._refused = 0
         self._refused_logged = 0.0
@@ -105,11 +105,4 @@ class RouterServer(PyWSGIServer):
         worker then waits only for requests in flight)."""
         self.closing = True
         super().close()
-        for greenlet in list(self.idle):
-            self.loop.run_callback(self._drop_idle, greenlet)
-
-    def _drop_idle(self, greenlet: Any) -> None:
-        # Runs in the hub: a greenlet still in the set is blocked waiting
-        # for its next request, so the exit lands there and nowhere else.
-        if greenlet in self.idle:
-            greenlet.throw(gevent.GreenletExit)
+        self.deadlines.drop_idle()

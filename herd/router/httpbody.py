@@ -19,6 +19,7 @@ import gevent
 from gevent import pywsgi
 
 from herd.errors import HerdError, InvalidRequest, RequestTimeout
+from herd.router.deadlines import Deadlines
 
 #: A body the app left unread is read and dropped up to this size (keeping the
 #: connection); more, and the connection is closed instead.
@@ -33,15 +34,26 @@ class BodyInput(pywsgi.Input):
     a bounded discard of what the app left unread. `broken` means the
     connection cannot carry another request."""
 
-    __slots__ = ("broken", "deadline", "timeout")
+    __slots__ = ("broken", "deadline", "deadlines", "in_memory", "timeout")
 
     def __init__(
-        self, rfile: Any, length: int | None, sock: Any, chunked: bool, timeout: float
+        self,
+        rfile: Any,
+        length: int | None,
+        sock: Any,
+        chunked: bool,
+        timeout: float,
+        deadlines: Deadlines,
+        buffered: int = 0,
     ):
+        """`buffered`: bytes known to be in `rfile`'s buffer already; a body
+        that fits is read as is (nothing can block)."""
         super().__init__(rfile, length, socket=sock, chunked_input=chunked)
+        self.deadlines = deadlines
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.broken = False
+        self.in_memory = not chunked and length is not None and length <= buffered
 
     def read(self, length: int | None = None) -> bytes:
         return self._guarded(super().read, length)
@@ -50,23 +62,22 @@ class BodyInput(pywsgi.Input):
         return self._guarded(super().readline, size)
 
     def _guarded(self, read: Any, size: int | None) -> bytes:
+        if self.in_memory:
+            return read(size)
         if not self.chunked_input and self.position >= (self.content_length or 0):
             return b""
         if self.broken:
             raise InvalidRequest("request body unreadable", headers=_CLOSE)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
+        if self.deadline <= time.monotonic():
             self.broken = True
             raise RequestTimeout(
                 f"request body not received within {self.timeout:g} s", headers=_CLOSE
             )
-        timer = gevent.Timeout(remaining)
-        timer.start()
+        current = gevent.getcurrent()
+        self.deadlines.enter(current, self.deadline)
         try:
             return read(size)
-        except gevent.Timeout as ex:
-            if ex is not timer:
-                raise
+        except TimeoutError:  # the deadline passed (herd.router.deadlines)
             self.broken = True
             raise RequestTimeout(
                 f"request body not received within {self.timeout:g} s", headers=_CLOSE
@@ -82,7 +93,7 @@ class BodyInput(pywsgi.Input):
             )
             raise InvalidRequest(f"{what} request body", headers=_CLOSE) from None
         finally:
-            timer.close()
+            self.deadlines.leave(current)
 
     def _discard(self) -> None:
         if self.broken or self._chunked_input_error:

@@ -177,35 +177,38 @@ class LeanHandler(PyWSGIHandler):
         if self._served:
             if server.closing:
                 return False
-            wait, started = door.keepalive, None
+            started = None
+            deadline = time.monotonic() + door.keepalive
         else:
-            wait, started = door.header_timeout, self._accepted
+            started = self._accepted
+            deadline = started + door.header_timeout
         # Wait for the first byte: an idle keep-alive connection, or a fresh
-        # one that has not said anything yet. Closed quietly when it times out.
-        sock = self.socket
+        # one that has not said anything yet. Closed quietly when it times out
+        # (or at once when the worker stops).
         current = gevent.getcurrent()
-        if self._served:
-            server.idle.add(current)
-        sock.settimeout(wait)
+        deadlines = server.deadlines
+        deadlines.enter(current, deadline, True)
         try:
             buffered = rfile.peek(1)
         except OSError:
             return False
         finally:
-            server.idle.discard(current)
-            sock.settimeout(None)
+            deadlines.leave(current)
         if not buffered:
             return False
         if started is None:
             started = time.monotonic()
         try:
-            size = split_head(rfile.peek())
+            # (peek gives all that is buffered.)
+            size = split_head(buffered)
             if size and buffered[:1] not in (b"\r", b"\n"):
                 # The whole head is in memory already (the usual case): parse
                 # it in one piece, no timer needed since nothing can block.
                 self._parse_head(rfile.read(size).decode("latin-1"))
+                self._buffered = len(buffered) - size
             else:
                 self._read_head_within(started + door.header_timeout)
+                self._buffered = 0
         except HeadError as ex:
             self._refuse(ex)
             return False
@@ -221,16 +224,15 @@ class LeanHandler(PyWSGIHandler):
         return not (self.close_connection or rfile.closed)
 
     def _read_head_within(self, deadline: float) -> None:
-        timer = gevent.Timeout(max(deadline - time.monotonic(), 0.001))
-        timer.start()
+        current = gevent.getcurrent()
+        deadlines = self.server.deadlines
+        deadlines.enter(current, deadline)
         try:
             self._read_head()
-        except gevent.Timeout as ex:
-            if ex is not timer:
-                raise
+        except TimeoutError:  # the deadline passed (herd.router.deadlines)
             raise HeadError(408, "request head not received in time") from None
         finally:
-            timer.close()
+            deadlines.leave(current)
 
     def _read_head(self) -> None:
         """Read the head line by line, within the caps (it may still arrive)."""
@@ -336,6 +338,8 @@ class LeanHandler(PyWSGIHandler):
             sock,
             framing == CHUNKED,
             self.server.frontdoor.body_timeout,
+            self.server.deadlines,
+            self._buffered,
         )
         env["wsgi.input"] = self.wsgi_input
         env["wsgi.input_terminated"] = True
