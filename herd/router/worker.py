@@ -11,7 +11,8 @@ Everything here runs before any route or ACL, on every connection:
   connection (or from the first byte of a later request) to send the whole
   head, and HERD_BODY_TIMEOUT seconds from then for the body (httpbody.py); an
   idle keep-alive connection is closed after gunicorn's `keepalive`
-  (HERD_KEEPALIVE).
+  (HERD_KEEPALIVE). Kept by one sweeping greenlet per worker (deadlines.py),
+  not a timer per wait.
 - **Per-address cap** (frontdoor.py): one client address holds at most
   HERD_CLIENT_CONNECTIONS connections per worker; more get 503 and are closed.
 - **Bodies**: Content-Length or chunked, de-chunked for the app; the unread
