@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from herd import hosts
 from herd.manifest.model import Fleet
 from herd.settings import FIREWALL_DROPIN
 
@@ -36,8 +37,8 @@ OFF = ("0", "off", "no", "none", "false")
 def allowed_networks(fleet: Fleet) -> tuple[list[str], list[str]]:
     """(networks, notes): client and node networks, node addresses, collapsed.
 
-    Nodes named by host name cannot be pinned by address; each gets a note
-    (its address must then lie inside a declared network).
+    A node named by host name is allowed at its /etc/hosts address (herd never
+    asks DNS); one with none there gets a note instead.
     """
     nets: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
     notes: list[str] = []
@@ -48,15 +49,11 @@ def allowed_networks(fleet: Fleet) -> tuple[list[str], list[str]]:
         nets.update(fleet.discovery.mdns_networks)  # nodes that announce themselves
     for node in fleet.nodes:
         host = urlsplit(node.url).hostname or ""
-        try:
-            nets.add(ipaddress.ip_network(host))
-        except ValueError:
-            covered = (
-                "covered by router.node_networks"
-                if fleet.router.node_networks
-                else "not covered: add router.node_networks"
-            )
-            notes.append(f"node {node.name}: host name {host!r}, {covered}")
+        address = hosts.lookup(host)  # an IP literal, or the name's /etc/hosts entry
+        if address is None:
+            notes.append(f"node {node.name}: {host!r} has no address in /etc/hosts")
+            continue
+        nets.add(ipaddress.ip_network(address))
     v4 = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
     v6 = ipaddress.collapse_addresses(n for n in nets if n.version == 6)
     return [str(n) for n in [*v4, *v6]], notes

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from herd import hosts
 from herd.manifest import firewall, load_bytes
 from tests.conftest import EXAMPLE, ROOT
 
@@ -153,7 +154,11 @@ def test_dropin_allows_base_and_manifest_networks() -> None:
     assert firewall.dropin_text(fleet, 7) == text  # deterministic
 
 
-def test_dropin_adds_literal_node_addresses_and_collapses() -> None:
+def test_dropin_adds_node_addresses_and_collapses(tmp_path, monkeypatch) -> None:
+    etc_hosts = tmp_path / "hosts"
+    etc_hosts.write_text("127.0.0.1 localhost\n10.9.8.7 gpu-c.lan gpu-c\n")
+    monkeypatch.setattr(hosts, "HOSTS_FILE", etc_hosts)
+    monkeypatch.setattr(hosts.lookup, "__defaults__", (etc_hosts,))
     doc = """
 apiVersion: herd/v1
 kind: Fleet
@@ -177,11 +182,11 @@ models: []
     ).split()
     assert allowed[4:] == [
         "10.1.0.0/23",
+        "10.9.8.7/32",
         "192.168.5.7/32",
         "fd00::/64",
         "fd00:1::7/128",
     ]
-    assert "# note: node n3: host name 'gpu-c.lan'" in text
 
 
 def test_apply_writes_dropin_to_configured_dir(herd, tmp_path, example_text) -> None:
