@@ -19,7 +19,9 @@ installed by the `when_ready` hook in the master, sends instead:
 - On SIGTERM, SIGINT or SIGQUIT: STOPPING=1, then gunicorn's own stop (TERM:
   workers stop accepting and running streams get `graceful_timeout`).
 
-Notifications are plain AF_UNIX datagrams (what sd_notify(3) sends).
+Notifications are plain AF_UNIX datagrams (what sd_notify(3) sends). The
+unit's main process is `herd serve`, which runs the gunicorn master as its
+child and passes signals on to it, hence `NotifyAccess=all` in the unit.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ START_WAIT_S = 85.0
 #: Longest wait for the workers to serve the applied revision after a reload.
 RELOAD_WAIT_S = 10.0
 PROBE_TIMEOUT_S = 2.0
+#: `_wait_ready` after a reload whose applied revision could not be read.
+ANY = -1
 PROBE_EVERY_S = 0.1
 
 
@@ -138,9 +142,18 @@ class Supervisor:
         return handler
 
     def reload(self) -> None:
-        """SIGHUP: re-read the applied revision; READY=1 once it is served."""
+        """SIGHUP: re-read the applied revision; READY=1 once it is served.
+
+        Runs in the arbiter's loop, so the state store is read on a thread.
+        """
+        log.info("reload: re-reading the applied revision (workers stay)")
         notify(self.address, "RELOADING=1", monotonic_usec(), "STATUS=reloading")
-        self._spawn(self._wait_ready, RELOAD_WAIT_S, self._applied_revision())
+        self._spawn(self._reload)
+
+    def _reload(self) -> None:
+        revision = self._applied_revision()
+        # No readable revision: the workers keep theirs; any answer completes.
+        self._wait_ready(RELOAD_WAIT_S, ANY if revision is None else revision)
 
     def _applied_revision(self) -> int | None:
         """The revision `current.json` names, after repairing it from herd.db."""
@@ -222,6 +235,8 @@ def _ready(
     """Whether one /readyz answer completes a start (revision None) or reload."""
     if revision is None:
         return status == 200 or waited >= NODE_WAIT_S
+    if revision == ANY:
+        return True
     if body.get("revision") == revision:
         return True
     # Refused: the workers keep the old revision (they re-check every 0.5 s,

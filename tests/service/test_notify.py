@@ -185,3 +185,31 @@ def _get(url: str) -> tuple[int, dict]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as ex:
         return ex.code, json.loads(ex.read())
+
+
+def test_notify_sends_one_datagram_also_to_abstract_sockets(tmp_path) -> None:
+    from herd.router.readiness import notify
+
+    name = f"@herd-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name[1:])
+        sock.settimeout(5)
+        assert notify(name, "READY=1", "STATUS=ok")
+        assert sock.recv(100) == b"READY=1\nSTATUS=ok"
+    assert not notify(None, "READY=1")  # not under systemd: nothing to do
+    assert not notify(str(tmp_path / "nobody-listens"), "READY=1")
+
+
+def test_ready_rules() -> None:
+    from herd.router.readiness import ANY, _ready
+
+    # Start: a node up, or the worker answered and the node wait is over.
+    assert _ready(200, {"revision": 1}, None, 0.0)
+    assert not _ready(503, {"revision": 1}, None, 1.0)
+    assert _ready(503, {"revision": 1}, None, 10.0)
+    # Reload: the applied revision is served, or it was refused.
+    assert not _ready(200, {"revision": 1}, 2, 0.5)
+    assert _ready(503, {"revision": 2}, 2, 0.0)
+    assert not _ready(200, {"revision": 1, "reload_error": "bad"}, 2, 0.2)
+    assert _ready(200, {"revision": 1, "reload_error": "bad"}, 2, 1.5)
+    assert _ready(200, {}, ANY, 0.0)
