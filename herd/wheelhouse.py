@@ -147,8 +147,19 @@ def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def _add(whl: zipfile.ZipFile, arc: str, data: bytes, mode: int) -> None:
+    """One member with a fixed date: the same install packs to the same bytes."""
+    info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
+    info.external_attr = (0o100000 | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    whl.writestr(info, data)
+
+
 def pack_installed(dist: metadata.Distribution, out_dir: Path) -> Path:
-    """Pack an installed distribution back into its wheel (same tags)."""
+    """Pack an installed distribution back into its wheel (same tags).
+
+    Deterministic: packing the same installed files twice gives the same bytes,
+    so the same install always yields the same pins."""
     name = dist.metadata["Name"]
     version = dist.version
     wheel_meta = dist.read_text("WHEEL") or ""
@@ -197,7 +208,7 @@ def pack_installed(dist: metadata.Distribution, out_dir: Path) -> Path:
                 arc = f"{data_dir}/data/{path.relative_to(prefix)}"
             else:
                 raise WheelhouseError(f"{name}: {rel} lies outside {prefix}")
-            whl.writestr(arc, data)
+            _add(whl, arc, data, 0o755 if path.stat().st_mode & 0o111 else 0o644)
             record_rows.append(
                 (arc, f"sha256={_b64(hashlib.sha256(data).digest())}", str(len(data)))
             )
@@ -207,7 +218,7 @@ def pack_installed(dist: metadata.Distribution, out_dir: Path) -> Path:
         writer = csv.writer(record, lineterminator="\n")
         writer.writerows(record_rows)
         writer.writerow((f"{dist_info}/RECORD", "", ""))
-        whl.writestr(f"{dist_info}/RECORD", record.getvalue())
+        _add(whl, f"{dist_info}/RECORD", record.getvalue().encode(), 0o644)
     return target
 
 

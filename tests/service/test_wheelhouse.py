@@ -181,3 +181,55 @@ def test_from_installed_cannot_target_other_platform(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot target another --python or --platform" in result.stderr
+
+
+def _installed(site: Path) -> Path:
+    """A tiny distribution installed the way pip leaves one: files, RECORD, WHEEL."""
+    import base64
+    import hashlib
+
+    files = {
+        "tiny/__init__.py": b"VALUE = 1\n",
+        "tiny-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tiny\n"
+        b"Version: 1.0\n",
+        "tiny-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+        "tiny-1.0.dist-info/INSTALLER": b"pip\n",
+    }
+    rows = []
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+        rows.append(f"{rel},sha256={digest.decode()},{len(data)}")
+    rows.append("tiny-1.0.dist-info/RECORD,,")
+    (site / "tiny-1.0.dist-info/RECORD").write_text("\n".join(rows) + "\n")
+    return site / "tiny-1.0.dist-info"
+
+
+def test_packing_an_installed_distribution(tmp_path: Path) -> None:
+    import time
+    import zipfile
+    from importlib import metadata
+
+    from herd.wheelhouse import WheelhouseError, pack_installed, sha256_file
+
+    dist = metadata.PathDistribution(_installed(tmp_path / "site"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = pack_installed(dist, tmp_path / "a")
+    assert first.name == "tiny-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(first) as whl:
+        names = set(whl.namelist())
+        assert whl.read("tiny/__init__.py") == b"VALUE = 1\n"
+    assert "tiny-1.0.dist-info/INSTALLER" not in names  # installer artefacts go
+    assert "tiny-1.0.dist-info/RECORD" in names
+    time.sleep(2.1)  # zip stores times in 2 s steps: a later pack, same bytes
+    second = pack_installed(dist, tmp_path / "b")
+    assert sha256_file(first) == sha256_file(second)
+
+    # An installed file edited since installation is refused, by name.
+    (tmp_path / "site/tiny/__init__.py").write_bytes(b"VALUE = 2\n")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(WheelhouseError, match=r"tiny/__init__.py changed since"):
+        pack_installed(dist, tmp_path / "c")
