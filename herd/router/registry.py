@@ -17,10 +17,10 @@ case-insensitively, as Ollama's own lookups do. Nothing here writes.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import falcon
 
@@ -102,24 +102,31 @@ class _Store:
         return None
 
 
-class _Slice:
-    """A file-like view of `length` bytes from `offset` (for Range replies)."""
+def _chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of `path` from `offset`, read `CHUNK` at a time.
 
-    def __init__(self, path: Path, offset: int, length: int):
-        self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self._fh.seek(offset)
-        self._left = length
+    Memory stays bounded by one chunk whatever the blob's size, and the
+    server sends each chunk before the next is read, so a multi-GiB pull
+    yields to other requests between chunks instead of holding the worker.
+    The file is closed when the server closes the response iterator (also
+    when the client hangs up early, as Ollama's resolve GET does).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while length > 0:
+            data = os.pread(fd, min(CHUNK, length), offset)
+            if not data:  # the file shrank under us: end short, never pad
+                return
+            offset += len(data)
+            length -= len(data)
+            yield data
+    finally:
+        os.close(fd)
 
-    def read(self, size: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        size = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._fh.read(min(size, CHUNK * 8))
-        self._left -= len(data)
-        return data
 
-    def close(self) -> None:
-        self._fh.close()
+def _body(resp: falcon.Response, path: Path, offset: int, length: int) -> None:
+    resp.content_length = length
+    resp.stream = _chunks(path, offset, length)
 
 
 class Base:
@@ -219,7 +226,15 @@ class Blobs:
         if path is None:
             return
         size = _blob_head(resp, path, digest)
-        if req.range is None:
+        try:
+            wanted = byte_range(req.get_header("Range"), size)
+        except Unsatisfiable:
+            resp.status = falcon.HTTP_416
+            resp.set_header("Content-Range", f"bytes */{size}")
+            resp.content_length = 0
+            resp.data = b""
+            return
+        if wanted is None:
             # Ollama's "resolve" GET needs Location; it reads no body, so give
             # it none. Other clients get the whole blob (Location is harmless).
             resp.location = req.url
@@ -227,21 +242,50 @@ class Blobs:
                 resp.content_length = 0
                 resp.data = b""
                 return
-            resp.set_stream(open(path, "rb"), size)  # noqa: SIM115 - WSGI closes it
+            _body(resp, path, 0, size)
             return
-        if req.range_unit != "bytes":
-            raise falcon.HTTPRangeNotSatisfiable(size)
-        first, last = req.range
-        if first < 0:  # suffix range: the last -first bytes
-            first, last = max(0, size + first), size - 1
-        elif last < 0 or last >= size:
-            last = size - 1
-        if first >= size or first > last:
-            raise falcon.HTTPRangeNotSatisfiable(size)
-        length = last - first + 1
+        first, last = wanted
         resp.status = falcon.HTTP_206
         resp.content_range = (first, last, size)
-        resp.set_stream(_Slice(path, first, length), length)
+        _body(resp, path, first, last - first + 1)
+
+
+class Unsatisfiable(Exception):
+    """A well-formed range that lies outside the blob (answered 416)."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) a `Range` header asks of a `size`-byte blob.
+
+    None means "send the whole blob with 200": no header, another unit, a
+    list of ranges, or a malformed one (all of which HTTP says to ignore).
+    A well-formed range that starts at or past the end is 416. Ollama does not
+    look at the status of its ranged GETs, so a range is either honoured to
+    the byte or refused; it is never silently widened to the whole file.
+    """
+    if not header:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    a, dash, b = spec.strip().partition("-")
+    a, b = a.strip(), b.strip()
+    if not dash or not (a.isdigit() or a == "") or not (b.isdigit() or b == ""):
+        return None
+    if a == "":
+        if b == "":
+            return None
+        suffix = int(b)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable(size)
+        return max(0, size - suffix), size - 1
+    first = int(a)
+    if b and int(b) < first:
+        return None
+    last = int(b) if b else size - 1
+    if first >= size:
+        raise Unsatisfiable(size)
+    return first, min(last, size - 1)
 
 
 def add_routes(app: falcon.App, store: StoreRoot) -> None:
