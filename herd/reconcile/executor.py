@@ -11,7 +11,7 @@ on. Re-running finishes what is left (a node resumes partial downloads).
 caller can render them and write the audit log without any locking:
 
     {"event": "start"|"done"|"failed", "node", "action", "model", ["error"], ...}
-    {"event": "progress", "node", "model", "status", "completed", "total"}
+    {"event": "progress", "node", "action", "model", "status", "completed", "total"}
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class _Node:
                 {
                     "event": "progress",
                     "node": self.plan.node,
+                    "action": "pull",
                     "model": model,
                     "status": event.get("status", ""),
                     "completed": event.get("completed"),
