@@ -82,6 +82,18 @@ def wait_routable(router, want: set[str], timeout: float = 15) -> None:
     raise AssertionError(f"router never saw {MODEL} on {want}: {model}")
 
 
+def wait_status(router, done, timeout: float = 15) -> dict:
+    """The model's /fleet/status entry once `done(entry)` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(router.url + "/fleet/status", timeout=5).json()
+        model = next(m for m in status["models"] if m["name"] == MODEL)
+        if done(model):
+            return model
+        time.sleep(0.2)
+    raise AssertionError(f"status never settled: {model}")
+
+
 @pytest.fixture
 def site(tmp_path, nodes):
     state_dir = tmp_path / "state"
@@ -105,6 +117,15 @@ def test_plan_apply_serve_replan_move_prune(site, nodes):
     state_dir, router, path = site
     registry = router.url.removeprefix("http://")
 
+    # Placed but not pulled yet: the router sends no request to any node.
+    router.wait_nodes_up(3)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    early = httpx.post(
+        router.url + "/api/chat", json={**chat, "stream": False}, timeout=10
+    )
+    assert early.status_code == 503, early.text
+    assert all(sim.stats()["paths"].get("/api/chat", 0) == 0 for sim in nodes)
+
     plan = herd(state_dir, "plan", "--json", str(path))
     assert plan.returncode == 2, plan.stderr
     fleet = json.loads(plan.stdout)["fleet"]
@@ -125,6 +146,8 @@ def test_plan_apply_serve_replan_move_prune(site, nodes):
     }
 
     wait_routable(router, set(chosen))
+    status = wait_status(router, lambda m: m["missing_on"] == [])
+    assert status["placed_on"] == chosen and status["extra_on"] == []
     for _ in range(6):
         reply = httpx.post(
             router.url + "/api/chat",
@@ -165,6 +188,8 @@ def test_plan_apply_serve_replan_move_prune(site, nodes):
     applied = herd(state_dir, "apply", "--yes", "--registry", registry, str(path))
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert holders(nodes) == {s.name: [MODEL] for s in nodes}
+    status = wait_status(router, lambda m: m["extra_on"] == [chosen[1]])
+    assert status["placed_on"] == [chosen[0], other] and status["missing_on"] == []
     applied = herd(
         state_dir, "apply", "--yes", "--prune", "--registry", registry, str(path)
     )
