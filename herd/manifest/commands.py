@@ -101,13 +101,15 @@ done, failed, summary); exit status 1 when any step on a node failed""",
         cmd_rollback,
         parents=[common],
         json_flag=True,
-        help="re-apply an old revision (recorded as a new revision)",
+        help="re-apply an old revision (recorded as a new revision; the nodes "
+        "follow it as with apply)",
         examples="""\
   herd rollback 3
-  herd rollback 3 --yes""",
+  herd rollback 3 --yes --registry 10.20.1.5:11435""",
     )
     p.add_argument("rev", metavar="REV", type=int, help="revision to go back to")
     p.add_argument("-y", "--yes", action="store_true", help="roll back without asking")
+    reconcile.add_flags(p, apply=True)
 
 
 def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
@@ -232,20 +234,30 @@ def cmd_apply(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
         store.sync_pointer()
-        proposal = propose_file(store, args.file)
-        fleet_plan = reconcile.live_plan(args, store, proposal.fleet)
-        if fleet_plan is None or (not fleet_plan.errors and not fleet_plan.changes):
-            code = _record(args, store, proposal, None)
-            if fleet_plan is not None and fleet_plan.unreachable and not args.json:
-                print(f"Unreachable, not checked: {', '.join(fleet_plan.unreachable)}")
-            return code
-        return _apply_to_nodes(args, store, proposal, fleet_plan)
+        return _apply(args, store, propose_file(store, args.file), None)
     finally:
         store.close()
 
 
+def _apply(
+    args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
+) -> int:
+    """Record the proposal, and make the nodes match it when they differ."""
+    fleet_plan = reconcile.live_plan(args, store, proposal.fleet)
+    if fleet_plan is None or (not fleet_plan.errors and not fleet_plan.changes):
+        code = _record(args, store, proposal, rollback_of)
+        if fleet_plan is not None and fleet_plan.unreachable and not args.json:
+            print(f"Unreachable, not checked: {', '.join(fleet_plan.unreachable)}")
+        return code
+    return _apply_to_nodes(args, store, proposal, fleet_plan, rollback_of)
+
+
 def _apply_to_nodes(
-    args: argparse.Namespace, store: Store, proposal: Proposal, fleet_plan: FleetPlan
+    args: argparse.Namespace,
+    store: Store,
+    proposal: Proposal,
+    fleet_plan: FleetPlan,
+    rollback_of: int | None,
 ) -> int:
     """Show both plans, confirm once, record the revision, then act on the nodes."""
     fleet = proposal.fleet
@@ -271,7 +283,7 @@ def _apply_to_nodes(
     _confirm(args, reconcile.confirm_question(fleet_plan))
     revision = proposal.head.id if unchanged else None
     if not unchanged:
-        recorded = record(store, proposal)
+        recorded = record(store, proposal, rollback_of=rollback_of)
         revision = recorded.id if recorded else store.head().id
         if args.json:
             print(json.dumps({"event": "recorded", "revision": revision}))
@@ -284,7 +296,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     store = open_store(args, create=False)
     try:
         store.sync_pointer()
-        return _record(args, store, propose_revision(store, args.rev), args.rev)
+        return _apply(args, store, propose_revision(store, args.rev), args.rev)
     finally:
         store.close()
 

@@ -105,7 +105,9 @@ def site(tmp_path, nodes):
         import_bundle(EXAMPLE, policy, store)
     finally:
         store.close()
-    text = fleet_text(nodes, {"labels": {"pool": "gpu"}, "replicas": 2})
+    text = fleet_text(
+        nodes, {"labels": {"pool": "gpu"}, "replicas": 2}, keep_loaded=True
+    )
     router = start_router(state_dir, text, tmp_path / "router.log")
     path = tmp_path / "fleet.yaml"
     path.write_text(text)
@@ -133,6 +135,8 @@ def test_plan_apply_serve_replan_move_prune(site, nodes):
     assert len(chosen) == 2
     pulls = {n["node"]: [p["model"] for p in n["pull"]] for n in fleet["nodes"]}
     assert pulls == {s.name: [MODEL] if s.name in chosen else [] for s in nodes}
+    warms = {n["node"]: n["warm"] for n in fleet["nodes"]}
+    assert warms == {s.name: [MODEL] if s.name in chosen else [] for s in nodes}
     assert (
         fleet["nodes"][0]["pull"] == []
         or fleet["nodes"][0]["pull"][0]["bundle"] == "example"
