@@ -96,6 +96,8 @@ class Report:
                 f"{human_bytes(t.completed)}/{human_bytes(t.total)} "
                 f"{human_bytes(rate)}/s"
             )
+        if not parts and not self._drawn:
+            return
         self.out.write("\r\x1b[2K" + " | ".join(parts)[:200])
         self._drawn = bool(parts)
         self.out.flush()
