@@ -64,8 +64,9 @@ exit status: 0 no changes, 2 changes, 1 error (e.g. a bundle not imported)""",
   herd apply --registry 10.20.1.5:11435 --json --yes fleet.yaml | jq .
 nodes pull through the router's registry (`herd serve` must be running);
 the running router picks the new revision up within 2 s, without a restart;
---json prints one JSON event per line (plan, recorded, start, progress,
-done, failed, summary); exit status 1 when any step on a node failed""",
+when the nodes need changes, --json prints one JSON event per line (plan,
+recorded, start, progress, done, failed, summary); exit status 1 when any
+step on a node failed""",
     )
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
     p.add_argument("-y", "--yes", action="store_true", help="apply without asking")

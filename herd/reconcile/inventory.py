@@ -30,11 +30,11 @@ class NodeInventory:
     url: str
     reachable: bool
     error: str | None = None
-    #: Short model name (`name:tag`) → the node's digest of it.
+    #: Short model name (`name:tag`) → the node's digest of it. Registry-named
+    #: copies (`HOST:PORT/library/NAME:TAG`, left by an apply interrupted
+    #: before its copy step) do not count: clients cannot reach them by the
+    #: short name, so the model is pulled again (from the node's own blobs).
     models: Mapping[str, str] = field(default_factory=dict)
-    #: Registry-named copies (`HOST:PORT/library/NAME:TAG`) by short name: what
-    #: an interrupted apply left behind before its copy step.
-    registry_names: Mapping[str, str] = field(default_factory=dict)
     loaded: frozenset[str] = frozenset()
     #: Free disk in bytes, when the node reports it (Ollama does not).
     free_bytes: int | None = None
@@ -66,16 +66,10 @@ def read_node(
         reason = getattr(ex, "reason", None) or ex
         return NodeInventory(node.name, node.url, False, error=str(reason))
     models: dict[str, str] = {}
-    registry_names: dict[str, str] = {}
     for entry in tags:
         name = str(entry.get("model") or entry.get("name") or "")
-        if not name:
-            continue
-        key = model_key(name)
-        if "/" in name.strip().rsplit(":", 1)[0] and "/library/" in name.lower():
-            registry_names[key] = name
-        else:
-            models[key] = str(entry.get("digest") or "")
+        if name and "/library/" not in name.lower():
+            models[model_key(name)] = str(entry.get("digest") or "")
     loaded = frozenset(
         model_key(str(e.get("model") or e.get("name") or "")) for e in ps
     )
@@ -84,7 +78,6 @@ def read_node(
         node.url,
         True,
         models=models,
-        registry_names=registry_names,
         loaded=loaded,
     )
 
