@@ -108,6 +108,12 @@ class _Store:
         return None
 
 
+def _shrank(path: Path) -> OSError:
+    """The blob got shorter while being sent (removed and replaced?). Dropping
+    the connection tells the client its body is short; never pad it."""
+    return OSError(f"{path.name} shrank while being sent")
+
+
 def _chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
     """`length` bytes of `path` from `offset`, read `CHUNK` at a time.
 
@@ -121,8 +127,8 @@ def _chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
     try:
         while length > 0:
             data = os.pread(fd, min(CHUNK, length), offset)
-            if not data:  # the file shrank under us: end short, never pad
-                return
+            if not data:
+                raise _shrank(path)
             offset += len(data)
             length -= len(data)
             yield data
@@ -147,7 +153,7 @@ def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes
     try:
         head = os.pread(fd, min(FIRST, length), offset)
         if not head:
-            return
+            raise _shrank(path)
         yield head
         offset, left, out = offset + len(head), length - len(head), sock.fileno()
         while left > 0:
@@ -156,8 +162,8 @@ def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes
             except BlockingIOError:
                 wait_write(out, timeout=IDLE_S)
                 continue
-            if not sent:  # the file shrank under us: end short, never pad
-                return
+            if not sent:
+                raise _shrank(path)
             offset += sent
             left -= sent
             sleep(0)
