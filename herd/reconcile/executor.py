@@ -1,8 +1,9 @@
 """Carrying a fleet plan out on the nodes, in parallel, one failure not stopping others.
 
 Per node, in order: each pull (`REGISTRY/library/NAME:TAG` through the node's
-/api/pull, then /api/copy to `NAME:TAG`, then /api/delete of the registry
-name: the blobs stay), each delete of `--prune`, each warm-up. Nodes run in
+/api/pull), its copy (/api/copy to `NAME:TAG`, the name clients use) and
+untag (/api/delete of the registry name: the blobs stay), each delete of
+`--prune`, each warm-up. Nodes run in
 parallel, at most `parallel` at once; a failed step is reported and that
 model's later steps skipped, the node's other models and the other nodes go
 on. Re-running finishes what is left (a node resumes partial downloads).
@@ -75,7 +76,7 @@ class _Node:
         self.emit({"event": "done", **base, "seconds": seconds, **extra})
         return True
 
-    def _pull(self, model: str, size: int) -> None:
+    def _pull(self, model: str) -> None:
         source = registry_name(self.registry, model)
         last = [0.0]
 
@@ -98,21 +99,31 @@ class _Node:
             )
 
         self.api.pull(source, progress)
-        self.api.copy(source, model)
-        self.api.delete(source)
+
+    def _install(self, model: str, size: int, bundle: str) -> bool:
+        """Pull under the registry name, copy to the short name, drop the former."""
+        source = registry_name(self.registry, model)
+        return (
+            self._step(
+                "pull",
+                model,
+                lambda: self._pull(model),
+                bytes=size,
+                bundle=bundle,
+                source=source,
+            )
+            and self._step(
+                "copy", model, lambda: self.api.copy(source, model), source=source
+            )
+            and self._step(
+                "untag", model, lambda: self.api.delete(source), source=source
+            )
+        )
 
     def run(self) -> None:
         pulled_ok: set[str] = set()
         for pull in self.plan.pulls:
-            ok = self._step(
-                "pull",
-                pull.model,
-                lambda p=pull: self._pull(p.model, p.size),
-                bytes=pull.size,
-                bundle=pull.bundle,
-                source=registry_name(self.registry, pull.model),
-            )
-            if ok:
+            if self._install(pull.model, pull.size, pull.bundle):
                 pulled_ok.add(pull.model)
         for name in self.plan.prunes:
             self._step("delete", name, lambda n=name: self.api.delete(n))

@@ -15,6 +15,10 @@ from typing import Any, TextIO
 
 from herd.bundle.progress import human_bytes
 
+#: Steps the summary lists when done (a pull's copy and untag are part of it;
+#: any failed step is listed).
+SUMMARY_ACTIONS = ("pull", "delete", "warm")
+
 
 @dataclass
 class _Transfer:
@@ -42,7 +46,7 @@ class Report:
     def add(self, event: dict[str, Any]) -> None:
         kind, node = event["event"], event["node"]
         what = f"{event.get('action', 'pull')} {event.get('model', '')}".strip()
-        if kind == "done":
+        if kind == "done" and event.get("action") in SUMMARY_ACTIONS:
             self.done.setdefault(node, []).append(what)
         elif kind == "failed":
             self.failed.setdefault(node, []).append(f"{what}: {event['error']}")

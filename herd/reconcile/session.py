@@ -52,9 +52,6 @@ def plan_live(
     return actions.build(fleet, found, models, bundles, prune=prune)
 
 
-_AUDITED = {"pull": "node.pull", "delete": "node.delete", "warm": "node.warm"}
-
-
 def apply_live(
     store: Store,
     plan: FleetPlan,
@@ -74,6 +71,5 @@ def apply_live(
         if event["event"] in ("done", "failed"):
             detail = {k: v for k, v in event.items() if k not in ("event", "action")}
             detail["outcome"] = "ok" if event["event"] == "done" else "failed"
-            action = _AUDITED.get(event["action"], "node." + event["action"])
-            store.audit(action, detail, revision=revision, user=user)
+            store.audit("node." + event["action"], detail, revision=revision, user=user)
     return report

@@ -213,6 +213,14 @@ def test_plan_apply_serve_replan_move_prune(site, nodes):
     assert {p["node"] for p in pulls} == {*chosen, other}
     assert all(p["outcome"] == "ok" and p["model"] == MODEL for p in pulls)
     assert all(r["revision"] for r in node_rows)
+    for action, where in (
+        ("node.copy", {*chosen, other}),
+        ("node.untag", {*chosen, other}),
+        ("node.warm", set(chosen)),
+    ):
+        details = [json.loads(r["detail"]) for r in node_rows if r["action"] == action]
+        assert {d["node"] for d in details} == where, action
+        assert all(d["outcome"] == "ok" for d in details)
     deletes = [
         json.loads(r["detail"]) for r in node_rows if r["action"] == "node.delete"
     ]
