@@ -63,6 +63,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cat_seconds(path: Path) -> float:
     start = time.perf_counter()
     with open(os.devnull, "wb") as null:
@@ -160,7 +166,9 @@ def main() -> None:
         cat_seconds(blob)  # page cache warm
         cat_s = min(cat_seconds(blob) for _ in range(3))
         rss_before = rss_mib(worker)
+        cpu_before = cpu_seconds(worker)
         pull_s = min(pull_seconds(url, size) for _ in range(3))
+        router_cpu = (cpu_seconds(worker) - cpu_before) / 3
         rss_after = rss_mib(worker)
 
         idle = chat_ms(router.url, args.chats, "llama3.2:3b")
@@ -191,6 +199,9 @@ def main() -> None:
     ratio = pull_rate / cat_rate
     print(f"pull, 8 ranges      {pull_rate:10.0f} MiB/s   ratio {ratio:.2f}"
           "  (target >= 0.80)")  # fmt: skip
+    share = 100 * router_cpu / pull_s
+    print(f"router CPU          {router_cpu / (mib / 1024):10.2f} s per GiB served "
+          f"({share:.0f}% of one core during the pull)")  # fmt: skip
     print(f"router RSS          {rss_before:10.1f} -> {rss_after:.1f} MiB "
           f"(+{rss_after - rss_before:.1f} MiB for a {mib:.0f} MiB blob)")  # fmt: skip
     print(f"chat p50 idle       {p50_idle:10.2f} ms")
