@@ -113,8 +113,10 @@ step on a node failed""",
     reconcile.add_flags(p, apply=True)
 
 
-def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
-    return Store(STATE_DIR.resolve(args.state_dir), create=create)
+def open_store(
+    args: argparse.Namespace, *, create: bool = True, readonly: bool = False
+) -> Store:
+    return Store(STATE_DIR.resolve(args.state_dir), create=create, readonly=readonly)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -163,12 +165,17 @@ def _print_plan(
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    store = open_store(args, readonly=True)  # plan looks; it never creates state
     try:
         proposal = propose_file(store, args.file)
         fleet_plan = reconcile.live_plan(args, store, proposal.fleet)
     finally:
         store.close()
+    if proposal.head is None:
+        print(
+            f"No revision applied yet in {store.dir}; everything is new.",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     _print_plan(args, proposal, fleet_plan)
     if fleet_plan is None:
         return 0 if proposal.plan.empty else 2
