@@ -5,6 +5,10 @@ formatting, a lock, one write and flush each): more than the router's own work
 per request. Lines are built with one f-string, kept in memory, and written
 with a single `write` every FLUSH_S by a background greenlet (and at exit).
 The timestamp string is rebuilt once per second.
+
+Every field is one space-free token escaped and bounded by
+herd.router.logfield, so no caller-chosen text (a model name with a line
+break, a NUL, a 900 kB name) can forge a line or grow one without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
+
+from herd.router.logfield import logged
 
 FLUSH_S = 0.25
 #: Lines kept before a write is forced (bounds memory under bursts).
@@ -40,12 +46,14 @@ class AccessLog:
 
     def request(self, outcome: Any, duration_ms: float) -> None:
         """Queue the line of one finished request."""
-        error = f" error={outcome.error_class}" if outcome.error_class else ""
+        error = f" error={logged(outcome.error_class)}" if outcome.error_class else ""
+        model = outcome.served_model or outcome.requested_model
         self._lines.append(
-            f"{self._now()} herd.access {outcome.client or '-'} {outcome.method} "
-            f"{outcome.route} {outcome.status} "
-            f"model={outcome.served_model or outcome.requested_model or '-'} "
-            f"node={outcome.node or '-'} retries={outcome.retries} "
+            f"{self._now()} herd.access {logged(outcome.peer or '-')} "
+            f"{logged(outcome.client or '-')} {logged(outcome.method, 16)} "
+            f"{logged(outcome.route)} {outcome.status} "
+            f"model={logged(model) if model else '-'} "
+            f"node={logged(outcome.node or '-')} retries={outcome.retries} "
             f"{duration_ms:.1f}ms{error}\n"
         )
         if len(self._lines) >= BUFFER_MAX:

@@ -41,7 +41,7 @@ WEATHER = {
     },
 }
 CLIENTS = [
-    {"name": "local", "networks": ["127.0.0.1/32", "::1/128"]},
+    {"name": "local", "networks": ["127.0.0.1/32", "::1/128"], "operator": True},
     {"name": "tokened", "networks": ["127.0.0.3/32"], "token_sha256": TOKEN_SHA},
     {
         "name": "limited",
