@@ -11,7 +11,8 @@ and trace writer passes such text through `logged`, which
 - writes anything else as a Python-style escape (`\\n`, `\\x00`, `\\x20`,
   `\\u202e`, `\\\\`), so a field never contains a space, a line break or a
   control character, and the escaping cannot be confused with the text;
-- caps the result at `limit` characters and says how much was cut.
+- caps the result at `limit` characters and says how much was cut
+  (`...(+899800_chars)`, still one token).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def logged(value: object, limit: int = FIELD_MAX) -> str:
         size += len(piece)
         used += 1
     if used < len(text):
-        out.append(f"...(+{len(text) - used} chars)")
+        out.append(f"...(+{len(text) - used}_chars)")
     return "".join(out)
 
 
