@@ -59,7 +59,7 @@ class Outcome:
     tokens_out: int | None = None
     retries: int = 0
     error_class: str | None = None
-    #: The caller's address, normalized (herd.router.peer); logged, not traced.
+    #: The caller's address, normalized (herd.router.peer).
     peer: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False
@@ -84,6 +84,7 @@ class Outcome:
             tokens_out=self.tokens_out,
             retries=self.retries,
             error_class=logged_or_none(self.error_class),
+            peer=logged_or_none(self.peer, 64),
         )
 
     def counts(self, final: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -191,3 +192,17 @@ def test_dual_stack_bind_sees_ipv4_callers_as_ipv4(sims, router):
     assert any(" herd.access 127.0.0.1 node GET " in ln for ln in lines), lines
     assert any(" herd.access 127.0.0.3 - GET " in ln for ln in lines), lines
     assert not any("::ffff:" in ln for ln in lines), lines
+    # And so do the traces.
+    deadline = time.monotonic() + 10
+    peers: set = set()
+    while time.monotonic() < deadline and "127.0.0.3" not in peers:
+        time.sleep(0.3)
+        try:
+            db = sqlite3.connect(f"file:{r.state_dir / 'traces.db'}?mode=ro", uri=True)
+            with db:
+                peers = {row[0] for row in db.execute("SELECT peer FROM traces")}
+            db.close()
+        except sqlite3.OperationalError:
+            continue  # not written yet
+    assert {"127.0.0.1", "127.0.0.2", "127.0.0.3"} <= peers, peers
+    assert not any("::ffff:" in (p or "") for p in peers)
