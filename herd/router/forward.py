@@ -355,7 +355,11 @@ class Forwarder:
         says only what kind of failure it was; the node, its URL and the
         cause are the `detail` operators see (and the router's log)."""
         self.stats.failure(node.name)
-        log.warning("node %s failed before answering: %s", node.name, message)
+        log.warning(
+            "node %s failed before answering: %s",
+            logged(node.name),
+            logged(message, 500, spaces=True),
+        )
         if kind == "connect" and hasattr(self.health, "report_refused"):
             self.health.report_refused(node, message)
         public = _PUBLIC_FAILURE.get(kind, _PUBLIC_FAILURE["protocol"])

@@ -38,14 +38,17 @@ def _escape(char: str) -> str:
     return f"\\U{code:08x}"
 
 
-def logged(value: object, limit: int = FIELD_MAX) -> str:
-    """`value` as one escaped token of at most about `limit` characters."""
+def logged(value: object, limit: int = FIELD_MAX, *, spaces: bool = False) -> str:
+    """`value` as one escaped token of at most about `limit` characters.
+
+    With `spaces`, spaces are kept (free text inside a log message rather
+    than a field of a space-separated line)."""
     text = value if isinstance(value, str) else str(value)
     if (
         len(text) <= limit
         and text.isascii()
         and text.isprintable()
-        and " " not in text
+        and (spaces or " " not in text)
         and "\\" not in text
     ):
         return text
@@ -53,7 +56,10 @@ def logged(value: object, limit: int = FIELD_MAX) -> str:
     size = 0
     used = 0
     for char in text[:limit]:
-        piece = char if _SAFE.fullmatch(char) else _escape(char)
+        if _SAFE.fullmatch(char) or (spaces and char == " "):
+            piece = char
+        else:
+            piece = _escape(char)
         if size + len(piece) > limit:
             break
         out.append(piece)

@@ -47,6 +47,7 @@ def test_logged_escapes_and_bounds():
     assert logged("a\nb") == "a\\nb"
     assert logged("a\x00b\x1b[31m") == "a\\x00b\\x1b[31m"
     assert logged("two words") == "two\\x20words"
+    assert logged("two words\n", spaces=True) == "two words\\n"
     assert logged("back\\slash") == "back\\\\slash"
     assert logged("\u202eevil") == "\\u202eevil"
     huge = logged("m" * 900_000)
