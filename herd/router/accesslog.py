@@ -6,9 +6,10 @@ per request. Lines are built with one f-string, kept in memory, and written
 with a single `write` every FLUSH_S by a background greenlet (and at exit).
 The timestamp string is rebuilt once per second.
 
-Every field is one space-free token escaped and bounded by
-herd.router.logfield, so no caller-chosen text (a model name with a line
-break, a NUL, a 900 kB name) can forge a line or grow one without bound.
+A line is made from the request's trace row, whose text fields are
+escaped and bounded by herd.router.logfield: each field is one space-free
+token, so no caller-chosen text (a model name with a line break, a NUL, a
+900 kB name) can forge a line or grow one without bound.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
-from herd.router.logfield import logged
+from herd.router.traces import Trace
 
 FLUSH_S = 0.25
 #: Lines kept before a write is forced (bounds memory under bursts).
@@ -44,17 +45,16 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
         return self._stamp
 
-    def request(self, outcome: Any, duration_ms: float) -> None:
-        """Queue the line of one finished request."""
-        error = f" error={logged(outcome.error_class)}" if outcome.error_class else ""
-        model = outcome.served_model or outcome.requested_model
+    def request(self, trace: Trace) -> None:
+        """Queue the line of one finished request, from its trace row (whose
+        text fields herd.router.logfield has already escaped and bounded)."""
+        error = f" error={trace.error_class}" if trace.error_class else ""
         self._lines.append(
-            f"{self._now()} herd.access {logged(outcome.peer or '-')} "
-            f"{logged(outcome.client or '-')} {logged(outcome.method, 16)} "
-            f"{logged(outcome.route)} {outcome.status} "
-            f"model={logged(model) if model else '-'} "
-            f"node={logged(outcome.node or '-')} retries={outcome.retries} "
-            f"{duration_ms:.1f}ms{error}\n"
+            f"{self._now()} herd.access {trace.peer or '-'} {trace.client or '-'} "
+            f"{trace.method} {trace.route} {trace.status} "
+            f"model={trace.served_model or trace.requested_model or '-'} "
+            f"node={trace.node or '-'} retries={trace.retries} "
+            f"{trace.duration_ms:.1f}ms{error}\n"
         )
         if len(self._lines) >= BUFFER_MAX:
             self.flush()

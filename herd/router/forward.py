@@ -72,7 +72,7 @@ class Outcome:
             ts=self.t0,
             client=logged_or_none(self.client),
             route=logged(self.route),
-            method=logged(self.method, 16),
+            method=logged(self.method),
             requested_model=logged_or_none(self.requested_model),
             served_model=logged_or_none(self.served_model),
             node=logged_or_none(self.node),
@@ -84,7 +84,7 @@ class Outcome:
             tokens_out=self.tokens_out,
             retries=self.retries,
             error_class=logged_or_none(self.error_class),
-            peer=logged_or_none(self.peer, 64),
+            peer=logged_or_none(self.peer),
         )
 
     def counts(self, final: dict[str, Any]) -> None:

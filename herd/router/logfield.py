@@ -23,6 +23,10 @@ import re
 FIELD_MAX = 200
 
 _SAFE = re.compile(r"[!-\[\]-~]")
+#: Recently logged short texts (model names, routes, groups repeat): a dict
+#: lookup instead of the checks. Bounded; only texts within FIELD_MAX.
+_RECENT_MAX = 4096
+_recent: dict[str, str] = {}
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
@@ -43,6 +47,11 @@ def logged(value: object, limit: int = FIELD_MAX, *, spaces: bool = False) -> st
 
     With `spaces`, spaces are kept (free text inside a log message rather
     than a field of a space-separated line)."""
+    cache = limit == FIELD_MAX and not spaces and value.__class__ is str
+    if cache:
+        known = _recent.get(value)  # type: ignore[call-overload]
+        if known is not None:
+            return known
     text = value if isinstance(value, str) else str(value)
     if (
         len(text) <= limit
@@ -51,6 +60,8 @@ def logged(value: object, limit: int = FIELD_MAX, *, spaces: bool = False) -> st
         and (spaces or " " not in text)
         and "\\" not in text
     ):
+        if cache:
+            _remember(text, text)
         return text
     out: list[str] = []
     size = 0
@@ -67,7 +78,16 @@ def logged(value: object, limit: int = FIELD_MAX, *, spaces: bool = False) -> st
         used += 1
     if used < len(text):
         out.append(f"...(+{len(text) - used}_chars)")
-    return "".join(out)
+    result = "".join(out)
+    if cache and len(text) <= limit:
+        _remember(text, result)
+    return result
+
+
+def _remember(text: str, result: str) -> None:
+    if len(_recent) >= _RECENT_MAX:
+        _recent.clear()
+    _recent[text] = result
 
 
 def logged_or_none(value: str | None, limit: int = FIELD_MAX) -> str | None:

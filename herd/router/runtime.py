@@ -296,6 +296,7 @@ class Runtime:
             and not self.refusals.take(now)
         ):
             return
-        self.traces.record(outcome.trace(now))
+        trace = outcome.trace(now)
+        self.traces.record(trace)
         if self.access is not None:
-            self.access.request(outcome, (now - outcome.started) * 1000.0)
+            self.access.request(trace)

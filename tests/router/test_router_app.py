@@ -326,7 +326,7 @@ def test_access_log_lines_are_batched(tmp_path):
         status=200,
         peer="10.0.0.9",
     )
-    log.request(done, 1.25)
+    log.request(done.trace(0.00125))
     assert out.getvalue() == ""  # nothing written per request
     log.flush()
     assert out.getvalue() == (
