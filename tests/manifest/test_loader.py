@@ -133,6 +133,16 @@ BREAKAGES = {
         "router.clients[0].token_sha256",
         "not in the expected form",
     ),
+    "operator not a boolean": (
+        ("      operator: true", "      operator: yes-please"),
+        "router.clients[2].operator",
+        "expected boolean",
+    ),
+    "operator open to everyone": (
+        ("        - 10.20.0.0/24 ", "        - 0.0.0.0/0 "),
+        "router.clients[2].networks[0]",
+        "operator group without a token",
+    ),
     "wrong apiVersion": (
         ("apiVersion: herd/v1", "apiVersion: herd/v2"),
         "apiVersion",
