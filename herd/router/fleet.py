@@ -89,6 +89,8 @@ def status(runtime: Runtime, served: Served | None = None) -> dict[str, Any]:
             "pending": runtime.traces.pending,
             "dropped": runtime.traces.dropped,
             "refusals_unrecorded": runtime.refusals.unrecorded,
+            "write_failures": runtime.traces.write_failures,
+            "write_error": runtime.traces.write_error,
         },
     }
 
