@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from herd import hosts
 from herd.errors import Forbidden, ModelNotAllowed, RateLimited, Unauthorized
 from herd.manifest.model import Client, Fleet, Model, RateLimit
 from herd.router.peer import peer_address
@@ -118,14 +119,15 @@ def require_operator(client: Client | None, what: str) -> None:
 
 
 def _node_addresses(fleet: Fleet) -> list[str]:
+    """Every address a node's URL names: the IP literal, or each address
+    /etc/hosts lists for its name (read when the revision is loaded; herd
+    never asks DNS)."""
     out = []
     for node in fleet.nodes:
         host = urlsplit(node.url).hostname or ""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            continue  # a host name: its address is not known here, so no pulls
-        out.append(peer_address(host))
+        address = hosts.literal(host)
+        listed = (address,) if address else hosts.hosts_table().get(host.lower())
+        out += [peer_address(a) for a in listed or ()]
     return out
 
 

@@ -123,6 +123,24 @@ def test_strangers_get_registry_shaped_403(registry_app):
     assert "10.9.9.9" in got.json["errors"][0]["message"]
 
 
+def test_a_node_named_in_etc_hosts_may_pull():
+    from herd.hosts import hosts_table
+    from herd.router.policy import Policy
+
+    if "127.0.0.1" not in hosts_table().get("localhost", ()):
+        pytest.skip("/etc/hosts does not list localhost as 127.0.0.1")
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "named"},
+            "nodes": [{"name": "n", "url": "http://localhost:11434"}],
+            "models": [{"name": "m", "place": {"nodes": ["n"]}}],
+        }
+    )
+    policy = Policy(fleet)
+    assert policy.may_pull("127.0.0.1")
+    assert not policy.may_pull("127.0.0.2")
+
+
 def test_peer_address_is_canonical():
     assert peer_address("::ffff:10.30.0.7") == "10.30.0.7"
     assert peer_address("::FFFF:127.0.0.1") == "127.0.0.1"
