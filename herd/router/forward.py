@@ -28,6 +28,7 @@ from herd.errors import (
 )
 from herd.manifest.model import Fleet, Model, Node
 from herd.router.aggregate import Fold
+from herd.router.logfield import logged, logged_or_none
 from herd.router.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
 from herd.router.queues import Queues
 from herd.router.scoring import Candidate, Decision, RouteRequest, choose_node
@@ -58,20 +59,23 @@ class Outcome:
     tokens_out: int | None = None
     retries: int = 0
     error_class: str | None = None
+    #: The caller's address, normalized (herd.router.peer).
+    peer: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False
     #: The scoring decisions taken (one per model tried), for X-Herd-Decision.
     decisions: list[Decision] = field(default_factory=list)
 
     def trace(self, now: float) -> Trace:
+        """The trace row; every text field escaped and bounded (logfield)."""
         return Trace(
             ts=self.t0,
-            client=self.client,
-            route=self.route,
-            method=self.method,
-            requested_model=self.requested_model,
-            served_model=self.served_model,
-            node=self.node,
+            client=logged_or_none(self.client),
+            route=logged(self.route),
+            method=logged(self.method),
+            requested_model=logged_or_none(self.requested_model),
+            served_model=logged_or_none(self.served_model),
+            node=logged_or_none(self.node),
             status=self.status,
             queue_ms=self.queue_ms,
             ttft_ms=self.ttft_ms,
@@ -79,7 +83,8 @@ class Outcome:
             tokens_in=self.tokens_in,
             tokens_out=self.tokens_out,
             retries=self.retries,
-            error_class=self.error_class,
+            error_class=logged_or_none(self.error_class),
+            peer=logged_or_none(self.peer),
         )
 
     def counts(self, final: dict[str, Any]) -> None:
@@ -184,9 +189,11 @@ class Forwarder:
             decision = self.decide(fleet, model)
             outcome.decisions.append(decision)
             if not decision.ranked:
+                public = f"no healthy node can serve model {model.name}"
                 error = error or NoHealthyNode(
-                    f"no healthy node can serve model {model.name}"
-                    + (f": {decision.explain()}" if decision.excluded else "")
+                    public,
+                    detail=public
+                    + (f": {decision.explain()}" if decision.excluded else ""),
                 )
                 continue
             tried: set[str] = set()
@@ -344,13 +351,31 @@ class Forwarder:
         return _dumps(opened.first_obj).encode()
 
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
+        """The error for a node that failed before answering. Its message
+        says only what kind of failure it was; the node, its URL and the
+        cause are the `detail` operators see (and the router's log)."""
         self.stats.failure(node.name)
-        log.warning("node %s failed before answering: %s", node.name, message)
+        log.warning(
+            "node %s failed before answering: %s",
+            logged(node.name),
+            logged(message, 500, spaces=True),
+        )
         if kind == "connect" and hasattr(self.health, "report_refused"):
             self.health.report_refused(node, message)
+        public = _PUBLIC_FAILURE.get(kind, _PUBLIC_FAILURE["protocol"])
+        detail = f"node {node.name} ({message})"
         if kind == "timeout":
-            return UpstreamTimeout(message)
-        return UpstreamError(message)
+            return UpstreamTimeout(public, detail=detail)
+        return UpstreamError(public, detail=detail)
+
+
+#: What a caller outside the operator groups learns about a node failure.
+_PUBLIC_FAILURE = {
+    "connect": "the node chosen for this request refused the connection or could "
+    "not be reached",
+    "timeout": "the node chosen for this request did not answer in time",
+    "protocol": "the node chosen for this request gave an answer herd could not use",
+}
 
 
 #: Routes whose non-streaming answers the router folds from a node stream.

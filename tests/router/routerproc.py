@@ -114,7 +114,13 @@ def manifest(
             "listen": listen,
             "node_networks": ["127.0.0.0/8"],
             "clients": clients
-            or [{"name": "local", "networks": ["127.0.0.0/8", "::1/128"]}],
+            or [
+                {
+                    "name": "local",
+                    "networks": ["127.0.0.0/8", "::1/128"],
+                    "operator": True,
+                }
+            ],
             "limits": {
                 "max_body_mb": 1,
                 "request_timeout_s": 60,
