@@ -16,10 +16,18 @@ class HerdError(Exception):
     #: OpenAI-style error code (None when OpenAI has no matching code).
     code: str | None = None
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+        #: The request field at fault (OpenAI's `param`), when there is one.
+        self.param = param
 
 
 class InvalidRequest(HerdError):

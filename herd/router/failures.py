@@ -46,12 +46,18 @@ def openai_body(
 
 
 def render(
-    req: Any, resp: Any, status: int, message: str, kind: str, code: str | None
+    req: Any,
+    resp: Any,
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    param: str | None = None,
 ) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     if is_openai(req.path):
-        resp.data = dumps(openai_body(message, kind, code))
+        resp.data = dumps(openai_body(message, kind, code, param))
     else:
         resp.data = dumps(ollama_body(message))
     outcome = getattr(req.context, "outcome", None)
@@ -69,7 +75,7 @@ def handle_herd_error(req: Any, resp: Any, ex: HerdError, params: Any) -> None:
     outcome = getattr(req.context, "outcome", None)
     if outcome is not None:
         outcome.error_class = type(ex).__name__
-    render(req, resp, status, ex.message, ex.kind, ex.code)
+    render(req, resp, status, ex.message, ex.kind, ex.code, ex.param)
 
 
 def handle_http_error(req: Any, resp: Any, ex: falcon.HTTPError, params: Any) -> None:

@@ -258,7 +258,7 @@ class Forwarder:
                 payload["keep_alive"] = _keep_alive(model.keep_loaded)
             if fold:
                 payload["stream"] = True  # folded back here (see aggregate.py)
-            data = _dumps(payload).encode("utf-8")
+            data = dumps(payload)
         sent = self.clock()
         try:
             reply = self.upstream.open(
@@ -328,7 +328,7 @@ class Forwarder:
             if obj.get("error"):
                 opened.status = 500
                 opened.first_obj = {"error": str(obj["error"])}
-                return _dumps(opened.first_obj).encode()
+                return dumps(opened.first_obj)
             if fold.feed(obj):
                 break
             line = next(lines, None)
@@ -341,7 +341,7 @@ class Forwarder:
             obj = _json_object(line)
         opened.content_type = "application/json; charset=utf-8"
         opened.first_obj = fold.result()
-        return _dumps(opened.first_obj).encode()
+        return dumps(opened.first_obj)
 
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
         self.stats.failure(node.name)
@@ -388,5 +388,14 @@ def _keep_alive(value: str) -> Any:
         return value
 
 
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(obj: Any) -> bytes:
-    return _dumps(obj).encode("utf-8")
+    """Compact UTF-8 JSON. A string holding a lone surrogate (JSON allows the
+    escape `\\ud800`; it is no UTF-8) is written escaped, which Go reads as
+    U+FFFD just as it would have read the client's own bytes."""
+    try:
+        return _dumps(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return _dumps_ascii(obj).encode("ascii")

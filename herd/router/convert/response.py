@@ -167,8 +167,13 @@ def models_list(entries: Iterable[tuple[str, int]]) -> dict[str, Any]:
 
 
 def sse_event(obj: Any) -> bytes:
-    """One SSE event: `data: <compact json>` and a blank line."""
-    return b"data: " + json.dumps(obj, **JSON_COMPACT).encode() + b"\n\n"
+    """One SSE event: `data: <compact json>` and a blank line (a lone
+    surrogate, which UTF-8 cannot carry, is written as its JSON escape)."""
+    try:
+        data = json.dumps(obj, **JSON_COMPACT).encode()
+    except UnicodeEncodeError:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def error_body(
