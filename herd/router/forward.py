@@ -246,7 +246,8 @@ class Forwarder:
                 released = True
                 self.queues.release(node.name)
 
-        inject = model.keep_loaded is not None and "keep_alive" not in body
+        # keep_alive null is the node's default: the manifest's pin applies.
+        inject = model.keep_loaded is not None and body.get("keep_alive") is None
         fold = not stream and path in _GENERATING
         data = None
         if raw is not None and not inject and body.get("model") == model.name:
@@ -361,13 +362,17 @@ _RETRY_STATUS = frozenset({404, 500, 502, 503, 504})
 
 
 _STREAM_FALSE = re.compile(rb'"stream"\s*:\s*false')
+#: A \u escape of a lowercase ASCII letter: `"str\u0065am"` is the key
+#: "stream" without showing as its plain bytes.
+_LETTER_ESCAPE = re.compile(rb"\\u00[67]")
 
 
 def _streaming(raw: bytes) -> bytes | None:
     """The client's body with `"stream": false` turned into true, without
-    re-encoding it; None unless `"stream"` occurs exactly once (then it is the
-    top-level key the caller parsed as false)."""
-    if raw.count(b'"stream"') != 1:
+    re-encoding it; None unless `"stream"` occurs exactly once as plain bytes
+    and no key can be spelled with escapes (then that one occurrence is the
+    top-level key the caller parsed as false, not a nested key or value)."""
+    if raw.count(b'"stream"') != 1 or _LETTER_ESCAPE.search(raw):
         return None
     data, count = _STREAM_FALSE.subn(b'"stream":true', raw, count=1)
     return data if count == 1 else None
