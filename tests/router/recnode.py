@@ -213,3 +213,28 @@ def _send(
     h.send_header("Content-Length", str(len(data)))
     h.end_headers()
     h.wfile.write(data)
+
+
+def app_over(node: RecordingNode, allowed: list[str] | None = None) -> Any:
+    """The router app in-process (falcon TestClient) with `node` as its only node."""
+    from falcon import testing
+
+    from herd.manifest.model import build_fleet
+    from herd.router.app import create_app
+    from herd.router.proxy import Upstream
+    from herd.router.reload import StaticSource
+    from herd.router.traces import TraceLog
+
+    client: dict[str, Any] = {"name": "local", "networks": ["127.0.0.0/8"]}
+    if allowed:
+        client["models"] = allowed
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "bodies"},
+            "router": {"clients": [client], "limits": {"retries": 0}},
+            "nodes": [{"name": "rec", "url": node.url}],
+            "models": [{"name": m, "aliases": []} for m in MODELS],
+        }
+    )
+    app = create_app(StaticSource(fleet), TraceLog(None), Upstream(), background=False)
+    return testing.TestClient(app)
