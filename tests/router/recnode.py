@@ -115,6 +115,10 @@ class RecordingNode:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One write per answer (flushed after each request), no Nagle:
+            # split small writes would wait for delayed ACKs.
+            wbufsize = -1
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
