@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from herd.router import body
 from tests.router.recnode import RecordingNode, app_over, go_view
@@ -272,3 +274,29 @@ def test_lone_surrogates_never_give_a_500(client, node):
     assert _post(client, "/v1/embeddings", text).status_code == 200
     [(_, raw)] = node.take()
     assert go_view(raw)["input"] == ["a\ud800b"]  # sent escaped, as the client did
+
+
+def _true_depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_true_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_true_depth(v) for v in value), default=0)
+    return 0
+
+
+_TEXT = st.text(alphabet=st.sampled_from('ab"\\[]{}:,\n\u00e9\U0001f600'), max_size=8)
+_DOCS = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_DOCS, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_depth_and_parse_agree_with_json(doc, ascii_only, indent):
+    text = json.dumps(doc, ensure_ascii=ascii_only, indent=indent)
+    assert body.depth(text) == _true_depth(doc)
+    assert body.parse(text.encode()) == doc  # no upper case: keys never collide
