@@ -12,20 +12,18 @@ naming the field) instead of being forwarded:
   keys are equal after folding is refused, exact duplicates included.
 - **Numbers that are not finite.** Python accepts `NaN`, `Infinity` and
   `1e999` (inf) and writes them back as invalid JSON; Go refuses them.
-- **Deep nesting.** Python's parser recurses; nesting is bounded by
-  `MAX_DEPTH` before parsing, exactly (brackets inside strings do not count).
+- **Deep nesting.** Python's parser recurses, and so does whatever walks the
+  result: nesting beyond `MAX_DEPTH` is refused (checked only when the body
+  holds more brackets than that, strings included, so usually not at all).
 - **Anything but UTF-8** (a BOM, UTF-16): Go reads UTF-8 only.
 
-The common case costs two `bytes.count` calls and a cheap hook per object;
-the work that finds and names an offending field runs only on refusal.
+The common case costs a cheap hook per object and two `str.count` calls; the
+work that finds and names an offending field runs only on refusal.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from array import array
-from itertools import accumulate
 from typing import Any
 
 from herd.errors import InvalidRequest
@@ -40,9 +38,6 @@ _GO_FOLDS_TO_ASCII = str.maketrans(
     {"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"}
 )
 
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-#: Brackets as signed steps: opening +1, closing -1 (0xff as a signed byte).
-_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _INF = float("inf")
 
 
@@ -96,22 +91,19 @@ _fast = json.JSONDecoder(
 ).decode
 
 
-def depth(text: str) -> int:
-    """The deepest nesting of arrays and objects in `text` (strings skipped).
-
-    Escaped backslashes, then escaped quotes, are dropped first (runs of
-    backslashes pair up from the left, as JSON reads them), so every
-    remaining `"` opens or closes a string: splitting on `"` leaves the text
-    outside strings at the even positions.
-    """
-    if "\\" in text:
-        text = text.replace("\\\\", "").replace('\\"', "")
-    outside = "".join(text.split('"')[::2])
-    brackets = _NOT_BRACKET.sub("", outside)
-    if not brackets:
-        return 0
-    steps = array("b", brackets.encode("ascii").translate(_STEPS))
-    return max(accumulate(steps))
+def deeper_than(value: Any, limit: int) -> bool:
+    """True when arrays and objects nest more than `limit` levels in `value`
+    (walked without recursion; stops at the first path that is too deep)."""
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        items = node.values() if isinstance(node, dict) else node
+        for item in items:
+            if isinstance(item, dict | list):
+                if level >= limit:
+                    return True
+                stack.append((item, level + 1))
+    return False
 
 
 def parse(data: bytes | str, what: str = "request body") -> Any:
@@ -126,19 +118,34 @@ def parse(data: bytes | str, what: str = "request body") -> Any:
             ) from ex
     else:
         text = data
-    if text.count("[") + text.count("{") > MAX_DEPTH and depth(text) > MAX_DEPTH:
-        raise InvalidRequest(f"{what} is nested deeper than {MAX_DEPTH} levels")
     try:
-        return _fast(text)
+        value = _fast(text)
     except _Refused:
-        pass
-    except RecursionError as ex:  # unreachable after the depth check: be safe
-        raise InvalidRequest(f"{what} is nested too deeply") from ex
+        value = None
+    except RecursionError:
+        # Python's parser recurses: far beyond MAX_DEPTH it runs out of stack.
+        raise _too_deep(what) from None
     except ValueError as ex:
         raise InvalidRequest(f"{what} is not valid JSON: {ex}") from ex
-    path, problem = _explain(text)
+    else:
+        # Only a body with more brackets than the limit can nest that deep.
+        if (
+            isinstance(value, dict | list)
+            and text.count("[") + text.count("{") > MAX_DEPTH
+            and deeper_than(value, MAX_DEPTH)
+        ):
+            raise _too_deep(what)
+        return value
+    found = _explain(text)
+    if found is None:
+        raise _too_deep(what)
+    path, problem = found
     where = f"{what}: field '{path}'" if path else what
     raise InvalidRequest(f"{where} {problem}", param=path or None)
+
+
+def _too_deep(what: str) -> InvalidRequest:
+    return InvalidRequest(f"{what} is nested deeper than {MAX_DEPTH} levels")
 
 
 def parse_object(data: bytes | str, what: str = "request body") -> dict[str, Any]:
@@ -207,15 +214,22 @@ def _marking_constant(name: str) -> Any:
     return _Mark(f"is {name}: numbers must be finite")
 
 
-def _explain(text: str) -> tuple[str, str]:
-    """(path of the refused field, what is wrong with it)."""
+def _explain(text: str) -> tuple[str, str] | None:
+    """(path of the refused field, what is wrong with it); None when the body
+    is (also) nested too deeply to walk."""
     slow = json.JSONDecoder(
         object_pairs_hook=_marking_object,
         parse_constant=_marking_constant,
         parse_float=_marking_number,
         parse_int=_marking_number,
     )
-    found = _find(slow.decode(text), "")
+    try:
+        tree = slow.decode(text)
+    except RecursionError:
+        return None
+    if isinstance(tree, dict | list) and deeper_than(tree, MAX_DEPTH):
+        return None
+    found = _find(tree, "")
     if found is None:  # pragma: no cover - the fast pass refused for a reason
         return "", "was refused"
     path, mark = found

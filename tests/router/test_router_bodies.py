@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from herd.errors import InvalidRequest
 from herd.router import body
 from tests.router.recnode import RecordingNode, app_over, go_view
 
@@ -77,7 +78,6 @@ def test_deep_nesting_is_refused_on_every_route(client, node, path, opener):
 
 
 def test_nesting_limit_is_exact_and_ignores_brackets_in_strings(client, node):
-    assert body.depth('{"a":"[[[[{{{{","b":[1,{"c":[]}]}') == 4
     ok = "[" * 99 + "]" * 99
     reply = _post(client, "/api/chat", _with("/api/chat")[:-1] + f',"x":{ok}}}')
     assert reply.status_code == 200 and node.take() != []
@@ -296,7 +296,30 @@ _DOCS = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(doc=_DOCS, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
-def test_depth_and_parse_agree_with_json(doc, ascii_only, indent):
+def test_parse_agrees_with_json(doc, ascii_only, indent):
     text = json.dumps(doc, ensure_ascii=ascii_only, indent=indent)
-    assert body.depth(text) == _true_depth(doc)
     assert body.parse(text.encode()) == doc  # no upper case: keys never collide
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    levels=st.lists(
+        st.sampled_from(["[", '{"k":', '[1,{"a":"[{","b":', '{"]":']),
+        min_size=1,
+        max_size=1500,
+    ),
+    filler=_TEXT,
+)
+def test_nesting_beyond_the_limit_is_refused_exactly(levels, filler):
+    closing = {"[": "]", '{"k":': "}", '[1,{"a":"[{","b":': "}]", '{"]":': "}"}
+    text = (
+        "".join(levels)
+        + json.dumps(filler)
+        + "".join(closing[o] for o in reversed(levels))
+    )
+    nested = sum(2 if o.startswith("[1") else 1 for o in levels)
+    if nested <= body.MAX_DEPTH:
+        assert _true_depth(body.parse(text)) == nested
+    else:
+        with pytest.raises(InvalidRequest, match="nested deeper than 100"):
+            body.parse(text)
