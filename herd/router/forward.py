@@ -379,7 +379,10 @@ def _streaming(raw: bytes) -> bytes | None:
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
-    obj = json.loads(data)
+    try:
+        obj = json.loads(data)
+    except RecursionError as ex:  # a node's answer nested absurdly deep
+        raise ValueError("nested too deeply") from ex
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj

@@ -110,6 +110,8 @@ class RecordingNode:
     def __init__(self, models: tuple[str, ...] = MODELS):
         self.models = models
         self.received: list[tuple[str, bytes]] = []
+        #: When set, every POST is answered 200 with these bytes (a bad node).
+        self.canned: bytes | None = None
         self.lock = threading.Lock()
         node = self
 
@@ -167,6 +169,9 @@ class RecordingNode:
             _send(h, 404, {"error": "not found"})
 
     def answer_post(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        if self.canned is not None:
+            _send(h, 200, self.canned, "application/x-ndjson")
+            return
         try:
             body = go_view(raw)
         except (ValueError, NotGoJSON) as ex:

@@ -323,3 +323,19 @@ def test_nesting_beyond_the_limit_is_refused_exactly(levels, filler):
     else:
         with pytest.raises(InvalidRequest, match="nested deeper than 100"):
             body.parse(text)
+
+
+def test_a_node_answer_nested_absurdly_deep_is_a_502(client, node):
+    deep = b"[" * 5000 + b"]" * 5000
+    try:
+        node.canned = b'{"done":true,"x":' + deep + b"}\n"
+        for path in ("/api/chat", "/v1/chat/completions", "/api/embed"):
+            reply = _post(client, path, _with(path))
+            assert reply.status_code == 502, (path, reply.text)
+        first = b'{"message":{"role":"assistant","content":"a"},"done":false}\n'
+        node.canned = first + b'{"done":false,"x":' + deep + b"}\n"
+        reply = _post(client, "/api/chat", _with("/api/chat", stream=True))
+        assert reply.status_code == 200
+        assert "not JSON" in reply.text.splitlines()[-1]
+    finally:
+        node.canned = None

@@ -190,7 +190,7 @@ def error_from_native(status: int, body: bytes) -> dict[str, Any]:
     """A node's `{"error": "..."}` reply in OpenAI's shape, typed by status."""
     try:
         message = json.loads(body).get("error") or ""
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = body.decode("utf-8", "replace").strip()
     kind = {400: "invalid_request_error", 404: "not_found_error"}.get(
         status, "api_error"
