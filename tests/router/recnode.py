@@ -224,8 +224,13 @@ def _send(
     h.wfile.write(data)
 
 
-def app_over(node: RecordingNode, allowed: list[str] | None = None) -> Any:
-    """The router app in-process (falcon TestClient) with `node` as its only node."""
+def app_over(
+    node: RecordingNode,
+    allowed: list[str] | None = None,
+    pinned: tuple[str, ...] = (),
+) -> Any:
+    """The router app in-process (falcon TestClient) with `node` as its only
+    node; `pinned` models have `keep_loaded: true`."""
     from falcon import testing
 
     from herd.manifest.model import build_fleet
@@ -242,7 +247,10 @@ def app_over(node: RecordingNode, allowed: list[str] | None = None) -> Any:
             "metadata": {"name": "bodies"},
             "router": {"clients": [client], "limits": {"retries": 0}},
             "nodes": [{"name": "rec", "url": node.url}],
-            "models": [{"name": m, "aliases": []} for m in MODELS],
+            "models": [
+                {"name": m, **({"keep_loaded": True} if m in pinned else {})}
+                for m in MODELS
+            ],
         }
     )
     app = create_app(StaticSource(fleet), TraceLog(None), Upstream(), background=False)

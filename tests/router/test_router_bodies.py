@@ -339,3 +339,14 @@ def test_a_node_answer_nested_absurdly_deep_is_a_502(client, node):
         assert "not JSON" in reply.text.splitlines()[-1]
     finally:
         node.canned = None
+
+
+def test_keep_alive_null_does_not_unpin_a_pinned_model(node):
+    client = app_over(node, pinned=("llama3.2:3b",))
+    node.take()
+    for keep in ("null", '"5m"'):
+        text = f'{{"model":"llama3.2:3b","prompt":"x","keep_alive":{keep}}}'
+        assert _post(client, "/api/generate", text).status_code == 200
+    [(_, null), (_, five)] = node.take()
+    assert go_view(null)["keep_alive"] == -1  # the manifest's pin
+    assert go_view(five)["keep_alive"] == "5m"  # the client's own, as before
