@@ -56,6 +56,13 @@ class ModelNotFound(HerdError):
     code = "model_not_found"
 
 
+class RequestTimeout(HerdError):
+    """The client did not send its request body in time (the router closes)."""
+
+    status = 408
+    kind = "invalid_request_error"
+
+
 class BodyTooLarge(HerdError):
     status = 413
     kind = "invalid_request_error"

@@ -156,7 +156,10 @@ class Runtime:
                 f"request body of {length} bytes is over the limit of "
                 f"{fleet.router.limits.max_body_mb:g} MB"
             )
-        raw = req.bounded_stream.read(limit + 1)
+        # A chunked body has no Content-Length; the server's input stream
+        # then ends where the body does (the router's worker de-chunks it).
+        chunked = length is None and req.env.get("wsgi.input_terminated")
+        raw = (req.stream if chunked else req.bounded_stream).read(limit + 1)
         if len(raw) > limit:
             raise BodyTooLarge(
                 "request body is over the limit of "
