@@ -22,6 +22,7 @@ class HerdError(Exception):
         *,
         headers: dict[str, str] | None = None,
         detail: str | None = None,
+        param: str | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -29,6 +30,8 @@ class HerdError(Exception):
         #: The same error with fleet internals (node names, URLs, addresses),
         #: shown only to operator client groups; `message` never has them.
         self.detail = detail
+        #: The request field at fault (OpenAI's `param`), when there is one.
+        self.param = param
 
 
 class InvalidRequest(HerdError):

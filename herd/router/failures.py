@@ -71,12 +71,18 @@ def openai_body(
 
 
 def render(
-    req: Any, resp: Any, status: int, message: str, kind: str, code: str | None
+    req: Any,
+    resp: Any,
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    param: str | None = None,
 ) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     if is_openai(req.path):
-        resp.data = dumps(openai_body(message, kind, code))
+        resp.data = dumps(openai_body(message, kind, code, param))
     elif is_registry(req.path):
         resp.data = dumps(registry_body(status, message))
     else:
@@ -99,7 +105,7 @@ def handle_herd_error(req: Any, resp: Any, ex: HerdError, params: Any) -> None:
     message = ex.message
     if ex.detail and is_operator(getattr(req.context, "client", None)):
         message = ex.detail
-    render(req, resp, status, message, ex.kind, ex.code)
+    render(req, resp, status, message, ex.kind, ex.code, ex.param)
 
 
 def handle_http_error(req: Any, resp: Any, ex: falcon.HTTPError, params: Any) -> None:

@@ -253,7 +253,8 @@ class Forwarder:
                 released = True
                 self.queues.release(node.name)
 
-        inject = model.keep_loaded is not None and "keep_alive" not in body
+        # keep_alive null is the node's default: the manifest's pin applies.
+        inject = model.keep_loaded is not None and body.get("keep_alive") is None
         fold = not stream and path in _GENERATING
         data = None
         if raw is not None and not inject and body.get("model") == model.name:
@@ -265,7 +266,7 @@ class Forwarder:
                 payload["keep_alive"] = _keep_alive(model.keep_loaded)
             if fold:
                 payload["stream"] = True  # folded back here (see aggregate.py)
-            data = _dumps(payload).encode("utf-8")
+            data = dumps(payload)
         sent = self.clock()
         try:
             reply = self.upstream.open(
@@ -335,7 +336,7 @@ class Forwarder:
             if obj.get("error"):
                 opened.status = 500
                 opened.first_obj = {"error": str(obj["error"])}
-                return _dumps(opened.first_obj).encode()
+                return dumps(opened.first_obj)
             if fold.feed(obj):
                 break
             line = next(lines, None)
@@ -348,7 +349,7 @@ class Forwarder:
             obj = _json_object(line)
         opened.content_type = "application/json; charset=utf-8"
         opened.first_obj = fold.result()
-        return _dumps(opened.first_obj).encode()
+        return dumps(opened.first_obj)
 
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
         """The error for a node that failed before answering. Its message
@@ -386,20 +387,27 @@ _RETRY_STATUS = frozenset({404, 500, 502, 503, 504})
 
 
 _STREAM_FALSE = re.compile(rb'"stream"\s*:\s*false')
+#: A \u escape of a lowercase ASCII letter: `"str\u0065am"` is the key
+#: "stream" without showing as its plain bytes.
+_LETTER_ESCAPE = re.compile(rb"\\u00[67]")
 
 
 def _streaming(raw: bytes) -> bytes | None:
     """The client's body with `"stream": false` turned into true, without
-    re-encoding it; None unless `"stream"` occurs exactly once (then it is the
-    top-level key the caller parsed as false)."""
-    if raw.count(b'"stream"') != 1:
+    re-encoding it; None unless `"stream"` occurs exactly once as plain bytes
+    and no key can be spelled with escapes (then that one occurrence is the
+    top-level key the caller parsed as false, not a nested key or value)."""
+    if raw.count(b'"stream"') != 1 or _LETTER_ESCAPE.search(raw):
         return None
     data, count = _STREAM_FALSE.subn(b'"stream":true', raw, count=1)
     return data if count == 1 else None
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
-    obj = json.loads(data)
+    try:
+        obj = json.loads(data)
+    except RecursionError as ex:  # a node's answer nested absurdly deep
+        raise ValueError("nested too deeply") from ex
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
@@ -413,5 +421,14 @@ def _keep_alive(value: str) -> Any:
         return value
 
 
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(obj: Any) -> bytes:
-    return _dumps(obj).encode("utf-8")
+    """Compact UTF-8 JSON. A string holding a lone surrogate (JSON allows the
+    escape `\\ud800`; it is no UTF-8) is written escaped, which Go reads as
+    U+FFFD just as it would have read the client's own bytes."""
+    try:
+        return _dumps(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return _dumps_ascii(obj).encode("ascii")

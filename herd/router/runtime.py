@@ -9,7 +9,6 @@ on the first request or from gunicorn's `post_worker_init`, never at import.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from herd.discovery.static import StaticPoller
 from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
 from herd.router.accesslog import AccessLog
+from herd.router.body import parse_object
 from herd.router.forward import Forwarder, Opened, Outcome
 from herd.router.policy import Policy, RateLimiter
 from herd.router.proxy import Upstream
@@ -197,7 +197,8 @@ class Runtime:
     # -- request steps -------------------------------------------------------
 
     def read_json(self, req: Any, fleet: Fleet) -> tuple[dict[str, Any], bytes]:
-        """The request body as a JSON object, refusing bodies over max_body_mb."""
+        """The request body as a JSON object (parsed by herd.router.body),
+        refusing bodies over max_body_mb."""
         limit = int(fleet.router.limits.max_body_mb * 1024 * 1024)
         length = req.content_length
         if length is not None and length > limit:
@@ -216,13 +217,8 @@ class Runtime:
             )
         if not raw.strip():
             raise InvalidRequest("missing request body")
-        try:
-            body = json.loads(raw)
-        except ValueError as ex:
-            raise InvalidRequest(f"request body is not valid JSON: {ex}") from ex
-        if not isinstance(body, dict):
-            raise InvalidRequest("request body must be a JSON object")
-        return body, raw
+        # Strict: refused wherever a node could read the bytes differently.
+        return parse_object(raw), raw
 
     def models_for(
         self,
