@@ -52,6 +52,9 @@ class Client:
     models: tuple[str, ...] = ()
     token_sha256: str | None = None
     rate_limit: RateLimit | None = None
+    #: May see fleet internals: node names, URLs and addresses, every model,
+    #: reload errors (/fleet/*, /metrics, detailed 502/503/504 errors).
+    operator: bool = False
 
     def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in net for net in self.networks)
@@ -247,6 +250,7 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
             models=tuple(_canonical(lookup, m) for m in c.get("models") or ()),
             token_sha256=(c.get("token_sha256") or None),
             rate_limit=_rate_limit(c.get("rate_limit")),
+            operator=c.get("operator", Client.operator),
         )
         for c in router_doc.get("clients") or ()
     )

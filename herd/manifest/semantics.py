@@ -253,3 +253,21 @@ def _clients(doc: dict[str, Any]) -> Iterator[Finding]:
                     ("router", "clients", i, "models", j),
                     (f"{model!r} is not a declared model or alias"),
                 )
+        yield from _operator(i, client)
+
+
+def _operator(i: int, client: dict[str, Any]) -> Iterator[Finding]:
+    """An operator group sees node addresses: not for every address without a
+    token (that would show the fleet's internals to anyone on the network)."""
+    if not client.get("operator") or client.get("token_sha256"):
+        return
+    for j, text in enumerate(client.get("networks") or []):
+        net, _ = parse_cidr(text)
+        if net is not None and net.prefixlen == 0:
+            yield (
+                ("router", "clients", i, "networks", j),
+                (
+                    f"{net} admits every address to an operator group without a "
+                    "token: narrow the networks or set token_sha256"
+                ),
+            )

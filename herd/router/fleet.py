@@ -2,6 +2,10 @@
 
 Also used by `herd status`: the manifest's view (where each model should be)
 next to what the nodes report (where it is, loaded or not), so drift shows.
+That full view is for operator client groups (`router.clients[].operator`);
+any other group's /fleet/status shows only the models it may use, whether
+each is available, and how many nodes are up: no node names, URLs or
+addresses, no reload errors. /fleet/nodes is for operators only.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from typing import Any
 
 import falcon
 
-from herd.manifest.model import Fleet
+from herd.manifest.model import Client, Fleet
 from herd.reconcile.inventory import NodeInventory
 from herd.reconcile.placement import choose
 from herd.router.forward import dumps
+from herd.router.ollama import allowed_models
+from herd.router.policy import is_operator, require_operator
+from herd.router.reload import Served
 from herd.router.runtime import Runtime
 
 
@@ -79,14 +86,16 @@ def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
     return out
 
 
-def status(runtime: Runtime) -> dict[str, Any]:
-    served = runtime.served()
+def status(runtime: Runtime, served: Served | None = None) -> dict[str, Any]:
+    """The whole fleet's state: what operator groups see."""
+    served = served or runtime.served()
     fleet = served.fleet
     nodes = nodes_view(runtime, fleet)
     return {
         "fleet": fleet.name,
         "revision": served.revision,
         "sha256": served.sha256,
+        "operator": True,
         "reload_error": getattr(runtime.source, "last_error", None),
         "nodes_up": sum(1 for n in nodes if n["state"] == "up"),
         "nodes": nodes,
@@ -97,9 +106,42 @@ def status(runtime: Runtime) -> dict[str, Any]:
             "written": runtime.traces.written,
             "pending": runtime.traces.pending,
             "dropped": runtime.traces.dropped,
+            "refusals_unrecorded": runtime.refusals.unrecorded,
             "write_failures": runtime.traces.write_failures,
             "write_error": runtime.traces.write_error,
         },
+    }
+
+
+def client_status(
+    runtime: Runtime, served: Served, client: Client | None
+) -> dict[str, Any]:
+    """What a group that is not an operator sees: its own models, each with
+    whether some node is up to serve it, and how many nodes are up."""
+    fleet = served.fleet
+    allowed = allowed_models(fleet, client)
+    names = {m.name for m in allowed}
+    up = sum(1 for n in fleet.nodes if runtime.poller.get(n).up)
+    models = []
+    for model in allowed:
+        health = [runtime.poller.get(n) for n in fleet.nodes_for(model)]
+        models.append(
+            {
+                "name": model.name,
+                "aliases": list(model.aliases),
+                "fallbacks": [f for f in model.fallbacks if f in names],
+                "available": any(h.up for h in health),
+                "loaded": any(h.up and model.name in h.loaded for h in health),
+            }
+        )
+    return {
+        "fleet": fleet.name,
+        "revision": served.revision,
+        "sha256": served.sha256,
+        "operator": False,
+        "client": client.name if client is not None else None,
+        "nodes_up": up,
+        "models": models,
     }
 
 
@@ -108,14 +150,22 @@ class Status:
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
+        ctx = req.context
+        if is_operator(ctx.client):
+            body = status(self.rt, ctx.served)
+        else:
+            body = client_status(self.rt, ctx.served, ctx.client)
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps(status(self.rt))
+        resp.data = dumps(body)
 
 
 class Nodes:
+    """GET /fleet/nodes: every node's health (operator groups only)."""
+
     def __init__(self, runtime: Runtime):
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
+        require_operator(req.context.client, "/fleet/nodes")
         resp.content_type = falcon.MEDIA_JSON
         resp.data = dumps({"nodes": nodes_view(self.rt, req.context.served.fleet)})

@@ -80,6 +80,8 @@ def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     """A plain-text table of nodes and models, with drift called out."""
+    if "nodes" not in report:
+        return _render_client(report)
     lines = [
         f"fleet {report.get('fleet')}  revision {report.get('revision')}  "
         f"({report.get('source', 'live router')})",
@@ -121,4 +123,23 @@ def render(report: dict[str, Any]) -> str:
             )
     if report.get("reload_error"):
         lines += ["", f"last manifest reload refused: {report['reload_error']}"]
+    return "\n".join(lines)
+
+
+def _render_client(report: dict[str, Any]) -> str:
+    """The view of a client group that is not an operator: its models only."""
+    lines = [
+        f"fleet {report.get('fleet')}  revision {report.get('revision')}  "
+        f"({report.get('source', 'live router')})",
+        f"client group {report.get('client')}: not an operator group, so node "
+        "details are not shown (router.clients[].operator in the manifest)",
+        f"nodes up: {report.get('nodes_up')}",
+        "",
+        f"{'MODEL':<28} {'AVAILABLE':<10} LOADED",
+    ]
+    for m in report.get("models", []):
+        lines.append(
+            f"{m['name']:<28} {'yes' if m.get('available') else 'no':<10} "
+            f"{'yes' if m.get('loaded') else 'no'}"
+        )
     return "\n".join(lines)

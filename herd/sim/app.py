@@ -18,6 +18,7 @@ from typing import Any
 import falcon
 import gevent
 
+from herd.router.peer import peer_address
 from herd.sim import VERSION, Fault, SimError, SimState
 from herd.sim import models as sm
 from herd.sim.inference import (
@@ -188,7 +189,8 @@ class Control:
 
     def _local(self, req: falcon.Request) -> None:
         try:
-            loopback = ipaddress.ip_address(req.remote_addr).is_loopback
+            # ::ffff:127.0.0.1 (IPv4 loopback on a dual-stack bind) is loopback too.
+            loopback = ipaddress.ip_address(peer_address(req.remote_addr)).is_loopback
         except ValueError:
             loopback = False
         if not loopback:

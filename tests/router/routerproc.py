@@ -120,7 +120,13 @@ def manifest(
             "listen": listen,
             "node_networks": ["127.0.0.0/8"],
             "clients": clients
-            or [{"name": "local", "networks": ["127.0.0.0/8", "::1/128"]}],
+            or [
+                {
+                    "name": "local",
+                    "networks": ["127.0.0.0/8", "::1/128"],
+                    "operator": True,
+                }
+            ],
             "limits": {
                 "max_body_mb": 1,
                 "request_timeout_s": 60,
@@ -206,7 +212,11 @@ class Router:
 
 
 def start_router(
-    state_dir: Path, text: str, log_path: Path, host: str = "127.0.0.1"
+    state_dir: Path,
+    text: str,
+    log_path: Path,
+    host: str = "127.0.0.1",
+    extra_env: dict[str, str] | None = None,
 ) -> Router:
     apply(state_dir, text)
     port = free_port(host)
@@ -217,6 +227,7 @@ def start_router(
         "PYTHONUNBUFFERED": "1",
         # Idle keep-alive connections hold a graceful stop this long.
         "HERD_KEEPALIVE": "1",
+        **(extra_env or {}),
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(
