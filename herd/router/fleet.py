@@ -15,6 +15,8 @@ from typing import Any
 import falcon
 
 from herd.manifest.model import Client, Fleet
+from herd.reconcile.inventory import NodeInventory
+from herd.reconcile.placement import choose
 from herd.router.forward import dumps
 from herd.router.ollama import allowed_models
 from herd.router.policy import is_operator, require_operator
@@ -42,27 +44,43 @@ def nodes_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
 
 
 def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
+    """Per model: where the manifest places it (`replicas` resolved as `herd
+    apply` does), where it is, and the drift between the two."""
+    health = {n.name: runtime.poller.get(n) for n in fleet.nodes}
+    held = {
+        name: NodeInventory(name, h.url, bool(h.up), models={k: "" for k in h.on_disk})
+        for name, h in health.items()
+    }
     out = []
     for model in fleet.models:
-        placed = [n.name for n in fleet.nodes_for(model)]
+        candidates = fleet.nodes_for(model)
+        placed = choose(model, candidates, held)
         on_disk, loaded, missing = [], [], []
-        for node in fleet.nodes_for(model):
-            health = runtime.poller.get(node)
-            if model.name in health.loaded:
+        for node in candidates:
+            state = health[node.name]
+            if model.name in state.loaded:
                 loaded.append(node.name)
-            if model.name in health.on_disk:
+            if model.name in state.on_disk:
                 on_disk.append(node.name)
-            elif health.up:
+            elif state.up and node in placed:
                 missing.append(node.name)
         out.append(
             {
                 "name": model.name,
                 "aliases": list(model.aliases),
                 "fallbacks": list(model.fallbacks),
-                "placed_on": placed,
+                "replicas": model.place.replicas,
+                "placed_on": [n.name for n in placed],
                 "on_disk": on_disk,
                 "loaded": loaded,
                 "missing_on": missing,
+                # Holds it though the manifest places it elsewhere (--prune).
+                "extra_on": [
+                    name
+                    for name, state in health.items()
+                    if model.name in state.on_disk
+                    and name not in {p.name for p in placed}
+                ],
             }
         )
     return out

@@ -101,7 +101,15 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", f"{'MODEL':<28} {'PLACED ON':<24} {'ON DISK':<24} DRIFT"]
     for m in report.get("models", []):
         drift = (
-            "missing on " + ",".join(m["missing_on"]) if m.get("missing_on") else "-"
+            "; ".join(
+                f"{label} " + ",".join(m[key])
+                for key, label in (
+                    ("missing_on", "missing on"),
+                    ("extra_on", "extra on"),
+                )
+                if m.get(key)
+            )
+            or "-"
         )
         lines.append(
             f"{m['name']:<28} {','.join(m['placed_on']) or '-':<24} "
