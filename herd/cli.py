@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "herd.router.commands",
     "herd.sim",
     "herd.bundle.commands",
+    "herd.node.commands",
 )
 
 EPILOG = """\

@@ -15,9 +15,13 @@ from typing import Any
 
 import falcon
 
+from herd.discovery.agents import AgentAwareHealth
+from herd.discovery.membership import Membership
+from herd.discovery.source import DiscoveredSource
 from herd.router import failures, fleet, ollama, openai, ops, registry
 from herd.router.accesslog import AccessLog
 from herd.router.gate import Gate
+from herd.router.heartbeat import HeartbeatResource
 from herd.router.proxy import Upstream
 from herd.router.runtime import Runtime
 from herd.router.traces import TraceLog
@@ -45,6 +49,7 @@ def create_app(
     background: bool = True,
     bundle_store: Callable[[], Path] | None = None,
     access: AccessLog | None = None,
+    membership: Membership | None = None,
 ) -> RouterApp:
     """The router as a falcon WSGI app over the given collaborators.
 
@@ -53,8 +58,20 @@ def create_app(
     request; `upstream` talks to nodes; `bundle_store` (the bundle store
     directory, followed across reloads) mounts the read-only /v2 registry
     nodes pull models from; `access` writes one line per request. The
-    `Runtime` is `app.herd_runtime`.
+    `Runtime` is `app.herd_runtime`. `membership` holds the nodes that joined
+    by signed heartbeat (in memory unless given); they are merged into the
+    served fleet.
     """
+    membership = membership or Membership()
+    source = DiscoveredSource(source, membership)
+    if poller is None:
+        poller = AgentAwareHealth(
+            lambda: source.current().fleet,
+            upstream,
+            clock,
+            membership=membership,
+            static_fleet=lambda: source.static().fleet,
+        )
     runtime = Runtime(
         source,
         traces,
@@ -85,6 +102,7 @@ def create_app(
 
     app.add_route("/fleet/status", fleet.Status(runtime))
     app.add_route("/fleet/nodes", fleet.Nodes(runtime))
+    app.add_route("/fleet/heartbeat", HeartbeatResource(runtime, membership))
     app.add_route("/healthz", ops.Healthz())
     app.add_route("/readyz", ops.Readyz(runtime))
     app.add_route("/metrics", ops.Metrics(runtime))
@@ -112,6 +130,7 @@ def get_app() -> RouterApp:
         Upstream(),
         bundle_store=lambda: bundle_store(source, state_dir),
         access=access,
+        membership=Membership(Path(state_dir) / "discovery.db"),
     )
     _RUNTIME = app.herd_runtime
     return app

@@ -15,7 +15,8 @@ from herd.router.runtime import Runtime
 
 #: Probes that load balancers and systemd use; no client group needed.
 #: (/v2, the registry, also admits the fleet's own nodes by address.)
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: /fleet/heartbeat is signed and admits by its own rules (herd.router.heartbeat).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/fleet/heartbeat"})
 
 
 class Gate:

@@ -1,0 +1,103 @@
+"""Node health that also knows what `herd node` agents report.
+
+`AgentAwareHealth` is the static poller (herd.discovery.static) for the
+manifest's nodes, and for discovered nodes turns each heartbeat into the same
+`NodeHealth` a poll would give (models on disk and loaded, version), so a
+discovered node is never polled: its agent reports. A static node whose agent
+also heartbeats keeps being polled and gains the agent's metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from herd.discovery.health import NodeHealth, PollResult, connection_refused, observe
+from herd.discovery.membership import Member, Membership
+from herd.discovery.static import StaticPoller
+from herd.manifest.model import Fleet, Node
+
+
+class AgentAwareHealth(StaticPoller):
+    """Health of static nodes by polling, of discovered nodes by heartbeat."""
+
+    def __init__(
+        self,
+        fleet: Callable[[], Fleet],
+        upstream: Any,
+        clock: Callable[[], float],
+        *,
+        membership: Membership,
+        static_fleet: Callable[[], Fleet],
+        **kw: Any,
+    ):
+        super().__init__(fleet, upstream, clock, **kw)
+        self.membership = membership
+        self._static_fleet = static_fleet
+        self._agent: dict[str, tuple[int, NodeHealth]] = {}
+        self._refused: dict[str, NodeHealth] = {}
+        self._by_static: tuple[int, dict[str, Member]] = (-1, {})
+
+    def member(self, node: Node) -> Member | None:
+        """The agent reporting for `node` (a discovered node, or a static one
+        whose agent heartbeats with its URL), if any."""
+        members = self.membership.members
+        found = members.get(node.name)
+        if found is not None and found.static_name is None:
+            return found
+        generation, index = self._by_static
+        if generation != self.membership.generation:
+            index = {m.static_name: m for m in members.values() if m.static_name}
+            self._by_static = (self.membership.generation, index)
+        found = index.get(node.name)
+        if found is not None and found.name in members:
+            return members[found.name]
+        return None
+
+    def get(self, node: Node) -> NodeHealth:
+        member = self.membership.members.get(node.name)
+        if member is None or member.static_name is not None:
+            return super().get(node)
+        cached = self._agent.get(node.name)
+        if cached is not None and cached[0] == member.seq:
+            health = cached[1]
+        else:
+            prev = cached[1] if cached else NodeHealth(node.name, node.url)
+            result = PollResult(
+                ok=member.ollama_error is None,
+                version=member.version,
+                tags=member.models,
+                ps=member.loaded,
+                error=member.ollama_error,
+            )
+            health = observe(prev, result, member.last_seen)
+            self._agent[node.name] = (member.seq, health)
+        refused = self._refused.get(node.name)
+        if refused is not None and (refused.last_poll or 0) >= member.last_seen:
+            return refused
+        return health
+
+    def report_refused(self, node: Node, error: str) -> None:
+        if node.name in self._agent:
+            self._refused[node.name] = connection_refused(
+                self.get(node), error, self._clock()
+            )
+            return
+        super().report_refused(node, error)
+
+    def poll_once(self) -> None:
+        """Poll the manifest's own nodes; discovered ones report by heartbeat."""
+        import gevent
+
+        fleet = self._static_fleet()
+        known = {n.name for n in fleet.nodes}
+        for name in [n for n in self.health if n not in known]:
+            del self.health[name]
+        live = self.membership.members
+        for name in [n for n in self._agent if n not in live]:
+            del self._agent[name]
+            self._refused.pop(name, None)
+        jobs = [gevent.spawn(self.poll_node, node) for node in fleet.nodes]
+        gevent.joinall(jobs, timeout=self.timeout * 3 + 1)
+        for job in jobs:
+            job.kill(block=False)

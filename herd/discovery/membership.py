@@ -1,0 +1,283 @@
+"""Who has joined the fleet by heartbeat: shared by every router worker.
+
+Members, used nonces and recent refusals live in one small SQLite database
+(`STATE_DIR/discovery.db`, WAL) so that a replayed heartbeat is refused by
+whichever gunicorn worker it reaches, and every worker routes to the same
+nodes. Each worker keeps the members in memory and re-reads only rows that
+changed, when SQLite says another connection wrote (`PRAGMA data_version`).
+
+A member leaves on its goodbye, or when it has been silent for
+`discovery.heartbeat_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from herd.discovery.heartbeat import Heartbeat
+
+log = logging.getLogger("herd.audit")
+
+#: How often (at most) a worker looks for other workers' writes and expiries.
+CHECK_S = 0.25
+#: Refusals kept for `herd status` (older ones are only in the log).
+KEEP_REFUSALS = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS members (
+    name TEXT PRIMARY KEY, address TEXT NOT NULL, url TEXT NOT NULL,
+    static_name TEXT, via TEXT, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    seq INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_ts ON nonces (ts);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, address TEXT, name TEXT,
+    status INTEGER NOT NULL, reason TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One admitted agent, as of its last heartbeat."""
+
+    name: str
+    url: str
+    address: str
+    #: The static node this agent reports for (metrics merged), else None.
+    static_name: str | None
+    via: str
+    first_seen: float
+    last_seen: float
+    seq: int
+    interval_s: float = 5.0
+    version: str | None = None
+    ollama_error: str | None = None
+    models: tuple[Mapping[str, Any], ...] = ()
+    loaded: tuple[Mapping[str, Any], ...] = ()
+    metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def from_row(cls, row: tuple) -> Member:
+        name, address, url, static_name, via, first, last, seq, doc = row
+        body = json.loads(doc)
+        return cls(
+            name=name,
+            url=url,
+            address=address,
+            static_name=static_name,
+            via=via or "agent",
+            first_seen=first,
+            last_seen=last,
+            seq=seq,
+            interval_s=body.get("interval_s", 5.0),
+            version=body.get("version"),
+            ollama_error=body.get("ollama_error"),
+            models=tuple(body.get("models") or ()),
+            loaded=tuple(body.get("loaded") or ()),
+            metrics=MappingProxyType(body.get("metrics") or {}),
+        )
+
+
+class Membership:
+    """The live members and the nonce ledger, backed by SQLite."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.path = str(path) if path else ":memory:"
+        self.clock = clock
+        self.monotonic = monotonic
+        self.db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=5, check_same_thread=False
+        )
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self.members: dict[str, Member] = {}
+        #: Bumps whenever the set of nodes (names, URLs) changes.
+        self.generation = 0
+        self.timeout_s = 15.0
+        self._checked = float("-inf")
+        self._data_version: int | None = None
+        self._nonces_pruned = 0.0
+        self._reload()
+
+    # -- reads ---------------------------------------------------------------
+
+    def check(self, timeout_s: float | None = None) -> int:
+        """Catch up with other workers and expire silent members (rate-limited);
+        returns the generation."""
+        if timeout_s is not None:
+            self.timeout_s = timeout_s
+        now = self.monotonic()
+        if now - self._checked < CHECK_S:
+            return self.generation
+        self._checked = now
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._reload()
+        self._expire()
+        return self.generation
+
+    def holders(self) -> dict[str, tuple[str, str]]:
+        """Live discovered names → (address, url), for the name-claim rules."""
+        return {m.name: (m.address, m.url) for m in self.members.values()}
+
+    def refusals(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT time, address, name, status, reason FROM refusals "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("time", "address", "name", "status", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- writes --------------------------------------------------------------
+
+    def use_nonce(self, nonce: str, skew_s: float) -> bool:
+        """Record a nonce; False if it was seen already (a replay)."""
+        now = self.clock()
+        try:
+            self.db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now))
+        except sqlite3.IntegrityError:
+            return False
+        if now - self._nonces_pruned > skew_s:
+            # A nonce older than twice the skew bound can only come with a
+            # stale timestamp, which is refused before the ledger is asked.
+            self._nonces_pruned = now
+            self.db.execute("DELETE FROM nonces WHERE ts < ?", (now - 2 * skew_s,))
+        return True
+
+    def beat(
+        self, hb: Heartbeat, address: str, static_name: str | None, via: str
+    ) -> Member:
+        """Record an admitted heartbeat; logs an audit line when a node joins."""
+        now = self.clock()
+        prev = self.members.get(hb.name)
+        doc = json.dumps(
+            {
+                "interval_s": hb.interval_s,
+                "version": hb.version,
+                "ollama_error": hb.ollama_error,
+                "models": list(hb.models),
+                "loaded": list(hb.loaded),
+                "metrics": dict(hb.metrics),
+            },
+            separators=(",", ":"),
+        )
+        first = prev.first_seen if prev and prev.url == hb.url else now
+        seq = time.time_ns()
+        row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
+        self.db.execute(
+            "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+        )
+        member = Member.from_row(row)
+        self.members[hb.name] = member
+        if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):
+            self.generation += 1
+            log.warning(
+                "audit node.joined name=%s address=%s url=%s%s",
+                hb.name,
+                address,
+                hb.url,
+                f" static={static_name}" if static_name else "",
+            )
+        return member
+
+    def leave(self, name: str, address: str, why: str) -> bool:
+        """Remove `name` (its goodbye, sent from the address holding it)."""
+        cur = self.db.execute(
+            "DELETE FROM members WHERE name = ? AND address = ?", (name, address)
+        )
+        gone = self.members.pop(name, None)
+        if gone is not None:
+            self.generation += 1
+        if cur.rowcount:
+            log.warning("audit node.left name=%s address=%s (%s)", name, address, why)
+        return bool(cur.rowcount)
+
+    def refuse(
+        self, address: str | None, name: str | None, status: int, reason: str
+    ) -> None:
+        """One audit line for a refused heartbeat, and a row `herd status` shows."""
+        log.warning(
+            "audit heartbeat.refused status=%d address=%s name=%s reason=%s",
+            status,
+            address,
+            name or "-",
+            reason,
+        )
+        try:
+            cur = self.db.execute(
+                "INSERT INTO refusals (time, address, name, status, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.clock(), address, name, status, reason[:300]),
+            )
+            if cur.lastrowid and cur.lastrowid % 50 == 0:
+                self.db.execute(
+                    "DELETE FROM refusals WHERE id <= ?",
+                    (cur.lastrowid - KEEP_REFUSALS,),
+                )
+        except sqlite3.Error as ex:  # the audit line above is what matters
+            log.error("could not record a refusal: %s", ex)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- internals -----------------------------------------------------------
+
+    def _reload(self) -> None:
+        rows = self.db.execute("SELECT name, seq FROM members").fetchall()
+        seen = dict(rows)
+        changed = False
+        for name in [n for n in self.members if n not in seen]:
+            del self.members[name]
+            changed = True
+        for name, seq in seen.items():
+            known = self.members.get(name)
+            if known is not None and known.seq == seq:
+                continue
+            row = self.db.execute(
+                "SELECT * FROM members WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                continue
+            member = Member.from_row(row)
+            if known is None or (known.url, known.static_name) != (
+                member.url,
+                member.static_name,
+            ):
+                changed = True
+            self.members[name] = member
+        if changed:
+            self.generation += 1
+
+    def _expire(self) -> None:
+        cutoff = self.clock() - self.timeout_s
+        for member in [m for m in self.members.values() if m.last_seen < cutoff]:
+            del self.members[member.name]
+            self.generation += 1
+            cur = self.db.execute(
+                "DELETE FROM members WHERE name = ? AND seq = ?",
+                (member.name, member.seq),
+            )
+            if cur.rowcount:
+                log.warning(
+                    "audit node.left name=%s address=%s (no heartbeat for %.0f s)",
+                    member.name,
+                    member.address,
+                    self.timeout_s,
+                )
