@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS members (
     seq INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS nonces_ts ON nonces (ts);
+CREATE TABLE IF NOT EXISTS candidates (
+    instance TEXT PRIMARY KEY, address TEXT, port INTEGER, txt TEXT,
+    seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, address TEXT, name TEXT,
     status INTEGER NOT NULL, reason TEXT NOT NULL);
@@ -233,6 +236,45 @@ class Membership:
                 )
         except sqlite3.Error as ex:  # the audit line above is what matters
             log.error("could not record a refusal: %s", ex)
+
+    def set_candidates(self, found: list[Any]) -> None:
+        """Agents currently announced over mDNS (herd.discovery.mdns.Found)."""
+        now = self.clock()
+        rows = [
+            (
+                f.instance,
+                ",".join(f.addresses),
+                f.port,
+                json.dumps(dict(f.txt), sort_keys=True),
+                now,
+            )
+            for f in found
+        ]
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM candidates")
+            self.db.executemany("INSERT INTO candidates VALUES (?, ?, ?, ?, ?)", rows)
+        finally:
+            self.db.execute("COMMIT")
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Announced agents, each marked admitted or not (and why not)."""
+        rows = self.db.execute(
+            "SELECT instance, address, port, txt FROM candidates ORDER BY instance"
+        ).fetchall()
+        out = []
+        for instance, address, port, txt in rows:
+            member = self.members.get(instance)
+            out.append(
+                {
+                    "name": instance,
+                    "addresses": address.split(",") if address else [],
+                    "port": port,
+                    "txt": json.loads(txt),
+                    "admitted": member is not None,
+                }
+            )
+        return out
 
     def close(self) -> None:
         self.db.close()

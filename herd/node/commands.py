@@ -62,7 +62,7 @@ def node(args: argparse.Namespace) -> int:
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
-    services = _start_services(agent, config, keys, stop)
+    services = _start_services(agent, config, keys, stop, args)
     logging.getLogger("herd.node").info(
         "herd node %s: ollama %s, router %s, every %gs",
         config.name,
@@ -76,7 +76,7 @@ def node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_services(agent: Agent, config: AgentConfig, keys, stop) -> list:
+def _start_services(agent: Agent, config: AgentConfig, keys, stop, args) -> list:
     """The LAN proxy and mDNS, when asked for (each has `stop()`)."""
     services: list = []
     if config.lan_proxy:
@@ -88,7 +88,7 @@ def _start_services(agent: Agent, config: AgentConfig, keys, stop) -> list:
     if not config.router:
         from herd.node.finder import RouterFinder
 
-        finder = RouterFinder(agent, keys, stop)
+        finder = RouterFinder(agent, keys, stop, args.mdns_interface or ())
         finder.start()
         services.append(finder)
     return services
@@ -194,5 +194,12 @@ on each node for `herd node --key`""",
         default=DEFAULT_INTERVAL_S,
         metavar="S",
         help=f"seconds between heartbeats (default {DEFAULT_INTERVAL_S:g})",
+    )
+    parser.add_argument(
+        "--mdns-interface",
+        action="append",
+        metavar="NAME",
+        help="look for the router on this interface only (repeatable; default: "
+        "every non-loopback interface that is up)",
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging")

@@ -66,7 +66,12 @@ def discovery_status(runtime: Runtime) -> dict[str, Any]:
     membership = getattr(runtime.source, "membership", None)
     if membership is None:
         return {}
-    return {"refused": membership.refusals(20)}
+    fleet = runtime.source.static().fleet
+    return {
+        "mdns": fleet.discovery.mdns_enabled,
+        "candidates": membership.candidates(),
+        "refused": membership.refusals(20),
+    }
 
 
 def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:

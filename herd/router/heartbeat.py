@@ -68,6 +68,13 @@ class HeartbeatResource:
         self.membership = membership
         self.keys = KeyCache()
 
+    def fingerprints(self, fleet: Any) -> list[str]:
+        """Fingerprints of the fleet keys (announced over mDNS), if readable."""
+        try:
+            return [k.fingerprint for k in self.keys.keys(fleet.discovery.node_keys)]
+        except Refused:
+            return []
+
     def on_post(self, req: Any, resp: Any) -> None:
         req.context.deferred = True  # no trace row: not a client request
         address = req.remote_addr
