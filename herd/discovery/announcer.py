@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from herd.manifest.model import Fleet
 log = logging.getLogger("herd.discovery")
 
 CHECK_S = 1.0
+#: After the responder failed (e.g. the port is taken), wait this long.
+RETRY_S = 10.0
 
 
 def bind_port(listen: str) -> int:
@@ -64,6 +67,7 @@ class RouterMdns:
         self._greenlet: Any = None
         self._config: tuple | None = None
         self._stop_responder = False
+        self._retry_at = 0.0
 
     def run(self, stopped: Callable[[], bool]) -> None:
         import gevent
@@ -86,6 +90,12 @@ class RouterMdns:
             self.stop()
             return
         if not self._locked():
+            return
+        if self._greenlet is not None and self._greenlet.dead:
+            # The responder failed (its error is logged); try again later.
+            self._greenlet, self.responder = None, None
+            self._retry_at = time.monotonic() + RETRY_S
+        if time.monotonic() < self._retry_at:
             return
         from herd.discovery import mdnsnet
 

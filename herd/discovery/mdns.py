@@ -11,8 +11,9 @@ Pure functions, no sockets (the sockets are in herd.discovery.mdnsnet):
 - `Cache`: records heard, expired by their TTLs, resolved into `Found` services.
 
 mDNS sets the top bit of a record's class (cache flush) and of a question's
-class (unicast response wanted); dnspython does not know these bits, so
-`parse()` clears them in the wire bytes before handing them to dnspython, and
+class (unicast response wanted), and compresses names inside SRV and NSEC
+data; dnspython, following unicast DNS, accepts neither, so `parse()` rewrites
+the wire bytes (bits cleared, names expanded) before dnspython reads them, and
 records are written with the bit set through `RRset.deleting` (dnspython's
 class override for rendering).
 """
@@ -87,52 +88,85 @@ class Found:
 # -- wire helpers --------------------------------------------------------------
 
 
-def _skip_name(wire: bytes, pos: int) -> int:
+def _read_name(wire: bytes, pos: int) -> tuple[bytes, int]:
+    """A (possibly compressed) name at `pos`, expanded; and the offset after it."""
+    out = bytearray()
+    end = None
+    jumps = 0
     while True:
         if pos >= len(wire):
             raise BadPacket("name runs past the end")
         length = wire[pos]
         if length == 0:
-            return pos + 1
+            out.append(0)
+            return bytes(out), (end if end is not None else pos + 1)
         if length & 0xC0 == 0xC0:
-            return pos + 2
+            if pos + 1 >= len(wire):
+                raise BadPacket("truncated compression pointer")
+            jumps += 1
+            if jumps > 64:
+                raise BadPacket("compression loop")
+            if end is None:
+                end = pos + 2
+            pos = ((length & 0x3F) << 8) | wire[pos + 1]
+            continue
         if length & 0xC0:
             raise BadPacket("bad label type")
+        out += wire[pos : pos + 1 + length]
+        if len(out) > 255:
+            raise BadPacket("name too long")
         pos += 1 + length
 
 
-def strip_class_bits(wire: bytes) -> tuple[bytes, bool]:
-    """The message with the mDNS class bits cleared, and whether any question
-    asked for a unicast reply (QU)."""
+#: Record types whose data starts with (after a fixed prefix) a name that mDNS
+#: may compress but dnspython, following unicast DNS, will not decompress.
+_NAME_IN_RDATA = {dns.rdatatype.SRV: 6, dns.rdatatype.NSEC: 0}
+
+
+def normalize(wire: bytes) -> tuple[bytes, bool]:
+    """The message rewritten for dnspython: mDNS class bits cleared and every
+    name expanded (no compression pointers); and whether any question asked
+    for a unicast reply (QU)."""
     if len(wire) < 12:
         raise BadPacket("shorter than a DNS header")
     counts = struct.unpack_from("!HHHH", wire, 4)
-    data = bytearray(wire)
+    out = bytearray(wire[:12])
     pos, unicast = 12, False
     for _ in range(counts[0]):
-        pos = _skip_name(wire, pos)
+        name, pos = _read_name(wire, pos)
         if pos + 4 > len(wire):
             raise BadPacket("truncated question")
-        (qclass,) = struct.unpack_from("!H", wire, pos + 2)
+        qtype, qclass = struct.unpack_from("!HH", wire, pos)
         unicast = unicast or bool(qclass & CLASS_TOP_BIT)
-        struct.pack_into("!H", data, pos + 2, qclass & ~CLASS_TOP_BIT)
+        out += name + struct.pack("!HH", qtype, qclass & ~CLASS_TOP_BIT)
         pos += 4
     for _ in range(sum(counts[1:])):
-        pos = _skip_name(wire, pos)
+        name, pos = _read_name(wire, pos)
         if pos + 10 > len(wire):
             raise BadPacket("truncated record")
-        rtype, rclass, _, rdlen = struct.unpack_from("!HHIH", wire, pos)
+        rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
+        pos += 10
+        if pos + rdlen > len(wire):
+            raise BadPacket("truncated record data")
+        rdata = wire[pos : pos + rdlen]
+        if rtype in (dns.rdatatype.PTR, dns.rdatatype.CNAME):
+            rdata = _read_name(wire, pos)[0]
+        elif rtype in _NAME_IN_RDATA:
+            skip = _NAME_IN_RDATA[rtype]
+            target, after = _read_name(wire, pos + skip)
+            rdata = wire[pos : pos + skip] + target + wire[after : pos + rdlen]
         if rtype != dns.rdatatype.OPT:
-            struct.pack_into("!H", data, pos + 2, rclass & ~CLASS_TOP_BIT)
-        pos += 10 + rdlen
-    return bytes(data), unicast
+            rclass &= ~CLASS_TOP_BIT
+        out += name + struct.pack("!HHIH", rtype, rclass, ttl, len(rdata)) + rdata
+        pos += rdlen
+    return bytes(out), unicast
 
 
 def parse(wire: bytes) -> tuple[dns.message.Message, bool]:
     """A received packet as a dnspython message, and its QU flag."""
     if len(wire) > MAX_PACKET:
         raise BadPacket("oversized packet")
-    clean, unicast = strip_class_bits(wire)
+    clean, unicast = normalize(wire)
     try:
         message = dns.message.from_wire(clean, ignore_trailing=True)
     except Exception as ex:  # noqa: BLE001 - dnspython raises many kinds

@@ -30,6 +30,8 @@ ANNOUNCE_GAP_S = 1.0
 QUERY_MIN_S = 1.0
 QUERY_MAX_S = 60.0
 _PKTINFO = struct.Struct("=i4s4s")
+#: Linux's value; Python 3.11's socket module does not export it.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Endpoint:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_PKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             sock.bind(("", mdns.PORT))
             group = socket.inet_aton(mdns.GROUP_V4)
             for iface in self.interfaces:
@@ -132,7 +134,7 @@ class Endpoint:
             return None
         index = None
         for level, kind, payload in ancillary:
-            if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 index = _PKTINFO.unpack_from(payload)[0]
         iface = self.by_index.get(index) if index is not None else None
         if iface is None:
