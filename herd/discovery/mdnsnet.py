@@ -216,7 +216,10 @@ class Responder:
             wait = min([query_at - now, *(a - now for a in announce_at), 0.5])
             packet = endpoint.receive(max(0.05, wait))
             if packet is not None and packet[2] is not None:
-                self._handle(*packet)
+                try:
+                    self._handle(*packet)
+                except Exception as ex:  # noqa: BLE001 - a packet must not stop us
+                    log.debug("mDNS: packet from %s not handled: %s", packet[1], ex)
 
     def _handle(self, data: bytes, address: tuple[str, int], iface: Interface) -> None:
         try:

@@ -165,7 +165,8 @@ def test_zeroconf_resolves_the_routers_announcement(netpair, ns_router, tmp_path
         info = zc.get_service_info("_herd._tcp.local.", names[0], timeout=5000)
         print(json.dumps({{"name": names[0], "port": info.port,
             "addresses": info.parsed_addresses(),
-            "txt": {{k.decode(): (v or b"").decode() for k, v in info.properties.items()}}}}))
+            "txt": {{k.decode(): (v or b"").decode()
+                    for k, v in info.properties.items()}}}}))
         zc.close()
         """,
     )
@@ -186,7 +187,8 @@ def test_router_lists_a_node_that_zeroconf_registers(netpair, ns_router, tmp_pat
             import socket, time
             from zeroconf import Zeroconf, ServiceInfo
             zc = Zeroconf(interfaces=["{B_ADDR}"])
-            info = ServiceInfo("_herd-node._tcp.local.", "zc-node._herd-node._tcp.local.",
+            info = ServiceInfo("_herd-node._tcp.local.",
+                "zc-node._herd-node._tcp.local.",
                 addresses=[socket.inet_aton("{B_ADDR}")], port=11434,
                 properties={{"url": "http://{B_ADDR}:11434"}}, server="zc-node.local.")
             zc.register_service(info)
