@@ -9,13 +9,45 @@ also heartbeats keeps being polled and gains the agent's metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from herd.discovery.health import NodeHealth, PollResult, connection_refused, observe
 from herd.discovery.membership import Member, Membership
 from herd.discovery.static import StaticPoller
 from herd.manifest.model import Fleet, Node
+
+
+def memory_facts(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What scoring needs from an agent's metrics: memory free for a cold load
+    (RAM available plus free GPU memory), swap traffic and memory pressure."""
+    facts: dict[str, Any] = {}
+    memory = metrics.get("memory")
+    if isinstance(memory, Mapping):
+        available = _number(memory.get("available"))
+        if available is not None:
+            gpus = metrics.get("gpus")
+            for gpu in gpus if isinstance(gpus, list) else ():
+                if isinstance(gpu, Mapping):
+                    available += _number(gpu.get("memory_free")) or 0
+            facts["memory_available"] = int(available)
+        pressure = _number(memory.get("pressure_avg10"))
+        if pressure is not None:
+            facts["memory_pressure"] = pressure
+    swap = metrics.get("swap")
+    if isinstance(swap, Mapping):
+        # psutil counts swap traffic in bytes (sin/sout).
+        rate = (_number(swap.get("in_per_s")) or 0) + (
+            _number(swap.get("out_per_s")) or 0
+        )
+        facts["swap_per_s"] = rate
+    return facts
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value >= 0 else None
 
 
 class AgentAwareHealth(StaticPoller):
@@ -37,6 +69,7 @@ class AgentAwareHealth(StaticPoller):
         self._agent: dict[str, tuple[int, NodeHealth]] = {}
         self._refused: dict[str, NodeHealth] = {}
         self._by_static: tuple[int, dict[str, Member]] = (-1, {})
+        self._memory: dict[str, tuple[int, dict[str, Any]]] = {}
 
     def member(self, node: Node) -> Member | None:
         """The agent reporting for `node` (a discovered node, or a static one
@@ -53,6 +86,23 @@ class AgentAwareHealth(StaticPoller):
         if found is not None and found.name in members:
             return members[found.name]
         return None
+
+    def memory(self, node: Node, health: NodeHealth, key: str) -> dict[str, Any]:
+        """Memory facts for scoring `key` on `node` (Candidate keyword args);
+        empty when no agent reports for the node."""
+        member = self.member(node)
+        if member is None:
+            return {}
+        cached = self._memory.get(node.name)
+        if cached is None or cached[0] != member.seq:
+            cached = (member.seq, memory_facts(member.metrics))
+            self._memory[node.name] = cached
+        facts = dict(cached[1])
+        entry = health.details.get(key)
+        size = entry.get("size") if entry is not None else None
+        if isinstance(size, int) and size > 0:
+            facts["model_bytes"] = size
+        return facts
 
     def get(self, node: Node) -> NodeHealth:
         member = self.membership.members.get(node.name)

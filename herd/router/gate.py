@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from herd.errors import InvalidRequest
 from herd.router.forward import Outcome
 from herd.router.runtime import Runtime
+from herd.router.scoring import parse_prefer
 
 #: Probes that load balancers and systemd use; no client group needed.
 #: (/v2, the registry, also admits the fleet's own nodes by address.)
@@ -46,6 +48,12 @@ class Gate:
         client = policy.admit(req.remote_addr, req.get_header("Authorization"))
         ctx.client = client
         outcome.client = client.name
+        prefer = req.get_header("X-Herd-Prefer")
+        if prefer:
+            try:
+                outcome.prefer = parse_prefer(prefer)
+            except ValueError as ex:
+                raise InvalidRequest(str(ex)) from ex
 
     def process_response(
         self, req: Any, resp: Any, resource: Any, req_succeeded: bool
@@ -77,6 +85,9 @@ def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
     candidate node with its score and why (or why it was left out).
     """
     _decision_headers(resp, outcome)
-    if req is not None and req.get_header("X-Herd-Explain") == "1":
+    # Always explained when memory fit decided (a node left out or pushed down).
+    if (req is not None and req.get_header("X-Herd-Explain") == "1") or any(
+        d.memory_decided for d in outcome.decisions
+    ):
         text = " | ".join(f"{d.model}: {d.explain()}" for d in outcome.decisions)
         resp.set_header("X-Herd-Decision", text.encode("ascii", "replace").decode())
