@@ -216,6 +216,9 @@ class Membership:
         self, address: str | None, name: str | None, status: int, reason: str
     ) -> None:
         """One audit line for a refused heartbeat, and a row `herd status` shows."""
+        # What a sender claims is shown to operators: printable ASCII only.
+        name = _printable(name)[:64] if name else None
+        reason = _printable(reason)
         log.warning(
             "audit heartbeat.refused status=%d address=%s name=%s reason=%s",
             status,
@@ -323,3 +326,7 @@ class Membership:
                     member.address,
                     self.timeout_s,
                 )
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

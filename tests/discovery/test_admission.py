@@ -161,3 +161,11 @@ def test_membership_is_shared_between_workers_and_nonces_between_them(tmp_path):
     generation = one.generation
     one.check(15)
     assert "gpu-d" not in one.members and one.generation > generation
+
+
+def test_refusals_keep_control_characters_out_of_logs_and_status(caplog):
+    members = Membership()
+    members.refuse("127.0.0.1", "evil\x1b[2J\nname", 400, "bad\x07 thing")
+    (row,) = members.refusals()
+    assert row["name"] == "evil?[2J?name" and row["reason"] == "bad? thing"
+    assert "\x1b" not in caplog.text and "\x07" not in caplog.text

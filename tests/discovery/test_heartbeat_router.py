@@ -7,6 +7,10 @@ heartbeat is a 4xx with exactly one audit line, and never becomes a node.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -163,6 +167,15 @@ def test_rogue_heartbeats_are_refused_audited_and_never_routed(tmp_path, sims, r
     # Requests go only where the manifest and the real agent say.
     for _ in range(5):
         assert chat(r, "qwen3:0.6b") == (200, "gpu-d")
+    # `herd status` shows how each node was found, and the refusals.
+    shown = subprocess.run(
+        [sys.executable, "-m", "herd", "status", "--router", r.url],
+        env={**os.environ, "HERD_STATE_DIR": str(r.state_dir)},
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert re.search(r"gpu-d +agent .*signed heartbeat from 127\.0\.0\.1", shown)
+    assert re.search(r"static-a +static .*declared in the manifest", shown)
+    assert "heartbeat refused (409): static-a from 127.0.0.1: name static-a" in shown
 
 
 def test_agent_of_a_static_node_merges_metrics(tmp_path, sims, router):
