@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -151,18 +151,18 @@ def admit(
     fleet: Fleet,
     hb: Heartbeat,
     address: str,
-    holders: Mapping[str, tuple[str, str]],
+    holder: Callable[[str], tuple[str, str] | None],
+    url_holder: Callable[[str], str | None],
 ) -> Verdict:
-    """Whether the manifest admits `hb` sent from `address`.
+    """Whether the manifest admits `hb` sent from `address` (whose network the
+    caller checked first with `check_source`, before any cryptography).
 
-    `holders` maps each live discovered node's name to its (address, url).
-    A static node's name may be used only by an agent reporting that node's
-    URL (its metrics are then merged into the static node); an admitted
-    node's name only from the address that holds it.
+    `holder(name)` gives the (address, url) of the live discovered node of
+    that name, `url_holder(url)` the name of the one at that URL. A static
+    node's name may be used only by an agent reporting that node's URL (its
+    metrics are then merged into the static node); an admitted node's name
+    only from the address that holds it, and its URL only under its name.
     """
-    refused = check_source(fleet, address)
-    if refused is not None:
-        return refused
     networks = fleet.router.node_networks
     if networks and not any(hb.host in net for net in networks):
         return Verdict(False, f"url {hb.url} is outside router.node_networks", 403)
@@ -177,10 +177,10 @@ def admit(
         return Verdict(
             False, f"name {hb.name} belongs to static node at {claimed.url}", 409
         )
-    held = holders.get(hb.name)
+    held = holder(hb.name)
     if held is not None and held[0] != address:
         return Verdict(False, f"name {hb.name} is held by the node at {held[0]}", 409)
-    for name, (_, url) in holders.items():
-        if url == hb.url and name != hb.name:
-            return Verdict(False, f"url {hb.url} is held by node {name}", 409)
+    other = url_holder(hb.url)
+    if other is not None and other != hb.name:
+        return Verdict(False, f"url {hb.url} is held by node {other}", 409)
     return Verdict(True, "signed heartbeat from an admitted network")

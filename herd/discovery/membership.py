@@ -12,11 +12,12 @@ A member leaves on its goodbye, or when it has been silent for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -106,9 +107,15 @@ class Membership:
         )
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            # Members expire in seconds and nonces in a minute: losing the
+            # last writes in a power cut costs nothing, an fsync per
+            # heartbeat would.
+            self.db.execute("PRAGMA synchronous=OFF")
         self.db.executescript(_SCHEMA)
         self.members: dict[str, Member] = {}
+        self._by_url: dict[str, str] = {}
+        #: Bumps whenever a member leaves (the fleet must drop it at once).
+        self.departures = 0
         #: Bumps whenever the set of nodes (names, URLs) changes.
         self.generation = 0
         self.timeout_s = 15.0
@@ -135,10 +142,6 @@ class Membership:
         self._expire()
         return self.generation
 
-    def holders(self) -> dict[str, tuple[str, str]]:
-        """Live discovered names → (address, url), for the name-claim rules."""
-        return {m.name: (m.address, m.url) for m in self.members.values()}
-
     def refusals(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT time, address, name, status, reason FROM refusals "
@@ -151,7 +154,99 @@ class Membership:
     # -- writes --------------------------------------------------------------
 
     def use_nonce(self, nonce: str, skew_s: float) -> bool:
-        """Record a nonce; False if it was seen already (a replay)."""
+        """Record a nonce on its own; False if it was seen already (a replay)."""
+        with self._transaction():
+            return self._nonce(nonce, skew_s)
+
+    def beat(
+        self,
+        hb: Heartbeat,
+        address: str,
+        static_name: str | None,
+        via: str,
+        *,
+        raw: bytes | None = None,
+        nonce: str | None = None,
+        skew_s: float = 30.0,
+    ) -> Member | None:
+        """Record an admitted heartbeat and its nonce in one transaction; None
+        when the nonce was used before (a replay). Logs when a node joins.
+        `raw` is the heartbeat's JSON as received (stored as is for the other
+        workers, so it is not serialized again)."""
+        now = self.clock()
+        prev = self.members.get(hb.name)
+        doc = raw.decode() if raw is not None else json.dumps(_doc(hb))
+        first = prev.first_seen if prev and prev.url == hb.url else now
+        seq = time.time_ns()
+        row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
+        with self._transaction():
+            if nonce is not None and not self._nonce(nonce, skew_s):
+                return None
+            self.db.execute(
+                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        member = Member(
+            name=hb.name,
+            url=hb.url,
+            address=address,
+            static_name=static_name,
+            via=via,
+            first_seen=first,
+            last_seen=now,
+            seq=seq,
+            interval_s=hb.interval_s,
+            version=hb.version,
+            ollama_error=hb.ollama_error,
+            models=hb.models,
+            loaded=hb.loaded,
+            metrics=hb.metrics,
+        )
+        self._put(member)
+        if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):
+            self.generation += 1
+            log.warning(
+                "audit node.joined name=%s address=%s url=%s%s",
+                hb.name,
+                address,
+                hb.url,
+                f" static={static_name}" if static_name else "",
+            )
+        return member
+
+    def leave(
+        self,
+        name: str,
+        address: str,
+        why: str,
+        *,
+        nonce: str | None = None,
+        skew_s: float = 30.0,
+    ) -> bool | None:
+        """Remove `name` (its goodbye, from the address holding it); None when
+        the nonce was used before (a replay)."""
+        with self._transaction():
+            if nonce is not None and not self._nonce(nonce, skew_s):
+                return None
+            cur = self.db.execute(
+                "DELETE FROM members WHERE name = ? AND address = ?", (name, address)
+            )
+        if self._drop(name):
+            self.departures += 1
+        if cur.rowcount:
+            log.warning("audit node.left name=%s address=%s (%s)", name, address, why)
+        return bool(cur.rowcount)
+
+    def holder(self, name: str) -> tuple[str, str] | None:
+        """(address, url) of the live member called `name`, if any."""
+        member = self.members.get(name)
+        return (member.address, member.url) if member is not None else None
+
+    def url_holder(self, url: str) -> str | None:
+        """The name of the live member at `url`, if any."""
+        return self._by_url.get(url)
+
+    def _nonce(self, nonce: str, skew_s: float) -> bool:
         now = self.clock()
         try:
             self.db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now))
@@ -164,53 +259,30 @@ class Membership:
             self.db.execute("DELETE FROM nonces WHERE ts < ?", (now - 2 * skew_s,))
         return True
 
-    def beat(
-        self, hb: Heartbeat, address: str, static_name: str | None, via: str
-    ) -> Member:
-        """Record an admitted heartbeat; logs an audit line when a node joins."""
-        now = self.clock()
-        prev = self.members.get(hb.name)
-        doc = json.dumps(
-            {
-                "interval_s": hb.interval_s,
-                "version": hb.version,
-                "ollama_error": hb.ollama_error,
-                "models": list(hb.models),
-                "loaded": list(hb.loaded),
-                "metrics": dict(hb.metrics),
-            },
-            separators=(",", ":"),
-        )
-        first = prev.first_seen if prev and prev.url == hb.url else now
-        seq = time.time_ns()
-        row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
-        self.db.execute(
-            "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
-        )
-        member = Member.from_row(row)
-        self.members[hb.name] = member
-        if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):
-            self.generation += 1
-            log.warning(
-                "audit node.joined name=%s address=%s url=%s%s",
-                hb.name,
-                address,
-                hb.url,
-                f" static={static_name}" if static_name else "",
-            )
-        return member
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
-    def leave(self, name: str, address: str, why: str) -> bool:
-        """Remove `name` (its goodbye, sent from the address holding it)."""
-        cur = self.db.execute(
-            "DELETE FROM members WHERE name = ? AND address = ?", (name, address)
-        )
+    def _put(self, member: Member) -> None:
+        old = self.members.get(member.name)
+        if old is not None and self._by_url.get(old.url) == old.name:
+            del self._by_url[old.url]
+        self.members[member.name] = member
+        self._by_url[member.url] = member.name
+
+    def _drop(self, name: str) -> Member | None:
         gone = self.members.pop(name, None)
         if gone is not None:
             self.generation += 1
-        if cur.rowcount:
-            log.warning("audit node.left name=%s address=%s (%s)", name, address, why)
-        return bool(cur.rowcount)
+            if self._by_url.get(gone.url) == name:
+                del self._by_url[gone.url]
+        return gone
 
     def refuse(
         self, address: str | None, name: str | None, status: int, reason: str
@@ -289,8 +361,8 @@ class Membership:
         seen = dict(rows)
         changed = False
         for name in [n for n in self.members if n not in seen]:
-            del self.members[name]
-            changed = True
+            self._drop(name)
+            self.departures += 1
         for name, seq in seen.items():
             known = self.members.get(name)
             if known is not None and known.seq == seq:
@@ -306,15 +378,15 @@ class Membership:
                 member.static_name,
             ):
                 changed = True
-            self.members[name] = member
+            self._put(member)
         if changed:
             self.generation += 1
 
     def _expire(self) -> None:
         cutoff = self.clock() - self.timeout_s
         for member in [m for m in self.members.values() if m.last_seen < cutoff]:
-            del self.members[member.name]
-            self.generation += 1
+            self._drop(member.name)
+            self.departures += 1
             cur = self.db.execute(
                 "DELETE FROM members WHERE name = ? AND seq = ?",
                 (member.name, member.seq),
@@ -330,3 +402,14 @@ class Membership:
 
 def _printable(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
+def _doc(hb: Heartbeat) -> dict[str, Any]:
+    return {
+        "interval_s": hb.interval_s,
+        "version": hb.version,
+        "ollama_error": hb.ollama_error,
+        "models": list(hb.models),
+        "loaded": list(hb.loaded),
+        "metrics": dict(hb.metrics),
+    }

@@ -19,6 +19,10 @@ from herd.discovery.membership import Membership
 from herd.manifest.model import Fleet, Node
 from herd.router.reload import Served
 
+#: Nodes joining within this window are merged in one rebuild (a restart of
+#: the router sees every agent join at once); a departure applies at once.
+JOIN_BATCH_S = 0.2
+
 
 def merge(fleet: Fleet, membership: Membership) -> Fleet:
     """`fleet` with the live discovered (non-static) members appended."""
@@ -47,7 +51,9 @@ class DiscoveredSource:
         self.inner = inner
         self.membership = membership
         self.listeners: list[Callable[[Served], None]] = []
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[int, int] = (0, -1)
+        self._departures = 0
+        self._built_at = float("-inf")
         self._served: Served = inner.current()
         inner.listeners.append(self._revision)
         self._rebuild(self._served)
@@ -63,7 +69,11 @@ class DiscoveredSource:
     def current(self) -> Served:
         served = self.inner.current()
         generation = self.membership.check(served.fleet.discovery.heartbeat_timeout_s)
-        if self._key != (id(served), generation):
+        if self._key != (id(served), generation) and (
+            self._key[0] != id(served)
+            or self._departures != self.membership.departures
+            or self.membership.monotonic() - self._built_at >= JOIN_BATCH_S
+        ):
             self._notify(self._rebuild(served))
         return self._served
 
@@ -75,6 +85,8 @@ class DiscoveredSource:
 
     def _rebuild(self, served: Served) -> Served:
         self._key = (id(served), self.membership.generation)
+        self._departures = self.membership.departures
+        self._built_at = self.membership.monotonic()
         fleet = merge(served.fleet, self.membership)
         self._served = served if fleet is served.fleet else replace(served, fleet=fleet)
         return self._served

@@ -118,8 +118,6 @@ class HeartbeatResource:
             raise Refused(400, "X-Herd-Nonce must be 16-64 lowercase hex digits")
         if fleetkey.verify(keys, timestamp, nonce, body, signature) is None:
             raise Refused(401, "bad signature (not signed with the fleet key)")
-        if not self.membership.use_nonce(nonce, skew):
-            raise Refused(409, "replayed (nonce already used)")
         try:
             doc = json.loads(body)
         except ValueError as ex:
@@ -128,15 +126,25 @@ class HeartbeatResource:
             hb = parse(doc)
         except HerdError as ex:
             raise Refused(ex.status, ex.message, _name(doc)) from ex
-        self.membership.check(fleet.discovery.heartbeat_timeout_s)
-        verdict = admit(fleet, hb, address, self.membership.holders())
+        members = self.membership
+        members.check(fleet.discovery.heartbeat_timeout_s)
+        verdict = admit(fleet, hb, address, members.holder, members.url_holder)
         if not verdict.admitted:
             raise Refused(verdict.status, verdict.reason, hb.name)
+        # The nonce is spent in the same transaction that records the beat.
         if hb.goodbye:
-            self.membership.leave(hb.name, address, "goodbye")
+            if (
+                members.leave(hb.name, address, "goodbye", nonce=nonce, skew_s=skew)
+                is None
+            ):
+                raise Refused(409, "replayed (nonce already used)", hb.name)
             return Verdict(False, "goodbye: left the fleet"), hb.name
         via = str(doc.get("via") or "agent")[:16]
-        self.membership.beat(hb, address, verdict.static_name, via)
+        recorded = members.beat(
+            hb, address, verdict.static_name, via, raw=body, nonce=nonce, skew_s=skew
+        )
+        if recorded is None:
+            raise Refused(409, "replayed (nonce already used)", hb.name)
         return verdict, hb.name
 
 

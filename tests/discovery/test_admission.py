@@ -104,20 +104,25 @@ def test_malformed_heartbeats_name_the_field(doc, field):
 
 def test_admission_rules(tmp_path):
     f = fleet(tmp_path, networks=["127.0.0.0/30"])
-    assert admit(f, hb(), "127.0.0.1", {}).admitted
+
+    def ok(heartbeat, address="127.0.0.1", held=None):
+        held = held or {}
+        by_url = {url: name for name, (_, url) in held.items()}
+        return admit(f, heartbeat, address, held.get, by_url.get)
+
+    assert ok(hb()).admitted
+    assert check_source(f, "127.0.0.1") is None
     assert check_source(f, "127.0.0.9").status == 403
     assert check_source(f, "::ffff:127.0.0.1") is None
-    assert admit(f, hb(url="http://192.168.9.9:1"), "127.0.0.1", {}).status == 403
-    static = admit(f, hb(name="static-a"), "127.0.0.1", {})
+    assert ok(hb(url="http://192.168.9.9:1")).status == 403
+    static = ok(hb(name="static-a"))
     assert not static.admitted and "static node" in static.reason
-    merged = admit(
-        f, hb(name="whatever", url="http://127.0.0.1:11434"), "127.0.0.1", {}
-    )
+    merged = ok(hb(name="whatever", url="http://127.0.0.1:11434"))
     assert merged.admitted and merged.static_name == "static-a"
     held = {"gpu-d": ("127.0.0.1", "http://127.0.0.1:12000")}
-    assert admit(f, hb(), "127.0.0.1", held).admitted
-    assert admit(f, hb(), "127.0.0.2", held).status == 409
-    assert admit(f, hb(name="gpu-e"), "127.0.0.2", held).status == 409  # same URL
+    assert ok(hb(), held=held).admitted
+    assert ok(hb(), "127.0.0.2", held).status == 409
+    assert ok(hb(name="gpu-e"), "127.0.0.2", held).status == 409  # same URL
 
 
 def test_discovered_nodes_get_defaults_and_overrides(tmp_path):

@@ -94,7 +94,7 @@ def test_signed_heartbeat_joins_is_routed_to_and_leaves(tmp_path, sims, router):
         beat(r.url, key, body("gpu-d", agent_sim.url, **sim_models(agent_sim)))[0]
         == 200
     )
-    assert "gpu-d" in node_names(r)
+    assert wait_for(lambda: "gpu-d" in node_names(r), timeout=2)
     assert wait_for(lambda: "gpu-d" not in node_names(r), timeout=10)
     assert "no heartbeat for 3 s" in r.log()
 

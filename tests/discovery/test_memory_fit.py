@@ -16,6 +16,7 @@ from tests.discovery.agentkit import (
     make_key,
     sim_models,
 )
+from tests.discovery.test_heartbeat_router import node_names, wait_for
 
 pytestmark = pytest.mark.e2e
 GB = 1024**3
@@ -54,6 +55,7 @@ def test_memory_fit_and_preferred_labels(tmp_path, sims, router):
     )
     assert beat(r.url, key, body("big-box", big.url, metrics=roomy, **cold))[0] == 200
 
+    assert wait_for(lambda: {"small-box", "big-box"} <= node_names(r), timeout=5)
     for _ in range(3):
         status, headers, _ = chat(r)
         assert status == 200 and headers["X-Herd-Node"] == "big-box"
