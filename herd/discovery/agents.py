@@ -140,6 +140,9 @@ class AgentAwareHealth(StaticPoller):
         import gevent
 
         fleet = self._static_fleet()
+        # Also when no request comes: flush heartbeats for the other workers,
+        # expire silent members.
+        self.membership.check(fleet.discovery.heartbeat_timeout_s)
         known = {n.name for n in fleet.nodes}
         for name in [n for n in self.health if n not in known]:
             del self.health[name]

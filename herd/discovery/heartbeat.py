@@ -16,6 +16,7 @@ field, never an exception deeper in the router.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -115,7 +116,10 @@ def parse(doc: Any) -> Heartbeat:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _url_host(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP of an agent's URL (cached: each agent repeats its URL every beat;
+    a refused URL raises, and exceptions are not cached)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -133,7 +137,11 @@ def _url_host(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def check_source(fleet: Fleet, address: str | None) -> Verdict | None:
     """Refuse a sender outside `discovery.mdns.networks` (before any crypto)."""
-    networks = fleet.discovery.mdns_networks
+    return _check_source(fleet.discovery.mdns_networks, address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_source(networks: tuple, address: str | None) -> Verdict | None:
     if not networks:
         return Verdict(False, "discovery.mdns.networks is empty", 403)
     try:

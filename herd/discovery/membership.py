@@ -98,8 +98,14 @@ class Membership:
         path: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        shared: bool = True,
     ):
         self.path = str(path) if path else ":memory:"
+        #: Other processes (router workers) use the same database: nonces are
+        #: written through at once. A lone worker keeps them in memory only.
+        self.shared = shared
+        self._nonces: dict[str, float] = {}
         self.clock = clock
         self.monotonic = monotonic
         self.db = sqlite3.connect(
@@ -114,6 +120,7 @@ class Membership:
         self.db.executescript(_SCHEMA)
         self.members: dict[str, Member] = {}
         self._by_url: dict[str, str] = {}
+        self._pending: dict[str, tuple] = {}
         #: Bumps whenever a member leaves (the fleet must drop it at once).
         self.departures = 0
         #: Bumps whenever the set of nodes (names, URLs) changes.
@@ -135,6 +142,7 @@ class Membership:
         if now - self._checked < CHECK_S:
             return self.generation
         self._checked = now
+        self.flush()
         version = self.db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
             self._data_version = version
@@ -155,8 +163,7 @@ class Membership:
 
     def use_nonce(self, nonce: str, skew_s: float) -> bool:
         """Record a nonce on its own; False if it was seen already (a replay)."""
-        with self._transaction():
-            return self._nonce(nonce, skew_s)
+        return self._nonce(nonce, skew_s)
 
     def beat(
         self,
@@ -179,13 +186,10 @@ class Membership:
         first = prev.first_seen if prev and prev.url == hb.url else now
         seq = time.time_ns()
         row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
-        with self._transaction():
-            if nonce is not None and not self._nonce(nonce, skew_s):
-                return None
-            self.db.execute(
-                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+        if nonce is not None and not self._nonce(nonce, skew_s):
+            return None  # (one autocommit INSERT: atomic across workers)
+        # Member rows reach the other workers in batches (see `flush`).
+        self._pending[hb.name] = row
         member = Member(
             name=hb.name,
             url=hb.url,
@@ -225,6 +229,7 @@ class Membership:
     ) -> bool | None:
         """Remove `name` (its goodbye, from the address holding it); None when
         the nonce was used before (a replay)."""
+        self._pending.pop(name, None)
         with self._transaction():
             if nonce is not None and not self._nonce(nonce, skew_s):
                 return None
@@ -237,6 +242,20 @@ class Membership:
             log.warning("audit node.left name=%s address=%s (%s)", name, address, why)
         return bool(cur.rowcount)
 
+    def flush(self) -> None:
+        """Write the members' latest heartbeats in one transaction. Each beat's
+        nonce is written at once (replays are refused across workers without
+        delay); the rows only tell other workers what the node reported, so
+        they go in batches at most `CHECK_S` apart."""
+        if not self._pending:
+            return
+        rows, self._pending = list(self._pending.values()), {}
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
     def holder(self, name: str) -> tuple[str, str] | None:
         """(address, url) of the live member called `name`, if any."""
         member = self.members.get(name)
@@ -248,15 +267,22 @@ class Membership:
 
     def _nonce(self, nonce: str, skew_s: float) -> bool:
         now = self.clock()
-        try:
-            self.db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now))
-        except sqlite3.IntegrityError:
+        if nonce in self._nonces:
             return False
+        if self.shared:
+            try:
+                self.db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now))
+            except sqlite3.IntegrityError:
+                return False
+        self._nonces[nonce] = now
         if now - self._nonces_pruned > skew_s:
             # A nonce older than twice the skew bound can only come with a
             # stale timestamp, which is refused before the ledger is asked.
             self._nonces_pruned = now
-            self.db.execute("DELETE FROM nonces WHERE ts < ?", (now - 2 * skew_s,))
+            cutoff = now - 2 * skew_s
+            self._nonces = {n: ts for n, ts in self._nonces.items() if ts >= cutoff}
+            if self.shared:
+                self.db.execute("DELETE FROM nonces WHERE ts < ?", (cutoff,))
         return True
 
     @contextlib.contextmanager
@@ -352,6 +378,7 @@ class Membership:
         return out
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     # -- internals -----------------------------------------------------------

@@ -129,7 +129,7 @@ def create_app(
 def get_app() -> RouterApp:
     """The app gunicorn serves: the manifest of HERD_STATE_DIR's current revision."""
     from herd.router.reload import PointerSource
-    from herd.settings import ACCESS_LOG, BIND, STATE_DIR
+    from herd.settings import ACCESS_LOG, BIND, STATE_DIR, WORKERS
 
     global _RUNTIME
     state_dir = STATE_DIR.resolve()
@@ -144,7 +144,9 @@ def get_app() -> RouterApp:
         Upstream(),
         bundle_store=lambda: bundle_store(source, state_dir),
         access=access,
-        membership=Membership(Path(state_dir) / "discovery.db"),
+        membership=Membership(
+            Path(state_dir) / "discovery.db", shared=WORKERS.resolve() > 1
+        ),
         bind=BIND.resolve,
         mdns_lock=Path(state_dir) / "mdns.lock",
     )

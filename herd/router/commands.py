@@ -79,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
     ]
     argv += ["--workers", str(workers)]
     env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: bind}
+    env[WORKERS.env] = str(workers)  # the app shares state when there are several
     print(f"herd serve: router on http://{bind} (state {state_dir})", flush=True)
     os.execve(sys.executable, argv, env)
     return 0  # not reached

@@ -155,6 +155,7 @@ def test_membership_is_shared_between_workers_and_nonces_between_them(tmp_path):
     assert not two.use_nonce("ab" * 8, 30)  # a replay to the other worker
     one.beat(hb(), "127.0.0.1", None, "agent")
     now[0] += 1
+    one.check(15)  # (every request and every health poll does this)
     two.check(15)
     assert "gpu-d" in two.members
     one.leave("gpu-d", "127.0.0.1", "goodbye")
