@@ -291,7 +291,8 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             f"run {r + 1}: idle {rows['idle'][-1]:.1%} of a core, "
             f"heartbeats {rows['beats'][-1]:.1%} ({beats}), "
             f"chat p50 {rows['chat'][-1].p50_us / 1000:.3f} ms "
-            f"({rows['chat'][-1].rps:.0f} req/s, steal {rows['chat'][-1].steal:.0%}), "
+            f"({rows['chat'][-1].rps:.0f} req/s, {rows['chat'][-1].cpu_us:.0f} us "
+            f"router CPU/req, steal {rows['chat'][-1].steal:.0%}), "
             f"with heartbeats {rows['both'][-1].p50_us / 1000:.3f} ms "
             f"({rows['both'][-1].rps:.0f} req/s, steal {rows['both'][-1].steal:.0%}; "
             f"{both_beats})",
@@ -308,6 +309,11 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         f"router CPU for heartbeats: {beat_share:.1%} of one core "
         f"(busy {statistics.median(rows['beats']):.1%} minus idle {idle:.1%}); "
         f"{beat_share / rate * 1e6:.0f} us per heartbeat   target < 10%"
+    )
+    chat_cpu = statistics.median(w.cpu_us for w in rows["chat"])
+    print(
+        f"one heartbeat costs the router {beat_share / rate * 1e6 / chat_cpu:.2f} "
+        f"chat requests' CPU ({chat_cpu:.0f} us per chat request in the same run)"
     )
     print(
         f"chat p50 at c=16: {p50:.3f} ms alone, {p50_both:.3f} ms with heartbeats "
