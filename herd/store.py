@@ -6,10 +6,12 @@ their own call `Store.ensure(namespace, migrations)`; each namespace keeps its
 own schema version in `_migrations`, so features migrate independently.
 
 How a running router notices a new revision: after a revision is committed the
-store replaces `STATE_DIR/current.json` atomically (write temp, fsync, rename).
-It holds the revision number, its sha256, the manifest text and the directory
-relative paths in it resolve against. The router stats that one file (cheap) and
-reloads when its inode or mtime changes; a half-written pointer is impossible.
+store replaces `STATE_DIR/current.json` (herd.pointer) atomically; the router
+stats that one file (cheap) and reloads when its inode or mtime changes. The
+lock on the state dir is held from the commit until the pointer is written, so
+two racing applies cannot leave it on an older revision than the head. Every
+revision read back is checked against its recorded sha256: bytes edited in
+herd.db behind herd's back are refused.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,9 +32,15 @@ from typing import Any
 import sqlite_utils
 
 from herd.errors import StateError
+from herd.pointer import (  # noqa: F401 - read_pointer: re-exported
+    POINTER_NAME,
+    Pointer,
+    read_pointer,
+    state_lock,
+    write_pointer,
+)
 
 DB_NAME = "herd.db"
-POINTER_NAME = "current.json"
 BUSY_TIMEOUT_S = 30.0
 
 Migration = Callable[[sqlite_utils.Database], None]
@@ -104,17 +111,26 @@ class Revision:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Revision:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        fields = {k: row[k] for k in cls.__dataclass_fields__}
+        if isinstance(fields["manifest"], str):  # re-typed by a hand edit
+            fields["manifest"] = fields["manifest"].encode("utf-8", "surrogateescape")
+        return cls(**fields)
 
+    @property
+    def intact(self) -> bool:
+        """Whether the stored bytes still hash to the stored sha256."""
+        return isinstance(self.manifest, bytes) and sha256_hex(self.manifest) == (
+            self.sha256
+        )
 
-@dataclass(frozen=True)
-class Pointer:
-    """What `current.json` says: the revision a router should serve."""
-
-    revision: int
-    sha256: str
-    base_dir: str
-    manifest: str
+    def verified(self, where: str | os.PathLike[str]) -> Revision:
+        """This revision, or StateError if its bytes no longer match its sha256."""
+        if not self.intact:
+            raise StateError(
+                f"{where}: revision {self.id} does not match its recorded sha256 "
+                "(herd.db was changed outside herd); refusing to use it"
+            )
+        return self
 
 
 class Store:
@@ -210,10 +226,14 @@ class Store:
             raise StateError(f"state store {self.dir} is busy: {ex}") from ex
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does that, and
+            # a failed COMMIT can leave the transaction open): end it either
+            # way, so the connection stays usable for the next attempt.
+            if self.db.conn.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # -- audit -------------------------------------------------------------
 
@@ -253,19 +273,26 @@ class Store:
     # -- revisions ---------------------------------------------------------
 
     def head(self) -> Revision | None:
+        """The newest revision (None before the first apply), checked intact."""
+        head = self._head()
+        return head.verified(self.dir / DB_NAME) if head else None
+
+    def _head(self) -> Revision | None:
         row = self.db.execute(
             "SELECT * FROM revisions ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return self._revision(row)
 
     def revision(self, rev: int) -> Revision:
+        """Revision `rev`, checked intact (StateError if absent or altered)."""
         row = self.db.execute("SELECT * FROM revisions WHERE id = ?", [rev]).fetchone()
         found = self._revision(row)
         if found is None:
             raise StateError(f"no revision {rev} (see `herd history`)")
-        return found
+        return found.verified(self.dir / DB_NAME)
 
     def revisions(self) -> list[Revision]:
+        """Every revision, oldest first, unchecked (see `Revision.intact`)."""
         rows = self.db.execute("SELECT * FROM revisions ORDER BY id").fetchall()
         return [r for r in (self._revision(row) for row in rows) if r]
 
@@ -276,6 +303,10 @@ class Store:
             d[0] for d in self.db.execute("SELECT * FROM revisions LIMIT 0").description
         ]
         return Revision.from_row(dict(zip(cols, row, strict=True)))
+
+    def pointer_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Hold `STATE_DIR/herd.lock`: the only way to move the pointer."""
+        return state_lock(self.dir, BUSY_TIMEOUT_S)
 
     def record(
         self,
@@ -297,49 +328,52 @@ class Store:
         """
         digest = sha256_hex(manifest)
         user = current_user()
-        with self.transaction():
-            head = self.head()
-            head_id = head.id if head else None
-            if head_id != expected_head:
-                raise StateError(
-                    f"revision {head_id} was applied while this plan was made "
-                    f"against {expected_head}; run the command again to re-plan"
+        with self.pointer_lock():
+            with self.transaction():
+                head = self.head()
+                head_id = head.id if head else None
+                if head_id != expected_head:
+                    raise StateError(
+                        f"revision {head_id} was applied while this plan was made "
+                        f"against {expected_head}; run the command again to re-plan"
+                    )
+                if head is not None and head.sha256 == digest:
+                    return None
+                row_id = (
+                    self.db["revisions"]
+                    .insert(
+                        {
+                            "created": now_iso(),
+                            "user": user,
+                            "action": action,
+                            "sha256": digest,
+                            "summary": summary,
+                            "source": source,
+                            "base_dir": base_dir,
+                            "rollback_of": rollback_of,
+                            "manifest": manifest,
+                        }
+                    )
+                    .last_pk
                 )
-            if head is not None and head.sha256 == digest:
-                return None
-            row_id = (
-                self.db["revisions"]
-                .insert(
+                self.audit(
+                    action,
                     {
-                        "created": now_iso(),
-                        "user": user,
-                        "action": action,
-                        "sha256": digest,
                         "summary": summary,
+                        "sha256": digest,
                         "source": source,
-                        "base_dir": base_dir,
-                        "rollback_of": rollback_of,
-                        "manifest": manifest,
-                    }
+                        **(detail or {}),
+                    },
+                    revision=row_id,
+                    user=user,
                 )
-                .last_pk
-            )
-            self.audit(
-                action,
-                {
-                    "summary": summary,
-                    "sha256": digest,
-                    "source": source,
-                    **(detail or {}),
-                },
-                revision=row_id,
-                user=user,
-            )
-            rev = self.revision(row_id)
-        # After the commit, so a router never serves an unrecorded revision. A
-        # crash in between leaves the pointer behind the database; the next
-        # apply or rollback repairs it (`sync_pointer`).
-        self._write_pointer(rev)
+                rev = self.revision(row_id)
+            # After the commit, so a router never serves an unrecorded revision;
+            # under the lock, so no other apply can write its (older) pointer
+            # after this one. A crash in between leaves the pointer behind the
+            # database; the next apply, rollback or serve repairs it
+            # (`sync_pointer`).
+            self._write_pointer(rev)
         return rev
 
     # -- the current pointer -----------------------------------------------
@@ -349,51 +383,37 @@ class Store:
         return self.dir / POINTER_NAME
 
     def _write_pointer(self, rev: Revision) -> None:
-        data = json.dumps(
-            {
-                "revision": rev.id,
-                "sha256": rev.sha256,
-                "base_dir": rev.base_dir,
-                "manifest": rev.manifest.decode("utf-8"),
-            }
-        ).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".current.", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, self.pointer_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        manifest = rev.manifest.decode("utf-8")
+        write_pointer(self.dir, Pointer(rev.id, rev.sha256, rev.base_dir, manifest))
 
-    def sync_pointer(self) -> None:
-        """Make `current.json` match the head revision (repairs a crashed apply)."""
-        head = self.head()
-        if head is None:
-            return
-        current = read_pointer(self.dir)
-        if (
-            current is None
-            or current.revision != head.id
-            or current.sha256 != head.sha256
-        ):
+    def sync_pointer(self) -> str | None:
+        """Make `current.json` match the head revision.
+
+        Repairs a pointer left behind by a crashed apply, and a missing,
+        truncated or otherwise unreadable one. Returns what was repaired (one
+        line), or None when the pointer was already right.
+        """
+        if self._pointer_problem(self._head()) is None:
+            return None
+        with self.pointer_lock():
+            head = self._head()
+            problem = self._pointer_problem(head)
+            if head is None or problem is None:
+                return None
+            head.verified(self.dir / DB_NAME)
             self._write_pointer(head)
+        return f"repaired {self.pointer_path}: {problem}; now revision {head.id}"
 
-
-def read_pointer(state_dir: str | os.PathLike[str]) -> Pointer | None:
-    """The revision a router should serve, or None before the first apply."""
-    path = Path(state_dir) / POINTER_NAME
-    try:
-        raw = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    def _pointer_problem(self, head: Revision | None) -> str | None:
+        """Why the pointer does not name `head` (None when it does)."""
+        if head is None:
+            return None
+        try:
+            current = read_pointer(self.dir)
+        except StateError as ex:
+            return f"it was unreadable ({ex})"
+        if current is None:
+            return "it was missing"
+        if current.revision != head.id or current.sha256 != head.sha256:
+            return f"it named revision {current.revision}, the head is {head.id}"
         return None
-    except (OSError, ValueError) as ex:
-        raise StateError(f"{path}: unreadable pointer: {ex}") from ex
-    pointer = Pointer(**raw)
-    if sha256_hex(pointer.manifest.encode("utf-8")) != pointer.sha256:
-        raise StateError(f"{path}: manifest does not match its sha256")
-    return pointer

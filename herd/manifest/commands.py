@@ -244,6 +244,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                     "source": r.source,
                     "rollback_of": r.rollback_of,
                     "current": r.id == current,
+                    "intact": r.intact,
                 }
                 for r in revisions
             ]
@@ -256,6 +257,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     for r in revisions:
         action = f"rollback→{r.rollback_of}" if r.rollback_of else r.action
         mark = "*" if r.id == current else " "
+        if not r.intact:
+            mark = "!"
         rows.append(
             (f"{mark}{r.id}", r.created, r.user, action, r.sha256[:12], r.summary)
         )
@@ -267,6 +270,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             + row[5]
         )
     print("\n* current revision")
+    if not all(r.intact for r in revisions):
+        print("! altered in herd.db: its bytes no longer match its sha256 (refused)")
     return 0
 
 

@@ -49,15 +49,18 @@ def _served_fleet(state_dir: str):
 
 
 def _repair_pointer(state_dir: str) -> None:
-    """Serve the head revision even if an apply crashed before swapping the pointer."""
+    """Serve the head revision even if an apply crashed before swapping the
+    pointer, or the pointer file was damaged (truncated, emptied, removed)."""
     from herd.store import DB_NAME, Store
 
     if (Path(state_dir) / DB_NAME).exists():
         store = Store(state_dir, create=False)
         try:
-            store.sync_pointer()
+            repaired = store.sync_pointer()
         finally:
             store.close()
+        if repaired:
+            print(f"herd serve: {repaired}", flush=True)
 
 
 def serve(args: argparse.Namespace) -> int:

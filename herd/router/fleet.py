@@ -120,6 +120,8 @@ def status(runtime: Runtime) -> dict[str, Any]:
             "written": runtime.traces.written,
             "pending": runtime.traces.pending,
             "dropped": runtime.traces.dropped,
+            "write_failures": runtime.traces.write_failures,
+            "write_error": runtime.traces.write_error,
         },
     }
 

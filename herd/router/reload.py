@@ -107,22 +107,28 @@ class PointerSource:
         return self.served
 
     def check(self) -> bool:
-        """Reload if the pointer changed; True when a new revision took effect."""
+        """Reload if the pointer changed; True when a new revision took effect.
+
+        Never raises: a pointer that is missing, unreadable, of the wrong shape
+        or whose manifest does not load is refused as a whole, the served
+        revision stays, and `last_error` says why until a good pointer lands.
+        """
         self._checked = self._clock()
         stamp = self._stat()
-        if stamp == self._stamp or stamp is None:
+        if stamp == self._stamp:
             return False
         self._stamp = stamp
         try:
             pointer = read_pointer(self._state_dir)
-            if pointer is None or pointer.sha256 == self.served.sha256:
+            if pointer is None:
+                self._refuse(f"{self.path} is missing")
+                return False
+            if pointer.sha256 == self.served.sha256:
+                self.last_error = None  # back to (or still on) what is served
                 return False
             served = self._build(pointer)
-        except (HerdError, ValueError, TypeError, KeyError) as ex:
-            self.last_error = str(ex)
-            log.error(
-                "kept revision %s: new manifest refused: %s", self.served.revision, ex
-            )
+        except Exception as ex:  # noqa: BLE001 - a bad pointer must not fail requests
+            self._refuse(str(ex) if isinstance(ex, HerdError) else repr(ex))
             return False
         self.served = served
         self.last_error = None
@@ -130,3 +136,9 @@ class PointerSource:
         for listener in self.listeners:
             listener(served)
         return True
+
+    def _refuse(self, error: str) -> None:
+        self.last_error = error
+        log.error(
+            "kept revision %s: new manifest refused: %s", self.served.revision, error
+        )

@@ -5,12 +5,16 @@ text) to an in-memory buffer; a background greenlet flushes the buffer to
 `STATE_DIR/traces.db` every `FLUSH_S` in one transaction, and prunes rows older
 than `audit.retention_days`. The buffer is bounded: if the disk stalls, the
 oldest unwritten traces are dropped and counted rather than growing memory.
+A batch whose write fails (disk full, I/O error) goes back to the front of the
+buffer and is retried on the next flush, so every recorded trace is always
+exactly one of `written`, `pending` or `dropped`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -91,6 +95,10 @@ _INSERT = (
 )
 
 
+#: Errors that come from a row's values, not from the disk: retrying won't help.
+_UNWRITABLE_ROW = (ValueError, OverflowError, sqlite3.ProgrammingError)
+
+
 class TraceLog:
     """The buffer and its writer. `record` is O(1) and never touches the disk."""
 
@@ -108,6 +116,9 @@ class TraceLog:
         self._store: Store | None = None
         self.written = 0
         self.dropped = 0
+        #: Flushes that failed, and the error of the last one while it lasts.
+        self.write_failures = 0
+        self.write_error: str | None = None
         self._last_prune = float("-inf")
 
     def record(self, trace: Trace) -> None:
@@ -121,8 +132,13 @@ class TraceLog:
 
     def _db(self) -> Store | None:
         if self._store is None and self._state_dir is not None:
-            self._store = Store(self._state_dir, db_name=DB_NAME)
-            self._store.ensure("traces", MIGRATIONS)
+            store = Store(self._state_dir, db_name=DB_NAME)
+            try:
+                store.ensure("traces", MIGRATIONS)
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
         return self._store
 
     def flush(
@@ -131,23 +147,84 @@ class TraceLog:
         """Write buffered traces (at most `limit`) in one transaction; returns
         how many. With `between`, rows go in slices of SLICE_ROWS and
         `between()` (a yield to the event loop) runs between slices."""
-        store = self._db()
-        if store is None or not self._buffer:
+        if not self._buffer:
+            return 0
+        try:
+            store = self._db()
+        except Exception as ex:
+            self._failed(ex)
+            raise
+        if store is None:
             return 0
         take = len(self._buffer) if limit is None else min(limit, len(self._buffer))
         popleft = self._buffer.popleft
         batch = [popleft() for _ in range(take)]
-        with store.transaction() as db:
-            insert = db.conn.executemany
-            if between is None:
-                insert(_INSERT, batch)
-            else:
-                for start in range(0, len(batch), SLICE_ROWS):
-                    if start:
-                        between()
-                    insert(_INSERT, batch[start : start + SLICE_ROWS])
-        self.written += len(batch)
+        try:
+            with store.transaction() as db:
+                insert = db.conn.executemany
+                if between is None:
+                    insert(_INSERT, batch)
+                else:
+                    for start in range(0, len(batch), SLICE_ROWS):
+                        if start:
+                            between()
+                        insert(_INSERT, batch[start : start + SLICE_ROWS])
+        except _UNWRITABLE_ROW:
+            # A row SQLite cannot take (a value no column type holds): write
+            # the batch row by row, dropping and counting only the bad rows,
+            # so one poison row never blocks the buffer.
+            return self._write_each(store, batch)
+        except BaseException as ex:
+            self._requeue(batch)
+            if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
+                self._failed(ex)
+            raise
+        self._wrote(len(batch))
         return len(batch)
+
+    def _wrote(self, count: int) -> None:
+        self.written += count
+        if self.write_error is not None:
+            log.warning("writing traces works again (%d pending)", self.pending)
+            self.write_error = None
+
+    def _write_each(self, store: Store, batch: list[Trace]) -> int:
+        """Write `batch` row by row in one transaction, skipping bad rows."""
+        bad = 0
+        try:
+            with store.transaction() as db:
+                for row in batch:
+                    try:
+                        db.conn.execute(_INSERT, row)
+                    except _UNWRITABLE_ROW:
+                        bad += 1
+        except BaseException as ex:
+            self._requeue(batch)
+            if isinstance(ex, Exception):
+                self._failed(ex)
+            raise
+        if bad:
+            log.error("dropped %d trace rows with values SQLite cannot store", bad)
+        self.dropped += bad
+        self._wrote(len(batch) - bad)
+        return len(batch)
+
+    def _requeue(self, batch: list[Trace]) -> None:
+        """Put an unwritten batch back in front of what arrived meanwhile;
+        what no longer fits is dropped (the oldest first) and counted."""
+        room = BUFFER_MAX - len(self._buffer)
+        lost = max(0, len(batch) - room)
+        self.dropped += lost
+        self._buffer.extendleft(reversed(batch[lost:]))
+
+    def _failed(self, ex: BaseException) -> None:
+        self.write_failures += 1
+        error = f"{type(ex).__name__}: {ex}"
+        if error != self.write_error:  # once per distinct error, not every second
+            log.error(
+                "writing traces failed, %d kept for retry: %s", self.pending, error
+            )
+        self.write_error = error
 
     def prune(self) -> int:
         """Delete traces older than the retention period; returns how many."""
@@ -187,14 +264,22 @@ class TraceLog:
             while self.flush(BATCH_MAX, between) == BATCH_MAX:
                 if pause is not None:
                     pause()
+        except Exception:  # noqa: BLE001 - tracing must never take the router down
+            return  # logged by flush; the batch waits in the buffer for the next tick
+        try:
             if time.monotonic() - self._last_prune >= PRUNE_S:
                 self.prune()
-        except Exception:  # noqa: BLE001 - tracing must never take the router down
-            log.exception("writing traces failed")
+        except Exception:  # noqa: BLE001
+            log.exception("pruning traces failed")
 
     def close(self) -> None:
-        """Write what is buffered and close the database."""
+        """Write what is buffered and close the database; what cannot be
+        written now is counted as dropped (nothing is left to retry it)."""
         self.tick()
+        if self._buffer:
+            log.error("%d traces could not be written at exit", self.pending)
+            self.dropped += len(self._buffer)
+            self._buffer.clear()
         if self._store is not None:
             self._store.close()
             self._store = None
