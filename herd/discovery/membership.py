@@ -229,18 +229,21 @@ class Membership:
     ) -> bool | None:
         """Remove `name` (its goodbye, from the address holding it); None when
         the nonce was used before (a replay)."""
-        self._pending.pop(name, None)
         with self._transaction():
             if nonce is not None and not self._nonce(nonce, skew_s):
                 return None
             cur = self.db.execute(
                 "DELETE FROM members WHERE name = ? AND address = ?", (name, address)
             )
-        if self._drop(name):
+        member = self.members.get(name)
+        here = member is not None and member.address == address
+        if here:
+            self._pending.pop(name, None)  # its row may not be written yet
+            self._drop(name)
             self.departures += 1
-        if cur.rowcount:
+        if cur.rowcount or here:
             log.warning("audit node.left name=%s address=%s (%s)", name, address, why)
-        return bool(cur.rowcount)
+        return bool(cur.rowcount) or here
 
     def flush(self) -> None:
         """Write the members' latest heartbeats in one transaction. Each beat's
