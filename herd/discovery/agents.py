@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from herd.discovery.health import NodeHealth, PollResult, connection_refused, observe
-from herd.discovery.membership import Member, Membership
+from herd.discovery.member import Member
+from herd.discovery.membership import Membership
 from herd.discovery.static import StaticPoller
 from herd.manifest.model import Fleet, Node
 

@@ -23,6 +23,7 @@ import dns.flags
 import psutil
 
 from herd.discovery import mdns
+from herd.discovery.mdnscache import Cache
 
 log = logging.getLogger("herd.discovery")
 
@@ -159,7 +160,7 @@ class Responder:
         self.services = services
         self.kinds = list(kinds)
         self.clock = clock
-        self.cache = mdns.Cache()
+        self.cache = Cache()
         self.endpoint: Endpoint | None = None
         self._announced: dict[str, list[mdns.Service]] = {}
 

@@ -17,13 +17,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from herd.discovery.heartbeat import Heartbeat
+from herd.discovery.member import Member, doc_of
 
 log = logging.getLogger("herd.audit")
 
@@ -46,48 +45,6 @@ CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, address TEXT, name TEXT,
     status INTEGER NOT NULL, reason TEXT NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class Member:
-    """One admitted agent, as of its last heartbeat."""
-
-    name: str
-    url: str
-    address: str
-    #: The static node this agent reports for (metrics merged), else None.
-    static_name: str | None
-    via: str
-    first_seen: float
-    last_seen: float
-    seq: int
-    interval_s: float = 5.0
-    version: str | None = None
-    ollama_error: str | None = None
-    models: tuple[Mapping[str, Any], ...] = ()
-    loaded: tuple[Mapping[str, Any], ...] = ()
-    metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-
-    @classmethod
-    def from_row(cls, row: tuple) -> Member:
-        name, address, url, static_name, via, first, last, seq, doc = row
-        body = json.loads(doc)
-        return cls(
-            name=name,
-            url=url,
-            address=address,
-            static_name=static_name,
-            via=via or "agent",
-            first_seen=first,
-            last_seen=last,
-            seq=seq,
-            interval_s=body.get("interval_s", 5.0),
-            version=body.get("version"),
-            ollama_error=body.get("ollama_error"),
-            models=tuple(body.get("models") or ()),
-            loaded=tuple(body.get("loaded") or ()),
-            metrics=MappingProxyType(body.get("metrics") or {}),
-        )
 
 
 class Membership:
@@ -182,7 +139,7 @@ class Membership:
         workers, so it is not serialized again)."""
         now = self.clock()
         prev = self.members.get(hb.name)
-        doc = raw.decode() if raw is not None else json.dumps(_doc(hb))
+        doc = raw.decode() if raw is not None else json.dumps(doc_of(hb))
         first = prev.first_seen if prev and prev.url == hb.url else now
         seq = time.time_ns()
         row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
@@ -432,14 +389,3 @@ class Membership:
 
 def _printable(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)
-
-
-def _doc(hb: Heartbeat) -> dict[str, Any]:
-    return {
-        "interval_s": hb.interval_s,
-        "version": hb.version,
-        "ollama_error": hb.ollama_error,
-        "models": list(hb.models),
-        "loaded": list(hb.loaded),
-        "metrics": dict(hb.metrics),
-    }

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herd.discovery import mdns
+from herd.discovery.mdnscache import Cache
 
 ROUTER = mdns.Service(
     mdns.ROUTER_TYPE,
@@ -50,7 +51,7 @@ def test_goodbye_is_the_same_records_with_ttl_zero():
 
 
 def test_cache_resolves_a_service_and_forgets_it_one_second_after_goodbye():
-    cache = mdns.Cache()
+    cache = Cache()
     cache.add(mdns.parse(mdns.announcement([ROUTER]))[0], now=100.0)
     (found,) = cache.services(mdns.ROUTER_TYPE, now=101.0)
     assert found.instance == "herd site" and found.port == 11435
@@ -61,7 +62,7 @@ def test_cache_resolves_a_service_and_forgets_it_one_second_after_goodbye():
 
 
 def test_records_expire_with_their_ttl():
-    cache = mdns.Cache()
+    cache = Cache()
     cache.add(mdns.parse(mdns.announcement([ROUTER]))[0], now=0.0)
     assert cache.services(mdns.ROUTER_TYPE, now=119.0)
     # The SRV (120 s) is gone, so the instance cannot be resolved any more.
@@ -84,7 +85,7 @@ def test_answer_to_a_ptr_query_carries_srv_txt_a_as_additional():
 
 
 def test_known_answer_suppression():
-    cache = mdns.Cache()
+    cache = Cache()
     cache.add(mdns.parse(mdns.announcement([ROUTER]))[0], now=0.0)
     # The asker holds our PTR with more than half its TTL left: no answer.
     fresh, _ = mdns.parse(mdns.query(mdns.ROUTER_TYPE, cache, now=10.0))
@@ -137,7 +138,7 @@ def test_compressed_srv_target_from_other_implementations_is_read():
         "74703a2f2f31302e37372e302e323a3131343334c049002f8001000000780005c049"
         "000140c049000180010000007800040a4d0002"
     )
-    cache = mdns.Cache()
+    cache = Cache()
     cache.add(mdns.parse(wire)[0], now=0.0)
     (found,) = cache.services(mdns.NODE_TYPE, now=1.0)
     assert (found.instance, found.host, found.port) == (
@@ -170,7 +171,7 @@ def test_random_bytes_never_escape_as_other_errors(data):
         message, _ = mdns.parse(data)
     except mdns.BadPacket:
         return
-    mdns.Cache().add(message, 0.0)
+    Cache().add(message, 0.0)
     mdns.answer(message, [ROUTER])
 
 
