@@ -39,8 +39,48 @@ def nodes_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
             waiting=runtime.queues.waiting(node.name),
             error_rate=round(runtime.stats.error_rate(node.name), 3),
         )
+        health.update(discovery_view(runtime, fleet, node))
         out.append(health)
     return out
+
+
+def discovery_view(runtime: Runtime, fleet: Fleet, node: Any) -> dict[str, Any]:
+    """How a node was found and admitted, and what its agent last reported."""
+    member_of = getattr(runtime.poller, "member", None)
+    member = member_of(node) if member_of else None
+    static = getattr(runtime.source, "static", None)
+    is_static = static is None or static().fleet.node(node.name) is not None
+    if member is None:
+        return {"found": "static", "admission": "declared in the manifest"}
+    view = {
+        "found": f"static+agent ({member.via})" if is_static else member.via,
+        "admission": "declared in the manifest"
+        if is_static
+        else f"signed heartbeat from {member.address}",
+        "agent": {
+            "name": member.name,
+            "address": member.address,
+            "heartbeat_age_s": round(max(0.0, runtime.clock() - member.last_seen), 1),
+            "interval_s": member.interval_s,
+            "joined": member.first_seen,
+            "ollama_error": member.ollama_error,
+        },
+        "metrics": dict(member.metrics),
+    }
+    return view
+
+
+def discovery_status(runtime: Runtime) -> dict[str, Any]:
+    """Refused heartbeats (latest first) for `herd status`."""
+    membership = getattr(runtime.source, "membership", None)
+    if membership is None:
+        return {}
+    fleet = runtime.source.static().fleet
+    return {
+        "mdns": fleet.discovery.mdns_enabled,
+        "candidates": membership.candidates(),
+        "refused": membership.refusals(20),
+    }
 
 
 def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
@@ -100,6 +140,7 @@ def status(runtime: Runtime, served: Served | None = None) -> dict[str, Any]:
         "nodes_up": sum(1 for n in nodes if n["state"] == "up"),
         "nodes": nodes,
         "models": models_view(runtime, fleet),
+        "discovery": discovery_status(runtime),
         "requests": runtime.stats.requests,
         "upstream_failures": runtime.stats.failures,
         "traces": {

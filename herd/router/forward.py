@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,8 @@ class Outcome:
     finished: bool = False
     #: The scoring decisions taken (one per model tried), for X-Herd-Decision.
     decisions: list[Decision] = field(default_factory=list)
+    #: Labels the client prefers (X-Herd-Prefer), a soft scoring bonus.
+    prefer: Mapping[str, str] = field(default_factory=dict)
 
     def trace(self, now: float) -> Trace:
         """The trace row; every text field escaped and bounded (logfield)."""
@@ -144,9 +146,11 @@ class Forwarder:
     def candidates(self, fleet: Fleet, model: Model) -> tuple[Candidate, ...]:
         out = []
         key = model.name
+        memory_of = getattr(self.health, "memory", None)
         for node in fleet.nodes_for(model):
             health = self.health.get(node)
             ttft, tps = self.stats.perf(node.name, key)
+            memory = memory_of(node, health, key) if memory_of else {}
             out.append(
                 Candidate(
                     node=node.name,
@@ -160,12 +164,16 @@ class Forwarder:
                     tokens_per_s=tps,
                     error_rate=self.stats.error_rate(node.name),
                     labels=node.labels,
+                    **memory,
                 )
             )
         return tuple(out)
 
-    def decide(self, fleet: Fleet, model: Model) -> Decision:
-        return choose_node(RouteRequest(model.name), self.candidates(fleet, model))
+    def decide(
+        self, fleet: Fleet, model: Model, prefer: Mapping[str, str] | None = None
+    ) -> Decision:
+        request = RouteRequest(model.name, prefer or {})
+        return choose_node(request, self.candidates(fleet, model))
 
     def open(
         self,
@@ -186,7 +194,7 @@ class Forwarder:
         error: HerdError | None = None
         last: Opened | None = None
         for model in models:
-            decision = self.decide(fleet, model)
+            decision = self.decide(fleet, model, outcome.prefer)
             outcome.decisions.append(decision)
             if not decision.ranked:
                 public = f"no healthy node can serve model {model.name}"

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from herd.errors import RegistryDenied
+from herd.errors import InvalidRequest, RegistryDenied
 from herd.router.forward import Outcome
 from herd.router.peer import peer_address
 from herd.router.policy import is_operator
 from herd.router.runtime import Runtime
+from herd.router.scoring import parse_prefer
 
 #: Probes that load balancers and systemd use; no client group needed.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: (/v2, the registry, also admits the fleet's own nodes by address.)
+#: /fleet/heartbeat is signed and admits by its own rules (herd.router.heartbeat).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/fleet/heartbeat"})
 
 
 class Gate:
@@ -58,6 +61,12 @@ class Gate:
         client = policy.admit(peer, req.get_header("Authorization"))
         ctx.client = client
         outcome.client = client.name
+        prefer = req.get_header("X-Herd-Prefer")
+        if prefer:
+            try:
+                outcome.prefer = parse_prefer(prefer)
+            except ValueError as ex:
+                raise InvalidRequest(str(ex)) from ex
 
     def process_response(
         self, req: Any, resp: Any, resource: Any, req_succeeded: bool
@@ -90,10 +99,15 @@ def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
     was left out).
     """
     _decision_headers(resp, outcome)
+    # Always explained when memory fit decided (a node left out or pushed down),
+    # but only to operator groups: the explanation names nodes.
     if (
         req is not None
-        and req.get_header("X-Herd-Explain") == "1"
         and is_operator(req.context.client)
+        and (
+            req.get_header("X-Herd-Explain") == "1"
+            or any(d.memory_decided for d in outcome.decisions)
+        )
     ):
         text = " | ".join(f"{d.model}: {d.explain()}" for d in outcome.decisions)
         resp.set_header("X-Herd-Decision", text.encode("ascii", "replace").decode())

@@ -121,6 +121,7 @@ def render(report: dict[str, Any]) -> str:
                 f"node {n['name']} holds models the manifest does not declare: "
                 + ", ".join(n["unmanaged_models"])
             )
+    lines += discovery_lines(report)
     if report.get("reload_error"):
         lines += ["", f"last manifest reload refused: {report['reload_error']}"]
     return "\n".join(lines)
@@ -143,3 +144,35 @@ def _render_client(report: dict[str, Any]) -> str:
             f"{'yes' if m.get('loaded') else 'no'}"
         )
     return "\n".join(lines)
+
+
+def discovery_lines(report: dict[str, Any]) -> list[str]:
+    """How each node was found and admitted, what its agent reports, and the
+    agents announced or refused but not admitted."""
+    lines = [
+        "",
+        f"{'NODE':<16} {'FOUND':<22} {'HEARTBEAT':<10} {'MEMORY FREE':<12} ADMISSION",
+    ]
+    for n in report.get("nodes", []):
+        agent = n.get("agent") or {}
+        age = agent.get("heartbeat_age_s")
+        memory = ((n.get("metrics") or {}).get("memory") or {}).get("available")
+        lines.append(
+            f"{n['name']:<16} {n.get('found', 'static'):<22} "
+            f"{'-' if age is None else f'{age:g}s ago':<10} "
+            f"{'-' if memory is None else f'{memory / 1024**3:.1f} GB':<12} "
+            f"{n.get('admission', 'declared in the manifest')}"
+        )
+    discovery = report.get("discovery") or {}
+    waiting = [c for c in discovery.get("candidates", []) if not c.get("admitted")]
+    for c in waiting:
+        lines.append(
+            f"announced over mDNS, not admitted: {c['name']} "
+            f"({','.join(c.get('addresses') or []) or '?'}:{c.get('port')})"
+        )
+    for row in discovery.get("refused", [])[:10]:
+        lines.append(
+            f"heartbeat refused ({row['status']}): {row.get('name') or '-'} from "
+            f"{row.get('address')}: {row['reason']}"
+        )
+    return lines

@@ -121,6 +121,9 @@ class Runtime:
         self._started = False
         self._stopping = False
         self._greenlets: list[Any] = []
+        #: Extra background loops `fn(stopped)` (e.g. mDNS), started with the rest.
+        self.services: list[Callable[[Callable[[], bool]], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
         self._trace_writer: Any = None
         self._policy: tuple[int, Policy] | None = None
         self._node_urls: frozenset[str] = frozenset()
@@ -166,6 +169,7 @@ class Runtime:
         self._trace_writer = gevent.spawn(self.traces.run, stopped)
         if self.access is not None:
             self._greenlets.append(gevent.spawn(self.access.run, stopped))
+        self._greenlets += [gevent.spawn(service, stopped) for service in self.services]
 
     def _is_stopping(self) -> bool:
         return self._stopping
@@ -183,6 +187,8 @@ class Runtime:
     def stop(self) -> None:
         """Stop background work and write the last traces (worker exit)."""
         self._stopping = True
+        for hook in self.on_stop:
+            hook()  # e.g. mDNS goodbye, before its greenlet is killed
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self._trace_writer is not None:
