@@ -209,6 +209,24 @@ GC_TUNE = Setting(
     default=lambda: True,
     type=parse_bool,
 )
+REGISTRY = Setting(
+    name="registry",
+    flag="--registry",
+    env="HERD_REGISTRY",
+    help="`herd apply`: HOST:PORT of the router's registry as the nodes reach it "
+    "(default: router.listen, unless that is a wildcard address)",
+    default=_none,
+    metavar="HOST:PORT",
+)
+APPLY_NODES = Setting(
+    name="apply_nodes",
+    flag=None,
+    env="HERD_APPLY_NODES",
+    help="`herd plan`/`herd apply`: survey and change the nodes; 0 diffs and "
+    "records revisions only, contacting no node (default 1)",
+    default=lambda: True,
+    type=parse_bool,
+)
 FIREWALL_DROPIN = Setting(
     name="systemd_dropin_dir",
     flag=None,
@@ -236,6 +254,8 @@ SETTINGS: tuple[Setting, ...] = (
     BODY_TIMEOUT,
     CLIENT_CONNECTIONS,
     GC_TUNE,
+    REGISTRY,
+    APPLY_NODES,
     FIREWALL_DROPIN,
 )
 

@@ -241,15 +241,15 @@ def _ready(
         return True
     # Refused: the workers keep the old revision (they re-check every 0.5 s,
     # so an error older than that may be stale).
-    return bool(body.get("reload_error")) and waited >= 1.0
+    return bool(body.get("reload_refused")) and waited >= 1.0
 
 
 def _status_line(status: int, body: dict[str, Any]) -> str:
-    revision = body.get("revision")
-    up = body.get("nodes_up") or []
-    text = f"serving revision {revision}, {len(up)} node(s) up"
+    up = body.get("nodes_up") or 0
+    count = len(up) if isinstance(up, list) else int(up)
+    text = f"serving revision {body.get('revision')}, {count} node(s) up"
     if status != 200:
         text += " (no node up yet: /readyz answers 503)"
-    if body.get("reload_error"):
-        text += f"; new revision refused: {body['reload_error']}"
-    return text[:400]
+    if body.get("reload_refused"):
+        text += "; the applied revision was refused (see herd status)"
+    return text

@@ -210,6 +210,6 @@ def test_ready_rules() -> None:
     # Reload: the applied revision is served, or it was refused.
     assert not _ready(200, {"revision": 1}, 2, 0.5)
     assert _ready(503, {"revision": 2}, 2, 0.0)
-    assert not _ready(200, {"revision": 1, "reload_error": "bad"}, 2, 0.2)
-    assert _ready(200, {"revision": 1, "reload_error": "bad"}, 2, 1.5)
+    assert not _ready(200, {"revision": 1, "reload_refused": True}, 2, 0.2)
+    assert _ready(200, {"revision": 1, "reload_refused": True}, 2, 1.5)
     assert _ready(200, {}, ANY, 0.0)
