@@ -4,7 +4,7 @@
 packet of the router's cgroup except to or from the addresses the drop-in
 allows: loopback, link-local, the mDNS group (224.0.0.251, ff02::fb), the
 manifest's client networks (who may call) and node networks, literal node
-addresses and, with mDNS discovery on, its networks (where nodes may be).
+addresses and the discovery networks agents join from (where nodes may be).
 `herd apply` and `herd rollback` write it after recording a revision;
 `systemctl daemon-reload` loads it.
 
@@ -45,8 +45,8 @@ def allowed_networks(fleet: Fleet) -> tuple[list[str], list[str]]:
     for client in fleet.router.clients:
         nets.update(client.networks)
     nets.update(fleet.router.node_networks)
-    if fleet.discovery.mdns_enabled:
-        nets.update(fleet.discovery.mdns_networks)  # nodes that announce themselves
+    # Agents that join by themselves (mDNS, or `herd node --router`) send from here.
+    nets.update(fleet.discovery.mdns_networks)
     for node in fleet.nodes:
         host = urlsplit(node.url).hostname or ""
         address = hosts.lookup(host)  # an IP literal, or the name's /etc/hosts entry

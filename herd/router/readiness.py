@@ -132,7 +132,8 @@ class Supervisor:
         server.handle_hup = self.reload
         for name in ("handle_term", "handle_int", "handle_quit"):
             setattr(server, name, self._stopping(getattr(server, name)))
-        self._spawn(self._wait_ready, START_WAIT_S, None)
+        if self.address:  # not under systemd: nobody to tell, so no probes
+            self._spawn(self._wait_ready, START_WAIT_S, None)
 
     def _stopping(self, original: Callable[[], None]) -> Callable[[], None]:
         def handler() -> None:
@@ -152,6 +153,8 @@ class Supervisor:
 
     def _reload(self) -> None:
         revision = self._applied_revision()
+        if not self.address:
+            return
         # No readable revision: the workers keep theirs; any answer completes.
         self._wait_ready(RELOAD_WAIT_S, ANY if revision is None else revision)
 

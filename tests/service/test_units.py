@@ -142,14 +142,17 @@ def test_dropin_allows_base_and_manifest_networks() -> None:
     assert lines[1] == "IPAddressAllow="  # reset, then exactly this list
     allowed = " ".join(line.split("=", 1)[1] for line in lines[2:]).split()
     assert allowed[:4] == ["localhost", "link-local", "224.0.0.251", "ff02::fb"]
-    # etc/fleet.yaml: client networks, node network (node URLs lie inside it).
-    assert set(allowed[4:]) == {
+    # etc/fleet.yaml: client networks (10.20.0.0/24 admins, 10.30/16, 10.40/16,
+    # loopback), the node network 10.20.1.0/24 (node URLs lie inside it) and
+    # the discovery network 10.20.2.0/24; adjacent ones collapsed.
+    assert allowed[4:] == [
+        "10.20.0.0/23",
+        "10.20.2.0/24",
         "10.30.0.0/16",
         "10.40.0.0/16",
         "127.0.0.0/8",
-        "10.20.1.0/24",
         "::1/128",
-    }
+    ]
     assert "revision 7" in text
     assert firewall.dropin_text(fleet, 7) == text  # deterministic
 
