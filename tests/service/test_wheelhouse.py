@@ -212,7 +212,8 @@ def test_packing_an_installed_distribution(tmp_path: Path) -> None:
     import zipfile
     from importlib import metadata
 
-    from herd.wheelhouse import WheelhouseError, pack_installed, sha256_file
+    from herd.wheelhouse import sha256_file
+    from herd.wheelpack import WheelhouseError, pack_installed
 
     dist = metadata.PathDistribution(_installed(tmp_path / "site"))
     (tmp_path / "a").mkdir()
