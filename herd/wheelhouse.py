@@ -10,8 +10,9 @@ by version and sha256, so the isolated host installs exactly these bytes:
 Wheels come from pip (`pip wheel`, or `pip download --only-binary` for
 another `--python`/`--platform`), or, with `--from-installed`, from the
 distributions installed in this environment: each is packed back into a wheel
-from its installed files (herd.wheelpack), after checking every file against the sha256 its
-RECORD holds (an edited install is refused). That needs no index at all.
+from its installed files (herd.wheelpack), after checking every file against
+the sha256 its RECORD holds (an edited install is refused). That needs no
+index at all.
 
 `requirements.txt` names every wheel's hash, so signing it signs the whole
 wheelhouse: `ssh-keygen -Y sign -n herd-wheelhouse` (`--sign KEY`), and
