@@ -58,6 +58,8 @@ class Outcome:
     tokens_out: int | None = None
     retries: int = 0
     error_class: str | None = None
+    #: The request's validated tags (herd.router.tags), comma-joined.
+    tags: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False
     #: The scoring decisions taken (one per model tried), for X-Herd-Decision.
@@ -80,6 +82,7 @@ class Outcome:
             tokens_out=self.tokens_out,
             retries=self.retries,
             error_class=self.error_class,
+            tags=self.tags,
         )
 
     def counts(self, final: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from herd.router import tags
 from herd.router.forward import Outcome
 from herd.router.runtime import Runtime
 
@@ -45,6 +46,10 @@ class Gate:
         client = policy.admit(req.remote_addr, req.get_header("Authorization"))
         ctx.client = client
         outcome.client = client.name
+        header = req.get_header(tags.HEADER)
+        if header is not None:
+            ctx.tags = tags.from_header(header)
+            outcome.tags = tags.joined(ctx.tags)
 
     def process_response(
         self, req: Any, resp: Any, resource: Any, req_succeeded: bool
