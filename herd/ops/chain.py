@@ -108,15 +108,9 @@ def verify(rows: Iterable[Mapping[str, Any]], anchor: Anchor | None) -> Verdict:
                     "rows were deleted or added outside herd",
                 )  # fmt: skip
         if row.get("prev_hash") != expected:
-            where = (
-                f"row {prev_id}"
-                if prev_id is not None
-                else ("the pruning anchor" if anchor else "the start of the chain")
-            )
             return _broken(
                 count, first_id, last_id, expected, row_id, anchor,
-                f"its prev_hash does not match {where}: a row before it was "
-                "deleted, inserted or altered outside herd",
+                _link_problem(prev_id, row_id, anchor),
             )  # fmt: skip
         actual = row_hash(row)
         if row.get("hash") != actual:
@@ -134,6 +128,27 @@ def verify(rows: Iterable[Mapping[str, Any]], anchor: Anchor | None) -> Verdict:
             f"row {anchor.first_id}: every row was deleted outside herd",
         )  # fmt: skip
     return Verdict(count, first_id, last_id, expected if count else None, anchor=anchor)
+
+
+def _link_problem(prev_id: int | None, row_id: Any, anchor: Anchor | None) -> str:
+    """Why row `row_id` does not point back to what comes before it."""
+    if prev_id is None:
+        start = "the pruning anchor" if anchor else "the start of the chain"
+        return (
+            f"it does not link to {start}: rows before it were deleted, or it "
+            "was altered, outside herd"
+        )
+    if isinstance(row_id, int) and row_id > prev_id + 1:
+        missing = (
+            f"row {prev_id + 1}"
+            if row_id == prev_id + 2
+            else (f"rows {prev_id + 1}..{row_id - 1}")
+        )
+        return f"it does not link to row {prev_id}: {missing} deleted outside herd"
+    return (
+        f"it does not link to row {prev_id}: one of the two was rewritten "
+        "(hash recomputed) or a row was inserted outside herd"
+    )
 
 
 def _broken(
