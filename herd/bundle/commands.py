@@ -34,6 +34,25 @@ from herd.settings import STATE_DIR
 from herd.store import Store
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """Options may sit between positionals: `create OUT --from-ollama DIR MODEL...`.
+
+    argparse binds all positionals at their first run, so a MODEL after an
+    option would be "unrecognized"; the intermixed parse collects options first.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        if self._intermixing:  # the intermixed parse calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _split_size(text: str) -> int | None:
     try:
         return parse_size(text)
@@ -285,7 +304,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "  herd bundle sign /media/usb/site-2026-11 --key ~/.ssh/id_ed25519\n"
         "  herd bundle import /media/usb/site-2026-11\n",
     )
-    bsub = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    bsub = bundle.add_subparsers(
+        dest="bundle_command",
+        metavar="ACTION",
+        required=True,
+        parser_class=IntermixedParser,
+    )
 
     p = add_command(
         bsub,

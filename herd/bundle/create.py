@@ -122,6 +122,9 @@ class _Writer:
     def blob_file(self, src: Path, media_type: str, expected: str | None) -> Layer:
         """Copy `src` in (split if large), hashing in the same pass."""
         label = str(src)
+        # The user named this file on the connected side: a link to it (a
+        # Hugging Face cache entry, say) is fine; the checks refuse links.
+        src = Path(os.path.realpath(src))
         scan.check_blob(src, media_type, label)
         scan.run_scan_command(self.scan_command, src, label)
         if expected and f"blobs/sha256-{expected}" in self.files:

@@ -1,12 +1,18 @@
 """`herd bundle import`: from the stick into the content-addressed store.
 
 Order of events, each step refusing with the store untouched:
-check (signature, tree, manifests, scan policy) -> free space -> copy every
-missing blob into `STORE/.staging/NAME/` hashing in the same pass (parts are
-reassembled on the fly) -> content checks on the staged file -> only when all
-blobs are good, rename them into `STORE/blobs/` -> manifests last -> catalog.
-Staged blobs survive a crash (`kill -9`), so a re-run resumes; blobs already in
-the store are skipped, so a re-run is idempotent.
+check (signature, tree, manifests, scan policy) -> model names that collide
+case-insensitively with the store's -> free space -> copy every missing blob
+into `STORE/.staging/NAME/` hashing in the same pass (parts are reassembled on
+the fly) -> content checks on the staged file -> only when all blobs are good,
+rename them into `STORE/blobs/` -> manifests last -> catalog.
+
+A blob already in the store (or staged by an interrupted run) counts only once
+its sha256 is confirmed by reading it again; a file of the right size with the
+wrong content is replaced. Such blobs are not copied again, but their copy on
+the stick is still hashed and checked exactly as `herd bundle verify` does, so
+import and verify always give the same verdict on the same bundle. Staged blobs
+survive a crash (`kill -9`), so a re-run resumes; a re-run is idempotent.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +31,7 @@ from herd.bundle.catalog import Catalog
 from herd.bundle.ollama import ModelStore
 from herd.bundle.policy import Policy
 from herd.bundle.progress import human_bytes
-from herd.bundle.verify import BundleBlob, Checked, check
+from herd.bundle.verify import BundleBlob, Checked, check, verify_blob
 from herd.errors import BundleError
 from herd.store import Store, sha256_hex
 
@@ -72,28 +78,42 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _staged(staging: Path, blob: BundleBlob) -> bool:
+def _sized(path: Path, size: int) -> bool:
+    """Cheap pre-check (the hash decides): a file of this size is at `path`."""
     try:
-        return (staging / blob.layer.filename).stat().st_size == blob.layer.size
-    except FileNotFoundError:
+        return path.stat().st_size == size
+    except OSError:
         return False
 
 
 def _which_part(checked: Checked, blob: BundleBlob) -> str:
     """After a whole-blob mismatch, name the damaged part (failure path only)."""
-    for i, part in enumerate(blob.entry.parts):
-        got, _ = transfer.hash_files([checked.root / part.path])
+    for i, (part, src) in enumerate(
+        zip(blob.entry.parts, blob.sources(checked.root), strict=True)
+    ):
+        got, _ = transfer.hash_files([src])
         if got != part.sha256:
             return f"{part.path}: sha256 mismatch in part {i} of {blob.entry.path}"
     return f"{blob.entry.path}: sha256 mismatch"
 
 
 def _stage(
-    checked: Checked, blob: BundleBlob, staging: Path, policy: Policy, advance: Advance
+    checked: Checked,
+    blob: BundleBlob,
+    staging: Path,
+    policy: Policy,
+    advance: Advance,
+    staged: bool,
 ) -> None:
-    """Copy+hash one blob into staging (unless there already), then scan it."""
+    """Copy+hash one blob into staging (unless `staged`, confirmed), then scan it.
+
+    A blob staged by an interrupted run is not copied again, but the stick's
+    copy is still verified, as `herd bundle verify` would.
+    """
     target = staging / blob.layer.filename
-    if not _staged(staging, blob):
+    if staged:
+        verify_blob(checked, blob, None, advance)
+    else:
         try:
             transfer.copy_verified(
                 blob.sources(checked.root),
@@ -151,6 +171,24 @@ def import_bundle(
         raise BundleError(reason) from ex
 
 
+def check_case_collisions(
+    names: Iterable[str], existing: Iterable[str], where: str
+) -> None:
+    """Refuse a model name that differs only in case from one already there.
+
+    Ollama resolves names case-insensitively: `TINY:latest` next to
+    `tiny:latest` would make which model a node runs a matter of chance.
+    """
+    known = {e.lower(): e for e in existing}
+    for name in names:
+        other = known.get(name.lower())
+        if other is not None and other != name:
+            raise BundleError(
+                f"{name}: collides with {other} in {where}: model names are "
+                f"case-insensitive (remove {other} first, or rename the model)"
+            )
+
+
 def _import(
     root: Path,
     policy: Policy,
@@ -162,17 +200,40 @@ def _import(
     checked = check(root, policy)
     doc = checked.doc
     store = ModelStore(policy.store)
+    names = [m.name for m in checked.models]
+    check_case_collisions(names, store.models(), str(policy.store))
+    check_case_collisions(
+        names, (m.name for m in Catalog(state).models()), "the bundle catalog"
+    )
     staging = policy.store / STAGING / doc.name
-    missing = [b for b in checked.blobs if not store.has_blob(b.layer)]
-    to_copy = [b for b in missing if not _staged(staging, b)]
+    blobs = checked.blobs
+    in_store = [
+        b for b in blobs if _sized(store.blob_path(b.layer.digest), b.layer.size)
+    ]
+    in_staging = [b for b in blobs if _sized(staging / b.layer.filename, b.layer.size)]
+    # One bar: confirming what is already there, then reading the whole stick.
+    total = sum(b.layer.size for b in [*in_store, *in_staging])
+    total += 0 if dry_run else checked.blob_bytes
+    advance = progress(total) if progress else (lambda _: None)
+    present = [b for b in in_store if store.has_blob(b.layer, advance)]
+    missing = [b for b in blobs if b not in present]
+    staged = {
+        b.layer.digest
+        for b in in_staging
+        if b in missing
+        and transfer.confirm(
+            staging / b.layer.filename, b.layer.size, b.layer.hex, advance
+        )
+    }
+    to_copy = [b for b in missing if b.layer.digest not in staged]
     need = sum(b.layer.size for b in to_copy)
     result = ImportResult(
         bundle=doc.name,
         signer=checked.signer,
         store=str(policy.store),
-        models=tuple(m.name for m in checked.models),
+        models=tuple(names),
         copied=tuple(b.layer.digest for b in missing),
-        skipped=tuple(b.layer.digest for b in checked.blobs if b not in missing),
+        skipped=tuple(b.layer.digest for b in present),
         bytes_to_copy=need,
         dry_run=dry_run,
         ollama_models=str(ollama_models) if ollama_models else None,
@@ -186,13 +247,22 @@ def _import(
             f"{human_bytes(free)} free (keeping {human_bytes(SPACE_MARGIN)} spare)"
         )
     with store_lock(policy.store):
-        advance = progress(need) if progress else (lambda _: None)
         if missing:
             staging.mkdir(parents=True, exist_ok=True)
             _clean_temps(staging)
         try:
             for blob in missing:
-                _stage(checked, blob, staging, policy, advance)
+                _stage(
+                    checked,
+                    blob,
+                    staging,
+                    policy,
+                    advance,
+                    blob.layer.digest in staged,
+                )
+            # Not copied, but checked on the stick exactly as `verify` does.
+            for blob in present:
+                verify_blob(checked, blob, policy.scan_command, advance)
         except BundleError:
             _drop_staging(staging)
             raise
@@ -262,7 +332,11 @@ def install_into_ollama(
         raise BundleError(f"{models_dir}: no such Ollama models directory")
     st = models_dir.stat()
     target = ModelStore(models_dir, owner=(st.st_uid, st.st_gid))
-    need = sum(b.layer.size for b in checked.blobs if not target.has_blob(b.layer))
+    check_case_collisions(
+        (m.name for m in checked.models), target.models(), str(models_dir)
+    )
+    missing = [b for b in checked.blobs if not target.has_blob(b.layer)]
+    need = sum(b.layer.size for b in missing)
     free = _free_bytes(models_dir)
     if need + SPACE_MARGIN > free:
         raise BundleError(
@@ -271,9 +345,9 @@ def install_into_ollama(
         )
     target.prepare()
     _clean_temps(target.blobs_dir)
-    for blob in checked.blobs:
+    for blob in missing:
         target.install_blob(
-            blob.layer, [store.blob_path(blob.layer.digest)], label=blob.entry.path
+            blob.layer, [store.blob_source(blob.layer)], label=blob.entry.path
         )
     transfer.fsync_dir(target.blobs_dir)
     for model in checked.models:

@@ -4,6 +4,11 @@
 without reading file contents lives here: schema, path hygiene (no `..`, no
 absolute paths, no symlinks, nothing unlisted, nothing missing) and declared
 sizes against what is on the stick.
+
+`bundle.yaml` is read once (`read_index_bytes`: bounded, never through a
+link); those bytes are what the signature is checked over and, only after it
+holds, what `parse` turns into a `BundleDoc` (see herd.bundle.verify.check).
+Parsing is bounded like the fleet manifest's: size cap and YAML alias guard.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ from typing import Any
 import jsonschema
 import yaml
 
-from herd.errors import BundleError
+from herd.bundle import transfer
+from herd.errors import BundleError, ManifestError
+from herd.manifest.loader import MAX_BYTES, parse_yaml
 
 FORMAT = "herd-bundle/v1"
 INDEX = "bundle.yaml"
 SIGNATURE = "bundle.yaml.sig"
 NAMESPACE = "herd-bundle"
+#: bundle.yaml is read whole into memory: the fleet manifest's cap (4 MiB).
+MAX_INDEX_BYTES = MAX_BYTES
 BLOB_RE = re.compile(r"^blobs/sha256-([0-9a-f]{64})$")
 PART_RE = re.compile(r"^blobs/sha256-([0-9a-f]{64})\.part(\d{3,})$")
 
@@ -109,11 +118,21 @@ def _where(error: jsonschema.ValidationError) -> str:
 
 
 def parse(raw: bytes, source: str = INDEX) -> BundleDoc:
-    """Parse bundle.yaml bytes; raise `BundleError` with the bad field's path."""
+    """Parse bundle.yaml bytes; raise `BundleError` with the bad field's path.
+
+    Bounded: size cap, alias-expansion guard and duplicate keys refused, all
+    from the fleet manifest's loader.
+    """
+    if len(raw) > MAX_INDEX_BYTES:
+        raise BundleError(_too_big(source, len(raw)))
+    if not raw.strip():
+        raise BundleError(f"{source}: empty")
     try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError as ex:
-        raise BundleError(f"{source}: not valid YAML: {ex}") from ex
+        doc, _ = parse_yaml(raw, source)
+    except ManifestError as ex:
+        first = ex.problems[0]
+        where = "" if first.path == "(top)" else f" {first.path}:"
+        raise BundleError(f"{source}:{first.line}:{where} {first.message}") from None
     _check_paths(doc, source)
     errors = sorted(_validator().iter_errors(doc), key=lambda e: list(e.path))
     if errors:
@@ -157,8 +176,17 @@ def _check_paths(doc: Any, source: str) -> None:
 
 
 def _build(doc: dict[str, Any], raw: bytes, source: str) -> BundleDoc:
+    names: dict[str, str] = {}
+    for name in doc["models"]:
+        other = names.setdefault(name.lower(), name)
+        if other != name:
+            raise BundleError(
+                f"{source}: models.{name}: collides with {other}: model names are "
+                "case-insensitive (Ollama resolves either to the same model)"
+            )
     files = []
     seen: set[str] = set()
+    folded: dict[str, str] = {}  # FAT32 and Ollama's names ignore case
     for i, f in enumerate(doc["files"]):
         parts = tuple(
             Part(p["path"], p["size"], p["sha256"]) for p in f.get("parts", ())
@@ -183,6 +211,13 @@ def _build(doc: dict[str, Any], raw: bytes, source: str) -> BundleDoc:
                 raise BundleError(f"{where}: listed twice")
             seen.add(stored.path)
         seen.add(entry.path)
+        for path in {entry.path, *(p.path for p in entry.stored)}:
+            other = folded.setdefault(path.lower(), path)
+            if other != path:
+                raise BundleError(
+                    f"{where}: {path} and {other} differ only in case (one file "
+                    "on a FAT32 stick)"
+                )
         files.append(entry)
     for name, path in doc["models"].items():
         tag = name.split(":", 1)
@@ -215,16 +250,27 @@ def _build(doc: dict[str, Any], raw: bytes, source: str) -> BundleDoc:
     )
 
 
-def read_index(root: Path) -> BundleDoc:
-    """Read `root/bundle.yaml` (a regular file, not a link) and parse it."""
+def _too_big(source: str, size: int) -> str:
+    return f"{source}: {size:,} bytes; {INDEX} is limited to {MAX_INDEX_BYTES:,} bytes"
+
+
+def read_index_bytes(root: Path) -> bytes:
+    """The bytes of `root/bundle.yaml`, read once: a regular file, not a link,
+    at most `MAX_INDEX_BYTES`. Nothing is parsed here."""
     path = root / INDEX
     try:
-        st = os.lstat(path)
+        return transfer.read_small(path, MAX_INDEX_BYTES, str(path), INDEX)
     except FileNotFoundError as ex:
         raise BundleError(f"{root}: no {INDEX}; is this a herd bundle?") from ex
-    if not stat.S_ISREG(st.st_mode):
-        raise BundleError(f"{path}: not a regular file (symlinks are refused)")
-    return parse(path.read_bytes(), str(path))
+
+
+def read_index(root: Path) -> BundleDoc:
+    """Read and parse `root/bundle.yaml` WITHOUT its signature (tests, tools).
+
+    Import and verify never use this: they check the signature over the bytes
+    first (herd.bundle.verify.check).
+    """
+    return parse(read_index_bytes(root), str(root / INDEX))
 
 
 def walk(root: Path) -> dict[str, int]:

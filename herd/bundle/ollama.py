@@ -28,6 +28,10 @@ NAME_RE = re.compile(rf"^({_PART}):({_PART})$")
 DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
+def _noop(_: int) -> None:
+    return None
+
+
 def split_name(name: str) -> tuple[str, str]:
     """`model[:tag]` (optionally `library/` prefixed) -> (model, tag), validated."""
     short = name.strip()
@@ -109,9 +113,7 @@ def parse_manifest(raw: bytes, label: str) -> Manifest:
         raise BundleError(f"{label}: manifest has no layers")
     config = None
     raw_config = doc.get("config")
-    if raw_config is not None and not isinstance(raw_config, dict):
-        raise BundleError(f"{label}: config is not an object")
-    if raw_config and raw_config.get("digest"):
+    if raw_config is not None:
         config = _layer(raw_config, f"{label}: config")
         if config.media_type != CONFIG:
             raise BundleError(f"{label}: config has media type {config.media_type!r}")
@@ -167,12 +169,21 @@ class ModelStore:
         model, tag = split_name(name)
         return self.manifests_dir / HOST / NAMESPACE / model / tag
 
-    def has_blob(self, layer: Layer) -> bool:
-        """The blob is present with the right size (it was verified on landing)."""
-        try:
-            return self.blob_path(layer.digest).stat().st_size == layer.size
-        except FileNotFoundError:
-            return False
+    def has_blob(
+        self, layer: Layer, advance: Callable[[int], None] | None = None
+    ) -> bool:
+        """The blob is present and its sha256 confirmed (re-read, never by size).
+
+        A file of the right size under a blob's name may be anything (a bad
+        disk, a hand copy, an attacker): only its hash makes it that blob.
+        """
+        return transfer.confirm(
+            self.blob_path(layer.digest), layer.size, layer.hex, advance or _noop
+        )
+
+    def blob_source(self, layer: Layer) -> transfer.Source:
+        """This store's copy of `layer` as something to copy from."""
+        return transfer.Source(self.blob_path(layer.digest), layer.size, layer.digest)
 
     def _mkdir(self, path: Path) -> None:
         missing = []
@@ -206,24 +217,21 @@ class ModelStore:
     def install_blob(
         self,
         layer: Layer,
-        sources: list[Path],
+        sources: list[transfer.Source],
         *,
         label: str,
         advance: Callable[[int], None] | None = None,
-    ) -> bool:
-        """Copy `sources` (concatenated) in as `layer`, verified; False if present."""
-        if self.has_blob(layer):
-            return False
+    ) -> None:
+        """Copy `sources` (concatenated) in as `layer`, verified; replaces any copy."""
         self._mkdir(self.blobs_dir)
         transfer.copy_verified(
             sources,
             self.blob_path(layer.digest),
             layer.hex,
             label=label,
-            advance=advance or (lambda _: None),
+            advance=advance or _noop,
             owner=self.owner,
         )
-        return True
 
     def models(self) -> Iterator[str]:
         """`name:tag` of every model in the library namespace."""

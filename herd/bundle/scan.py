@@ -16,8 +16,9 @@ import shlex
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
-from herd.bundle import gguf
+from herd.bundle import gguf, transfer
 from herd.errors import BundleError
 
 CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -35,16 +36,21 @@ MAX_TEXT_LAYER = 64 << 20
 SCAN_TIMEOUT_S = 3600
 
 
-def looks_like_pickle(path: str | os.PathLike[str]) -> str | None:
-    """Why `path` is a pickle-based format (torch.save, raw pickle), else None."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+def looks_like_pickle(path: str | os.PathLike[str] | BinaryIO) -> str | None:
+    """Why `path` (or an open binary file) is a pickle-based format, else None."""
+    if isinstance(path, (str, os.PathLike)):
+        with open(path, "rb") as fh:
+            return looks_like_pickle(fh)
+    fh = path
+    fh.seek(0)
+    head = fh.read(4)
     # Pickle protocol 2+ starts with the PROTO opcode 0x80 and a protocol byte.
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return f"pickle data (protocol {head[1]})"
     if head[:2] == b"PK":
         try:
-            with zipfile.ZipFile(path) as zf:
+            fh.seek(0)
+            with zipfile.ZipFile(fh) as zf:
                 if any(n.endswith(".pkl") for n in zf.namelist()):
                     return "a PyTorch zip checkpoint holding pickle data"
         except (zipfile.BadZipFile, OSError):
@@ -71,17 +77,23 @@ def check_blob(path: str | os.PathLike[str], media_type: str, label: str) -> Non
     """Check one layer (or config) blob against its media type; raise if bad."""
     if media_type not in KNOWN_TYPES:
         raise BundleError(f"{label}: refused: unknown media type {media_type!r}")
-    if media_type in GGUF_TYPES:
-        pickled = looks_like_pickle(path)
-        if pickled:
-            raise BundleError(f"{label}: refused: {pickled} in a GGUF layer")
-        with open(path, "rb") as fh:
-            gguf.read_header(fh, os.fstat(fh.fileno()).st_size, label)
-        return
-    size = os.stat(path).st_size
-    if size > MAX_TEXT_LAYER:
-        raise BundleError(f"{label}: {media_type} layer of {size} bytes is too large")
-    data = Path(path).read_bytes()
+    # One open, no link followed; every check reads that same open file.
+    with os.fdopen(transfer.open_regular(Path(path), label), "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if media_type in GGUF_TYPES:
+            pickled = looks_like_pickle(fh)
+            if pickled:
+                raise BundleError(f"{label}: refused: {pickled} in a GGUF layer")
+            fh.seek(0)
+            gguf.read_header(fh, size, label)
+            return
+        if size > MAX_TEXT_LAYER:
+            raise BundleError(
+                f"{label}: {media_type} layer of {size} bytes is too large"
+            )
+        data = fh.read(MAX_TEXT_LAYER + 1)
+    if len(data) > MAX_TEXT_LAYER:
+        raise BundleError(f"{label}: {media_type} layer grew while being read")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as ex:

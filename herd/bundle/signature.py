@@ -2,20 +2,31 @@
 
 Trust is an OpenSSH allowed_signers file named by the manifest
 (`bundles.trusted_signers`); the principal it maps the key to is the signer
-identity herd records.
+identity herd records. Verification takes bytes, never paths into the
+bundle: the caller reads bundle.yaml and its signature once and the very same
+bytes are checked here and parsed afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
+from herd.bundle import transfer
 from herd.bundle.layout import INDEX, NAMESPACE, SIGNATURE
 from herd.errors import BundleError
 
 TIMEOUT_S = 60
+#: An SSH signature is a few hundred bytes; anything larger is not one.
+MAX_SIGNATURE_BYTES = 64 << 10
+_KEY_PROBLEM = re.compile(
+    r":(\d+): (key has expired.*|key is not yet valid.*|"
+    r"key is not permitted for use in signature namespace.*)$"
+)
 
 
 def _ssh_keygen() -> str:
@@ -54,47 +65,95 @@ def sign(bundle_dir: Path, key: Path) -> Path:
     return sig
 
 
-def verify(bundle_dir: Path, allowed_signers: Path) -> str:
-    """Check bundle.yaml.sig against `allowed_signers`; return the signer principal."""
+def read_signature(bundle_dir: Path) -> bytes:
+    """The bytes of `bundle.yaml.sig`, read once (regular file, no link, bounded)."""
     sig = bundle_dir / SIGNATURE
-    if not sig.is_file() or sig.is_symlink():
+    try:
+        return transfer.read_small(sig, MAX_SIGNATURE_BYTES, str(sig), SIGNATURE)
+    except FileNotFoundError as ex:
         raise BundleError(
             f"{bundle_dir}: unsigned bundle (no {SIGNATURE}); sign it with "
             "`herd bundle sign DIR --key KEY` on the connected side"
-        )
+        ) from ex
+
+
+def _key_problem(stderr: bytes) -> str | None:
+    """Why ssh-keygen refused a key it FOUND in allowed_signers, else None.
+
+    ssh-keygen reports validity only for a line whose key matches the
+    signature's: "FILE:LINE: key has expired: verify time T > valid-before V",
+    "...: key is not yet valid: ...", "...: key is not permitted for use in
+    signature namespace ...".
+    """
+    for line in stderr.decode(errors="replace").splitlines():
+        m = _KEY_PROBLEM.search(line)
+        if m:
+            return f"line {m.group(1)}: {m.group(2).strip()}"
+    return None
+
+
+def verify(data: bytes, sig: bytes, allowed_signers: Path, label: str) -> str:
+    """Check `sig` over exactly `data`; return the signer principal.
+
+    `data` goes to ssh-keygen on stdin and `sig` is written to a private temp
+    file: what is verified is what the caller holds, whatever the stick does
+    afterwards. `label` names the signature file in errors.
+    """
     if not allowed_signers.is_file():
         raise BundleError(f"{allowed_signers}: trusted signers file not found")
     exe = _ssh_keygen()
-    found = _run(
-        [exe, "-Y", "find-principals", "-s", str(sig), "-f", str(allowed_signers)]
-    )
-    principals = found.stdout.decode(errors="replace").split()
-    if found.returncode != 0 or not principals:
-        raise BundleError(
-            f"{sig}: signer not trusted: its key is not in {allowed_signers} "
-            f"(or the signature is malformed)"
-        )
-    data = (bundle_dir / INDEX).read_bytes()
-    for principal in principals:
-        done = _run(
+    with tempfile.TemporaryDirectory(prefix="herd-sig-") as private:
+        sig_path = Path(private) / SIGNATURE
+        sig_path.write_bytes(sig)
+        found = _run(
             [
                 exe,
                 "-Y",
-                "verify",
+                "find-principals",
+                "-s",
+                str(sig_path),
                 "-f",
                 str(allowed_signers),
-                "-I",
-                principal,
-                "-n",
-                NAMESPACE,
-                "-s",
-                str(sig),
-            ],
-            data,
+            ]
         )
-        if done.returncode == 0:
-            return principal
+        principals = found.stdout.decode(errors="replace").split()
+        if found.returncode != 0 or not principals:
+            problem = _key_problem(found.stderr)
+            if problem:
+                raise BundleError(
+                    f"{label}: signer's key is in {allowed_signers} but refused "
+                    f"({problem}); renew the key or its dates in that file"
+                )
+            raise BundleError(
+                f"{label}: signer not trusted: its key is not in {allowed_signers} "
+                f"(or the signature is malformed)"
+            )
+        for principal in principals:
+            done = _run(
+                [
+                    exe,
+                    "-Y",
+                    "verify",
+                    "-f",
+                    str(allowed_signers),
+                    "-I",
+                    principal,
+                    "-n",
+                    NAMESPACE,
+                    "-s",
+                    str(sig_path),
+                ],
+                data,
+            )
+            if done.returncode == 0:
+                return principal
+            problem = _key_problem(done.stderr)
+            if problem:
+                raise BundleError(
+                    f"{label}: signer {principal}'s key is in {allowed_signers} but "
+                    f"refused ({problem})"
+                )
     raise BundleError(
-        f"{sig}: bad signature: bundle.yaml does not match what "
+        f"{label}: bad signature: bundle.yaml does not match what "
         f"{principals[0]} signed (edited after signing?)"
     )

@@ -1,6 +1,8 @@
 """Checking a bundle on the stick, writing nothing.
 
-`check` does everything that needs no bulk reading: signature, schema, tree
+`check` does everything that needs no bulk reading: bundle.yaml and its
+signature read once each, the signature checked over those bytes, then (only
+then) those same bytes parsed; schema, tree
 (paths, sizes, nothing extra or missing), the small files (manifests, scan
 report) hashed, every manifest layer present in the bundle with a known media
 type, and the scan policy. `verify` adds a full read of every blob: sha256 of
@@ -19,7 +21,7 @@ from herd.bundle import layout, scan, signature
 from herd.bundle.layout import BundleDoc, FileEntry
 from herd.bundle.ollama import Layer, Manifest, parse_manifest, split_name
 from herd.bundle.policy import Policy
-from herd.bundle.transfer import Advance, hash_files
+from herd.bundle.transfer import Advance, Source, hash_files, read_small
 from herd.errors import BundleError
 
 
@@ -34,8 +36,9 @@ class BundleBlob:
     layer: Layer
     entry: FileEntry
 
-    def sources(self, root: Path) -> list[Path]:
-        return [root / p.path for p in self.entry.stored]
+    def sources(self, root: Path) -> list[Source]:
+        """The files on the stick, each with its declared size (read no further)."""
+        return [Source(root / p.path, p.size, p.path) for p in self.entry.stored]
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,12 @@ class Checked:
         return sum(b.layer.size for b in self.blobs)
 
 
+#: Manifests and scan reports are read whole; they are small.
+MAX_SMALL_FILE = 64 << 20
+
+
 def _read_small(root: Path, entry: FileEntry) -> bytes:
-    data = (root / entry.path).read_bytes()
+    data = read_small(root / entry.path, MAX_SMALL_FILE, entry.path)
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise BundleError(f"{entry.path}: sha256 mismatch (corrupted or altered)")
     return data
@@ -76,13 +83,27 @@ def check_scan_policy(doc: BundleDoc, policy: Policy) -> None:
         )
 
 
+def read_signed(root: Path, policy: Policy) -> tuple[layout.BundleDoc, str]:
+    """bundle.yaml and its signature, each read once; verified, then parsed.
+
+    The bytes ssh-keygen checks are the bytes parsed: a stick whose content
+    changes between reads cannot slip unsigned content past the signature,
+    and nothing is parsed (no YAML, no schema) before the signature holds.
+    """
+    raw = layout.read_index_bytes(root)
+    sig = signature.read_signature(root)
+    signer = signature.verify(
+        raw, sig, policy.trusted_signers, str(root / layout.SIGNATURE)
+    )
+    return layout.parse(raw, str(root / layout.INDEX)), signer
+
+
 def check(root: Path, policy: Policy) -> Checked:
     """Everything but the bulk hashing; raises `BundleError` with the reason."""
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"{root}: not a directory")
-    doc = layout.read_index(root)
-    signer = signature.verify(root, policy.trusted_signers)
+    doc, signer = read_signed(root, policy)
     layout.check_tree(root, doc)
     if doc.scan and doc.scan.report:
         entry = doc.file(doc.scan.report)

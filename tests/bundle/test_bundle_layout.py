@@ -69,5 +69,5 @@ def test_parts_must_add_up_and_be_named_in_order():
 
 
 def test_not_yaml_is_refused():
-    with pytest.raises(BundleError, match="not valid YAML"):
+    with pytest.raises(BundleError, match="invalid YAML"):
         layout.parse(b"files: [unclosed")
