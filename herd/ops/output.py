@@ -62,9 +62,10 @@ def window(
 
 
 def table(
-    rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO = sys.stdout
+    rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO | None = None
 ) -> None:
     """Columns padded to their widest cell; numbers right-aligned."""
+    out = out or sys.stdout
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in header]
     for row in cells:
@@ -95,15 +96,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_json(value: Any, out: TextIO = sys.stdout) -> None:
+def write_json(value: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     json.dump(value, out, indent=2, sort_keys=True, ensure_ascii=False)
     out.write("\n")
 
 
 def write_csv(
-    rows: Iterable[dict[str, Any]], columns: Sequence[str], out: TextIO = sys.stdout
+    rows: Iterable[dict[str, Any]], columns: Sequence[str], out: TextIO | None = None
 ) -> None:
     """RFC 4180 CSV with a header line; nested values as compact JSON."""
+    out = out or sys.stdout
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
