@@ -14,12 +14,14 @@ comma-joined string, in the order given, duplicates removed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from herd.errors import InvalidRequest
 
 HEADER = "X-Herd-Tag"
+#: The header's WSGI environ key (repeated headers arrive joined with ',').
+WSGI_HEADER = "HTTP_X_HERD_TAG"
 MAX_TAGS = 8
 MAX_LENGTH = 64
 #: A `user` value gets this prefix, so end users and app tags stay apart.
@@ -31,7 +33,11 @@ _ALLOWED = (
 )
 
 
-def _checked(values: Iterable[str], where: str, prefix: str = "") -> list[str]:
+def _checked(values: Sequence[str], where: str, prefix: str = "") -> list[str]:
+    if len(values) > MAX_TAGS:  # before any work: a long list costs nothing
+        raise InvalidRequest(
+            f"{where}: {len(values)} tags, at most {MAX_TAGS} per request"
+        )
     tags = []
     for value in values:
         tag = value.strip()
@@ -45,11 +51,27 @@ def _checked(values: Iterable[str], where: str, prefix: str = "") -> list[str]:
     return tags
 
 
+#: Header values already checked (clients send the same few again and again).
+_SEEN: dict[str, tuple[str, ...]] = {}
+_SEEN_MAX = 1024
+_SEEN_LENGTH = MAX_TAGS * (MAX_LENGTH + 2)
+
+
 def from_header(value: str | None) -> tuple[str, ...]:
-    """The tags of an `X-Herd-Tag` header value (falcon joins repeats with ',')."""
-    if value is None or not value.strip():
+    """The tags of an `X-Herd-Tag` header value (repeats arrive joined with ',')."""
+    if value is None:
         return ()
-    return _limited(_checked(value.split(","), HEADER), HEADER)
+    found = _SEEN.get(value)
+    if found is not None:
+        return found
+    found = (
+        _limited(_checked(value.split(","), HEADER), HEADER) if value.strip() else ()
+    )
+    if len(value) <= _SEEN_LENGTH:  # padding with spaces cannot grow the cache
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[value] = found
+    return found
 
 
 def from_openai(body: dict[str, Any]) -> tuple[str, ...]:

@@ -103,6 +103,7 @@ def test_openai_metadata_tags_and_user(fleet):
         ("a," * 3 + ",b", "X-Herd-Tag"),
         ("x" * 65, "X-Herd-Tag"),
         (",".join(f"t{i}" for i in range(9)), "X-Herd-Tag"),
+        (",".join(["same"] * 2000), "X-Herd-Tag"),
         ("caf\u00e9".encode().decode("latin-1"), "X-Herd-Tag"),
     ],
 )
