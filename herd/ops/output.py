@@ -88,12 +88,17 @@ def table(
         out.write(line(row) + "\n")
 
 
+#: Control characters (C0, DEL, C1): shown escaped, so a stored value can
+#: never move the cursor or recolour the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}"
-    return str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", str(value))
 
 
 def write_json(value: Any, out: TextIO | None = None) -> None:

@@ -249,7 +249,7 @@ def test_listing_filters_and_formats(tmp_path, monkeypatch):
     )
     store = Store(tmp_path)
     store.audit("node.pull", {"node": "gpu-1", "model": "llama3.2:3b"})
-    store.audit("bundle.refused", {"reason": 'bad, "quoted"\nline'})
+    store.audit("bundle.refused", {"reason": 'bad, "quoted"\nline\x1b[2J'})
     store.close()
     window = ("--since", "2026-11-02", "--until", "2026-11-03")
     rows = json.loads(herd_cli(tmp_path, "audit", *window, "--json").stdout)
@@ -258,11 +258,15 @@ def test_listing_filters_and_formats(tmp_path, monkeypatch):
                    "--csv").stdout  # fmt: skip
     parsed = list(csv.DictReader(io.StringIO(out)))
     assert [r["action"] for r in parsed] == ["node.pull", "bundle.refused"]
-    assert json.loads(parsed[1]["detail"]) == {"reason": 'bad, "quoted"\nline'}
+    assert json.loads(parsed[1]["detail"]) == {"reason": 'bad, "quoted"\nline\x1b[2J'}
     assert set(parsed[0]) == {"id", "time", "user", "action", "revision", "detail",
                               "prev_hash", "hash"}  # fmt: skip
     table = herd_cli(tmp_path, "audit", "--action", "node.pull").stdout
     assert "node=gpu-1" in table and "model=llama3.2:3b" in table
+    # Stored text cannot add lines or send escape codes to the terminal.
+    table = herd_cli(tmp_path, "audit", "--action", "bundle.refused").stdout
+    assert len(table.splitlines()) == 2
+    assert 'reason=bad, "quoted"\\x0aline' in table
     # The default window is the last 7 days: the 2026-11 rows are not in it.
     assert json.loads(herd_cli(tmp_path, "audit", "--json").stdout)[0]["id"] >= 4
 
