@@ -26,11 +26,13 @@ COMMAND_MODULES = (
     "herd.router.commands",
     "herd.sim",
     "herd.bundle.commands",
+    "herd.demo",
     "herd.ops.commands",
 )
 
 EPILOG = """\
 examples:
+  herd demo                             try it: simulated nodes + router, Ctrl-C stops
   herd validate etc/fleet.yaml          check a manifest, one line per error
   herd plan etc/fleet.yaml              what would change
   herd apply etc/fleet.yaml --yes       record it; the router reloads by itself

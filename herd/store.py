@@ -144,25 +144,31 @@ class Store:
         state_dir: str | os.PathLike[str],
         *,
         create: bool = True,
+        readonly: bool = False,
         db_name: str = DB_NAME,
     ):
         """Open (creating if needed) `db_name` in `state_dir`.
 
         Busy, high-volume data (router traces) goes in its own `db_name` so it
-        never contends with `herd apply` for the write lock.
+        never contends with `herd apply` for the write lock. `readonly` is for
+        commands that only look (plan, bundle list): they never create the
+        directory or the database; a state not created yet reads as empty
+        (`self.exists` tells which).
         """
         self.dir = Path(state_dir)
-        if create:
+        path: Path | str = self.dir / db_name
+        self.exists = Path(path).exists()
+        if readonly:
+            path = path if self.exists else ":memory:"
+        elif create:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        elif not (self.dir / db_name).exists():
+        elif not self.exists:
             raise StateError(
                 f"no herd state in {self.dir} (run `herd apply FILE` first, "
                 "or pass --state-dir)"
             )
         try:
-            conn = sqlite3.connect(
-                self.dir / db_name, timeout=BUSY_TIMEOUT_S, isolation_level=None
-            )
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self.db = sqlite_utils.Database(conn)
             self._enable_wal()

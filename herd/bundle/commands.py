@@ -224,7 +224,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 @_os_errors
 def cmd_list(args: argparse.Namespace) -> int:
-    state = Store(_state_dir(args))
+    state = Store(_state_dir(args), readonly=True)  # listing never creates state
     try:
         bundles, rows = inventory(Catalog(state))
     finally:

@@ -97,8 +97,10 @@ the running router picks the new revision up within 2 s, without a restart""",
     p.add_argument("-y", "--yes", action="store_true", help="roll back without asking")
 
 
-def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
-    return Store(STATE_DIR.resolve(args.state_dir), create=create)
+def open_store(
+    args: argparse.Namespace, *, create: bool = True, readonly: bool = False
+) -> Store:
+    return Store(STATE_DIR.resolve(args.state_dir), create=create, readonly=readonly)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -144,11 +146,16 @@ def _print_plan(args: argparse.Namespace, proposal: Proposal) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    store = open_store(args, readonly=True)  # plan looks; it never creates state
     try:
         proposal = propose_file(store, args.file)
     finally:
         store.close()
+    if proposal.head is None:
+        print(
+            f"No revision applied yet in {store.dir}; everything is new.",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     _print_plan(args, proposal)
     return 0 if proposal.plan.empty else 2
 

@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError, relevance
 
+from herd import hosts
 from herd.errors import ManifestError
 from herd.manifest.model import Fleet, build_fleet
 from herd.manifest.schema import validator
@@ -237,7 +238,7 @@ def load_bytes(
         raise ManifestError(source, problems)
     problems = [
         Problem(lines.line(path), format_path(path), message)
-        for path, message in check(doc)
+        for path, message in check(doc, hosts.lookup)
     ]
     if problems:
         raise ManifestError(source, problems)

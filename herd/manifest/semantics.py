@@ -1,7 +1,9 @@
 """Checks JSON Schema cannot express: names that must match, networks that parse.
 
-`check(doc)` runs on a schema-valid document and returns every problem as
-`(field path, message)`; the loader adds line numbers. Pure: no I/O.
+`check(doc, resolve)` runs on a schema-valid document and returns every problem
+as `(field path, message)`; the loader adds line numbers. Pure: no I/O (host
+names in node URLs are looked up through `resolve`, which the loader backs with
+herd.hosts: /etc/hosts only, never DNS).
 """
 
 from __future__ import annotations
@@ -9,20 +11,26 @@ from __future__ import annotations
 import ipaddress
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from herd.hosts import literal, unresolvable
 from herd.manifest.model import normalize_model_name
 
 FieldPath = tuple[str | int, ...]
 Finding = tuple[FieldPath, str]
+#: Host name -> the address herd would connect to, or None (see herd.hosts).
+Resolve = Callable[[str], str | None]
 
 
-def check(doc: dict[str, Any]) -> list[Finding]:
+def check(doc: dict[str, Any], resolve: Resolve = literal) -> list[Finding]:
     """Every semantic problem in a schema-valid manifest, in document order."""
     findings: list[Finding] = []
-    for rule in (_listen, _networks, _nodes, _models, _clients):
-        findings.extend(rule(doc))
+    findings.extend(_listen(doc))
+    findings.extend(_networks(doc))
+    findings.extend(_nodes(doc, resolve))
+    findings.extend(_models(doc))
+    findings.extend(_clients(doc))
     return findings
 
 
@@ -84,7 +92,7 @@ def _node_networks(doc: dict[str, Any]) -> list[Any]:
     return nets
 
 
-def _nodes(doc: dict[str, Any]) -> Iterator[Finding]:
+def _nodes(doc: dict[str, Any], resolve: Resolve) -> Iterator[Finding]:
     nodes = doc.get("nodes") or []
     allowed = _node_networks(doc)
     names = Counter(n["name"] for n in nodes)
@@ -94,7 +102,7 @@ def _nodes(doc: dict[str, Any]) -> Iterator[Finding]:
             yield ("nodes", i, "name"), f"duplicate node name {node['name']!r}"
         if urls[node["url"].rstrip("/").lower()] > 1:
             yield ("nodes", i, "url"), f"another node already has URL {node['url']!r}"
-        yield from _node_url(("nodes", i, "url"), node["url"], allowed)
+        yield from _node_url(("nodes", i, "url"), node["url"], allowed, resolve)
     mdns = (doc.get("discovery") or {}).get("mdns") or {}
     if not nodes and not mdns.get("enabled"):
         yield (
@@ -108,7 +116,9 @@ def _nodes(doc: dict[str, Any]) -> Iterator[Finding]:
         )
 
 
-def _node_url(path: FieldPath, url: str, allowed: list[Any]) -> Iterator[Finding]:
+def _node_url(
+    path: FieldPath, url: str, allowed: list[Any], resolve: Resolve
+) -> Iterator[Finding]:
     parsed = urllib.parse.urlsplit(url)
     try:
         port = parsed.port
@@ -118,25 +128,21 @@ def _node_url(path: FieldPath, url: str, allowed: list[Any]) -> Iterator[Finding
     if port is not None and not 1 <= port <= 65535:
         yield path, f"{url!r}: port {port} is out of range 1-65535"
     host = parsed.hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if url.split("//", 1)[1].startswith("["):
-            yield path, f"{host!r} is not a valid IPv6 address"
-        elif allowed:
-            yield (
-                path,
-                (
-                    f"host {host!r} is a name, but router.node_networks is set: "
-                    "use the node's IP address so the network check means something"
-                ),
-            )
+    if literal(host) is None and url.split("//", 1)[1].startswith("["):
+        yield path, f"{host!r} is not a valid IPv6 address"
         return
+    # A name is used only if /etc/hosts lists it; its address is then checked.
+    found = resolve(host)
+    if found is None:
+        yield path, unresolvable(host)
+        return
+    address = ipaddress.ip_address(found)
     if allowed and not any(address in net for net in allowed):
+        shown = host if found == host else f"{host} ({found})"
         yield (
             path,
             (
-                f"{host} is outside every network in router.node_networks "
+                f"{shown} is outside every network in router.node_networks "
                 f"({', '.join(map(str, allowed))})"
             ),
         )

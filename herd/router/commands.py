@@ -6,18 +6,27 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from herd import hosts
 from herd.errors import ConfigError, StateError
-from herd.settings import BIND, GUNICORN_CONF, ROUTER_TOKEN, STATE_DIR, WORKERS
+from herd.router import launch
+from herd.settings import (
+    BIND,
+    GUNICORN_CONF,
+    ROUTER_TOKEN,
+    STATE_DIR,
+    WORKERS,
+    Setting,
+)
 
 
-def gunicorn_conf(configured: str | None = None) -> Path:
-    """etc/gunicorn.conf.py: --config / $HERD_GUNICORN_CONF, the source tree, or an
-    install."""
-    candidates = []
+def gunicorn_conf(configured: str | None = None, what: str = "--config") -> Path:
+    """etc/gunicorn.conf.py: --config / $HERD_GUNICORN_CONF (which must exist), else
+    the source tree's, an install's or /etc/herd's."""
     if configured:
-        candidates.append(Path(configured))
-    candidates += [
+        return launch.check_config(configured, what)
+    candidates = [
         Path(__file__).resolve().parents[2] / "etc" / "gunicorn.conf.py",
         Path(sys.prefix) / "share" / "herd" / "etc" / "gunicorn.conf.py",
         Path("/etc/herd/gunicorn.conf.py"),
@@ -30,6 +39,11 @@ def gunicorn_conf(configured: str | None = None) -> Path:
         + ", ".join(str(p) for p in candidates)
         + f"); pass {GUNICORN_CONF.flag} or set {GUNICORN_CONF.env}"
     )
+
+
+def _named(setting: Setting, cli_value: object) -> str:
+    """How the user gave a setting, for error messages: the flag or the env var."""
+    return setting.flag if cli_value is not None else setting.env
 
 
 def _served_fleet(state_dir: str):
@@ -64,27 +78,47 @@ def _repair_pointer(state_dir: str) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """exec gunicorn with the gevent worker on router.listen (or --bind)."""
+    """Run gunicorn (gevent worker) on router.listen or --bind until it stops.
+
+    Arguments are checked and the socket bound before gunicorn starts; the
+    banner is printed once a worker answers; signals are passed on to gunicorn.
+    """
     state_dir = str(STATE_DIR.resolve(args.state_dir))
+    workers = launch.check_workers(
+        WORKERS.resolve(args.workers), _named(WORKERS, args.workers)
+    )
+    conf = gunicorn_conf(
+        GUNICORN_CONF.resolve(args.config), _named(GUNICORN_CONF, args.config)
+    )
     _repair_pointer(state_dir)
     fleet, _ = _served_fleet(state_dir)
-    conf = gunicorn_conf(GUNICORN_CONF.resolve(args.config))
-    bind = BIND.resolve(args.bind) or fleet.router.listen
-    workers = WORKERS.resolve(args.workers)
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        str(conf),
-        "--bind",
-        bind,
-    ]
-    argv += ["--workers", str(workers)]
-    env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: bind}
-    print(f"herd serve: router on http://{bind} (state {state_dir})", flush=True)
-    os.execve(sys.executable, argv, env)
-    return 0  # not reached
+    configured = BIND.resolve(args.bind)
+    what = _named(BIND, args.bind) if configured else "router.listen"
+    bind = launch.parse_bind(configured or fleet.router.listen, what)
+    sock = launch.listen(bind)
+    env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: bind.netloc}
+    try:
+        proc = launch.start(conf, sock, workers, env)
+    finally:
+        sock.close()  # gunicorn holds it now
+    restore = launch.forward_signals(proc)
+    try:
+        if not launch.wait_ready(proc, bind.url):
+            print(
+                f"herd serve: the router exited before serving (status "
+                f"{proc.returncode}; gunicorn's messages are above)",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"herd serve: router on http://{bind.netloc} (state {state_dir}); "
+            "Ctrl-C stops it",
+            flush=True,
+        )
+        code = proc.wait()
+    finally:
+        restore()
+    return 128 - code if code < 0 else code
 
 
 def status(args: argparse.Namespace) -> int:
@@ -93,7 +127,7 @@ def status(args: argparse.Namespace) -> int:
     from herd.router import report
 
     fleet, revision = _served_fleet(str(STATE_DIR.resolve(args.state_dir)))
-    url = args.router or report.local_url(fleet.router.listen)
+    url = _addressed(args.router or report.local_url(fleet.router.listen))
     live = report.fetch_live(url, ROUTER_TOKEN.resolve(args.token))
     if live is not None:
         live["source"] = f"live router {url}"
@@ -103,6 +137,19 @@ def status(args: argparse.Namespace) -> int:
     else:
         print(report.render(result))
     return 0
+
+
+def _addressed(url: str) -> str:
+    """`url` with its host replaced by its address (IP, or from /etc/hosts): never
+    handed to the system resolver, which may ask DNS."""
+    parts = urlsplit(url)
+    address = hosts.lookup(parts.hostname or "")
+    if address is None:
+        raise ConfigError(f"--router {url}: {hosts.unresolvable(parts.hostname or '')}")
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from herd import hosts
+
 POLL_TIMEOUT_S = 1.5
 BLOCK_SIZE = 16 * 1024
 #: How long closing a finished stream waits for the end of the HTTP body.
@@ -175,8 +177,13 @@ class Upstream:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UpstreamFailure("connect", f"bad node URL {url!r}")
+            # Connect to the address: a name is looked up in /etc/hosts once,
+            # here, never through the system resolver (which may ask DNS).
+            address = hosts.lookup(parts.hostname)
+            if address is None:
+                raise UpstreamFailure("connect", hosts.unresolvable(parts.hostname))
             client = HTTPClient(
-                parts.hostname,
+                address,
                 port=parts.port or (443 if parts.scheme == "https" else 80),
                 ssl=parts.scheme == "https",
                 connection_timeout=connect_s,

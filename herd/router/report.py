@@ -28,13 +28,17 @@ def local_url(listen: str) -> str:
     return f"http://{host}:{port}"
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def fetch_live(url: str, token: str | None = None) -> dict[str, Any] | None:
     """The router's /fleet/status, or None when it is not reachable."""
     request = urllib.request.Request(url.rstrip("/") + "/fleet/status")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as reply:
+        # Straight to the router, never through an http_proxy from the env.
+        with _DIRECT.open(request, timeout=TIMEOUT_S) as reply:
             return json.loads(reply.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None

@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from herd import hosts
 from herd.errors import ConfigError
 from herd.sim import models as sm
 
@@ -187,14 +188,23 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in args.models.split(",") if n.strip()]
     state = SimState.from_names(names, tps=args.tps, tokens=args.tokens, seed=args.seed)
     state.fault = Fault(mode=args.fault)
+    host = hosts.lookup(args.host)
+    if host is None:
+        raise ConfigError(f"--host: {hosts.unresolvable(args.host)}")
+    # SERVER_NAME given, so gevent does not ask for the address's FQDN (a
+    # reverse-DNS query at start-up: herd sends nothing to a resolver).
     server = WSGIServer(
-        (args.host, args.port), create_app(state), log=None, backlog=4096
+        (host, args.port),
+        create_app(state),
+        log=None,
+        backlog=4096,
+        environ={"SERVER_NAME": host},
     )
     try:
         server.init_socket()
     except OSError as ex:
         raise ConfigError(
-            f"cannot listen on {args.host}:{args.port}: {ex.strerror or ex}"
+            f"cannot listen on {host}:{args.port}: {ex.strerror or ex}"
         ) from ex
     # Accepted sockets inherit this: without it, Nagle + delayed ACK add ~40 ms
     # to every keep-alive reply and streamed chunk.
