@@ -1,7 +1,9 @@
 """Operations endpoints: /healthz (alive), /readyz (some node up), /metrics.
 
 /metrics is Prometheus text exposition, built from the counters the router
-keeps anyway (no per-request cost beyond them).
+keeps anyway (no per-request cost beyond them); it names nodes, so only
+operator client groups may read it. /healthz and /readyz answer anyone (load
+balancers, systemd) and so say nothing about which nodes there are.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 import falcon
 
 from herd.router.forward import dumps
+from herd.router.policy import require_operator
 from herd.router.runtime import Runtime
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,7 +35,7 @@ class Readyz:
 
     def on_get(self, req: Any, resp: Any) -> None:
         fleet = req.context.served.fleet
-        up = [n.name for n in fleet.nodes if self.rt.poller.get(n).up]
+        up = sum(1 for n in fleet.nodes if self.rt.poller.get(n).up)
         resp.content_type = falcon.MEDIA_JSON
         resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
         resp.data = dumps({"ready": bool(up), "nodes_up": up})
@@ -49,6 +52,7 @@ class Metrics:
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
+        require_operator(req.context.client, "/metrics")
         rt = self.rt
         fleet = req.context.served.fleet
         lines = [
@@ -60,6 +64,8 @@ class Metrics:
             f"herd_traces_written_total {rt.traces.written}",
             "# TYPE herd_traces_dropped_total counter",
             f"herd_traces_dropped_total {rt.traces.dropped}",
+            "# TYPE herd_refusals_unrecorded_total counter",
+            f"herd_refusals_unrecorded_total {rt.refusals.unrecorded}",
             "# TYPE herd_traces_pending gauge",
             f"herd_traces_pending {rt.traces.pending}",
             "# TYPE herd_traces_write_failures_total counter",

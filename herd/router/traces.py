@@ -54,6 +54,8 @@ class Trace(NamedTuple):
     tokens_out: int | None
     retries: int
     error_class: str | None
+    #: The caller's address, normalized (herd.router.peer).
+    peer: str | None = None
     #: The request's tags, comma-joined (herd.router.tags).
     tags: str | None = None
 
@@ -87,14 +89,17 @@ def _m1_traces(db: sqlite_utils.Database) -> None:
     db["traces"].create_index(["ts"])
 
 
-def _m_tags(db: sqlite_utils.Database) -> None:
-    """The request's tags (herd.router.tags). (Written to be safe to run on a
-    table that already has the column, whatever its place in MIGRATIONS.)"""
+def _m2_peer(db: sqlite_utils.Database) -> None:
+    db["traces"].add_column("peer", str)
+
+
+def _m3_tags(db: sqlite_utils.Database) -> None:
+    """The request's tags (herd.router.tags); safe on a table that has them."""
     if "tags" not in db["traces"].columns_dict:
         db["traces"].add_column("tags", str)
 
 
-MIGRATIONS = (_m1_traces, _m_tags)
+MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags)
 
 # SQLite formats `time` from `ts` (the first value), off the Python side.
 _INSERT = (
