@@ -1,7 +1,7 @@
 """Operations endpoints: /healthz (alive), /readyz (some node up), /metrics.
 
-/metrics is Prometheus text exposition, built from the counters the router
-keeps anyway (no per-request cost beyond them).
+/metrics is Prometheus text exposition: the series are described in
+herd.router.metrics.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Any
 import falcon
 
 from herd.router.forward import dumps
+from herd.router.metrics import CONTENT_TYPE
 from herd.router.runtime import Runtime
-
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Healthz:
@@ -40,43 +39,12 @@ class Readyz:
     on_head = on_get
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class Metrics:
+    """Prometheus text exposition of every worker's counts (herd.router.metrics)."""
+
     def __init__(self, runtime: Runtime):
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
-        rt = self.rt
-        fleet = req.context.served.fleet
-        lines = [
-            "# TYPE herd_requests_total counter",
-            f"herd_requests_total {rt.stats.requests}",
-            "# TYPE herd_upstream_failures_total counter",
-            f"herd_upstream_failures_total {rt.stats.failures}",
-            "# TYPE herd_traces_written_total counter",
-            f"herd_traces_written_total {rt.traces.written}",
-            "# TYPE herd_traces_dropped_total counter",
-            f"herd_traces_dropped_total {rt.traces.dropped}",
-            "# TYPE herd_traces_pending gauge",
-            f"herd_traces_pending {rt.traces.pending}",
-            "# TYPE herd_traces_write_failures_total counter",
-            f"herd_traces_write_failures_total {rt.traces.write_failures}",
-            "# TYPE herd_node_up gauge",
-            "# TYPE herd_node_in_flight gauge",
-            "# TYPE herd_node_waiting gauge",
-        ]
-        for node in fleet.nodes:
-            name = _label(node.name)
-            up = 1 if rt.poller.get(node).up else 0
-            lines.append(f'herd_node_up{{node="{name}"}} {up}')
-            lines.append(
-                f'herd_node_in_flight{{node="{name}"}} {rt.queues.in_flight(node.name)}'
-            )
-            lines.append(
-                f'herd_node_waiting{{node="{name}"}} {rt.queues.waiting(node.name)}'
-            )
-        resp.content_type = PROMETHEUS
-        resp.data = ("\n".join(lines) + "\n").encode()
+        resp.content_type = CONTENT_TYPE
+        resp.data = self.rt.metrics_text(req.context.served.fleet)

@@ -20,6 +20,7 @@ from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
 from herd.router.accesslog import AccessLog
 from herd.router.forward import Forwarder, Opened, Outcome
+from herd.router.metrics import Metrics, node_families
 from herd.router.policy import Policy, RateLimiter
 from herd.router.proxy import Upstream
 from herd.router.queues import Queues
@@ -56,7 +57,8 @@ class Runtime:
             lambda: self.source.current().fleet, upstream, clock
         )
         self.queues = Queues(monotonic)
-        self.stats = Stats()
+        self.metrics = Metrics()
+        self.stats = Stats(on_failure=self.metrics.upstream_failure)
         self.limiter = RateLimiter(monotonic)
         self.forwarder = Forwarder(
             health=self.poller,
@@ -84,6 +86,7 @@ class Runtime:
         """A (new) revision: resize queues, re-allow node URLs, drop old pools."""
         fleet = served.fleet
         self._node_urls = frozenset(n.url for n in fleet.nodes)
+        self.metrics.configure(fleet)
         self.queues.configure(
             ((n.name, n.max_concurrency) for n in fleet.nodes),
             fleet.router.limits.queue_depth,
@@ -116,6 +119,9 @@ class Runtime:
         self._trace_writer = gevent.spawn(self.traces.run, stopped)
         if self.access is not None:
             self._greenlets.append(gevent.spawn(self.access.run, stopped))
+        self._greenlets.append(
+            gevent.spawn(self.metrics.run, stopped, self.sample_metrics)
+        )
 
     def _is_stopping(self) -> bool:
         return self._stopping
@@ -143,6 +149,20 @@ class Runtime:
         if self.access is not None:
             self.access.flush()
         self.upstream.close()
+
+    # -- metrics ---------------------------------------------------------------
+
+    def sample_metrics(self) -> None:
+        """This worker's gauges (queues, trace buffer, reload) into the metrics."""
+        self.metrics.sample(self.queues, self.traces, self.source)
+
+    def metrics_text(self, fleet: Fleet) -> bytes:
+        """The /metrics exposition: every worker's counts, this worker's view
+        of node health."""
+        self.sample_metrics()
+        poller = self.poller
+        nodes = [(n.name, poller.get(n).up, n.max_concurrency) for n in fleet.nodes]
+        return self.metrics.render(lambda: node_families(nodes))
 
     # -- request steps -------------------------------------------------------
 
@@ -239,5 +259,6 @@ class Runtime:
         outcome.finished = True
         now = self.monotonic()
         self.traces.record(outcome.trace(now))
+        self.metrics.request(outcome, now - outcome.started)
         if self.access is not None:
             self.access.request(outcome, (now - outcome.started) * 1000.0)
