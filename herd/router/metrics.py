@@ -22,6 +22,7 @@ few increments on label children made once per label combination.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -38,6 +39,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from herd.router.multiproc import ENV
+
+log = logging.getLogger("herd.router")
 
 #: The exposition format /metrics answers in.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -220,6 +223,8 @@ class Metrics:
         self._names: dict[str, str] = {}
         self._nodes: frozenset[str] = frozenset()
         self._sampled: dict[str, float] = {}
+        #: Requests that could not be counted (logged once).
+        self.lost = 0
 
     # -- manifest -------------------------------------------------------------
 
@@ -241,7 +246,16 @@ class Metrics:
     # -- per request ----------------------------------------------------------
 
     def request(self, outcome: Any, duration_s: float) -> None:
-        """Count one finished request (called once per request)."""
+        """Count one finished request (called once per request). Never raises:
+        a metrics file that cannot grow (disk full) loses counts, not requests."""
+        try:
+            self._count(outcome, duration_s)
+        except Exception:  # noqa: BLE001 - counting must never fail a request
+            self.lost += 1
+            if self.lost == 1:
+                log.exception("counting a request for /metrics failed")
+
+    def _count(self, outcome: Any, duration_s: float) -> None:
         requested = self._model(outcome.requested_model)
         served = outcome.served_model
         key = (

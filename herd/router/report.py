@@ -47,12 +47,17 @@ def fetch_live(url: str, token: str | None = None) -> dict[str, Any] | None:
 def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
     """The same shape as /fleet/status, from the manifest alone."""
     return {
-        "fleet": fleet.name,
+        "fleet": {
+            "name": fleet.name,
+            "nodes_online": None,
+            "nodes_total": len(fleet.nodes),
+        },
         "revision": revision,
         "source": "manifest (router not reachable)",
         "nodes": [
             {
                 "name": n.name,
+                "node_id": n.name,
                 "url": n.url,
                 "state": "unknown",
                 "version": None,
@@ -80,8 +85,10 @@ def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     """A plain-text table of nodes and models, with drift called out."""
+    fleet = report.get("fleet")
+    name = fleet.get("name") if isinstance(fleet, dict) else fleet
     lines = [
-        f"fleet {report.get('fleet')}  revision {report.get('revision')}  "
+        f"fleet {name}  revision {report.get('revision')}  "
         f"({report.get('source', 'live router')})",
         "",
         f"{'NODE':<16} {'STATE':<8} {'VERSION':<10} {'BUSY':<7} {'LOADED':<30} URL",

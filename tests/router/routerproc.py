@@ -200,7 +200,12 @@ class Router:
 
 
 def start_router(
-    state_dir: Path, text: str, log_path: Path, host: str = "127.0.0.1"
+    state_dir: Path,
+    text: str,
+    log_path: Path,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Router:
     apply(state_dir, text)
     port = free_port(host)
@@ -211,10 +216,20 @@ def start_router(
         "PYTHONUNBUFFERED": "1",
         # Idle keep-alive connections hold a graceful stop this long.
         "HERD_KEEPALIVE": "1",
+        **(env or {}),
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "herd", "serve", "--bind", netloc],
+        [
+            sys.executable,
+            "-m",
+            "herd",
+            "serve",
+            "--bind",
+            netloc,
+            "--workers",
+            str(workers),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

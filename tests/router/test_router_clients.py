@@ -394,4 +394,4 @@ def test_fleet_endpoints(fleet):
     assert status == 200 and body["ready"]
     with urllib.request.urlopen(router.url + "/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    assert 'herd_node_up{node="node-a"} 1' in text
+    assert 'herd_node_up{node="node-a"} 1.0' in text
