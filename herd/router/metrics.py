@@ -2,7 +2,11 @@
 
 Counting happens at one place, when a request finishes (`Metrics.request`,
 called with the request's trace and access line): every request, refused ones
-included, is counted by route, model, node, client group and status. What a
+included, is counted by route, model, node, client group and status, at once
+(every scrape sees every finished request). Histogram observations and token
+counts are kept in memory per label combination and written every SAMPLE_S
+(a scrape may see them up to a second late; writing each observation to the
+shared files would cost more than the rest of the counting). What a
 worker holds rather than counts (in-flight and waiting requests per node,
 traces not yet written, whether the last reload was refused) is sampled by a
 background greenlet every SAMPLE_S and again by the worker answering a scrape.
@@ -16,14 +20,15 @@ Label values are bounded by the manifest: `model` is a declared model's name
 (an alias counts as its model; anything else is "other"), `node` a node
 name, `group` a client group ("node" for nodes pulling from the registry,
 empty when the caller was refused before a group was known), `route` a
-route template or "(unrouted)". Per request the cost is a dict lookup and a
-few increments on label children made once per label combination.
+route template or "(unrouted)". Per request the cost is a dict lookup, one
+write to the shared file and a few in-memory additions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -81,8 +86,65 @@ _NODE_GAUGES = ("herd_node_in_flight", "herd_node_waiting")
 disable_created_metrics()
 
 
+class _Batched:
+    """Observations of one histogram child kept in memory, added to it by
+    `flush` (bucket counts and sum in one write each, not per request)."""
+
+    __slots__ = ("child", "bounds", "counts", "sum", "dirty")
+
+    def __init__(self, child: Any, bounds: tuple[float, ...]):
+        self.child = child
+        self.bounds = (*bounds, float("inf"))
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+        self.dirty = False
+
+    def observe(self, value: float, dirty: list[Any]) -> None:
+        # The first bucket whose upper bound is >= value (Prometheus' `le`).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        if not self.dirty:
+            self.dirty = True
+            dirty.append(self)
+
+    def flush(self) -> None:
+        # prometheus_client has no bulk observe: add to the child's bucket and
+        # sum values directly (what Histogram.observe does one at a time).
+        buckets = self.child._buckets
+        for i, count in enumerate(self.counts):
+            if count:
+                buckets[i].inc(count)
+                self.counts[i] = 0
+        self.child._sum.inc(self.sum)
+        self.sum = 0.0
+        self.dirty = False
+
+
+class _BatchedCount:
+    """Increments of one counter child kept in memory until `flush`."""
+
+    __slots__ = ("child", "total", "dirty")
+
+    def __init__(self, child: Any):
+        self.child = child
+        self.total = 0
+        self.dirty = False
+
+    def inc(self, amount: int, dirty: list[Any]) -> None:
+        self.total += amount
+        if not self.dirty:
+            self.dirty = True
+            dirty.append(self)
+
+    def flush(self) -> None:
+        self.child.inc(self.total)
+        self.total = 0
+        self.dirty = False
+
+
 class _Children:
-    """The label children one label combination increments."""
+    """What one label combination updates: the request counter at once, the
+    histograms and token counters in memory (flushed every SAMPLE_S)."""
 
     __slots__ = ("requests", "duration", "ttft", "tokens_in", "tokens_out", "extra")
 
@@ -90,10 +152,12 @@ class _Children:
         route, requested, model, node, group, status = key
         m = metrics
         self.requests = m.requests.labels(route, model, node, group, str(status))
-        self.duration = m.duration.labels(route, model)
-        self.ttft = m.ttft.labels(model, node) if node else None
-        self.tokens_in = m.tokens_in.labels(model, node, group) if node else None
-        self.tokens_out = m.tokens_out.labels(model, node, group) if node else None
+        self.duration = _Batched(m.duration.labels(route, model), DURATION_BUCKETS)
+        self.ttft = self.tokens_in = self.tokens_out = None
+        if node:
+            self.ttft = _Batched(m.ttft.labels(model, node), TTFT_BUCKETS)
+            self.tokens_in = _BatchedCount(m.tokens_in.labels(model, node, group))
+            self.tokens_out = _BatchedCount(m.tokens_out.labels(model, node, group))
         #: Counters that go up by one per request of this combination.
         extra = []
         if requested and model and requested != model:
@@ -225,6 +289,8 @@ class Metrics:
         self._sampled: dict[str, float] = {}
         #: Requests that could not be counted (logged once).
         self.lost = 0
+        #: Batched histogram and token values waiting for `flush`.
+        self._dirty: list[Any] = []
 
     # -- manifest -------------------------------------------------------------
 
@@ -270,16 +336,17 @@ class Metrics:
         if children is None:
             children = self._add(key)
         children.requests.inc()
-        children.duration.observe(duration_s)
+        dirty = self._dirty
+        children.duration.observe(duration_s, dirty)
         for counter in children.extra:
             counter.inc()
         if children.ttft is not None:
             if outcome.ttft_ms is not None:
-                children.ttft.observe(outcome.ttft_ms / 1000.0)
+                children.ttft.observe(outcome.ttft_ms / 1000.0, dirty)
             if outcome.tokens_in:
-                children.tokens_in.inc(outcome.tokens_in)
+                children.tokens_in.inc(outcome.tokens_in, dirty)
             if outcome.tokens_out:
-                children.tokens_out.inc(outcome.tokens_out)
+                children.tokens_out.inc(outcome.tokens_out, dirty)
         if outcome.retries:
             self.retries.labels(key[2]).inc(outcome.retries)
         if outcome.status in (401, 403):
@@ -304,8 +371,16 @@ class Metrics:
 
     # -- sampled --------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Write the batched histogram and token values (sampler, scrape, exit)."""
+        dirty, self._dirty = self._dirty, []
+        for batched in dirty:
+            batched.flush()
+
     def sample(self, queues: Any, traces: Any, source: Any) -> None:
-        """Copy this worker's gauges and the counters other modules keep."""
+        """Copy this worker's gauges and the counters other modules keep, and
+        write the batched values."""
+        self.flush()
         for node in self._nodes:
             self.in_flight.labels(node).set(queues.in_flight(node))
             self.waiting.labels(node).set(queues.waiting(node))
@@ -328,7 +403,10 @@ class Metrics:
         import gevent
 
         while not stopped():
-            sample()
+            try:
+                sample()
+            except Exception:  # noqa: BLE001 - the sampler must never die
+                log.exception("sampling metrics failed")
             gevent.sleep(SAMPLE_S)
 
     # -- exposition -----------------------------------------------------------
@@ -336,6 +414,7 @@ class Metrics:
     def render(self, live: Callable[[], Iterable[Metric]]) -> bytes:
         """The text exposition: every worker's counts plus `live()` families
         (what the answering worker knows first-hand, such as node health)."""
+        self.flush()
         registry = CollectorRegistry(auto_describe=False)
         if self.dir:
             registry.register(_Filtered(MultiProcessCollector(None, self.dir), self))

@@ -148,6 +148,7 @@ class Runtime:
         self.traces.close()
         if self.access is not None:
             self.access.flush()
+        self.metrics.flush()
         self.upstream.close()
 
     # -- metrics ---------------------------------------------------------------

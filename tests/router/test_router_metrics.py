@@ -87,6 +87,17 @@ def samples(families: dict[str, Any], name: str, sample: str | None = None) -> l
     return [s for s in family.samples if s.name == (sample or name)]
 
 
+def total(
+    families: dict[str, Any], name: str, sample: str | None = None, **labels: str
+) -> float:
+    """The sum of a family's samples that carry `labels`."""
+    return sum(
+        s.value
+        for s in samples(families, name, sample)
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def chat(model: str, stream: bool = False) -> dict[str, Any]:
     return {
         "model": model,
@@ -151,48 +162,51 @@ def test_metrics_add_up_across_two_workers(sims, router, tmp_path: Path):
                 counted[(s.labels["route"], s.labels["status"])] += int(s.value)
         assert counted == sent, f"scrape {round_}: {counted} != {sent}"
 
+    # Histograms and token counts are written every second by each worker.
+    chats = sum(n for (route, _), n in sent.items() if route == "/api/chat")
+    duration = "herd_request_duration_seconds", "herd_request_duration_seconds_count"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        text, families = scrape(r.url)
+        if total(families, *duration, route="/api/chat") == chats:
+            break
+        time.sleep(0.3)
+    assert total(families, *duration, route="/api/chat") == chats
+
+    f = families
     # Both workers wrote counts (one file per process and kind of value).
     pids = {p.stem.rsplit("_", 1)[1] for p in multiproc.glob("counter_*.db")}
     assert len(pids) == 2, pids
-
-    def total(name: str, sample: str | None = None, **labels: str) -> float:
-        return sum(
-            s.value
-            for s in samples(families, name, sample)
-            if all(s.labels.get(k) == v for k, v in labels.items())
-        )
 
     requests = ("herd_requests", "herd_requests_total")
     # Labels: an alias counts as its model, an undeclared model is "other",
     # refusals carry the group when one was known.
     ok = kinds[("ok_chat", 200)] + kinds[("ok_stream", 200)]
-    assert total(*requests, route="/api/chat", model="llama3.2:3b", status="200") == ok
-    assert total(*requests, model="other", status="404") == 4
+    ok_chats = total(f, *requests, route="/api/chat", model="llama3.2:3b", status="200")
+    assert ok_chats == ok
+    assert total(f, *requests, model="other", status="404") == 4
     models = {s.labels["model"] for s in samples(families, *requests)}
     assert models == {"", "llama3.2:3b", "qwen3:0.6b", "other"}, models
-    assert total(*requests, group="local", status="403", model="qwen3:0.6b") == 4
-    assert total(*requests, group="", status="403") == 4  # no group admits it
-    assert total(*requests, node="node-a", group="local", status="200") == 12
+    assert total(f, *requests, group="local", status="403", model="qwen3:0.6b") == 4
+    assert total(f, *requests, group="", status="403") == 4  # no group admits it
+    assert total(f, *requests, node="node-a", group="local", status="200") == 12
     # ACL and rate-limit refusals.
     acl = "herd_acl_refusals", "herd_acl_refusals_total"
-    assert total(*acl, group="local", reason="model_not_allowed") == 4
-    assert total(*acl, reason="unauthorized") == 4
-    assert total(*acl, group="", reason="forbidden") == 4
+    assert total(f, *acl, group="local", reason="model_not_allowed") == 4
+    assert total(f, *acl, reason="unauthorized") == 4
+    assert total(f, *acl, group="", reason="forbidden") == 4
     limited = kinds[("rate_limited", 429)]
     assert limited >= 2, "burst 1 per worker: most of 4 quick requests are refused"
     rate = "herd_rate_limit_refusals", "herd_rate_limit_refusals_total"
-    assert total(*rate, group="limited") == limited
+    assert total(f, *rate, group="limited") == limited
     # Histograms and tokens of the served requests.
-    duration = "herd_request_duration_seconds", "herd_request_duration_seconds_count"
-    assert total(*duration, route="/api/chat") == sum(
-        n for (route, _), n in sent.items() if route == "/api/chat"
-    )
+    assert total(f, *duration, route="/api/chat") == chats
     ttft = "herd_time_to_first_token_seconds", "herd_time_to_first_token_seconds_count"
-    assert total(*ttft, node="node-a") > 0
-    assert total("herd_tokens_out", "herd_tokens_out_total", node="node-a") > 0
-    assert total("herd_tokens_in", "herd_tokens_in_total", group="local") > 0
-    assert total("herd_node_up", node="node-a") == 1
-    assert total("herd_node_slots", node="node-a") == 8
+    assert total(f, *ttft, node="node-a") > 0
+    assert total(f, "herd_tokens_out", "herd_tokens_out_total", node="node-a") > 0
+    assert total(f, "herd_tokens_in", "herd_tokens_in_total", group="local") > 0
+    assert total(f, "herd_node_up", node="node-a") == 1
+    assert total(f, "herd_node_slots", node="node-a") == 8
     assert "herd_node_in_flight" in families and "herd_traces_pending" in families
 
     # Every family has HELP and TYPE, names follow the conventions, and
