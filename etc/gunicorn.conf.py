@@ -10,7 +10,10 @@ never bodies); HERD_ACCESS_LOG=0 silences herd's own access lines too.
 
 from herd.settings import (
     BIND,
+    BODY_TIMEOUT,
+    CLIENT_CONNECTIONS,
     GC_TUNE,
+    HEADER_TIMEOUT,
     KEEPALIVE,
     LOG_LEVEL,
     WORKER_CONNECTIONS,
@@ -27,8 +30,14 @@ worker_connections = WORKER_CONNECTIONS.resolve()
 bind = [BIND.resolve() or "0.0.0.0:11435"]
 preload_app = False
 backlog = 2048
-# Idle keep-alive connections are held this long; a graceful stop waits for them.
+# Idle keep-alive connections are held this long (the worker applies it, and
+# closes idle ones at once when stopping; 0 turns keep-alive off).
 keepalive = KEEPALIVE.resolve()
+# The worker's front door reads these itself (herd/router/worker.py); resolving
+# them here too stops `herd serve` on a bad value before any worker starts.
+HEADER_TIMEOUT.resolve()
+BODY_TIMEOUT.resolve()
+CLIENT_CONNECTIONS.resolve()
 timeout = 60
 graceful_timeout = 30
 accesslog = None

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "herd.sim",
     "herd.bundle.commands",
     "herd.demo",
+    "herd.node.commands",
 )
 
 EPILOG = """\

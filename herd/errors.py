@@ -16,10 +16,22 @@ class HerdError(Exception):
     #: OpenAI-style error code (None when OpenAI has no matching code).
     code: str | None = None
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        detail: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+        #: The same error with fleet internals (node names, URLs, addresses),
+        #: shown only to operator client groups; `message` never has them.
+        self.detail = detail
+        #: The request field at fault (OpenAI's `param`), when there is one.
+        self.param = param
 
 
 class InvalidRequest(HerdError):
@@ -42,10 +54,23 @@ class ModelNotAllowed(Forbidden):
     code = "model_not_allowed"
 
 
+class RegistryDenied(Forbidden):
+    """The registry (/v2) is for the fleet's nodes; a client group asked."""
+
+    code = "DENIED"
+
+
 class ModelNotFound(HerdError):
     status = 404
     kind = "invalid_request_error"
     code = "model_not_found"
+
+
+class RequestTimeout(HerdError):
+    """The client did not send its request body in time (the router closes)."""
+
+    status = 408
+    kind = "invalid_request_error"
 
 
 class BodyTooLarge(HerdError):

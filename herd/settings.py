@@ -78,6 +78,22 @@ def _none() -> None:
     return None
 
 
+def positive_seconds(text: str) -> float:
+    """A number of seconds above zero."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected seconds above 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number above zero."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
 STATE_DIR = Setting(
     name="state_dir",
     flag="--state-dir",
@@ -142,7 +158,8 @@ KEEPALIVE = Setting(
     name="keepalive",
     flag=None,
     env="HERD_KEEPALIVE",
-    help="router: seconds an idle client keep-alive connection is held (default 10)",
+    help="router: seconds an idle client keep-alive connection is held; a stopping "
+    "router closes idle ones at once; 0 turns keep-alive off (default 10)",
     default=lambda: 10,
     type=int,
 )
@@ -154,12 +171,59 @@ WORKER_CONNECTIONS = Setting(
     default=lambda: 10000,
     type=int,
 )
+HEADER_TIMEOUT = Setting(
+    name="header_timeout",
+    flag=None,
+    env="HERD_HEADER_TIMEOUT",
+    help="router: seconds a client has to send a whole request head (request line "
+    "and headers), counted from the connection or the request's first byte; "
+    "then it gets 408 and is closed (default 10)",
+    default=lambda: 10.0,
+    type=positive_seconds,
+)
+BODY_TIMEOUT = Setting(
+    name="body_timeout",
+    flag=None,
+    env="HERD_BODY_TIMEOUT",
+    help="router: seconds a client has to send a whole request body once its head "
+    "is in; then it gets 408 and is closed (default 60)",
+    default=lambda: 60.0,
+    type=positive_seconds,
+)
+CLIENT_CONNECTIONS = Setting(
+    name="client_connections",
+    flag=None,
+    env="HERD_CLIENT_CONNECTIONS",
+    help="router: most simultaneous connections one client address may hold per "
+    "worker; more get 503 and are closed (default: a quarter of "
+    "HERD_WORKER_CONNECTIONS)",
+    default=_none,
+    type=positive_int,
+)
 GC_TUNE = Setting(
     name="gc_tune",
     flag=None,
     env="HERD_GC_TUNE",
     help="router: freeze start-up objects out of the garbage collector and collect "
     "less often, for steadier latency; 0 turns it off (default 1)",
+    default=lambda: True,
+    type=parse_bool,
+)
+REGISTRY = Setting(
+    name="registry",
+    flag="--registry",
+    env="HERD_REGISTRY",
+    help="`herd apply`: HOST:PORT of the router's registry as the nodes reach it "
+    "(default: router.listen, unless that is a wildcard address)",
+    default=_none,
+    metavar="HOST:PORT",
+)
+APPLY_NODES = Setting(
+    name="apply_nodes",
+    flag=None,
+    env="HERD_APPLY_NODES",
+    help="`herd plan`/`herd apply`: survey and change the nodes; 0 diffs and "
+    "records revisions only, contacting no node (default 1)",
     default=lambda: True,
     type=parse_bool,
 )
@@ -176,7 +240,12 @@ SETTINGS: tuple[Setting, ...] = (
     LOG_LEVEL,
     KEEPALIVE,
     WORKER_CONNECTIONS,
+    HEADER_TIMEOUT,
+    BODY_TIMEOUT,
+    CLIENT_CONNECTIONS,
     GC_TUNE,
+    REGISTRY,
+    APPLY_NODES,
 )
 
 

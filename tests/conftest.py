@@ -48,6 +48,14 @@ def herd(state_dir: Path):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _no_node_traffic() -> None:
+    """`herd plan/apply` contact the manifest's nodes; the example fleets name
+    LAN addresses, which tests must never reach. Tests that drive real (sim)
+    nodes on loopback set HERD_APPLY_NODES=1 for their own commands."""
+    os.environ["HERD_APPLY_NODES"] = "0"
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _private_test_keys() -> None:
     """git does not keep file modes beyond +x: ssh-keygen refuses a 0644 private key."""
     for key in (ROOT / "tests").rglob("*_ed25519"):

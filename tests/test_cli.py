@@ -146,7 +146,11 @@ def test_concurrent_applies_never_corrupt_state(tmp_path: Path, state_dir: Path)
             )
         )
         files.append(f)
-    env = {"HERD_STATE_DIR": str(state_dir), "PATH": "/usr/bin:/bin"}
+    env = {
+        "HERD_STATE_DIR": str(state_dir),
+        "PATH": "/usr/bin:/bin",
+        "HERD_APPLY_NODES": "0",
+    }
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "herd", "apply", "--yes", str(f)],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from herd.cli import add_command, print_json
 from herd.errors import ConfigError, ManifestError
 from herd.manifest.loader import load_file
 from herd.manifest.revisions import Proposal, propose_file, propose_revision, record
+from herd.reconcile import commands as reconcile
+from herd.reconcile.actions import FleetPlan
 from herd.settings import STATE_DIR
 from herd.store import Store, read_pointer, sha256_hex
 
@@ -35,13 +38,16 @@ exit status: 0 valid, 1 invalid (one line per problem: FILE:LINE: path: message)
         cmd_plan,
         parents=[common],
         json_flag=True,
-        help="show what applying a manifest would change",
+        help="show what applying a manifest would change, in the revision and on "
+        "the live nodes",
         examples="""\
   herd plan etc/fleet.yaml
+  herd plan --prune etc/fleet.yaml       # also list what --prune would delete
   herd plan --json etc/fleet.yaml > plan.json
-exit status: 0 no changes, 2 changes, 1 error""",
+exit status: 0 no changes, 2 changes, 1 error (e.g. a bundle not imported)""",
     )
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
+    reconcile.add_flags(p, apply=False)
 
     p = add_command(
         sub,
@@ -49,14 +55,22 @@ exit status: 0 no changes, 2 changes, 1 error""",
         cmd_apply,
         parents=[common],
         json_flag=True,
-        help="plan, confirm and record a manifest as the new revision",
+        help="plan, confirm, record a manifest as the new revision and make the "
+        "nodes hold what it places on them",
         examples="""\
-  herd apply etc/fleet.yaml          # shows the plan, asks before recording
+  herd apply etc/fleet.yaml          # shows the plan, asks before acting
   herd apply --yes etc/fleet.yaml    # no prompt (scripts, CI, config management)
-the running router picks the new revision up within 2 s, without a restart""",
+  herd apply --prune fleet.yaml      # also delete models the manifest left out
+  herd apply --registry 10.20.1.5:11435 --json --yes fleet.yaml | jq .
+nodes pull through the router's registry (`herd serve` must be running);
+the running router picks the new revision up within 2 s, without a restart;
+when the nodes need changes, --json prints one JSON event per line (plan,
+recorded, start, progress, done, failed, summary); exit status 1 when any
+step on a node failed""",
     )
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
     p.add_argument("-y", "--yes", action="store_true", help="apply without asking")
+    reconcile.add_flags(p, apply=True)
 
     add_command(
         sub,
@@ -88,13 +102,15 @@ the running router picks the new revision up within 2 s, without a restart""",
         cmd_rollback,
         parents=[common],
         json_flag=True,
-        help="re-apply an old revision (recorded as a new revision)",
+        help="re-apply an old revision (recorded as a new revision; the nodes "
+        "follow it as with apply)",
         examples="""\
   herd rollback 3
-  herd rollback 3 --yes""",
+  herd rollback 3 --yes --registry 10.20.1.5:11435""",
     )
     p.add_argument("rev", metavar="REV", type=int, help="revision to go back to")
     p.add_argument("-y", "--yes", action="store_true", help="roll back without asking")
+    reconcile.add_flags(p, apply=True)
 
 
 def open_store(
@@ -130,13 +146,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan(args: argparse.Namespace, proposal: Proposal) -> None:
+def _print_plan(
+    args: argparse.Namespace, proposal: Proposal, fleet_plan: FleetPlan | None = None
+) -> None:
     if args.json:
         print_json(
             {
                 "file": proposal.source,
                 "from_revision": proposal.head.id if proposal.head else None,
                 **proposal.plan.as_json(),
+                **reconcile.as_json(fleet_plan),
             }
         )
         return
@@ -149,6 +168,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     store = open_store(args, readonly=True)  # plan looks; it never creates state
     try:
         proposal = propose_file(store, args.file)
+        fleet_plan = reconcile.live_plan(args, store, proposal.fleet)
     finally:
         store.close()
     if proposal.head is None:
@@ -156,8 +176,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"No revision applied yet in {store.dir}; everything is new.",
             file=sys.stderr if args.json else sys.stdout,
         )
-    _print_plan(args, proposal)
-    return 0 if proposal.plan.empty else 2
+    _print_plan(args, proposal, fleet_plan)
+    if fleet_plan is None:
+        return 0 if proposal.plan.empty else 2
+    if not args.json:
+        reconcile.show(fleet_plan, proposal.fleet)
+    if fleet_plan.errors:
+        return 1
+    return 0 if proposal.plan.empty and not fleet_plan.changes else 2
 
 
 def _confirm(args: argparse.Namespace, question: str) -> None:
@@ -216,16 +242,69 @@ def cmd_apply(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
         store.sync_pointer()
-        return _record(args, store, propose_file(store, args.file), None)
+        return _apply(args, store, propose_file(store, args.file), None)
     finally:
         store.close()
+
+
+def _apply(
+    args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
+) -> int:
+    """Record the proposal, and make the nodes match it when they differ."""
+    fleet_plan = reconcile.live_plan(args, store, proposal.fleet)
+    if fleet_plan is None or (not fleet_plan.errors and not fleet_plan.changes):
+        code = _record(args, store, proposal, rollback_of)
+        if fleet_plan is not None and fleet_plan.unreachable and not args.json:
+            print(f"Unreachable, not checked: {', '.join(fleet_plan.unreachable)}")
+        return code
+    return _apply_to_nodes(args, store, proposal, fleet_plan, rollback_of)
+
+
+def _apply_to_nodes(
+    args: argparse.Namespace,
+    store: Store,
+    proposal: Proposal,
+    fleet_plan: FleetPlan,
+    rollback_of: int | None,
+) -> int:
+    """Show both plans, confirm once, record the revision, then act on the nodes."""
+    fleet = proposal.fleet
+    if fleet_plan.errors:
+        if args.json:
+            _print_plan(args, proposal, fleet_plan)
+        else:
+            reconcile.show(fleet_plan, fleet)
+        reconcile.show_errors(fleet_plan)
+        raise ConfigError("not applied: the plan has errors (nothing was changed)")
+    registry = reconcile.registry_address(fleet, args.registry)
+    unchanged = bool(
+        proposal.head and proposal.head.sha256 == sha256_hex(proposal.data)
+    )
+    if args.json:
+        print(json.dumps({"event": "plan", **reconcile.as_json(fleet_plan)}))
+    else:
+        if unchanged:
+            print(f"The manifest is revision {proposal.head.id}; the nodes differ:")
+        else:
+            _print_plan(args, proposal)
+        reconcile.show(fleet_plan, fleet)
+    _confirm(args, reconcile.confirm_question(fleet_plan))
+    revision = proposal.head.id if unchanged else None
+    if not unchanged:
+        recorded = record(store, proposal, rollback_of=rollback_of)
+        revision = recorded.id if recorded else store.head().id
+        if args.json:
+            print(json.dumps({"event": "recorded", "revision": revision}))
+        else:
+            print(f"\nRecorded revision {revision}. Routers reload it within 2 s.")
+    return reconcile.act(args, store, fleet_plan, fleet, registry, revision)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     store = open_store(args, create=False)
     try:
         store.sync_pointer()
-        return _record(args, store, propose_revision(store, args.rev), args.rev)
+        return _apply(args, store, propose_revision(store, args.rev), args.rev)
     finally:
         store.close()
 

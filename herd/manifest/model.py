@@ -52,6 +52,9 @@ class Client:
     models: tuple[str, ...] = ()
     token_sha256: str | None = None
     rate_limit: RateLimit | None = None
+    #: May see fleet internals: node names, URLs and addresses, every model,
+    #: reload errors (/fleet/*, /metrics, detailed 502/503/504 errors).
+    operator: bool = False
 
     def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in net for net in self.networks)
@@ -87,11 +90,36 @@ class Node:
 
 
 @dataclass(frozen=True)
+class DiscoveredDefaults:
+    """Labels and max_concurrency a discovered node gets (defaults or override)."""
+
+    labels: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    max_concurrency: int | None = None
+
+
+@dataclass(frozen=True)
 class Discovery:
     mdns_enabled: bool = False
     mdns_networks: tuple[IPNetwork, ...] = ()
-    #: Path of an allowed_signers-style file with node agent keys (heartbeats).
+    #: Path of the fleet key file that signs heartbeats (herd.discovery.fleetkey).
     node_keys: str | None = None
+    mdns_interfaces: tuple[str, ...] = ()
+    defaults: DiscoveredDefaults = field(default_factory=DiscoveredDefaults)
+    overrides: Mapping[str, DiscoveredDefaults] = field(
+        default_factory=lambda: _frozen({})
+    )
+    heartbeat_timeout_s: float = 15.0
+    max_clock_skew_s: float = 30.0
+
+    def node_settings(self, name: str) -> tuple[Mapping[str, str], int]:
+        """Labels and max_concurrency of the discovered node `name`."""
+        override = self.overrides.get(name)
+        labels = dict(self.defaults.labels)
+        concurrency = self.defaults.max_concurrency
+        if override is not None:
+            labels.update(override.labels)
+            concurrency = override.max_concurrency or concurrency
+        return _frozen(labels), concurrency or Node.max_concurrency
 
 
 @dataclass(frozen=True)
@@ -247,14 +275,27 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
             models=tuple(_canonical(lookup, m) for m in c.get("models") or ()),
             token_sha256=(c.get("token_sha256") or None),
             rate_limit=_rate_limit(c.get("rate_limit")),
+            operator=c.get("operator", Client.operator),
         )
         for c in router_doc.get("clients") or ()
     )
     mdns = (doc.get("discovery") or {}).get("mdns") or {}
+    disc = doc.get("discovery") or {}
     discovery = Discovery(
         mdns_enabled=bool(mdns.get("enabled", False)),
         mdns_networks=_networks(mdns.get("networks")),
-        node_keys=(doc.get("discovery") or {}).get("node_keys"),
+        node_keys=disc.get("node_keys"),
+        mdns_interfaces=tuple(mdns.get("interfaces") or ()),
+        defaults=_discovered(mdns.get("defaults")),
+        overrides=_frozen(
+            {k: _discovered(v) for k, v in (mdns.get("nodes") or {}).items()}
+        ),
+        heartbeat_timeout_s=float(
+            disc.get("heartbeat_timeout_s", Discovery.heartbeat_timeout_s)
+        ),
+        max_clock_skew_s=float(
+            disc.get("max_clock_skew_s", Discovery.max_clock_skew_s)
+        ),
     )
     b = doc.get("bundles") or {}
     bundles = Bundles(
@@ -285,6 +326,13 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
 def _canonical(lookup: Fleet, name: str) -> str:
     model = lookup.resolve(name)
     return model.name if model else normalize_model_name(name)
+
+
+def _discovered(doc: Mapping[str, Any] | None) -> DiscoveredDefaults:
+    doc = doc or {}
+    return DiscoveredDefaults(
+        labels=_frozen(doc.get("labels")), max_concurrency=doc.get("max_concurrency")
+    )
 
 
 def _rate_limit(doc: Mapping[str, Any] | None) -> RateLimit | None:

@@ -166,14 +166,28 @@ def _named(
 
 
 def _placements(fleet: Fleet | None) -> dict[str, Any]:
-    """`model @ node` for every placement the fleet implies (labels resolved)."""
+    """`model @ node` for every placement the fleet implies (labels resolved).
+
+    A model with `replicas` fewer than its matching nodes is one row, `model @
+    N of SELECTOR`: which N nodes is decided against the live fleet (see
+    herd.reconcile.placement) and shown in the plan's node section.
+    """
     if fleet is None:
         return {}
-    return {
-        f"{model.name} @ {node.name}": model.name
-        for model in fleet.models
-        for node in fleet.nodes_for(model)
-    }
+    rows: dict[str, Any] = {}
+    for model in fleet.models:
+        nodes = fleet.nodes_for(model)
+        wanted = model.place.replicas
+        if wanted is not None and wanted < len(nodes):
+            selector = ",".join(
+                f"{k}={v}" for k, v in sorted(model.place.labels.items())
+            )
+            among = selector or ",".join(model.place.nodes)
+            rows[f"{model.name} @ {wanted} of {among}"] = model.name
+            continue
+        for node in nodes:
+            rows[f"{model.name} @ {node.name}"] = model.name
+    return rows
 
 
 def diff(old: Fleet | None, new: Fleet) -> Plan:

@@ -104,15 +104,17 @@ def _nodes(doc: dict[str, Any], resolve: Resolve) -> Iterator[Finding]:
             yield ("nodes", i, "url"), f"another node already has URL {node['url']!r}"
         yield from _node_url(("nodes", i, "url"), node["url"], allowed, resolve)
     mdns = (doc.get("discovery") or {}).get("mdns") or {}
-    if not nodes and not mdns.get("enabled"):
+    # Agents can join by heartbeat whenever a fleet key is set (mDNS or not).
+    joinable = mdns.get("enabled") or (doc.get("discovery") or {}).get("node_keys")
+    if not nodes and not joinable:
         yield (
             ("nodes",),
             "no nodes declared and mDNS discovery is off: nothing can serve",
         )
-    if mdns.get("enabled") and not mdns.get("networks"):
+    if joinable and not mdns.get("networks"):
         yield (
             ("discovery", "mdns", "networks"),
-            ("mDNS discovery needs at least one network to admit nodes from"),
+            ("node discovery needs at least one network to admit nodes from"),
         )
 
 
@@ -152,7 +154,19 @@ def _models(doc: dict[str, Any]) -> Iterator[Finding]:
     models = doc.get("models") or []
     nodes = doc.get("nodes") or []
     node_names = {n["name"] for n in nodes}
-    mdns_on = bool(((doc.get("discovery") or {}).get("mdns") or {}).get("enabled"))
+    discovery = doc.get("discovery") or {}
+    mdns = discovery.get("mdns") or {}
+    # Discovered nodes may join: replicas cannot be judged, and their labels
+    # are what mdns.defaults (merged with each per-name override) give them.
+    mdns_on = bool(mdns.get("enabled")) or bool(discovery.get("node_keys"))
+    if mdns_on:
+        base = (mdns.get("defaults") or {}).get("labels") or {}
+        nodes = nodes + [{"name": "", "labels": base}]
+        nodes += [
+            {"name": "", "labels": {**base, **(o.get("labels") or {})}}
+            for o in (mdns.get("nodes") or {}).values()
+            if isinstance(o, dict)
+        ]
     owner: dict[str, int] = {}
     for i, model in enumerate(models):
         canonical = normalize_model_name(model["name"])
@@ -219,7 +233,7 @@ def _placement(
             all((n.get("labels") or {}).get(k) == v for k, v in selector.items())
             for n in nodes
         )
-        if matching == 0 and not mdns_on:
+        if matching == 0:
             wanted = ", ".join(f"{k}={v}" for k, v in selector.items())
             yield (*path, "labels"), f"no declared node has labels {wanted}"
     else:
@@ -253,3 +267,21 @@ def _clients(doc: dict[str, Any]) -> Iterator[Finding]:
                     ("router", "clients", i, "models", j),
                     (f"{model!r} is not a declared model or alias"),
                 )
+        yield from _operator(i, client)
+
+
+def _operator(i: int, client: dict[str, Any]) -> Iterator[Finding]:
+    """An operator group sees node addresses: not for every address without a
+    token (that would show the fleet's internals to anyone on the network)."""
+    if not client.get("operator") or client.get("token_sha256"):
+        return
+    for j, text in enumerate(client.get("networks") or []):
+        net, _ = parse_cidr(text)
+        if net is not None and net.prefixlen == 0:
+            yield (
+                ("router", "clients", i, "networks", j),
+                (
+                    f"{net} admits every address to an operator group without a "
+                    "token: narrow the networks or set token_sha256"
+                ),
+            )

@@ -5,6 +5,11 @@ formatting, a lock, one write and flush each): more than the router's own work
 per request. Lines are built with one f-string, kept in memory, and written
 with a single `write` every FLUSH_S by a background greenlet (and at exit).
 The timestamp string is rebuilt once per second.
+
+A line is made from the request's trace row, whose text fields are
+escaped and bounded by herd.router.logfield: each field is one space-free
+token, so no caller-chosen text (a model name with a line break, a NUL, a
+900 kB name) can forge a line or grow one without bound.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
+
+from herd.router.traces import Trace
 
 FLUSH_S = 0.25
 #: Lines kept before a write is forced (bounds memory under bursts).
@@ -38,15 +45,16 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
         return self._stamp
 
-    def request(self, outcome: Any, duration_ms: float) -> None:
-        """Queue the line of one finished request."""
-        error = f" error={outcome.error_class}" if outcome.error_class else ""
+    def request(self, trace: Trace) -> None:
+        """Queue the line of one finished request, from its trace row (whose
+        text fields herd.router.logfield has already escaped and bounded)."""
+        error = f" error={trace.error_class}" if trace.error_class else ""
         self._lines.append(
-            f"{self._now()} herd.access {outcome.client or '-'} {outcome.method} "
-            f"{outcome.route} {outcome.status} "
-            f"model={outcome.served_model or outcome.requested_model or '-'} "
-            f"node={outcome.node or '-'} retries={outcome.retries} "
-            f"{duration_ms:.1f}ms{error}\n"
+            f"{self._now()} herd.access {trace.peer or '-'} {trace.client or '-'} "
+            f"{trace.method} {trace.route} {trace.status} "
+            f"model={trace.served_model or trace.requested_model or '-'} "
+            f"node={trace.node or '-'} retries={trace.retries} "
+            f"{trace.duration_ms:.1f}ms{error}\n"
         )
         if len(self._lines) >= BUFFER_MAX:
             self.flush()

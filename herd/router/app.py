@@ -15,9 +15,14 @@ from typing import Any
 
 import falcon
 
+from herd.discovery.agents import AgentAwareHealth
+from herd.discovery.announcer import RouterMdns, bind_port
+from herd.discovery.membership import Membership
+from herd.discovery.source import DiscoveredSource
 from herd.router import failures, fleet, ollama, openai, ops, registry
 from herd.router.accesslog import AccessLog
 from herd.router.gate import Gate
+from herd.router.heartbeat import HeartbeatResource
 from herd.router.proxy import Upstream
 from herd.router.runtime import Runtime
 from herd.router.traces import TraceLog
@@ -45,6 +50,9 @@ def create_app(
     background: bool = True,
     bundle_store: Callable[[], Path] | None = None,
     access: AccessLog | None = None,
+    membership: Membership | None = None,
+    bind: Callable[[], str | None] = lambda: None,
+    mdns_lock: Path | None = None,
 ) -> RouterApp:
     """The router as a falcon WSGI app over the given collaborators.
 
@@ -53,8 +61,21 @@ def create_app(
     request; `upstream` talks to nodes; `bundle_store` (the bundle store
     directory, followed across reloads) mounts the read-only /v2 registry
     nodes pull models from; `access` writes one line per request. The
-    `Runtime` is `app.herd_runtime`.
+    `Runtime` is `app.herd_runtime`. `membership` holds the nodes that joined
+    by signed heartbeat (in memory unless given); they are merged into the
+    served fleet. `bind` (the listen address given to gunicorn, if any) is
+    the port mDNS announces; `mdns_lock` lets one worker of several speak.
     """
+    membership = membership or Membership()
+    source = DiscoveredSource(source, membership)
+    if poller is None:
+        poller = AgentAwareHealth(
+            lambda: source.current().fleet,
+            upstream,
+            clock,
+            membership=membership,
+            static_fleet=lambda: source.static().fleet,
+        )
     runtime = Runtime(
         source,
         traces,
@@ -86,6 +107,17 @@ def create_app(
 
     app.add_route("/fleet/status", fleet.Status(runtime))
     app.add_route("/fleet/nodes", fleet.Nodes(runtime))
+    heartbeat = HeartbeatResource(runtime, membership)
+    app.add_route("/fleet/heartbeat", heartbeat)
+    announcer = RouterMdns(
+        lambda: source.static().fleet,
+        membership,
+        port=lambda: bind_port(bind() or source.static().fleet.router.listen),
+        fingerprints=heartbeat.fingerprints,
+        lock_path=mdns_lock,
+    )
+    runtime.services.append(announcer.run)
+    runtime.on_stop.append(announcer.stop)
     app.add_route("/healthz", ops.Healthz())
     app.add_route("/readyz", ops.Readyz(runtime))
     app.add_route("/metrics", ops.Metrics(runtime))
@@ -99,7 +131,7 @@ def create_app(
 def get_app() -> RouterApp:
     """The app gunicorn serves: the manifest of HERD_STATE_DIR's current revision."""
     from herd.router.reload import PointerSource
-    from herd.settings import ACCESS_LOG, STATE_DIR
+    from herd.settings import ACCESS_LOG, BIND, STATE_DIR, WORKERS
 
     global _RUNTIME
     state_dir = STATE_DIR.resolve()
@@ -114,6 +146,11 @@ def get_app() -> RouterApp:
         Upstream(),
         bundle_store=lambda: bundle_store(source, state_dir),
         access=access,
+        membership=Membership(
+            Path(state_dir) / "discovery.db", shared=WORKERS.resolve() > 1
+        ),
+        bind=BIND.resolve,
+        mdns_lock=Path(state_dir) / "mdns.lock",
     )
     _RUNTIME = app.herd_runtime
     return app

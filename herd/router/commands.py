@@ -97,6 +97,7 @@ def serve(args: argparse.Namespace) -> int:
     bind = launch.parse_bind(configured or fleet.router.listen, what)
     sock = launch.listen(bind)
     env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: bind.netloc}
+    env[WORKERS.env] = str(workers)  # the app shares state when there are several
     try:
         proc = launch.start(conf, sock, workers, env)
     finally:

@@ -2,7 +2,11 @@
 
 Routes under /v1 answer OpenAI-shaped errors
 `{"error": {"message", "type", "param", "code"}}`; everything else answers
-Ollama-shaped `{"error": "..."}`. Status codes come from the `HerdError`
+Ollama-shaped `{"error": "..."}`; the registry (/v2) answers the
+distribution spec's `{"errors": [{"code", "message"}]}`. An error's `detail`
+(which node failed, at which URL, why it was excluded) is shown to operator
+client groups only; everyone else gets its `message`, which names no node.
+Status codes come from the `HerdError`
 class (herd.errors); the one exception is a full queue, which OpenAI clients
 expect as 429 (they back off and retry) while Ollama clients expect 503.
 """
@@ -16,6 +20,8 @@ import falcon
 
 from herd.errors import HerdError, QueueFull
 from herd.router.forward import dumps
+from herd.router.logfield import logged
+from herd.router.policy import is_operator
 
 log = logging.getLogger("herd.router")
 
@@ -31,8 +37,27 @@ _OPENAI_TYPES = {
 }
 
 
+#: Registry error `code` (distribution spec) for each status.
+_REGISTRY_CODES = {
+    401: "UNAUTHORIZED",
+    403: "DENIED",
+    404: "NAME_UNKNOWN",
+    405: "UNSUPPORTED",
+    429: "TOOMANYREQUESTS",
+}
+
+
 def is_openai(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1"
+
+
+def is_registry(path: str) -> bool:
+    return path.startswith("/v2/") or path == "/v2"
+
+
+def registry_body(status: int, message: str) -> dict[str, Any]:
+    code = _REGISTRY_CODES.get(status, "UNKNOWN")
+    return {"errors": [{"code": code, "message": message}]}
 
 
 def ollama_body(message: str) -> dict[str, Any]:
@@ -46,12 +71,20 @@ def openai_body(
 
 
 def render(
-    req: Any, resp: Any, status: int, message: str, kind: str, code: str | None
+    req: Any,
+    resp: Any,
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    param: str | None = None,
 ) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     if is_openai(req.path):
-        resp.data = dumps(openai_body(message, kind, code))
+        resp.data = dumps(openai_body(message, kind, code, param))
+    elif is_registry(req.path):
+        resp.data = dumps(registry_body(status, message))
     else:
         resp.data = dumps(ollama_body(message))
     outcome = getattr(req.context, "outcome", None)
@@ -69,7 +102,10 @@ def handle_herd_error(req: Any, resp: Any, ex: HerdError, params: Any) -> None:
     outcome = getattr(req.context, "outcome", None)
     if outcome is not None:
         outcome.error_class = type(ex).__name__
-    render(req, resp, status, ex.message, ex.kind, ex.code)
+    message = ex.message
+    if ex.detail and is_operator(getattr(req.context, "client", None)):
+        message = ex.detail
+    render(req, resp, status, message, ex.kind, ex.code, ex.param)
 
 
 def handle_http_error(req: Any, resp: Any, ex: falcon.HTTPError, params: Any) -> None:
@@ -90,7 +126,9 @@ def handle_unexpected(req: Any, resp: Any, ex: Exception, params: Any) -> None:
         return handle_herd_error(req, resp, ex, params)
     if isinstance(ex, falcon.HTTPError):
         return handle_http_error(req, resp, ex, params)
-    log.exception("internal error on %s %s", req.method, req.path)
+    log.exception(
+        "internal error on %s %s", logged(req.method, 16), logged(req.path, 200)
+    )
     render(req, resp, 500, f"internal error: {type(ex).__name__}", "server_error", None)
 
 

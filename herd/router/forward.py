@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from herd.errors import (
 )
 from herd.manifest.model import Fleet, Model, Node
 from herd.router.aggregate import Fold
+from herd.router.logfield import logged, logged_or_none
 from herd.router.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
 from herd.router.queues import Queues
 from herd.router.scoring import Candidate, Decision, RouteRequest, choose_node
@@ -58,20 +59,25 @@ class Outcome:
     tokens_out: int | None = None
     retries: int = 0
     error_class: str | None = None
+    #: The caller's address, normalized (herd.router.peer).
+    peer: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False
     #: The scoring decisions taken (one per model tried), for X-Herd-Decision.
     decisions: list[Decision] = field(default_factory=list)
+    #: Labels the client prefers (X-Herd-Prefer), a soft scoring bonus.
+    prefer: Mapping[str, str] = field(default_factory=dict)
 
     def trace(self, now: float) -> Trace:
+        """The trace row; every text field escaped and bounded (logfield)."""
         return Trace(
             ts=self.t0,
-            client=self.client,
-            route=self.route,
-            method=self.method,
-            requested_model=self.requested_model,
-            served_model=self.served_model,
-            node=self.node,
+            client=logged_or_none(self.client),
+            route=logged(self.route),
+            method=logged(self.method),
+            requested_model=logged_or_none(self.requested_model),
+            served_model=logged_or_none(self.served_model),
+            node=logged_or_none(self.node),
             status=self.status,
             queue_ms=self.queue_ms,
             ttft_ms=self.ttft_ms,
@@ -79,7 +85,8 @@ class Outcome:
             tokens_in=self.tokens_in,
             tokens_out=self.tokens_out,
             retries=self.retries,
-            error_class=self.error_class,
+            error_class=logged_or_none(self.error_class),
+            peer=logged_or_none(self.peer),
         )
 
     def counts(self, final: dict[str, Any]) -> None:
@@ -139,9 +146,11 @@ class Forwarder:
     def candidates(self, fleet: Fleet, model: Model) -> tuple[Candidate, ...]:
         out = []
         key = model.name
+        memory_of = getattr(self.health, "memory", None)
         for node in fleet.nodes_for(model):
             health = self.health.get(node)
             ttft, tps = self.stats.perf(node.name, key)
+            memory = memory_of(node, health, key) if memory_of else {}
             out.append(
                 Candidate(
                     node=node.name,
@@ -155,12 +164,16 @@ class Forwarder:
                     tokens_per_s=tps,
                     error_rate=self.stats.error_rate(node.name),
                     labels=node.labels,
+                    **memory,
                 )
             )
         return tuple(out)
 
-    def decide(self, fleet: Fleet, model: Model) -> Decision:
-        return choose_node(RouteRequest(model.name), self.candidates(fleet, model))
+    def decide(
+        self, fleet: Fleet, model: Model, prefer: Mapping[str, str] | None = None
+    ) -> Decision:
+        request = RouteRequest(model.name, prefer or {})
+        return choose_node(request, self.candidates(fleet, model))
 
     def open(
         self,
@@ -181,12 +194,14 @@ class Forwarder:
         error: HerdError | None = None
         last: Opened | None = None
         for model in models:
-            decision = self.decide(fleet, model)
+            decision = self.decide(fleet, model, outcome.prefer)
             outcome.decisions.append(decision)
             if not decision.ranked:
+                public = f"no healthy node can serve model {model.name}"
                 error = error or NoHealthyNode(
-                    f"no healthy node can serve model {model.name}"
-                    + (f": {decision.explain()}" if decision.excluded else "")
+                    public,
+                    detail=public
+                    + (f": {decision.explain()}" if decision.excluded else ""),
                 )
                 continue
             tried: set[str] = set()
@@ -246,7 +261,8 @@ class Forwarder:
                 released = True
                 self.queues.release(node.name)
 
-        inject = model.keep_loaded is not None and "keep_alive" not in body
+        # keep_alive null is the node's default: the manifest's pin applies.
+        inject = model.keep_loaded is not None and body.get("keep_alive") is None
         fold = not stream and path in _GENERATING
         data = None
         if raw is not None and not inject and body.get("model") == model.name:
@@ -258,7 +274,7 @@ class Forwarder:
                 payload["keep_alive"] = _keep_alive(model.keep_loaded)
             if fold:
                 payload["stream"] = True  # folded back here (see aggregate.py)
-            data = _dumps(payload).encode("utf-8")
+            data = dumps(payload)
         sent = self.clock()
         try:
             reply = self.upstream.open(
@@ -328,7 +344,7 @@ class Forwarder:
             if obj.get("error"):
                 opened.status = 500
                 opened.first_obj = {"error": str(obj["error"])}
-                return _dumps(opened.first_obj).encode()
+                return dumps(opened.first_obj)
             if fold.feed(obj):
                 break
             line = next(lines, None)
@@ -341,16 +357,34 @@ class Forwarder:
             obj = _json_object(line)
         opened.content_type = "application/json; charset=utf-8"
         opened.first_obj = fold.result()
-        return _dumps(opened.first_obj).encode()
+        return dumps(opened.first_obj)
 
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
+        """The error for a node that failed before answering. Its message
+        says only what kind of failure it was; the node, its URL and the
+        cause are the `detail` operators see (and the router's log)."""
         self.stats.failure(node.name)
-        log.warning("node %s failed before answering: %s", node.name, message)
+        log.warning(
+            "node %s failed before answering: %s",
+            logged(node.name),
+            logged(message, 500, spaces=True),
+        )
         if kind == "connect" and hasattr(self.health, "report_refused"):
             self.health.report_refused(node, message)
+        public = _PUBLIC_FAILURE.get(kind, _PUBLIC_FAILURE["protocol"])
+        detail = f"node {node.name} ({message})"
         if kind == "timeout":
-            return UpstreamTimeout(message)
-        return UpstreamError(message)
+            return UpstreamTimeout(public, detail=detail)
+        return UpstreamError(public, detail=detail)
+
+
+#: What a caller outside the operator groups learns about a node failure.
+_PUBLIC_FAILURE = {
+    "connect": "the node chosen for this request refused the connection or could "
+    "not be reached",
+    "timeout": "the node chosen for this request did not answer in time",
+    "protocol": "the node chosen for this request gave an answer herd could not use",
+}
 
 
 #: Routes whose non-streaming answers the router folds from a node stream.
@@ -361,20 +395,27 @@ _RETRY_STATUS = frozenset({404, 500, 502, 503, 504})
 
 
 _STREAM_FALSE = re.compile(rb'"stream"\s*:\s*false')
+#: A \u escape of a lowercase ASCII letter: `"str\u0065am"` is the key
+#: "stream" without showing as its plain bytes.
+_LETTER_ESCAPE = re.compile(rb"\\u00[67]")
 
 
 def _streaming(raw: bytes) -> bytes | None:
     """The client's body with `"stream": false` turned into true, without
-    re-encoding it; None unless `"stream"` occurs exactly once (then it is the
-    top-level key the caller parsed as false)."""
-    if raw.count(b'"stream"') != 1:
+    re-encoding it; None unless `"stream"` occurs exactly once as plain bytes
+    and no key can be spelled with escapes (then that one occurrence is the
+    top-level key the caller parsed as false, not a nested key or value)."""
+    if raw.count(b'"stream"') != 1 or _LETTER_ESCAPE.search(raw):
         return None
     data, count = _STREAM_FALSE.subn(b'"stream":true', raw, count=1)
     return data if count == 1 else None
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
-    obj = json.loads(data)
+    try:
+        obj = json.loads(data)
+    except RecursionError as ex:  # a node's answer nested absurdly deep
+        raise ValueError("nested too deeply") from ex
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
@@ -388,5 +429,14 @@ def _keep_alive(value: str) -> Any:
         return value
 
 
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(obj: Any) -> bytes:
-    return _dumps(obj).encode("utf-8")
+    """Compact UTF-8 JSON. A string holding a lone surrogate (JSON allows the
+    escape `\\ud800`; it is no UTF-8) is written escaped, which Go reads as
+    U+FFFD just as it would have read the client's own bytes."""
+    try:
+        return _dumps(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return _dumps_ascii(obj).encode("ascii")

@@ -1,21 +1,28 @@
 """The middleware every request passes: admission (client ACL, token) and its trace.
 
-Before routing, the caller's source address and bearer token pick its client
-group (or the request ends with 403/401); the revision serving it is pinned
-for the whole request. After the response, one trace row is recorded, except
-for streams, whose relay records the trace when the stream ends.
+Before routing, the caller's source address (normalized once, here: see
+herd.router.peer) and bearer token pick its client group (or the request ends
+with 403/401); the registry (/v2) answers the fleet's nodes only. The
+revision serving it is pinned for the whole request. After the response, one
+trace row is recorded, except for streams, whose relay records the trace when
+the stream ends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from herd.errors import InvalidRequest, RegistryDenied
 from herd.router.forward import Outcome
+from herd.router.peer import peer_address
+from herd.router.policy import is_operator
 from herd.router.runtime import Runtime
+from herd.router.scoring import parse_prefer
 
 #: Probes that load balancers and systemd use; no client group needed.
 #: (/v2, the registry, also admits the fleet's own nodes by address.)
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: /fleet/heartbeat is signed and admits by its own rules (herd.router.heartbeat).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/fleet/heartbeat"})
 
 
 class Gate:
@@ -32,22 +39,37 @@ class Gate:
         rt.ensure_started()
         ctx = req.context
         ctx.deferred = False
+        ctx.peer = peer = peer_address(req.remote_addr)
         ctx.outcome = outcome = Outcome(
-            t0=rt.clock(), started=rt.monotonic(), route=req.path, method=req.method
+            t0=rt.clock(),
+            started=rt.monotonic(),
+            route=req.path,
+            method=req.method,
+            peer=peer,
         )
         ctx.served = served = rt.served()
+        ctx.client = None
         if req.path in OPEN_PATHS:
-            ctx.client = None
             return
         policy = rt.policy(served.fleet)
-        if req.path.startswith("/v2") and req.remote_addr in policy.node_addresses:
-            # Nodes pull model blobs from the registry; they need no client group.
-            ctx.client = None
+        if req.path == "/v2" or req.path.startswith("/v2/"):
+            # Nodes pull model weights from the registry; nobody else may.
+            if not policy.may_pull(peer):
+                raise RegistryDenied(
+                    f"the registry serves the fleet's nodes only; {peer} is not "
+                    "the address of a node"
+                )
             outcome.client = "node"
             return
-        client = policy.admit(req.remote_addr, req.get_header("Authorization"))
+        client = policy.admit(peer, req.get_header("Authorization"))
         ctx.client = client
         outcome.client = client.name
+        prefer = req.get_header("X-Herd-Prefer")
+        if prefer:
+            try:
+                outcome.prefer = parse_prefer(prefer)
+            except ValueError as ex:
+                raise InvalidRequest(str(ex)) from ex
 
     def process_response(
         self, req: Any, resp: Any, resource: Any, req_succeeded: bool
@@ -76,10 +98,20 @@ def _decision_headers(resp: Any, outcome: Outcome) -> None:
 def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
     """Headers that explain a routing decision (set before a stream starts).
 
-    A request with `X-Herd-Explain: 1` also gets `X-Herd-Decision`: every
-    candidate node with its score and why (or why it was left out).
+    A request with `X-Herd-Explain: 1` from an operator group also gets
+    `X-Herd-Decision`: every candidate node with its score and why (or why it
+    was left out).
     """
     _decision_headers(resp, outcome)
-    if req is not None and req.get_header("X-Herd-Explain") == "1":
+    # Always explained when memory fit decided (a node left out or pushed down),
+    # but only to operator groups: the explanation names nodes.
+    if (
+        req is not None
+        and is_operator(req.context.client)
+        and (
+            req.get_header("X-Herd-Explain") == "1"
+            or any(d.memory_decided for d in outcome.decisions)
+        )
+    ):
         text = " | ".join(f"{d.model}: {d.explain()}" for d in outcome.decisions)
         resp.set_header("X-Herd-Decision", text.encode("ascii", "replace").decode())

@@ -271,6 +271,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.refusals_unrecorded = Counter(
+            "herd_refusals_unrecorded_total",
+            "Refused requests (4xx before any node) counted but not traced: over "
+            "the trace budget for refusals.",
+            registry=reg,
+        )
         self.reload_errors = Counter(
             "herd_reload_errors_total",
             "New manifest revisions refused on reload (each worker counts its own).",
@@ -377,7 +383,9 @@ class Metrics:
         for batched in dirty:
             batched.flush()
 
-    def sample(self, queues: Any, traces: Any, source: Any) -> None:
+    def sample(
+        self, queues: Any, traces: Any, source: Any, unrecorded: int = 0
+    ) -> None:
         """Copy this worker's gauges and the counters other modules keep, and
         write the batched values."""
         self.flush()
@@ -390,6 +398,7 @@ class Metrics:
         self._advance("dropped", traces.dropped, self.traces_dropped)
         self._advance("failures", traces.write_failures, self.traces_write_failures)
         self._advance("reload", getattr(source, "refusals", 0), self.reload_errors)
+        self._advance("unrecorded", unrecorded, self.refusals_unrecorded)
 
     def _advance(self, name: str, total: float, counter: Counter) -> None:
         """Add what `total` (a plain counter) grew by since the last sample."""

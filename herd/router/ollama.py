@@ -13,9 +13,10 @@ from typing import Any
 import falcon
 
 from herd.discovery.health import model_key
-from herd.errors import Forbidden
+from herd.errors import Forbidden, InvalidRequest
 from herd.manifest.model import Client, Fleet, Model, normalize_model_name
 from herd.router import relay
+from herd.router.body import check_lowercase_keys
 from herd.router.forward import Outcome, dumps
 from herd.router.gate import decision_headers
 from herd.router.runtime import Runtime
@@ -42,6 +43,19 @@ def listed_names(model: Model) -> list[str]:
     return names
 
 
+def check_fields(body: dict[str, Any]) -> None:
+    """Refuse a native body whose fields the router reads are mistyped or
+    spelled so that the node would read other fields than the router does."""
+    check_lowercase_keys(body)
+    for key in ("model", "name"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"'{key}' must be a string", param=key)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be true or false", param="stream")
+
+
 class Forwarded:
     """POST /api/chat, /api/generate, /api/embed, /api/embeddings, /api/show."""
 
@@ -57,6 +71,7 @@ class Forwarded:
         outcome: Outcome = ctx.outcome
         outcome.route = self.path
         body, raw = rt.read_json(req, fleet)
+        check_fields(body)
         name = body.get("model") or body.get("name")
         outcome.requested_model = name if isinstance(name, str) else None
         extra = body.pop("fallback_models", None)

@@ -1,7 +1,9 @@
 """Operations endpoints: /healthz (alive), /readyz (some node up), /metrics.
 
-/metrics is Prometheus text exposition: the series are described in
-herd.router.metrics.
+/metrics is Prometheus text exposition (the series are described in
+herd.router.metrics); it names nodes, so only operator client groups may read
+it. /healthz and /readyz answer anyone (load balancers, systemd) and so say
+nothing about which nodes there are.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import falcon
 
 from herd.router.forward import dumps
 from herd.router.metrics import CONTENT_TYPE
+from herd.router.policy import require_operator
 from herd.router.runtime import Runtime
 
 
@@ -31,7 +34,7 @@ class Readyz:
 
     def on_get(self, req: Any, resp: Any) -> None:
         fleet = req.context.served.fleet
-        up = [n.name for n in fleet.nodes if self.rt.poller.get(n).up]
+        up = sum(1 for n in fleet.nodes if self.rt.poller.get(n).up)
         resp.content_type = falcon.MEDIA_JSON
         resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
         resp.data = dumps({"ready": bool(up), "nodes_up": up})
@@ -46,5 +49,6 @@ class Metrics:
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
+        require_operator(req.context.client, "/metrics")
         resp.content_type = CONTENT_TYPE
         resp.data = self.rt.metrics_text(req.context.served.fleet)

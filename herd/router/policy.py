@@ -4,7 +4,12 @@ Every request is admitted by source address (the first client group whose
 networks contain it); a group with `token_sha256` also needs an
 `Authorization: Bearer` token hashing to it (compared in constant time). When
 several groups admit an address, a presented token picks the group it matches.
-Groups may be limited to a list of models and to a token-bucket rate.
+Groups may be limited to a list of models and to a token-bucket rate. Only
+groups marked `operator` see the fleet's internals (node names, URLs and
+addresses, every model, reload errors). The registry (/v2) answers node
+addresses only, never a client group.
+
+Addresses reaching this module are normalized first (herd.router.peer).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from herd import hosts
 from herd.errors import Forbidden, ModelNotAllowed, RateLimited, Unauthorized
 from herd.manifest.model import Client, Fleet, Model, RateLimit
+from herd.router.peer import peer_address
 
 _CACHE_MAX = 4096
 
@@ -39,19 +46,26 @@ class Policy:
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
         self._by_address: dict[str, tuple[Client, ...]] = {}
-        #: Node IP addresses (from node URLs): they may pull from the registry.
+        #: Node IP addresses (from node URLs, normalized): they may pull from
+        #: the registry.
         self.node_addresses = frozenset(_node_addresses(fleet))
+
+    def may_pull(self, peer: str) -> bool:
+        """Whether `peer` (a normalized address) may read the registry (/v2).
+
+        Only the fleet's nodes pull model weights, so only their addresses
+        may; a client group never may, whatever models it is allowed. Nodes
+        admitted some other way (discovery) are added here, in one place.
+        """
+        return peer in self.node_addresses
 
     def _groups(self, remote_addr: str) -> tuple[Client, ...]:
         groups = self._by_address.get(remote_addr)
         if groups is None:
             try:
-                address = ipaddress.ip_address(remote_addr.split("%", 1)[0])
+                address = ipaddress.ip_address(peer_address(remote_addr))
             except ValueError:
                 return ()
-            mapped = getattr(address, "ipv4_mapped", None)
-            if mapped is not None:
-                address = mapped
             groups = tuple(c for c in self.fleet.router.clients if c.admits(address))
             if len(self._by_address) >= _CACHE_MAX:
                 self._by_address.clear()
@@ -89,14 +103,31 @@ class Policy:
             )
 
 
+def is_operator(client: Client | None) -> bool:
+    """Whether `client` may see fleet internals (manifest `operator: true`)."""
+    return client is not None and client.operator
+
+
+def require_operator(client: Client | None, what: str) -> None:
+    """Raise Forbidden unless `client` is an operator group."""
+    if not is_operator(client):
+        name = client.name if client is not None else "this caller"
+        raise Forbidden(
+            f"{what} is for operator client groups only (router.clients[].operator "
+            f"in the manifest); client group {name} is not one"
+        )
+
+
 def _node_addresses(fleet: Fleet) -> list[str]:
+    """Every address a node's URL names: the IP literal, or each address
+    /etc/hosts lists for its name (read when the revision is loaded; herd
+    never asks DNS)."""
     out = []
     for node in fleet.nodes:
         host = urlsplit(node.url).hostname or ""
-        try:
-            out.append(str(ipaddress.ip_address(host)))
-        except ValueError:
-            continue  # a host name: such a node must also be in a client group
+        address = hosts.literal(host)
+        listed = (address,) if address else hosts.hosts_table().get(host.lower())
+        out += [peer_address(a) for a in listed or ()]
     return out
 
 

@@ -122,8 +122,9 @@ class Queues:
             if slots.wait_acquire(timeout, self._clock):
                 return name, (self._clock() - start) * 1000.0
             raise QueueFull(
-                f"no free slot on {name} after waiting {timeout:g}s",
+                f"no free node slot for this model after waiting {timeout:g}s",
                 headers={"Retry-After": str(max(1, int(timeout)))},
+                detail=f"no free slot on {name} after waiting {timeout:g}s",
             )
         raise QueueFull(
             "server busy, please try again: every node for this model is at "

@@ -17,10 +17,11 @@ case-insensitively, as Ollama's own lookups do. Nothing here writes.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import falcon
 
@@ -32,6 +33,11 @@ DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 #: One part of an Ollama model name (namespace, model or tag), no dots first.
 NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 CHUNK = 1 << 20
+#: Sent through the server with the headers; the rest by sendfile, in pieces.
+FIRST = 64 << 10
+SENDFILE_CHUNK = 256 << 10
+#: A client that takes no bytes for this long is dropped.
+IDLE_S = 60.0
 StoreRoot = Path | Callable[[], Path]
 
 
@@ -102,24 +108,78 @@ class _Store:
         return None
 
 
-class _Slice:
-    """A file-like view of `length` bytes from `offset` (for Range replies)."""
+def _shrank(path: Path) -> OSError:
+    """The blob got shorter while being sent (removed and replaced?). Dropping
+    the connection tells the client its body is short; never pad it."""
+    return OSError(f"{path.name} shrank while being sent")
 
-    def __init__(self, path: Path, offset: int, length: int):
-        self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self._fh.seek(offset)
-        self._left = length
 
-    def read(self, size: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        size = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._fh.read(min(size, CHUNK * 8))
-        self._left -= len(data)
-        return data
+def _chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of `path` from `offset`, read `CHUNK` at a time.
 
-    def close(self) -> None:
-        self._fh.close()
+    Memory stays bounded by one chunk whatever the blob's size, and the
+    server sends each chunk before the next is read, so a multi-GiB pull
+    yields to other requests between chunks instead of holding the worker.
+    The file is closed when the server closes the response iterator (also
+    when the client hangs up early, as Ollama's resolve GET does).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while length > 0:
+            data = os.pread(fd, min(CHUNK, length), offset)
+            if not data:
+                raise _shrank(path)
+            offset += len(data)
+            length -= len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of `path` from `offset`, zero-copy with `os.sendfile`.
+
+    For gunicorn's gevent worker, which hands the connection's socket to the
+    app (`gunicorn.sock`). The first bytes go through the server as usual (it
+    sends the headers with them); the rest goes straight from the page cache
+    to the socket, `SENDFILE_CHUNK` at a time, yielding to the other requests
+    between pieces and while the client is slow. Nothing of the blob is held
+    in the worker's memory.
+    """
+    from gevent import sleep
+    from gevent.socket import wait_write
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = os.pread(fd, min(FIRST, length), offset)
+        if not head:
+            raise _shrank(path)
+        yield head
+        offset, left, out = offset + len(head), length - len(head), sock.fileno()
+        while left > 0:
+            try:
+                sent = os.sendfile(out, fd, offset, min(left, SENDFILE_CHUNK))
+            except BlockingIOError:
+                wait_write(out, timeout=IDLE_S)
+                continue
+            if not sent:
+                raise _shrank(path)
+            offset += sent
+            left -= sent
+            sleep(0)
+    finally:
+        os.close(fd)
+
+
+def _body(
+    req: falcon.Request, resp: falcon.Response, path: Path, offset: int, length: int
+) -> None:
+    resp.content_length = length
+    sock = req.env.get("gunicorn.sock")
+    if sock is not None and length > FIRST and hasattr(os, "sendfile"):
+        resp.stream = _sendfile(sock, path, offset, length)
+    else:
+        resp.stream = _chunks(path, offset, length)
 
 
 class Base:
@@ -219,7 +279,15 @@ class Blobs:
         if path is None:
             return
         size = _blob_head(resp, path, digest)
-        if req.range is None:
+        try:
+            wanted = byte_range(req.get_header("Range"), size)
+        except Unsatisfiable:
+            resp.status = falcon.HTTP_416
+            resp.set_header("Content-Range", f"bytes */{size}")
+            resp.content_length = 0
+            resp.data = b""
+            return
+        if wanted is None:
             # Ollama's "resolve" GET needs Location; it reads no body, so give
             # it none. Other clients get the whole blob (Location is harmless).
             resp.location = req.url
@@ -227,21 +295,50 @@ class Blobs:
                 resp.content_length = 0
                 resp.data = b""
                 return
-            resp.set_stream(open(path, "rb"), size)  # noqa: SIM115 - WSGI closes it
+            _body(req, resp, path, 0, size)
             return
-        if req.range_unit != "bytes":
-            raise falcon.HTTPRangeNotSatisfiable(size)
-        first, last = req.range
-        if first < 0:  # suffix range: the last -first bytes
-            first, last = max(0, size + first), size - 1
-        elif last < 0 or last >= size:
-            last = size - 1
-        if first >= size or first > last:
-            raise falcon.HTTPRangeNotSatisfiable(size)
-        length = last - first + 1
+        first, last = wanted
         resp.status = falcon.HTTP_206
         resp.content_range = (first, last, size)
-        resp.set_stream(_Slice(path, first, length), length)
+        _body(req, resp, path, first, last - first + 1)
+
+
+class Unsatisfiable(Exception):
+    """A well-formed range that lies outside the blob (answered 416)."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) a `Range` header asks of a `size`-byte blob.
+
+    None means "send the whole blob with 200": no header, another unit, a
+    list of ranges, or a malformed one (all of which HTTP says to ignore).
+    A well-formed range that starts at or past the end is 416. Ollama does not
+    look at the status of its ranged GETs, so a range is either honoured to
+    the byte or refused; it is never silently widened to the whole file.
+    """
+    if not header:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    a, dash, b = spec.strip().partition("-")
+    a, b = a.strip(), b.strip()
+    if not dash or not (a.isdigit() or a == "") or not (b.isdigit() or b == ""):
+        return None
+    if a == "":
+        if b == "":
+            return None
+        suffix = int(b)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable(size)
+        return max(0, size - suffix), size - 1
+    first = int(a)
+    if b and int(b) < first:
+        return None
+    last = int(b) if b else size - 1
+    if first >= size:
+        raise Unsatisfiable(size)
+    return first, min(last, size - 1)
 
 
 def add_routes(app: falcon.App, store: StoreRoot) -> None:

@@ -67,7 +67,7 @@ def native_objects(
             continue
         try:
             obj = json.loads(line)
-        except ValueError as ex:
+        except (ValueError, RecursionError) as ex:
             raise StreamBroken("node sent a line that is not JSON") from ex
         if not isinstance(obj, dict):
             raise StreamBroken("node sent a line that is not a JSON object")

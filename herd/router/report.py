@@ -83,10 +83,17 @@ def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
     }
 
 
+def fleet_name(report: dict[str, Any]) -> Any:
+    """`fleet.name` (`fleet` was the name itself before it became an object)."""
+    fleet = report.get("fleet")
+    return fleet.get("name") if isinstance(fleet, dict) else fleet
+
+
 def render(report: dict[str, Any]) -> str:
     """A plain-text table of nodes and models, with drift called out."""
-    fleet = report.get("fleet")
-    name = fleet.get("name") if isinstance(fleet, dict) else fleet
+    if "nodes" not in report:
+        return _render_client(report)
+    name = fleet_name(report)
     lines = [
         f"fleet {name}  revision {report.get('revision')}  "
         f"({report.get('source', 'live router')})",
@@ -106,7 +113,15 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", f"{'MODEL':<28} {'PLACED ON':<24} {'ON DISK':<24} DRIFT"]
     for m in report.get("models", []):
         drift = (
-            "missing on " + ",".join(m["missing_on"]) if m.get("missing_on") else "-"
+            "; ".join(
+                f"{label} " + ",".join(m[key])
+                for key, label in (
+                    ("missing_on", "missing on"),
+                    ("extra_on", "extra on"),
+                )
+                if m.get(key)
+            )
+            or "-"
         )
         lines.append(
             f"{m['name']:<28} {','.join(m['placed_on']) or '-':<24} "
@@ -118,6 +133,58 @@ def render(report: dict[str, Any]) -> str:
                 f"node {n['name']} holds models the manifest does not declare: "
                 + ", ".join(n["unmanaged_models"])
             )
+    lines += discovery_lines(report)
     if report.get("reload_error"):
         lines += ["", f"last manifest reload refused: {report['reload_error']}"]
     return "\n".join(lines)
+
+
+def _render_client(report: dict[str, Any]) -> str:
+    """The view of a client group that is not an operator: its models only."""
+    lines = [
+        f"fleet {fleet_name(report)}  revision {report.get('revision')}  "
+        f"({report.get('source', 'live router')})",
+        f"client group {report.get('client')}: not an operator group, so node "
+        "details are not shown (router.clients[].operator in the manifest)",
+        f"nodes up: {report.get('nodes_up')}",
+        "",
+        f"{'MODEL':<28} {'AVAILABLE':<10} LOADED",
+    ]
+    for m in report.get("models", []):
+        lines.append(
+            f"{m['name']:<28} {'yes' if m.get('available') else 'no':<10} "
+            f"{'yes' if m.get('loaded') else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def discovery_lines(report: dict[str, Any]) -> list[str]:
+    """How each node was found and admitted, what its agent reports, and the
+    agents announced or refused but not admitted."""
+    lines = [
+        "",
+        f"{'NODE':<16} {'FOUND':<22} {'HEARTBEAT':<10} {'MEMORY FREE':<12} ADMISSION",
+    ]
+    for n in report.get("nodes", []):
+        agent = n.get("agent") or {}
+        age = agent.get("heartbeat_age_s")
+        memory = ((n.get("metrics") or {}).get("memory") or {}).get("available")
+        lines.append(
+            f"{n['name']:<16} {n.get('found', 'static'):<22} "
+            f"{'-' if age is None else f'{age:g}s ago':<10} "
+            f"{'-' if memory is None else f'{memory / 1024**3:.1f} GB':<12} "
+            f"{n.get('admission', 'declared in the manifest')}"
+        )
+    discovery = report.get("discovery") or {}
+    waiting = [c for c in discovery.get("candidates", []) if not c.get("admitted")]
+    for c in waiting:
+        lines.append(
+            f"announced over mDNS, not admitted: {c['name']} "
+            f"({','.join(c.get('addresses') or []) or '?'}:{c.get('port')})"
+        )
+    for row in discovery.get("refused", [])[:10]:
+        lines.append(
+            f"heartbeat refused ({row['status']}): {row.get('name') or '-'} from "
+            f"{row.get('address')}: {row['reason']}"
+        )
+    return lines

@@ -9,7 +9,6 @@ on the first request or from gunicorn's `post_worker_init`, never at import.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from herd.discovery.static import StaticPoller
 from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
 from herd.router.accesslog import AccessLog
+from herd.router.body import parse_object
 from herd.router.forward import Forwarder, Opened, Outcome
 from herd.router.metrics import Metrics, node_families
 from herd.router.policy import Policy, RateLimiter
@@ -31,6 +31,55 @@ from herd.router.traces import TraceLog
 log = logging.getLogger("herd.router")
 
 RELOAD_CHECK_S = 0.5
+#: Longest model name a request may give. Ollama's own longest name (host,
+#: namespace, model and tag at their limits) is about 600 characters; every
+#: name a manifest can declare, with a `registry.ollama.ai/library/` prefix,
+#: is under 400.
+MODEL_NAME_MAX = 512
+#: Refused requests (4xx before any node) traced and logged per second,
+#: beyond a burst; the rest are only counted (herd_refusals_unrecorded_total).
+REFUSALS_PER_S = 20.0
+REFUSALS_BURST = 200
+
+
+def check_model_name(requested: Any) -> None:
+    """Refuse (400) a missing model name, one over MODEL_NAME_MAX, or one with
+    control or other non-printable characters (no model is named so)."""
+    if not isinstance(requested, str) or not requested.strip():
+        raise InvalidRequest("model is required")
+    if len(requested) > MODEL_NAME_MAX:
+        raise InvalidRequest(
+            f"model: name of {len(requested)} characters is longer than "
+            f"{MODEL_NAME_MAX}, the longest herd accepts"
+        )
+    if not requested.isprintable():
+        raise InvalidRequest(
+            "model: name contains a control or non-printable character"
+        )
+
+
+class RefusalBudget:
+    """A token bucket for recording refused requests (one for the process)."""
+
+    def __init__(self, per_s: float = REFUSALS_PER_S, burst: int = REFUSALS_BURST):
+        self.per_s = per_s
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+        #: Refused requests neither traced nor logged (over the budget).
+        self.unrecorded = 0
+
+    def take(self, now: float) -> bool:
+        if self._stamp is not None:
+            self._tokens = min(
+                self.burst, self._tokens + (now - self._stamp) * self.per_s
+            )
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.unrecorded += 1
+        return False
 
 
 class Runtime:
@@ -60,6 +109,7 @@ class Runtime:
         self.metrics = Metrics()
         self.stats = Stats(on_failure=self.metrics.upstream_failure)
         self.limiter = RateLimiter(monotonic)
+        self.refusals = RefusalBudget()
         self.forwarder = Forwarder(
             health=self.poller,
             queues=self.queues,
@@ -73,6 +123,9 @@ class Runtime:
         self._started = False
         self._stopping = False
         self._greenlets: list[Any] = []
+        #: Extra background loops `fn(stopped)` (e.g. mDNS), started with the rest.
+        self.services: list[Callable[[Callable[[], bool]], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
         self._trace_writer: Any = None
         self._policy: tuple[int, Policy] | None = None
         self._node_urls: frozenset[str] = frozenset()
@@ -122,6 +175,7 @@ class Runtime:
         self._greenlets.append(
             gevent.spawn(self.metrics.run, stopped, self.sample_metrics)
         )
+        self._greenlets += [gevent.spawn(service, stopped) for service in self.services]
 
     def _is_stopping(self) -> bool:
         return self._stopping
@@ -139,6 +193,8 @@ class Runtime:
     def stop(self) -> None:
         """Stop background work and write the last traces (worker exit)."""
         self._stopping = True
+        for hook in self.on_stop:
+            hook()  # e.g. mDNS goodbye, before its greenlet is killed
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self._trace_writer is not None:
@@ -155,7 +211,9 @@ class Runtime:
 
     def sample_metrics(self) -> None:
         """This worker's gauges (queues, trace buffer, reload) into the metrics."""
-        self.metrics.sample(self.queues, self.traces, self.source)
+        self.metrics.sample(
+            self.queues, self.traces, self.source, self.refusals.unrecorded
+        )
 
     def metrics_text(self, fleet: Fleet) -> bytes:
         """The /metrics exposition: every worker's counts, this worker's view
@@ -168,7 +226,8 @@ class Runtime:
     # -- request steps -------------------------------------------------------
 
     def read_json(self, req: Any, fleet: Fleet) -> tuple[dict[str, Any], bytes]:
-        """The request body as a JSON object, refusing bodies over max_body_mb."""
+        """The request body as a JSON object (parsed by herd.router.body),
+        refusing bodies over max_body_mb."""
         limit = int(fleet.router.limits.max_body_mb * 1024 * 1024)
         length = req.content_length
         if length is not None and length > limit:
@@ -176,7 +235,10 @@ class Runtime:
                 f"request body of {length} bytes is over the limit of "
                 f"{fleet.router.limits.max_body_mb:g} MB"
             )
-        raw = req.bounded_stream.read(limit + 1)
+        # A chunked body has no Content-Length; the server's input stream
+        # then ends where the body does (the router's worker de-chunks it).
+        chunked = length is None and req.env.get("wsgi.input_terminated")
+        raw = (req.stream if chunked else req.bounded_stream).read(limit + 1)
         if len(raw) > limit:
             raise BodyTooLarge(
                 "request body is over the limit of "
@@ -184,13 +246,8 @@ class Runtime:
             )
         if not raw.strip():
             raise InvalidRequest("missing request body")
-        try:
-            body = json.loads(raw)
-        except ValueError as ex:
-            raise InvalidRequest(f"request body is not valid JSON: {ex}") from ex
-        if not isinstance(body, dict):
-            raise InvalidRequest("request body must be a JSON object")
-        return body, raw
+        # Strict: refused wherever a node could read the bytes differently.
+        return parse_object(raw), raw
 
     def models_for(
         self,
@@ -204,8 +261,7 @@ class Runtime:
         Manifest `fallbacks` come first, then the request's `fallback_models`
         (each must be declared). Fallbacks the client may not use are skipped.
         """
-        if not isinstance(requested, str) or not requested.strip():
-            raise InvalidRequest("model is required")
+        check_model_name(requested)
         model = fleet.resolve(requested)
         if model is None:
             raise ModelNotFound(f"model '{requested}' not found")
@@ -257,9 +313,19 @@ class Runtime:
         self.record(outcome)
 
     def record(self, outcome: Outcome) -> None:
+        """Trace and log one finished request. Refusals that never reached a
+        node (4xx) are recorded within `refusals`' budget and otherwise only
+        counted, so a flood of bad requests cannot fill the disk."""
         outcome.finished = True
         now = self.monotonic()
-        self.traces.record(outcome.trace(now))
         self.metrics.request(outcome, now - outcome.started)
+        if (
+            outcome.node is None
+            and 400 <= outcome.status < 500
+            and not self.refusals.take(now)
+        ):
+            return
+        trace = outcome.trace(now)
+        self.traces.record(trace)
         if self.access is not None:
-            self.access.request(outcome, (now - outcome.started) * 1000.0)
+            self.access.request(trace)

@@ -9,6 +9,12 @@ Weights, in order of importance: a model already loaded in memory beats one
 that must be read from disk (seconds of load time), a free slot beats a queue,
 recent errors push a node down, then latency (time to first token) and speed.
 Ties break on the node name so identical inputs always give the same answer.
+
+Memory fit (from what a `herd node` agent reports): a model that is not loaded
+and is larger than the node's available memory (RAM plus free GPU memory) is
+not sent there cold; a node that is swapping or under memory pressure ranks
+lower. Labels a client asks for (`X-Herd-Prefer: key=value,...`) add a
+bonus, but never override placement or health.
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ LOAD_PENALTY = 200.0
 ERROR_PENALTY = 400.0
 TTFT_PENALTY_MAX = 100.0
 TPS_BONUS_MAX = 50.0
+PREFER_BONUS = 150.0
+SWAP_PENALTY = 250.0
+#: Swap traffic (bytes/s in + out) above which a node counts as swapping.
+SWAP_BYTES_PER_S = 1024 * 1024
+#: Points per percent of memory pressure (PSI some avg10).
+PRESSURE_PENALTY = 3.0
+GB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,22 @@ class Candidate:
     #: Recent error rate in [0, 1] (EWMA over outcomes).
     error_rate: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Bytes the model needs (its size from /api/tags or /api/ps), if known.
+    model_bytes: int | None = None
+    #: Bytes free for a cold load (RAM available + GPU free), from the agent.
+    memory_available: int | None = None
+    #: Swap traffic in bytes/s and memory pressure (%), from the agent.
+    swap_per_s: float = 0.0
+    memory_pressure: float | None = None
+
+    def memory_short(self) -> bool:
+        """Cold, and larger than the memory the node has free."""
+        return (
+            not self.loaded
+            and self.model_bytes is not None
+            and self.memory_available is not None
+            and self.model_bytes > self.memory_available
+        )
 
 
 @dataclass(frozen=True)
@@ -52,8 +81,24 @@ class RouteRequest:
     """The parts of a request that matter for placement."""
 
     model: str
-    #: Labels the caller would like (soft preference; placement is the manifest's).
+    #: Labels the caller would like (soft preference; placement is the
+    #: manifest's): the `X-Herd-Prefer: key=value,...` request header.
     prefer_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_prefer(header: str | None) -> Mapping[str, str]:
+    """`X-Herd-Prefer: gpu=a100,room=b2` as labels; ValueError when malformed."""
+    if not header:
+        return {}
+    labels = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip() or not value.strip() or len(item) > 128:
+            raise ValueError(
+                "X-Herd-Prefer must be label=value pairs separated by commas"
+            )
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 @dataclass(frozen=True)
@@ -79,6 +124,14 @@ class Decision:
     def nodes(self) -> tuple[str, ...]:
         return tuple(r.node for r in self.ranked)
 
+    @property
+    def memory_decided(self) -> bool:
+        """Memory fit left a node out or pushed one down."""
+        return any(why.startswith("memory:") for _, why in self.excluded) or any(
+            r.candidate.swap_per_s > SWAP_BYTES_PER_S or r.candidate.memory_pressure
+            for r in self.ranked
+        )
+
     def explain(self) -> str:
         parts = [f"{r.node}={r.score:.0f} ({r.reason})" for r in self.ranked]
         parts += [f"{name} excluded ({why})" for name, why in self.excluded]
@@ -98,10 +151,14 @@ def score(request: RouteRequest, c: Candidate) -> float:
         total -= min(c.ttft_ms / 20.0, TTFT_PENALTY_MAX)
     if c.tokens_per_s is not None:
         total += min(c.tokens_per_s / 2.0, TPS_BONUS_MAX)
+    if c.swap_per_s > SWAP_BYTES_PER_S:
+        total -= SWAP_PENALTY
+    if c.memory_pressure:
+        total -= PRESSURE_PENALTY * min(c.memory_pressure, 100.0)
     if request.prefer_labels and all(
         c.labels.get(k) == v for k, v in request.prefer_labels.items()
     ):
-        total += 10.0
+        total += PREFER_BONUS
     return total
 
 
@@ -117,7 +174,18 @@ def reason(c: Candidate) -> str:
         parts.append(f"errors {c.error_rate:.2f}")
     if c.ttft_ms is not None:
         parts.append(f"ttft {c.ttft_ms:.0f}ms")
+    if c.swap_per_s > SWAP_BYTES_PER_S:
+        parts.append("swapping")
+    if c.memory_pressure:
+        parts.append(f"memory pressure {c.memory_pressure:.0f}%")
     return ", ".join(parts)
+
+
+def memory_reason(c: Candidate) -> str:
+    return (
+        f"memory: model needs {(c.model_bytes or 0) / GB:.1f} GB, "
+        f"{(c.memory_available or 0) / GB:.1f} GB free"
+    )
 
 
 def _rank_key(entry: tuple[float, int, str, Candidate]) -> tuple[float, int, str]:
@@ -138,6 +206,9 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
             continue
         if c.up and c.on_disk is False and not c.loaded:
             excluded.append((c.node, "model not on node"))
+            continue
+        if c.memory_short():
+            excluded.append((c.node, memory_reason(c)))
             continue
         ranked.append((-score(request, c), c.in_flight, c.node, c))
     if len(ranked) > 1:

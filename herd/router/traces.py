@@ -54,6 +54,8 @@ class Trace(NamedTuple):
     tokens_out: int | None
     retries: int
     error_class: str | None
+    #: The caller's address, normalized (herd.router.peer).
+    peer: str | None = None
 
 
 COLUMNS = Trace._fields
@@ -85,7 +87,11 @@ def _m1_traces(db: sqlite_utils.Database) -> None:
     db["traces"].create_index(["ts"])
 
 
-MIGRATIONS = (_m1_traces,)
+def _m2_peer(db: sqlite_utils.Database) -> None:
+    db["traces"].add_column("peer", str)
+
+
+MIGRATIONS = (_m1_traces, _m2_peer)
 
 # SQLite formats `time` from `ts` (the first value), off the Python side.
 _INSERT = (

@@ -1,104 +1,366 @@
-"""The gunicorn worker class for the router: gevent's pywsgi with a lean header parser.
+"""The gunicorn worker class for the router: gevent's pywsgi behind a strict front door.
 
-gunicorn's `gevent_pywsgi` worker parses request headers with
-`http.client.parse_headers`, which runs the `email` package's feed parser: a
-third of the worker's own CPU per proxied request. `HeaderBlock` reads the same
-header block directly and offers exactly what pywsgi and gunicorn use of it
-(`get`, `getheader`, `__delitem__`, `items`, `headers`, `typeheader`,
-`status`), with the same limits (64 KiB per line, 100 headers) as http.client.
+Everything here runs before any route or ACL, on every connection:
 
-`LeanHandler` also writes each response's head and its first body chunk in
-one `send` (pywsgi sends them separately: one syscall and one TCP segment more
-per response, and a client woken twice), and skips gevent's `sendall`
-set-up (a `getsockopt` syscall per call) when one `send` takes everything,
-and builds no gunicorn access record while gunicorn's access log is off.
+- **Request head** (httphead.py): strict request line and header fields, caps
+  on line, field count and the whole head, unambiguous body framing (RFC 9112
+  §6). A refused head is answered with a plain-text error (400, 408, 414, 431,
+  505) and the connection is closed: bytes after a bad head never run as a
+  next request.
+- **Deadlines**: a client has HERD_HEADER_TIMEOUT seconds from the accepted
+  connection (or from the first byte of a later request) to send the whole
+  head, and HERD_BODY_TIMEOUT seconds from then for the body (httpbody.py); an
+  idle keep-alive connection is closed after gunicorn's `keepalive`
+  (HERD_KEEPALIVE). Kept by one sweeping greenlet per worker (deadlines.py),
+  not a timer per wait.
+- **Per-address cap** (frontdoor.py): one client address holds at most
+  HERD_CLIENT_CONNECTIONS connections per worker; more get 503 and are closed.
+- **Bodies**: Content-Length or chunked, de-chunked for the app; the unread
+  rest of a body is discarded only when small, else the connection is closed.
+- **Shutdown**: a stopping worker closes idle keep-alive connections at once and
+  lets requests in flight finish (gunicorn's graceful_timeout).
+- **Logs**: a refused request is one line with the client address, the status
+  and a fixed reason, never bytes the client sent.
+- **No DNS**: SERVER_NAME is the bind address as given (frontdoor.py).
+
+And two speed-ups over gunicorn's `gevent_pywsgi` worker: the header parser is
+not `http.client`'s (the `email` feed parser costs a third of the worker's CPU
+per proxied request) and the WSGI environ is built from the parsed fields; each
+response's head and first body chunk go out in one `send`.
 
 Imported only by gunicorn when it loads the worker class (etc/gunicorn.conf.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+import socket as stdsocket
+import time
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
+import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
-MAX_LINE = 65536
-MAX_HEADERS = 100
+from herd.router.frontdoor import FrontDoor, RouterServer
+from herd.router.httpbody import BodyInput
+from herd.router.httphead import (
+    CHUNKED,
+    MAX_HEAD,
+    MAX_REQUEST_LINE,
+    HeaderBlock,
+    HeadError,
+    body_framing,
+    parse_request_line,
+    read_fields,
+    split_head,
+)
+
+log = logging.getLogger("herd.router.worker")
+
 #: Body chunks up to this size are sent together with the response head.
 MERGE_MAX = 65536
+#: After an error answer, read and drop what the client still sends for this
+#: long (and this much) before closing, so that the client sees the answer
+#: rather than a connection reset.
+LINGER_S = 1.0
+LINGER_BYTES = 1 << 20
+
+_ENV_KEYS: dict[str, str] = {}
+_unquote_latin1 = functools.partial(unquote, encoding="latin-1")
 
 
-class HeaderBlock:
-    """A request's headers, read from `fp` up to the blank line."""
+def source_of(address: Any) -> str:
+    """The client address a connection counts against (IPv4-mapped IPv6 as IPv4)."""
+    host = address[0] if isinstance(address, tuple) else str(address)
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
-    __slots__ = ("_fields", "status")
 
-    def __init__(self, fp: Any):
-        self.status = ""
-        fields: list[list[str]] = []
-        while True:
-            line = fp.readline(MAX_LINE + 1)
-            if len(line) > MAX_LINE:
-                self.status = "Line too long"
-                break
-            if line in (b"\r\n", b"\n", b""):
-                break
-            if len(fields) >= MAX_HEADERS:
-                self.status = "Too many headers"
-                break
-            text = line.decode("iso-8859-1")
-            if text[:1] in " \t" and fields:  # obsolete line folding
-                fields[-1][1] += " " + text.strip()
-                continue
-            name, sep, value = text.partition(":")
-            if not sep:
-                self.status = "Invalid header line"
-                break
-            fields.append([name, value.strip()])
-        self._fields = fields
+def _error_response(status: int, reason: str) -> bytes:
+    body = reason.encode() + b"\n"
+    return b"HTTP/1.1 %d %s\r\nConnection: close\r\n" % (
+        status,
+        HTTPStatus(status).phrase.encode(),
+    ) + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
 
-    def get(self, name: str, default: Any = None) -> Any:
-        name = name.lower()
-        for key, value in self._fields:
-            if key.lower() == name:
-                return value
-        return default
 
-    getheader = get
-
-    def __contains__(self, name: str) -> bool:
-        return self.get(name) is not None
-
-    def __delitem__(self, name: str) -> None:
-        name = name.lower()
-        self._fields = [f for f in self._fields if f[0].lower() != name]
-
-    def items(self) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in self._fields]
-
-    @property
-    def headers(self) -> Iterator[str]:
-        """Raw lines, as pywsgi's environ builder reads them."""
-        for key, value in self._fields:
-            yield f"{key}: {value}\r\n"
-
-    @property
-    def typeheader(self) -> str | None:
-        return self.get("content-type")
+_BUSY = _error_response(503, "too many connections from this address")
 
 
 class LeanHandler(PyWSGIHandler):
-    """gunicorn's pywsgi handler, with `HeaderBlock` as the header parser."""
+    """One client connection: the front door's checks, then pywsgi's request
+    handling (each response's head and first chunk in one write)."""
 
-    def MessageClass(self, fp: Any, *args: Any) -> HeaderBlock:  # noqa: N802
-        return HeaderBlock(fp)
+    _served = False
+    _linger = False
+
+    # -- the connection ------------------------------------------------------
+
+    def handle(self) -> None:
+        server = self.server
+        source = source_of(self.client_address)
+        if not server.admit(source):
+            self._busy()
+            return
+        self._accepted = time.monotonic()
+        try:
+            while self.handle_one_request():
+                pass
+        finally:
+            server.release(source)
+            self._close()
+
+    def _busy(self) -> None:
+        """Refuse a connection over the per-address cap: 503 and close."""
+        self.server.note_refused(source_of(self.client_address))
+        sock = self.socket
+        try:
+            sock.settimeout(0)
+            sock.send(_BUSY)
+            sock.recv(16384)  # what already arrived, so close sends no reset
+        except OSError:
+            pass
+        self._linger = False
+        self._close()
+
+    def _close(self) -> None:
+        sock = self.__dict__.pop("socket", None)
+        rfile = self.__dict__.pop("rfile", None)
+        self.__dict__.pop("wsgi_input", None)
+        if sock is None:
+            return
+        try:
+            if self._linger:
+                self._drain(sock)
+        finally:
+            try:
+                # The file first: while it is open (the environ of a failed
+                # request can keep it alive), closing the socket would not
+                # close the connection.
+                if rfile is not None:
+                    rfile.close()
+                sock.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _drain(sock: Any) -> None:
+        """After an error answer: stop sending, read and drop for a moment."""
+        deadline = time.monotonic() + LINGER_S
+        drained = 0
+        try:
+            sock.shutdown(stdsocket.SHUT_WR)
+            while drained < LINGER_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
+                data = sock.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:
+            pass
+
+    # -- one request ---------------------------------------------------------
+
+    def handle_one_request(self) -> bool:
+        """Read one request head within its deadline, answer it; True to go on
+        with the next request on this connection."""
+        server = self.server
+        door = server.frontdoor
+        rfile = self.rfile
+        if self._served:
+            if server.closing:
+                return False
+            started = None
+            deadline = time.monotonic() + door.keepalive
+        else:
+            started = self._accepted
+            deadline = started + door.header_timeout
+        # Wait for the first byte: an idle keep-alive connection, or a fresh
+        # one that has not said anything yet. Closed quietly when it times out
+        # (or at once when the worker stops).
+        current = gevent.getcurrent()
+        deadlines = server.deadlines
+        deadlines.enter(current, deadline, True)
+        try:
+            buffered = rfile.peek(1)
+        except OSError:
+            return False
+        finally:
+            deadlines.leave(current)
+        if not buffered:
+            return False
+        if started is None:
+            started = time.monotonic()
+        try:
+            # (peek gives all that is buffered.)
+            size = split_head(buffered)
+            if size and buffered[:1] not in (b"\r", b"\n"):
+                # The whole head is in memory already (the usual case): parse
+                # it in one piece, no timer needed since nothing can block.
+                self._parse_head(rfile.read(size).decode("latin-1"))
+                self._buffered = len(buffered) - size
+            else:
+                self._read_head_within(started + door.header_timeout)
+                self._buffered = 0
+        except HeadError as ex:
+            self._refuse(ex)
+            return False
+        except OSError:
+            return False
+        self.environ = self.get_environ()
+        self.application = server.application
+        self.handle_one_response()
+        self._served = True
+        if self.wsgi_input.broken:  # an unread or bad body: answered, now close
+            self._linger = True
+            return False
+        return not (self.close_connection or rfile.closed)
+
+    def _read_head_within(self, deadline: float) -> None:
+        current = gevent.getcurrent()
+        deadlines = self.server.deadlines
+        deadlines.enter(current, deadline)
+        try:
+            self._read_head()
+        except TimeoutError:  # the deadline passed (herd.router.deadlines)
+            raise HeadError(408, "request head not received in time") from None
+        finally:
+            deadlines.leave(current)
+
+    def _read_head(self) -> None:
+        """Read the head line by line, within the caps (it may still arrive)."""
+        rfile = self.rfile
+        line = rfile.readline(MAX_REQUEST_LINE + 1)
+        if line in (b"\r\n", b"\n"):  # RFC 9112 §2.2: ignore one empty line
+            line = rfile.readline(MAX_REQUEST_LINE + 1)
+        if len(line) > MAX_REQUEST_LINE:
+            raise HeadError(414, "request line too long")
+        if not line.endswith(b"\n"):
+            raise HeadError(0, "connection closed inside the request line")
+        fields = read_fields(rfile, MAX_HEAD - len(line))
+        self._parse_head(line.decode("latin-1") + fields + "\n")
+
+    def _parse_head(self, head: str) -> None:
+        """Parse a whole head (request line, field lines, blank line)."""
+        end = head.index("\n") + 1
+        self.command, self.path, version = parse_request_line(head[:end])
+        self.request_version = version
+        blank = 2 if head.endswith("\r\n") else 1
+        self.headers = headers = HeaderBlock(head[end:-blank])
+        self._framing = body_framing(headers, version)
+        self.content_length = None if self._framing == CHUNKED else self._framing
+        conn = headers.get("connection")
+        if version == "HTTP/1.1":
+            close = conn is not None and "close" in _tokens(conn)
+        else:
+            close = conn is None or "keep-alive" not in _tokens(conn)
+        self.close_connection = close or self.server.frontdoor.keepalive <= 0
+
+    def _refuse(self, ex: HeadError) -> None:
+        """Answer a refused head with its status and reason, then close."""
+        self.close_connection = True
+        if not ex.status:  # the client went away mid-head
+            return
+        log.info(
+            "refused a request from %s: %d %s",
+            source_of(self.client_address),
+            ex.status,
+            ex.reason,
+        )
+        try:
+            self.socket.settimeout(LINGER_S)
+            self.socket.sendall(_error_response(ex.status, ex.reason))
+        except OSError:
+            return
+        self._linger = True
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """pywsgi's hook for bad client input: a body-free log line (pywsgi's
+        own quotes the raw request line, which can be anyone's body bytes)."""
+        log.info(
+            "refused a request from %s: 400 %s",
+            source_of(self.client_address),
+            type(ex).__name__,
+        )
+        self.close_connection = True
+        return ("400", _error_response(400, "bad request"))
+
+    def get_environ(self) -> dict[str, Any]:
+        """The WSGI environ, built from the parsed fields (pywsgi re-splits
+        formatted header lines; gunicorn adds `gunicorn.sock` and `RAW_URI`)."""
+        env = self.server.get_environ()
+        path = self.path
+        env["REQUEST_METHOD"] = self.command
+        env["SCRIPT_NAME"] = ""
+        if "?" in path:
+            plain, env["QUERY_STRING"] = path.split("?", 1)
+        else:
+            plain, env["QUERY_STRING"] = path, ""
+        env["PATH_INFO"] = _unquote_latin1(plain) if "%" in plain else plain
+        env["SERVER_PROTOCOL"] = self.request_version
+        env["RAW_URI"] = path
+        env["gunicorn.sock"] = self.socket
+        address = self.client_address
+        if isinstance(address, tuple):
+            env["REMOTE_ADDR"] = str(address[0])
+            env["REMOTE_PORT"] = str(address[1])
+        for name, value in self.headers.fields:
+            if "_" in name:  # would be confused with a dash: dropped, as pywsgi
+                continue
+            key = _ENV_KEYS.get(name)
+            if key is None:
+                key = "HTTP_" + name.upper().replace("-", "_")
+                if len(_ENV_KEYS) < 1024:
+                    _ENV_KEYS[name] = key
+            if key in env:
+                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                env[key] = value
+        env.pop("HTTP_CONTENT_LENGTH", None)
+        ctype = env.pop("HTTP_CONTENT_TYPE", None)
+        if ctype is not None:
+            env["CONTENT_TYPE"] = self.headers.typeheader
+        framing = self._framing
+        if framing is not None and framing != CHUNKED:
+            env["CONTENT_LENGTH"] = str(framing)
+        expect = env.get("HTTP_EXPECT")
+        sock = self.socket if expect and expect.lower() == "100-continue" else None
+        self.wsgi_input = BodyInput(
+            self.rfile,
+            self.content_length,
+            sock,
+            framing == CHUNKED,
+            self.server.frontdoor.body_timeout,
+            self.server.deadlines,
+            self._buffered,
+        )
+        env["wsgi.input"] = self.wsgi_input
+        env["wsgi.input_terminated"] = True
+        return env
+
+    # -- the response --------------------------------------------------------
 
     def log_request(self) -> None:
         """gunicorn's access line, not even built while gunicorn's access log
         is off (herd writes its own: herd.router.accesslog)."""
         if getattr(self.server.log, "access_log_enabled", True):
             super().log_request()
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        if self.server.closing:
+            self.close_connection = True
+        if self.close_connection and self.request_version == "HTTP/1.1":
+            if not any(h.lower() == b"connection" for h, _ in self.response_headers):
+                self.response_headers.append((b"Connection", b"close"))
 
     def _sendall(self, data: Any) -> None:
         """pywsgi's `_sendall`, with one plain `send` first (small responses
@@ -141,7 +403,16 @@ class LeanHandler(PyWSGIHandler):
         self._sendall(out)
 
 
+def _tokens(value: str) -> list[str]:
+    return [part.strip(" \t") for part in value.lower().split(",")]
+
+
 class RouterWorker(GeventPyWSGIWorker):
     """`worker_class` of the router (etc/gunicorn.conf.py)."""
 
     wsgi_handler = LeanHandler
+
+    def run(self) -> None:
+        door = FrontDoor.from_settings(self.cfg.keepalive, self.worker_connections)
+        self.server_class = functools.partial(RouterServer, frontdoor=door)
+        super().run()

@@ -26,11 +26,13 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from herd import hosts
 from herd.errors import ConfigError
 from herd.sim import models as sm
+from herd.sim.store import SimStore
 
 FAULTS = ("ok", "slow", "hang", "error", "cut-mid-stream", "garbage")
 INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
@@ -98,6 +100,28 @@ class SimState:
     requests: Counter = field(default_factory=Counter)
     by_model: Counter = field(default_factory=Counter)
     active: int = 0
+    #: The on-disk store /api/pull, /api/copy and /api/delete work on (None:
+    #: name-only models, no model management). Its models join `models`.
+    store: SimStore | None = None
+    #: Range part size for pulls (None: Ollama's 100 MB..1 GB parts).
+    part_bytes: int | None = None
+
+    def refresh(self) -> None:
+        """Re-read the store: its models replace the stored entries in `models`."""
+        if self.store is None:
+            return
+        for name in [n for n, m in self.models.items() if m.stored_digest]:
+            del self.models[name]
+        for entry in self.store.models():
+            key = sm.normalize(entry.name)
+            self.models[key] = sm.SimModel(
+                key,
+                stored_digest=entry.digest,
+                stored_size=entry.size,
+                stored_at=entry.modified,
+            )
+        for name in [n for n in self.loaded if n not in self.models]:
+            del self.loaded[name]
 
     @classmethod
     def from_names(cls, names: list[str], **kwargs: Any) -> SimState:
@@ -188,6 +212,11 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in args.models.split(",") if n.strip()]
     state = SimState.from_names(names, tps=args.tps, tokens=args.tokens, seed=args.seed)
     state.fault = Fault(mode=args.fault)
+    if args.store:
+        free = None if args.disk_free_mb is None else int(args.disk_free_mb * 1e6)
+        state.store = SimStore(Path(args.store), free_bytes=free)
+        state.part_bytes = int(args.part_mb * 1e6) if args.part_mb else None
+        state.refresh()
     host = hosts.lookup(args.host)
     if host is None:
         raise ConfigError(f"--host: {hosts.unresolvable(args.host)}")
@@ -246,6 +275,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
   herd sim                                   llama3.2:3b + nomic-embed-text on :11434
   herd sim --port 11500 --models qwen3:0.6b,llava:7b --tps 20
   herd sim --port 0 --fault cut-mid-stream   pick a free port, break every stream
+  herd sim --models '' --store /tmp/node1    start empty; models arrive by /api/pull
   curl -d '{"mode":"hang"}' localhost:11434/_sim/fault    switch fault at runtime
   curl localhost:11434/_sim/stats                         requests served""",
         parents=[common],
@@ -271,6 +301,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     parser.add_argument(
         "--fault", choices=FAULTS, default="ok", help="initial fault mode"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="DIR",
+        help="model store directory (Ollama's layout): enables /api/pull, "
+        "/api/copy and /api/delete; its models are listed and served",
+    )
+    parser.add_argument(
+        "--disk-free-mb",
+        type=_positive,
+        default=None,
+        help="simulated disk size of the store in MB (a pull beyond it fails "
+        "with 'no space left on device')",
+    )
+    parser.add_argument(
+        "--part-mb",
+        type=_positive,
+        default=None,
+        help="pull in Range parts of this many MB (default: Ollama's total/16, "
+        "100..1000 MB)",
     )
     parser.add_argument(
         "--seed",

@@ -18,6 +18,7 @@ from typing import Any
 import falcon
 import gevent
 
+from herd.router.peer import peer_address
 from herd.sim import VERSION, Fault, SimError, SimState
 from herd.sim import models as sm
 from herd.sim.inference import (
@@ -29,6 +30,7 @@ from herd.sim.inference import (
     dumps,
     read_body,
 )
+from herd.sim.management import Management
 
 GARBAGE = b"\x00\xff<html><body>502 Bad Gateway</body></html>\xfe\n{not json\n"
 HANG_S = 3600.0
@@ -136,7 +138,9 @@ class Listing:
         )
         models = []
         for expires, name in live:
-            model = self.state.models[sm.normalize(name)]
+            model = self.state.models.get(sm.normalize(name))
+            if model is None:  # deleted while loaded
+                continue
             models.append(
                 {
                     "name": model.name,
@@ -185,7 +189,8 @@ class Control:
 
     def _local(self, req: falcon.Request) -> None:
         try:
-            loopback = ipaddress.ip_address(req.remote_addr).is_loopback
+            # ::ffff:127.0.0.1 (IPv4 loopback on a dual-stack bind) is loopback too.
+            loopback = ipaddress.ip_address(peer_address(req.remote_addr)).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
@@ -242,6 +247,10 @@ def create_app(state: SimState) -> falcon.App:
     app.add_route("/api/generate", Generate(state))
     app.add_route("/api/embed", Embed(state))
     app.add_route("/api/embeddings", Embeddings(state))
+    management = Management(state)
+    app.add_route("/api/pull", management, suffix="pull")
+    app.add_route("/api/copy", management, suffix="copy")
+    app.add_route("/api/delete", management, suffix="delete")
     app.add_route("/_sim/fault", control, suffix="fault")
     app.add_route("/_sim/stats", control, suffix="stats")
     app.add_sink(_not_found, prefix="/")

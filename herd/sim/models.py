@@ -14,6 +14,7 @@ import json
 import math
 import random
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,11 @@ class SimModel:
     """One simulated model and what it can do (derived from its name)."""
 
     name: str
+    #: For a model in the node's store (herd.sim.store): the sha256 of its
+    #: manifest, its size and the manifest's mtime; None for a name-only model.
+    stored_digest: str | None = None
+    stored_size: int | None = None
+    stored_at: float | None = None
 
     @property
     def base(self) -> str:
@@ -97,6 +103,8 @@ class SimModel:
 
     @property
     def size(self) -> int:
+        if self.stored_size is not None:
+            return self.stored_size
         size = self.parameter_size
         billions = float(size[:-1]) / (1000 if size.endswith("M") else 1)
         bytes_per = 2.0 if self.embedding else 0.6
@@ -104,6 +112,8 @@ class SimModel:
 
     @property
     def digest(self) -> str:
+        if self.stored_digest is not None:
+            return self.stored_digest
         return hashlib.sha256(f"herd-sim/{self.name}".encode()).hexdigest()
 
     def details(self) -> dict[str, Any]:
@@ -121,7 +131,9 @@ class SimModel:
         return {
             "name": self.name,
             "model": self.name,
-            "modified_at": MODIFIED_AT,
+            "modified_at": MODIFIED_AT
+            if self.stored_at is None
+            else rfc3339(self.stored_at),
             "size": self.size,
             "digest": self.digest,
             "details": self.details(),
@@ -150,6 +162,12 @@ class SimModel:
             "capabilities": self.capabilities,
             "modified_at": MODIFIED_AT,
         }
+
+
+def rfc3339(epoch: float) -> str:
+    """Go's RFC 3339 with nanoseconds, as Ollama prints times."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{stamp}.{int(epoch % 1 * 1e9):09d}Z"
 
 
 # ---------------------------------------------------------------- output

@@ -30,7 +30,8 @@ def test_example_manifest_is_valid_and_complete():
     fleet = load_file(EXAMPLE)
     assert fleet.name == "st-anna-radiology"
     assert len(fleet.nodes) == 3 and len(fleet.models) == 4
-    assert len(fleet.router.clients) == 2
+    assert [c.name for c in fleet.router.clients] == ["radiology", "records", "admins"]
+    assert [c.operator for c in fleet.router.clients] == [False, False, True]
     assert fleet.resolve("gpt-4o-mini").name == "llama3.2:3b"
     assert fleet.resolve("LLAMA3.2").name == "llama3.2:3b"
     assert fleet.resolve("nomic-embed-text").name == "nomic-embed-text:latest"
@@ -131,6 +132,16 @@ BREAKAGES = {
         ("token_sha256: 9f86", "token_sha256: XX86"),
         "router.clients[0].token_sha256",
         "not in the expected form",
+    ),
+    "operator not a boolean": (
+        ("      operator: true", "      operator: yes-please"),
+        "router.clients[2].operator",
+        "expected boolean",
+    ),
+    "operator open to everyone": (
+        ("        - 10.20.0.0/24 ", "        - 0.0.0.0/0 "),
+        "router.clients[2].networks[0]",
+        "operator group without a token",
     ),
     "wrong apiVersion": (
         ("apiVersion: herd/v1", "apiVersion: herd/v2"),

@@ -14,7 +14,7 @@ def test_first_apply_adds_everything(example_text):
     plan = diff(None, fleet(example_text))
     kinds = {(c.kind, c.action) for c in plan.changes}
     assert kinds == {("node", ADD), ("model", ADD), ("placement", ADD), ("client", ADD)}
-    assert plan.summary() == "+3 nodes, +4 models, +6 placements, +2 clients"
+    assert plan.summary() == "+3 nodes, +4 models, +6 placements, +3 clients"
 
 
 def test_identical_fleets_give_an_empty_plan(example_text):
@@ -70,3 +70,12 @@ def test_order_and_json_are_deterministic(example_text):
     assert kinds == sorted(kinds, key=["node", "model", "placement", "client"].index)
     names = [c["name"] for c in a["changes"] if c["kind"] == "node"]
     assert names == sorted(names)
+
+
+def test_operator_permission_shows_in_the_plan(example_text):
+    old = fleet(example_text)
+    text = example_text.replace("      operator: true\n", "")
+    plan = diff(old, fleet(text))
+    client = next(c for c in plan.changes if c.kind == "client")
+    assert client.name == "admins"
+    assert dict(client.fields) == {"operator": (True, False)}

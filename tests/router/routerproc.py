@@ -67,8 +67,13 @@ class Sim:
 
 
 def start_sim(
-    name: str, tps: float = 0, models: str = SIM_MODELS, port: int = 0
+    name: str,
+    tps: float = 0,
+    models: str = SIM_MODELS,
+    port: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> Sim:
+    """`extra`: more `herd sim` flags, e.g. ("--store", DIR)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -81,6 +86,7 @@ def start_sim(
             models,
             "--tps",
             str(tps),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -114,7 +120,13 @@ def manifest(
             "listen": listen,
             "node_networks": ["127.0.0.0/8"],
             "clients": clients
-            or [{"name": "local", "networks": ["127.0.0.0/8", "::1/128"]}],
+            or [
+                {
+                    "name": "local",
+                    "networks": ["127.0.0.0/8", "::1/128"],
+                    "operator": True,
+                }
+            ],
             "limits": {
                 "max_body_mb": 1,
                 "request_timeout_s": 60,
@@ -205,7 +217,7 @@ def start_router(
     log_path: Path,
     host: str = "127.0.0.1",
     workers: int = 1,
-    env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Router:
     apply(state_dir, text)
     port = free_port(host)
@@ -216,7 +228,7 @@ def start_router(
         "PYTHONUNBUFFERED": "1",
         # Idle keep-alive connections hold a graceful stop this long.
         "HERD_KEEPALIVE": "1",
-        **(env or {}),
+        **(extra_env or {}),
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(

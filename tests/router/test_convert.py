@@ -119,7 +119,7 @@ def test_chat_request_carries_fields(fields: dict, native_part: dict) -> None:
         ({"temperature": "hot"}, "'temperature'"),
         ({"stream": "yes"}, "'stream'"),
         ({"stop": [1]}, "'stop'"),
-        ({"stream_options": {"bogus": True}}, "'bogus'"),
+        ({"stream_options": {"bogus": True}}, "'stream_options.bogus'"),
         ({"messages": []}, "'messages'"),
         ({"model": ""}, "'model'"),
         ({"tools": [{"type": "custom", "custom": {}}]}, "tools[0]"),
@@ -263,7 +263,7 @@ def test_tools_are_carried_without_openai_only_keys() -> None:
             "invalid tool call arguments",
         ),
         ({"role": "assistant", "tool_calls": [{"function": {}}]}, "function.name"),
-        ({"role": "user", "content": "x", "audio": {}}, "'audio'"),
+        ({"role": "user", "content": "x", "audio": {}}, "'messages[0].audio'"),
     ],
 )
 def test_bad_messages_are_named(message: dict, named: str) -> None:

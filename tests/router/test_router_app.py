@@ -324,11 +324,12 @@ def test_access_log_lines_are_batched(tmp_path):
         served_model="m:latest",
         node="n1",
         status=200,
+        peer="10.0.0.9",
     )
-    log.request(done, 1.25)
+    log.request(done.trace(0.00125))
     assert out.getvalue() == ""  # nothing written per request
     log.flush()
     assert out.getvalue() == (
-        "1970-01-01T00:00:00Z herd.access lan POST /api/chat 200 "
+        "1970-01-01T00:00:00Z herd.access 10.0.0.9 lan POST /api/chat 200 "
         "model=m:latest node=n1 retries=0 1.2ms\n"
     )

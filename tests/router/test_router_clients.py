@@ -41,7 +41,7 @@ WEATHER = {
     },
 }
 CLIENTS = [
-    {"name": "local", "networks": ["127.0.0.1/32", "::1/128"]},
+    {"name": "local", "networks": ["127.0.0.1/32", "::1/128"], "operator": True},
     {"name": "tokened", "networks": ["127.0.0.3/32"], "token_sha256": TOKEN_SHA},
     {
         "name": "limited",
@@ -395,3 +395,37 @@ def test_fleet_endpoints(fleet):
     with urllib.request.urlopen(router.url + "/metrics", timeout=5) as reply:
         text = reply.read().decode()
     assert 'herd_node_up{node="node-a"} 1.0' in text
+
+
+def test_fleet_endpoints_for_a_group_that_is_not_operator(fleet):
+    """Over real gunicorn: the token group (not an operator) sees its models,
+    no node names, URLs or addresses, and no per-node metrics or decisions."""
+    from herd.router.report import render
+
+    router, nodes = fleet
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(
+        transport=from_address("127.0.0.3"), headers=auth, timeout=30
+    ) as client:
+        reply = client.get(router.url + "/fleet/status")
+        assert reply.status_code == 200
+        body = reply.json()
+        assert body["operator"] is False and body["client"] == "tokened"
+        assert body["nodes_up"] == 2 and "nodes" not in body
+        assert {m["name"] for m in body["models"]} >= {"llama3.2:3b"}
+        for node in nodes:
+            assert node.url not in reply.text and node.name not in reply.text
+            assert node.url.rsplit(":", 1)[1] not in reply.text
+        assert "tokened" in render(body) and "llama3.2:3b" in render(body)
+        assert client.get(router.url + "/fleet/nodes").status_code == 403
+        assert client.get(router.url + "/metrics").status_code == 403
+        ready = client.get(router.url + "/readyz")
+        assert ready.status_code == 200 and ready.json()["nodes_up"] == 2
+        assert not any(node.name in ready.text for node in nodes)
+        chat = client.post(
+            router.url + "/api/chat",
+            json={"model": "fast", "messages": [{"role": "user", "content": "x"}]},
+            headers={"X-Herd-Explain": "1"},
+        )
+        assert chat.status_code == 200
+        assert "X-Herd-Decision" not in chat.headers

@@ -38,7 +38,7 @@ CLIENTS = [
         "rate_limit": {"requests_per_minute": 1, "burst": 1},
     },
     {"name": "secure", "networks": [f"{SECURE}/32"], "token_sha256": TOKEN_SHA},
-    {"name": "ops", "networks": ["127.0.0.5/32", "::1/128"]},
+    {"name": "ops", "networks": ["127.0.0.5/32", "::1/128"], "operator": True},
 ]
 
 

@@ -74,3 +74,59 @@ def test_deterministic_and_complete(cs):
     assert set(first.nodes) | {n for n, _ in first.excluded} == {c.node for c in cs}
     scores = [r.score for r in first.ranked]
     assert scores == sorted(scores, reverse=True)
+
+
+# -- memory fit and preferred labels (what `herd node` agents report) ---------
+
+GB = 1024**3
+
+
+def test_a_cold_model_larger_than_free_memory_is_not_sent_there():
+    from herd.router.scoring import parse_prefer  # noqa: F401 - same module
+
+    small = cand("small", model_bytes=4 * GB, memory_available=2 * GB)
+    big = cand("big", model_bytes=4 * GB, memory_available=64 * GB, in_flight=3)
+    d = choose_node(REQ, (small, big))
+    assert d.nodes == ("big",)
+    assert dict(d.excluded) == {"small": "memory: model needs 4.0 GB, 2.0 GB free"}
+    assert d.memory_decided
+
+
+def test_memory_does_not_matter_when_loaded_or_unknown():
+    loaded = cand("a", loaded=True, model_bytes=4 * GB, memory_available=1 * GB)
+    unknown = cand("b", model_bytes=4 * GB)
+    d = choose_node(REQ, (loaded, unknown))
+    assert set(d.nodes) == {"a", "b"} and not d.memory_decided
+
+
+def test_swapping_and_memory_pressure_push_a_node_down():
+    calm, swapping = cand("a"), cand("b", swap_per_s=50 * 1024 * 1024)
+    assert choose_node(REQ, (swapping, calm)).nodes == ("a", "b")
+    pressed = cand("c", memory_pressure=40.0)
+    d = choose_node(REQ, (pressed, calm))
+    assert d.nodes == ("a", "c") and d.memory_decided
+    assert "memory pressure 40%" in d.explain()
+    assert "swapping" in choose_node(REQ, (swapping,)).explain()
+
+
+def test_preferred_labels_win_among_equals_but_not_over_loaded():
+    from herd.router.scoring import RouteRequest
+
+    prefer = RouteRequest("llama3.2:3b", {"gpu": "a100"})
+    a, b = cand("a"), cand("b", labels={"gpu": "a100"})
+    assert choose_node(prefer, (a, b)).nodes == ("b", "a")
+    assert choose_node(REQ, (a, b)).nodes == ("a", "b")
+    loaded = cand("a", loaded=True)
+    assert choose_node(prefer, (loaded, b)).nodes == ("a", "b")
+
+
+def test_prefer_header_parsing():
+    import pytest
+
+    from herd.router.scoring import parse_prefer
+
+    assert parse_prefer("gpu=a100, room=b2") == {"gpu": "a100", "room": "b2"}
+    assert parse_prefer(None) == {}
+    for bad in ("gpu", "=a100", "gpu=", "a=b,,c=d"):
+        with pytest.raises(ValueError, match="X-Herd-Prefer"):
+            parse_prefer(bad)

@@ -396,6 +396,11 @@ def test_control_routes_answer_loopback_only() -> None:
     assert away.status_code == 403
     assert app.simulate_get("/_sim/stats", remote_addr="127.0.0.1").status_code == 200
     assert app.simulate_get("/_sim/stats", remote_addr="::1").status_code == 200
+    # IPv4 loopback as a dual-stack ([::]) bind sees it.
+    mapped = app.simulate_get("/_sim/stats", remote_addr="::ffff:127.0.0.1")
+    assert mapped.status_code == 200
+    away = app.simulate_get("/_sim/stats", remote_addr="::ffff:10.1.2.3")
+    assert away.status_code == 403
 
 
 def test_keep_alive_parsing() -> None:

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from herd.errors import InvalidRequest
+from herd.router.body import parse
 from herd.router.convert.request import (
     Converted,
     check_fields,
     get_field,
     one_choice,
+    refuse,
     require_model,
     sampling_options,
     stream_flags,
@@ -83,15 +85,13 @@ def chat_request(body: Any) -> Converted:
     one_choice(body, where)
     modalities = get_field(body, "modalities", (list,), where)
     if modalities and modalities != ["text"]:
-        raise InvalidRequest(f"{where}: 'modalities' other than ['text'] unsupported")
-    if body.get("parallel_tool_calls") is False:
-        raise InvalidRequest(
-            f"{where}: 'parallel_tool_calls': false cannot be honoured"
-        )
+        raise refuse(where, "modalities", "other than ['text'] is not supported")
+    if get_field(body, "parallel_tool_calls", (bool,), where) is False:
+        raise refuse(where, "parallel_tool_calls", "false cannot be honoured")
     stream, include_usage = stream_flags(body, where)
     messages = get_field(body, "messages", (list,), where)
     if not messages:
-        raise InvalidRequest(f"{where}: 'messages' must be a non-empty list")
+        raise refuse(where, "messages", "must be a non-empty list")
     native: dict[str, Any] = {
         "model": body["model"],
         "messages": _messages(messages),
@@ -108,15 +108,15 @@ def chat_request(body: Any) -> Converted:
     think = _think(body, where)
     if think is not None:
         native["think"] = think
-    if body.get("logprobs"):
+    top = get_field(body, "top_logprobs", (int,), where)
+    if get_field(body, "logprobs", (bool,), where):
         native["logprobs"] = True
-        top = get_field(body, "top_logprobs", (int,), where)
         if top is not None:
             if not 0 <= top <= 20:
-                raise InvalidRequest(f"{where}: 'top_logprobs' must be within 0..20")
+                raise refuse(where, "top_logprobs", "must be within 0..20")
             native["top_logprobs"] = top
-    elif body.get("top_logprobs"):
-        raise InvalidRequest(f"{where}: 'top_logprobs' requires 'logprobs': true")
+    elif top:
+        raise refuse(where, "top_logprobs", "requires 'logprobs': true")
     return Converted(native, body["model"], stream, include_usage)
 
 
@@ -126,45 +126,68 @@ def _tool_choice(choice: Any, where: str) -> bool:
         return True
     if choice == "none":
         return False
-    raise InvalidRequest(
-        f"{where}: 'tool_choice' {json.dumps(choice)} cannot be honoured by Ollama "
-        "(only 'auto' and 'none')"
+    shown = json.dumps(choice)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise refuse(
+        where,
+        "tool_choice",
+        f"{shown} cannot be honoured by Ollama (only 'auto' and 'none')",
     )
 
 
 def _tool(tool: Any, index: int) -> dict[str, Any]:
     where = f"tools[{index}]"
     if not isinstance(tool, Mapping) or tool.get("type") != "function":
-        raise InvalidRequest(f"{where}: only tools of type 'function' are supported")
+        raise InvalidRequest(
+            f"{where}: only tools of type 'function' are supported", param=where
+        )
     fn = tool.get("function")
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
-        raise InvalidRequest(f"{where}.function.name is required")
-    out = {k: fn[k] for k in ("name", "description", "parameters") if k in fn}
+        raise InvalidRequest(
+            f"{where}.function.name is required", param=f"{where}.function.name"
+        )
+    inner = f"{where}.function"
+    out = {"name": fn["name"]}
+    description = get_field(fn, "description", (str,), inner)
+    if description is not None:
+        out["description"] = description
+    parameters = get_field(fn, "parameters", (dict,), inner)
+    if parameters is not None:
+        out["parameters"] = parameters
     return {"type": "function", "function": out}
 
 
 def _response_format(fmt: Mapping[str, Any] | None, where: str) -> Any:
-    if fmt is None or fmt.get("type") == "text":
+    if fmt is None:
         return None
-    if fmt.get("type") == "json_object":
+    kind = get_field(fmt, "type", (str,), "response_format")
+    if kind == "text":
+        return None
+    if kind == "json_object":
         return "json"
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+    if kind == "json_schema":
+        spec = get_field(fmt, "json_schema", (dict,), "response_format") or {}
+        schema = spec.get("schema")
         if not isinstance(schema, Mapping):
-            raise InvalidRequest(f"{where}: response_format.json_schema.schema missing")
+            raise refuse(
+                "response_format.json_schema", "schema", "is required (an object)"
+            )
         return dict(schema)
-    raise InvalidRequest(f"{where}: response_format type {fmt.get('type')!r} unknown")
+    shown = repr(kind)[:80]
+    raise refuse("response_format", "type", f"{shown} is not known")
 
 
 def _think(body: Mapping[str, Any], where: str) -> Any:
-    effort = body.get("reasoning_effort")
+    effort = get_field(body, "reasoning_effort", (str,), where)
+    key = "reasoning_effort"
     reasoning = get_field(body, "reasoning", (dict,), where)
     if effort is None and reasoning:
-        effort = reasoning.get("effort")
+        effort = get_field(reasoning, "effort", (str,), "reasoning")
+        where, key = "reasoning", "effort"
     if effort is None:
         return None
     if effort not in _EFFORT:
-        raise InvalidRequest(f"{where}: 'reasoning_effort' {effort!r} is not valid")
+        raise refuse(where, key, f"{effort[:40]!r} is not valid")
     return _EFFORT[effort]
 
 
@@ -174,11 +197,11 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, Mapping):
-            raise InvalidRequest(f"{where} must be an object")
+            raise InvalidRequest(f"{where} must be an object", param=where)
         check_fields(msg, _MESSAGE_FIELDS, where)
-        role = str(msg.get("role", "")).lower()
+        role = (get_field(msg, "role", (str,), where) or "").lower()
         if role not in ("system", "developer", "user", "assistant", "tool"):
-            raise InvalidRequest(f"{where}.role {msg.get('role')!r} is not valid")
+            raise refuse(where, "role", f"{role[:40]!r} is not valid")
         text, images = _content(msg.get("content"), where)
         native: dict[str, Any] = {
             "role": "system" if role == "developer" else role,
@@ -186,14 +209,20 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
         }
         if images:
             native["images"] = images
-        thinking = msg.get("reasoning") or msg.get("reasoning_content")
-        if thinking or msg.get("thinking"):
-            native["thinking"] = thinking or msg.get("thinking")
-        if msg.get("tool_calls"):
-            native["tool_calls"] = _native_tool_calls(msg["tool_calls"], where, names)
+        thinking = [
+            get_field(msg, key, (str,), where)
+            for key in ("reasoning", "reasoning_content", "thinking")
+        ]
+        if any(thinking):
+            native["thinking"] = next(t for t in thinking if t)
+        get_field(msg, "refusal", (str,), where)
+        calls = get_field(msg, "tool_calls", (list,), where)
+        if calls:
+            native["tool_calls"] = _native_tool_calls(calls, where, names)
+        call_id = get_field(msg, "tool_call_id", (str,), where)
+        name = get_field(msg, "name", (str,), where)
         if role == "tool":
-            call_id = msg.get("tool_call_id")
-            name = msg.get("name") or names.get(call_id or "")
+            name = name or names.get(call_id or "")
             if name:
                 native["tool_name"] = name
             if call_id:
@@ -207,19 +236,23 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
     if content is None or isinstance(content, str):
         return content or "", []
     if not isinstance(content, list):
-        raise InvalidRequest(f"{where}.content must be a string or a list of parts")
+        raise refuse(where, "content", "must be a string or a list of parts")
     texts, images = [], []
     for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind in ("text", "input_text", "refusal"):
-            texts.append(str(part.get(kind if kind == "refusal" else "text") or ""))
+            key = "refusal" if kind == "refusal" else "text"
+            texts.append(get_field(part, key, (str,), at) or "")
         elif kind == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, Mapping) else url
-            images.append(_image(str(url or ""), f"{where}.content[{j}]"))
+            url = get_field(part, "image_url", (dict, str), at)
+            if isinstance(url, Mapping):
+                url = get_field(url, "url", (str,), f"{at}.image_url")
+            images.append(_image(url or "", at))
         else:
+            shown = repr(kind)[:40]
             raise InvalidRequest(
-                f"{where}.content[{j}]: part type {kind!r} is not supported"
+                f"{at}: part type {shown} is not supported", param=f"{at}.type"
             )
     return "\n".join(texts), images
 
@@ -227,45 +260,50 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
 def _image(url: str, where: str) -> str:
     match = _DATA_URL.match(url)
     if not match:
-        raise InvalidRequest(
-            f"{where}: image_url must be a base64 data: URL (png, jpeg, webp, gif); "
-            "remote URLs are never fetched"
+        raise refuse(
+            where,
+            "image_url",
+            "must be a base64 data: URL (png, jpeg, webp, gif); "
+            "remote URLs are never fetched",
         )
     data = match.group(2).strip()
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as ex:
-        raise InvalidRequest(f"{where}: image data is not valid base64 ({ex})") from ex
+        raise refuse(where, "image_url", f"is not valid base64 ({ex})") from ex
     return data
 
 
 def _native_tool_calls(
     calls: Any, where: str, names: dict[str, str]
 ) -> list[dict[str, Any]]:
-    if not isinstance(calls, list):
-        raise InvalidRequest(f"{where}.tool_calls must be a list")
     out = []
     for k, call in enumerate(calls):
+        at = f"{where}.tool_calls[{k}]"
         fn = call.get("function") if isinstance(call, Mapping) else None
         if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
-            raise InvalidRequest(f"{where}.tool_calls[{k}].function.name is required")
-        args = fn.get("arguments") or "{}"
+            raise InvalidRequest(
+                f"{at}.function.name is required", param=f"{at}.function.name"
+            )
+        args = get_field(fn, "arguments", (str, dict), f"{at}.function") or "{}"
         if isinstance(args, str):
+            # Parsed as strictly as a request body (depth, duplicates, NaN).
+            where_args = f"{at}.function.arguments"
             try:
-                args = json.loads(args)
-            except ValueError as ex:
+                args = parse(args, where_args)
+            except InvalidRequest as ex:
+                inner = f"{where_args}.{ex.param}" if ex.param else where_args
                 raise InvalidRequest(
-                    f"{where}.tool_calls[{k}]: invalid tool call arguments"
+                    f"{at}: invalid tool call arguments ({ex.message})", param=inner
                 ) from ex
         if not isinstance(args, Mapping):
-            raise InvalidRequest(
-                f"{where}.tool_calls[{k}]: arguments must be an object"
-            )
+            raise refuse(f"{at}.function", "arguments", "must be a JSON object")
         native: dict[str, Any] = {
             "function": {"index": k, "name": fn["name"], "arguments": dict(args)}
         }
-        if call.get("id"):
-            native["id"] = call["id"]
-            names[call["id"]] = fn["name"]
+        call_id = get_field(call, "id", (str,), at)
+        if call_id:
+            native["id"] = call_id
+            names[call_id] = fn["name"]
         out.append(native)
     return out

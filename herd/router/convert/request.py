@@ -35,22 +35,50 @@ class Converted:
     encoding_format: str = "float"
 
 
+#: The `where` of top-level checks (a route); nested checks pass a field path.
+ROUTES = frozenset({"chat.completions", "completions", "embeddings"})
+
+_KIND_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def field_path(where: str, key: str) -> str:
+    """The OpenAI `param` of field `key` checked at `where`."""
+    return key if where in ROUTES else f"{where}.{key}"
+
+
+def refuse(where: str, key: str, problem: str) -> InvalidRequest:
+    """A 400 naming the field by its path (also OpenAI's `param`)."""
+    path = field_path(where, key)
+    prefix = f"{where}: " if where in ROUTES else ""
+    return InvalidRequest(f"{prefix}'{path}' {problem}", param=path)
+
+
 def check_fields(body: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
     for key in body:
         if key not in allowed and key not in INFORMATIONAL:
-            raise InvalidRequest(f"{where}: unsupported field '{key}'")
+            path = field_path(where, key)
+            prefix = f"{where}: " if where in ROUTES else ""
+            raise InvalidRequest(f"{prefix}unsupported field '{path}'", param=path)
 
 
 def get_field(
     body: Mapping[str, Any], key: str, kinds: tuple[type, ...], where: str
 ) -> Any:
+    """`body[key]` if it is one of `kinds` (bool only if listed), None if absent
+    or null; otherwise a 400 naming the field."""
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) and bool not in kinds:
-        raise InvalidRequest(f"{where}: '{key}' has the wrong type")
-    if not isinstance(value, kinds):
-        raise InvalidRequest(f"{where}: '{key}' has the wrong type")
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+        raise refuse(where, key, f"has the wrong type (expected {names})")
     return value
 
 
@@ -59,7 +87,7 @@ def require_model(body: Any, where: str) -> Mapping[str, Any]:
         raise InvalidRequest(f"{where}: request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest(f"{where}: 'model' is required")
+        raise refuse(where, "model", "is required (a model name)")
     return body
 
 
@@ -67,9 +95,9 @@ def one_choice(body: Mapping[str, Any], where: str) -> None:
     for key in ("n", "best_of"):
         n = get_field(body, key, (int,), where)
         if n is not None and n != 1:
-            raise InvalidRequest(f"{where}: '{key}' must be 1 (one choice per request)")
-    if body.get("logit_bias"):
-        raise InvalidRequest(f"{where}: 'logit_bias' is not supported by Ollama")
+            raise refuse(where, key, "must be 1 (one choice per request)")
+    if get_field(body, "logit_bias", (dict,), where):
+        raise refuse(where, "logit_bias", "is not supported by Ollama")
 
 
 def sampling_options(body: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -92,7 +120,7 @@ def sampling_options(body: Mapping[str, Any], where: str) -> dict[str, Any]:
         options["stop"] = [stop]
     elif stop:
         if not all(isinstance(s, str) for s in stop):
-            raise InvalidRequest(f"{where}: 'stop' must be a string or list of strings")
+            raise refuse(where, "stop", "must be a string or a list of strings")
         options["stop"] = list(stop)
     limit = get_field(body, "max_completion_tokens", (int,), where)
     if limit is None:
@@ -105,8 +133,10 @@ def sampling_options(body: Mapping[str, Any], where: str) -> dict[str, Any]:
 def stream_flags(body: Mapping[str, Any], where: str) -> tuple[bool, bool]:
     stream = bool(get_field(body, "stream", (bool,), where))
     opts = get_field(body, "stream_options", (dict,), where) or {}
-    check_fields(opts, frozenset({"include_usage", "include_obfuscation"}), where)
-    return stream, bool(opts.get("include_usage"))
+    inner = field_path(where, "stream_options")
+    check_fields(opts, frozenset({"include_usage", "include_obfuscation"}), inner)
+    get_field(opts, "include_obfuscation", (bool,), inner)
+    return stream, bool(get_field(opts, "include_usage", (bool,), inner))
 
 
 _COMPLETION_FIELDS = frozenset(
@@ -138,15 +168,16 @@ def completion_request(body: Any) -> Converted:
     body = require_model(body, where)
     check_fields(body, _COMPLETION_FIELDS, where)
     one_choice(body, where)
-    if body.get("echo"):
-        raise InvalidRequest(f"{where}: 'echo' is not supported by Ollama")
+    if get_field(body, "echo", (bool,), where):
+        raise refuse(where, "echo", "is not supported by Ollama")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise InvalidRequest(
-            f"{where}: 'prompt' must be a string (token arrays and "
-            "batches are not supported)"
+        raise refuse(
+            where,
+            "prompt",
+            "must be a string (token arrays and batches are not supported)",
         )
     stream, include_usage = stream_flags(body, where)
     native: dict[str, Any] = {
@@ -161,7 +192,7 @@ def completion_request(body: Any) -> Converted:
     logprobs = get_field(body, "logprobs", (int,), where)
     if logprobs:
         if not 0 < logprobs <= 20:
-            raise InvalidRequest(f"{where}: 'logprobs' must be within 0..20")
+            raise refuse(where, "logprobs", "must be within 0..20")
         native["logprobs"] = True
         native["top_logprobs"] = logprobs
     return Converted(native, body["model"], stream, include_usage)
@@ -178,18 +209,16 @@ def embedding_request(body: Any) -> Converted:
     if isinstance(data, str):
         data = [data]
     if not isinstance(data, list) or not data:
-        raise InvalidRequest(f"{where}: 'input' must be a string or a non-empty list")
+        raise refuse(where, "input", "must be a string or a non-empty list")
     if not all(isinstance(s, str) for s in data):
-        raise InvalidRequest(
-            f"{where}: 'input' token arrays are not supported; send strings"
-        )
-    encoding = str(body.get("encoding_format") or "float").lower()
+        raise refuse(where, "input", "token arrays are not supported; send strings")
+    encoding = (get_field(body, "encoding_format", (str,), where) or "float").lower()
     if encoding not in ("float", "base64"):
-        raise InvalidRequest(f"{where}: 'encoding_format' must be float or base64")
+        raise refuse(where, "encoding_format", "must be float or base64")
     native: dict[str, Any] = {"model": body["model"], "input": data}
     dimensions = get_field(body, "dimensions", (int,), where)
     if dimensions is not None:
         if dimensions < 1:
-            raise InvalidRequest(f"{where}: 'dimensions' must be positive")
+            raise refuse(where, "dimensions", "must be positive")
         native["dimensions"] = dimensions
     return Converted(native, body["model"], encoding_format=encoding)

@@ -167,8 +167,13 @@ def models_list(entries: Iterable[tuple[str, int]]) -> dict[str, Any]:
 
 
 def sse_event(obj: Any) -> bytes:
-    """One SSE event: `data: <compact json>` and a blank line."""
-    return b"data: " + json.dumps(obj, **JSON_COMPACT).encode() + b"\n\n"
+    """One SSE event: `data: <compact json>` and a blank line (a lone
+    surrogate, which UTF-8 cannot carry, is written as its JSON escape)."""
+    try:
+        data = json.dumps(obj, **JSON_COMPACT).encode()
+    except UnicodeEncodeError:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def error_body(
@@ -185,7 +190,7 @@ def error_from_native(status: int, body: bytes) -> dict[str, Any]:
     """A node's `{"error": "..."}` reply in OpenAI's shape, typed by status."""
     try:
         message = json.loads(body).get("error") or ""
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = body.decode("utf-8", "replace").strip()
     kind = {400: "invalid_request_error", 404: "not_found_error"}.get(
         status, "api_error"

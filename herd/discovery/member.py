@@ -1,0 +1,69 @@
+"""One admitted agent as the router knows it: its last heartbeat, frozen.
+
+`Member.from_row` reads a row of the shared membership database (written by
+any router worker, herd.discovery.membership); `doc_of` is what such a row
+stores when the heartbeat's own JSON is not at hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from herd.discovery.heartbeat import Heartbeat
+
+
+@dataclass(frozen=True)
+class Member:
+    """One admitted agent, as of its last heartbeat."""
+
+    name: str
+    url: str
+    address: str
+    #: The static node this agent reports for (metrics merged), else None.
+    static_name: str | None
+    via: str
+    first_seen: float
+    last_seen: float
+    seq: int
+    interval_s: float = 5.0
+    version: str | None = None
+    ollama_error: str | None = None
+    models: tuple[Mapping[str, Any], ...] = ()
+    loaded: tuple[Mapping[str, Any], ...] = ()
+    metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def from_row(cls, row: tuple) -> Member:
+        name, address, url, static_name, via, first, last, seq, doc = row
+        body = json.loads(doc)
+        return cls(
+            name=name,
+            url=url,
+            address=address,
+            static_name=static_name,
+            via=via or "agent",
+            first_seen=first,
+            last_seen=last,
+            seq=seq,
+            interval_s=body.get("interval_s", 5.0),
+            version=body.get("version"),
+            ollama_error=body.get("ollama_error"),
+            models=tuple(body.get("models") or ()),
+            loaded=tuple(body.get("loaded") or ()),
+            metrics=MappingProxyType(body.get("metrics") or {}),
+        )
+
+
+def doc_of(hb: Heartbeat) -> dict[str, Any]:
+    return {
+        "interval_s": hb.interval_s,
+        "version": hb.version,
+        "ollama_error": hb.ollama_error,
+        "models": list(hb.models),
+        "loaded": list(hb.loaded),
+        "metrics": dict(hb.metrics),
+    }

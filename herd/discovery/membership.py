@@ -1,0 +1,391 @@
+"""Who has joined the fleet by heartbeat: shared by every router worker.
+
+Members, used nonces and recent refusals live in one small SQLite database
+(`STATE_DIR/discovery.db`, WAL) so that a replayed heartbeat is refused by
+whichever gunicorn worker it reaches, and every worker routes to the same
+nodes. Each worker keeps the members in memory and re-reads only rows that
+changed, when SQLite says another connection wrote (`PRAGMA data_version`).
+
+A member leaves on its goodbye, or when it has been silent for
+`discovery.heartbeat_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from herd.discovery.heartbeat import Heartbeat
+from herd.discovery.member import Member, doc_of
+
+log = logging.getLogger("herd.audit")
+
+#: How often (at most) a worker looks for other workers' writes and expiries.
+CHECK_S = 0.25
+#: Refusals kept for `herd status` (older ones are only in the log).
+KEEP_REFUSALS = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS members (
+    name TEXT PRIMARY KEY, address TEXT NOT NULL, url TEXT NOT NULL,
+    static_name TEXT, via TEXT, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    seq INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_ts ON nonces (ts);
+CREATE TABLE IF NOT EXISTS candidates (
+    instance TEXT PRIMARY KEY, address TEXT, port INTEGER, txt TEXT,
+    seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, address TEXT, name TEXT,
+    status INTEGER NOT NULL, reason TEXT NOT NULL);
+"""
+
+
+class Membership:
+    """The live members and the nonce ledger, backed by SQLite."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        *,
+        shared: bool = True,
+    ):
+        self.path = str(path) if path else ":memory:"
+        #: Other processes (router workers) use the same database: nonces are
+        #: written through at once. A lone worker keeps them in memory only.
+        self.shared = shared
+        self._nonces: dict[str, float] = {}
+        self.clock = clock
+        self.monotonic = monotonic
+        self.db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=5, check_same_thread=False
+        )
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # Members expire in seconds and nonces in a minute: losing the
+            # last writes in a power cut costs nothing, an fsync per
+            # heartbeat would.
+            self.db.execute("PRAGMA synchronous=OFF")
+        self.db.executescript(_SCHEMA)
+        self.members: dict[str, Member] = {}
+        self._by_url: dict[str, str] = {}
+        self._pending: dict[str, tuple] = {}
+        #: Bumps whenever a member leaves (the fleet must drop it at once).
+        self.departures = 0
+        #: Bumps whenever the set of nodes (names, URLs) changes.
+        self.generation = 0
+        self.timeout_s = 15.0
+        self._checked = float("-inf")
+        self._data_version: int | None = None
+        self._nonces_pruned = 0.0
+        self._reload()
+
+    # -- reads ---------------------------------------------------------------
+
+    def check(self, timeout_s: float | None = None) -> int:
+        """Catch up with other workers and expire silent members (rate-limited);
+        returns the generation."""
+        if timeout_s is not None:
+            self.timeout_s = timeout_s
+        now = self.monotonic()
+        if now - self._checked < CHECK_S:
+            return self.generation
+        self._checked = now
+        self.flush()
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._reload()
+        self._expire()
+        return self.generation
+
+    def refusals(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT time, address, name, status, reason FROM refusals "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("time", "address", "name", "status", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- writes --------------------------------------------------------------
+
+    def use_nonce(self, nonce: str, skew_s: float) -> bool:
+        """Record a nonce on its own; False if it was seen already (a replay)."""
+        return self._nonce(nonce, skew_s)
+
+    def beat(
+        self,
+        hb: Heartbeat,
+        address: str,
+        static_name: str | None,
+        via: str,
+        *,
+        raw: bytes | None = None,
+        nonce: str | None = None,
+        skew_s: float = 30.0,
+    ) -> Member | None:
+        """Record an admitted heartbeat and its nonce in one transaction; None
+        when the nonce was used before (a replay). Logs when a node joins.
+        `raw` is the heartbeat's JSON as received (stored as is for the other
+        workers, so it is not serialized again)."""
+        now = self.clock()
+        prev = self.members.get(hb.name)
+        doc = raw.decode() if raw is not None else json.dumps(doc_of(hb))
+        first = prev.first_seen if prev and prev.url == hb.url else now
+        seq = time.time_ns()
+        row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
+        if nonce is not None and not self._nonce(nonce, skew_s):
+            return None  # (one autocommit INSERT: atomic across workers)
+        # Member rows reach the other workers in batches (see `flush`).
+        self._pending[hb.name] = row
+        member = Member(
+            name=hb.name,
+            url=hb.url,
+            address=address,
+            static_name=static_name,
+            via=via,
+            first_seen=first,
+            last_seen=now,
+            seq=seq,
+            interval_s=hb.interval_s,
+            version=hb.version,
+            ollama_error=hb.ollama_error,
+            models=hb.models,
+            loaded=hb.loaded,
+            metrics=hb.metrics,
+        )
+        self._put(member)
+        if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):
+            self.generation += 1
+            log.warning(
+                "audit node.joined name=%s address=%s url=%s%s",
+                hb.name,
+                address,
+                hb.url,
+                f" static={static_name}" if static_name else "",
+            )
+        return member
+
+    def leave(
+        self,
+        name: str,
+        address: str,
+        why: str,
+        *,
+        nonce: str | None = None,
+        skew_s: float = 30.0,
+    ) -> bool | None:
+        """Remove `name` (its goodbye, from the address holding it); None when
+        the nonce was used before (a replay)."""
+        with self._transaction():
+            if nonce is not None and not self._nonce(nonce, skew_s):
+                return None
+            cur = self.db.execute(
+                "DELETE FROM members WHERE name = ? AND address = ?", (name, address)
+            )
+        member = self.members.get(name)
+        here = member is not None and member.address == address
+        if here:
+            self._pending.pop(name, None)  # its row may not be written yet
+            self._drop(name)
+            self.departures += 1
+        if cur.rowcount or here:
+            log.warning("audit node.left name=%s address=%s (%s)", name, address, why)
+        return bool(cur.rowcount) or here
+
+    def flush(self) -> None:
+        """Write the members' latest heartbeats in one transaction. Each beat's
+        nonce is written at once (replays are refused across workers without
+        delay); the rows only tell other workers what the node reported, so
+        they go in batches at most `CHECK_S` apart."""
+        if not self._pending:
+            return
+        rows, self._pending = list(self._pending.values()), {}
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def holder(self, name: str) -> tuple[str, str] | None:
+        """(address, url) of the live member called `name`, if any."""
+        member = self.members.get(name)
+        return (member.address, member.url) if member is not None else None
+
+    def url_holder(self, url: str) -> str | None:
+        """The name of the live member at `url`, if any."""
+        return self._by_url.get(url)
+
+    def _nonce(self, nonce: str, skew_s: float) -> bool:
+        now = self.clock()
+        if nonce in self._nonces:
+            return False
+        if self.shared:
+            try:
+                self.db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now))
+            except sqlite3.IntegrityError:
+                return False
+        self._nonces[nonce] = now
+        if now - self._nonces_pruned > skew_s:
+            # A nonce older than twice the skew bound can only come with a
+            # stale timestamp, which is refused before the ledger is asked.
+            self._nonces_pruned = now
+            cutoff = now - 2 * skew_s
+            self._nonces = {n: ts for n, ts in self._nonces.items() if ts >= cutoff}
+            if self.shared:
+                self.db.execute("DELETE FROM nonces WHERE ts < ?", (cutoff,))
+        return True
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _put(self, member: Member) -> None:
+        old = self.members.get(member.name)
+        if old is not None and self._by_url.get(old.url) == old.name:
+            del self._by_url[old.url]
+        self.members[member.name] = member
+        self._by_url[member.url] = member.name
+
+    def _drop(self, name: str) -> Member | None:
+        gone = self.members.pop(name, None)
+        if gone is not None:
+            self.generation += 1
+            if self._by_url.get(gone.url) == name:
+                del self._by_url[gone.url]
+        return gone
+
+    def refuse(
+        self, address: str | None, name: str | None, status: int, reason: str
+    ) -> None:
+        """One audit line for a refused heartbeat, and a row `herd status` shows."""
+        # What a sender claims is shown to operators: printable ASCII only.
+        name = _printable(name)[:64] if name else None
+        reason = _printable(reason)
+        log.warning(
+            "audit heartbeat.refused status=%d address=%s name=%s reason=%s",
+            status,
+            address,
+            name or "-",
+            reason,
+        )
+        try:
+            cur = self.db.execute(
+                "INSERT INTO refusals (time, address, name, status, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.clock(), address, name, status, reason[:300]),
+            )
+            if cur.lastrowid and cur.lastrowid % 50 == 0:
+                self.db.execute(
+                    "DELETE FROM refusals WHERE id <= ?",
+                    (cur.lastrowid - KEEP_REFUSALS,),
+                )
+        except sqlite3.Error as ex:  # the audit line above is what matters
+            log.error("could not record a refusal: %s", ex)
+
+    def set_candidates(self, found: list[Any]) -> None:
+        """Agents currently announced over mDNS (herd.discovery.mdns.Found)."""
+        now = self.clock()
+        rows = [
+            (
+                f.instance,
+                ",".join(f.addresses),
+                f.port,
+                json.dumps(dict(f.txt), sort_keys=True),
+                now,
+            )
+            for f in found
+        ]
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM candidates")
+            self.db.executemany("INSERT INTO candidates VALUES (?, ?, ?, ?, ?)", rows)
+        finally:
+            self.db.execute("COMMIT")
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Announced agents, each marked admitted or not (and why not)."""
+        rows = self.db.execute(
+            "SELECT instance, address, port, txt FROM candidates ORDER BY instance"
+        ).fetchall()
+        out = []
+        for instance, address, port, txt in rows:
+            member = self.members.get(instance)
+            out.append(
+                {
+                    "name": instance,
+                    "addresses": address.split(",") if address else [],
+                    "port": port,
+                    "txt": json.loads(txt),
+                    "admitted": member is not None,
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    # -- internals -----------------------------------------------------------
+
+    def _reload(self) -> None:
+        rows = self.db.execute("SELECT name, seq FROM members").fetchall()
+        seen = dict(rows)
+        changed = False
+        for name in [n for n in self.members if n not in seen]:
+            self._drop(name)
+            self.departures += 1
+        for name, seq in seen.items():
+            known = self.members.get(name)
+            if known is not None and known.seq == seq:
+                continue
+            row = self.db.execute(
+                "SELECT * FROM members WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                continue
+            member = Member.from_row(row)
+            if known is None or (known.url, known.static_name) != (
+                member.url,
+                member.static_name,
+            ):
+                changed = True
+            self._put(member)
+        if changed:
+            self.generation += 1
+
+    def _expire(self) -> None:
+        cutoff = self.clock() - self.timeout_s
+        for member in [m for m in self.members.values() if m.last_seen < cutoff]:
+            self._drop(member.name)
+            self.departures += 1
+            cur = self.db.execute(
+                "DELETE FROM members WHERE name = ? AND seq = ?",
+                (member.name, member.seq),
+            )
+            if cur.rowcount:
+                log.warning(
+                    "audit node.left name=%s address=%s (no heartbeat for %.0f s)",
+                    member.name,
+                    member.address,
+                    self.timeout_s,
+                )
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

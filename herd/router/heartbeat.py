@@ -1,0 +1,153 @@
+"""POST /fleet/heartbeat: signed heartbeats from `herd node` agents.
+
+Checks run cheapest first and every refusal is a 4xx with one audit line
+(`herd.audit` logger) and a row `herd status` shows, never a 500 and never a
+registered node: size, source network, signature headers, timestamp skew,
+HMAC over the exact body (herd.discovery.fleetkey), nonce not seen before,
+JSON shape (herd.discovery.heartbeat.parse), then the manifest's admission
+rules (`admit`). Heartbeats leave no trace row: they are not client requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import falcon
+
+from herd.discovery import fleetkey
+from herd.discovery.heartbeat import (
+    MAX_BODY,
+    NONCE,
+    Verdict,
+    admit,
+    check_source,
+    parse,
+)
+from herd.discovery.membership import Membership
+from herd.errors import HerdError
+from herd.router.forward import dumps
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str, name: str | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.name = status, reason, name
+
+
+class KeyCache:
+    """The fleet keys of `discovery.node_keys`, re-read when the file changes."""
+
+    def __init__(self) -> None:
+        self._stamp: tuple[str, int, int] | None = None
+        self._keys: tuple[fleetkey.FleetKey, ...] = ()
+
+    def keys(self, path: str | None) -> tuple[fleetkey.FleetKey, ...]:
+        if not path:
+            raise Refused(403, "discovery.node_keys is not set: no agent can join")
+        try:
+            st = os.stat(path)
+        except OSError as ex:
+            raise Refused(403, f"fleet key {path} unreadable: {ex.strerror}") from ex
+        stamp = (path, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                self._keys = fleetkey.load(path)
+            except HerdError as ex:
+                raise Refused(403, str(ex)) from ex
+            self._stamp = stamp
+        return self._keys
+
+
+class HeartbeatResource:
+    """The endpoint; `membership` is shared by all workers (SQLite)."""
+
+    def __init__(self, runtime: Any, membership: Membership):
+        self.rt = runtime
+        self.membership = membership
+        self.keys = KeyCache()
+
+    def fingerprints(self, fleet: Any) -> list[str]:
+        """Fingerprints of the fleet keys (announced over mDNS), if readable."""
+        try:
+            return [k.fingerprint for k in self.keys.keys(fleet.discovery.node_keys)]
+        except Refused:
+            return []
+
+    def on_post(self, req: Any, resp: Any) -> None:
+        req.context.deferred = True  # no trace row: not a client request
+        address = req.context.peer  # normalized once by the gate (::ffff:a.b.c.d)
+        fleet = self.rt.source.static().fleet
+        try:
+            verdict, name = self._handle(req, fleet, address)
+        except Refused as ex:
+            self.membership.refuse(address, ex.name, ex.status, ex.reason)
+            resp.status = ex.status
+            resp.content_type = falcon.MEDIA_JSON
+            resp.data = dumps({"error": f"heartbeat refused: {ex.reason}"})
+            return
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(
+            {"admitted": verdict.admitted, "name": name, "reason": verdict.reason}
+        )
+
+    def _handle(self, req: Any, fleet: Any, address: str) -> tuple[Verdict, str]:
+        length = req.content_length
+        if length is not None and length > MAX_BODY:
+            raise Refused(413, f"body of {length} bytes is over {MAX_BODY}")
+        body = req.bounded_stream.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise Refused(413, f"body is over {MAX_BODY} bytes")
+        refused = check_source(fleet, address)
+        if refused is not None:
+            raise Refused(refused.status, refused.reason)
+        keys = self.keys.keys(fleet.discovery.node_keys)
+        timestamp = req.get_header(fleetkey.HEADER_TIMESTAMP) or ""
+        nonce = req.get_header(fleetkey.HEADER_NONCE) or ""
+        signature = req.get_header(fleetkey.HEADER_SIGNATURE) or ""
+        if not (timestamp and nonce and signature):
+            raise Refused(401, "unsigned (X-Herd-Timestamp/Nonce/Signature missing)")
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            raise Refused(400, "X-Herd-Timestamp must be Unix seconds")
+        skew = fleet.discovery.max_clock_skew_s
+        drift = self.rt.clock() - int(timestamp)
+        if abs(drift) > skew:
+            raise Refused(401, f"stale: timestamp {drift:+.0f} s from router clock")
+        if not NONCE.match(nonce):
+            raise Refused(400, "X-Herd-Nonce must be 16-64 lowercase hex digits")
+        if fleetkey.verify(keys, timestamp, nonce, body, signature) is None:
+            raise Refused(401, "bad signature (not signed with the fleet key)")
+        try:
+            doc = json.loads(body)
+        except ValueError as ex:
+            raise Refused(400, f"body is not valid JSON: {ex}") from ex
+        try:
+            hb = parse(doc)
+        except HerdError as ex:
+            raise Refused(ex.status, ex.message, _name(doc)) from ex
+        members = self.membership
+        members.check(fleet.discovery.heartbeat_timeout_s)
+        verdict = admit(fleet, hb, address, members.holder, members.url_holder)
+        if not verdict.admitted:
+            raise Refused(verdict.status, verdict.reason, hb.name)
+        # The nonce is spent in the same transaction that records the beat.
+        if hb.goodbye:
+            if (
+                members.leave(hb.name, address, "goodbye", nonce=nonce, skew_s=skew)
+                is None
+            ):
+                raise Refused(409, "replayed (nonce already used)", hb.name)
+            return Verdict(False, "goodbye: left the fleet"), hb.name
+        via = str(doc.get("via") or "agent")[:16]
+        recorded = members.beat(
+            hb, address, verdict.static_name, via, raw=body, nonce=nonce, skew_s=skew
+        )
+        if recorded is None:
+            raise Refused(409, "replayed (nonce already used)", hb.name)
+        return verdict, hb.name
+
+
+def _name(doc: Any) -> str | None:
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name[:64] if isinstance(name, str) else None

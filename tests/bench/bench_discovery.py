@@ -1,0 +1,336 @@
+"""Discovery benchmark: what 500 `herd node` agents cost a router serving chat.
+
+    python tests/bench/bench_discovery.py [--agents 500] [--interval 2]
+        [--duration 8] [--repeat 3]
+
+Needs `nginx` and `wrk`, like tests/bench/bench_router.py (whose zero-cost node
+and wrk helpers it reuses). Everything listens on 127.0.0.1 and is killed at
+the end; each run is bounded by --duration.
+
+A router (one gevent worker, pinned to its own core when there are two) serves
+/api/chat from an nginx node that answers at once. A generator process plays
+--agents agents, each sending one signed heartbeat every --interval seconds
+(a fresh connection each, ~2.5 KB with metrics and model lists, like the real
+agent), spread evenly over the interval. Phases, interleaved --repeat times:
+
+  idle       nothing: the router's own background cost (health poller);
+  beats      heartbeats only: router CPU minus idle = the heartbeats' cost;
+  chat       wrk at c=16 on /api/chat: p50 without heartbeats;
+  chat+beats both at once: p50 with heartbeats.
+
+Targets: heartbeats under 10 % of one core; chat p50 changes by under 0.2 ms
+(the medians over the repeats). Exit 0 when both are met, 1 otherwise: on a
+shared machine, read the figures (and the steal column) before believing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from herd.discovery import fleetkey  # noqa: E402
+from tests.bench.bench_router import (  # noqa: E402
+    CHAT_BODY,
+    FIXED_REPLY,
+    HERD,
+    MODEL,
+    NGINX_CONF,
+    TAG,
+    WRK_LUA,
+    Procs,
+    choose_pinning,
+    cpu_seconds,
+    free_port,
+    run_wrk,
+    wait_http,
+)
+
+MANIFEST = """\
+apiVersion: herd/v1
+kind: Fleet
+metadata:
+  name: bench-discovery
+router:
+  listen: 127.0.0.1:{router}
+  node_networks: [127.0.0.0/8]
+  clients:
+    - name: bench
+      networks: [127.0.0.0/8]
+  limits:
+    queue_depth: 100000
+nodes:
+  - name: zero
+    url: http://127.0.0.1:{nginx}
+    max_concurrency: 4096
+discovery:
+  node_keys: {key}
+  heartbeat_timeout_s: 3600
+  mdns:
+    enabled: false
+    networks: [127.0.0.0/8]
+    defaults: {{labels: {{pool: agents}}, max_concurrency: 4}}
+models:
+  - name: {model}
+    place:
+      nodes: [zero]
+"""
+
+TARGET_CPU_SHARE = 0.10
+TARGET_P50_DELTA_MS = 0.2
+
+
+def agent_body(i: int) -> bytes:
+    """A heartbeat the size and shape of a real agent's."""
+    models = [
+        {**TAG, "name": f"model-{j}:latest", "model": f"model-{j}:latest"}
+        for j in range(6)
+    ]
+    doc = {
+        "name": f"agent-{i:04d}",
+        "url": f"http://127.1.{i // 250}.{i % 250 + 1}:11434",
+        "interval_s": 2,
+        "via": "router-flag",
+        "version": "0.12.3",
+        "models": models,
+        "loaded": models[:1],
+        "metrics": {
+            "cpu_percent": 12.5,
+            "cpu_count": 32,
+            "memory": {"total": 270e9, "available": 200e9, "pressure_avg10": 0.0},
+            "load": [1.0, 1.2, 1.1],
+            "swap": {"total": 8e9, "used": 0, "in_per_s": 0.0, "out_per_s": 0.0},
+            "disk": {"path": "/var/lib/ollama", "total": 4e12, "free": 2e12},
+            "temperatures": {"coretemp": 55.0},
+            "gpus": [
+                {
+                    "index": g,
+                    "name": "NVIDIA A100",
+                    "memory_total": 85e9,
+                    "memory_used": 20e9,
+                    "memory_free": 65e9,
+                    "utilization_percent": 30.0,
+                }
+                for g in range(2)
+            ],  # fmt: skip
+        },
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def _beat(port: int, key: fleetkey.FleetKey, body: bytes, stats: dict) -> None:
+    headers = fleetkey.sign(key, body, time.time())
+    head = (
+        "POST /fleet/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nConnection: close\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), 5
+        )
+        writer.write(head + body)
+        await writer.drain()
+        status = (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1]
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        stats["ok" if status == b"200" else "refused"] += 1
+    except (TimeoutError, OSError, IndexError):
+        stats["errors"] += 1
+
+
+async def _heartbeats(
+    port: int, key_path: str, agents: int, interval: float, duration: float
+) -> dict:
+    key = fleetkey.load(key_path)[0]
+    bodies = [agent_body(i) for i in range(agents)]
+    stats = {"ok": 0, "refused": 0, "errors": 0}
+    gap = interval / agents
+    start = time.monotonic()
+    tasks = set()
+    i = 0
+    while (now := time.monotonic()) - start < duration:  # bounded by duration
+        due = start + i * gap
+        if due > now:
+            await asyncio.sleep(due - now)
+        task = asyncio.create_task(_beat(port, key, bodies[i % agents], stats))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+    stats["sent"] = i
+    return stats
+
+
+def generator_main(argv: list[str]) -> int:
+    port, key, agents, interval, duration = argv
+    stats = asyncio.run(
+        _heartbeats(int(port), key, int(agents), float(interval), float(duration))
+    )
+    print(json.dumps(stats), flush=True)
+    return 0
+
+
+def start_beats(args, port: int, key: Path, load: list[str], duration: float):
+    return subprocess.Popen(
+        [*load, sys.executable, __file__, "--generate", str(port), str(key),
+         str(args.agents), str(args.interval), str(duration)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish_beats(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=60)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--generate"]:
+        return generator_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", type=int, default=500)
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-pin", dest="pin", action="store_false")
+    args = parser.parse_args(argv)
+    procs = Procs()
+    try:
+        with tempfile.TemporaryDirectory(prefix="herd-bench-disc-") as tmp:
+            return bench(args, Path(tmp), procs)
+    finally:
+        procs.stop()
+
+
+def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
+    pin = choose_pinning(args.pin, 1)
+    print(f"mode: {pin.describe(1)}", flush=True)
+    if pin.on:
+        os.sched_setaffinity(0, set(pin.load))
+    load = pin.load_cmd()
+    ports = {"nginx": free_port(), "router": free_port()}
+    log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
+    (tmp / "nginx.conf").write_text(
+        NGINX_CONF.format(
+            tmp=tmp, port=ports["nginx"], chat=FIXED_REPLY,
+            tags=json.dumps({"models": [TAG]}, separators=(",", ":")),
+            ps=json.dumps({"models": []}),
+        )
+    )  # fmt: skip
+    procs.start(
+        [*load, "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
+        stdout=log,
+        stderr=log,
+    )
+    wait_http(f"http://127.0.0.1:{ports['nginx']}/api/version")
+    key = tmp / "fleet.key"
+    fleetkey.write(key, fleetkey.generate())
+    manifest = tmp / "fleet.yaml"
+    manifest.write_text(MANIFEST.format(model=MODEL, key=key, **ports))
+    state = tmp / "state"
+    env = {**os.environ, "HERD_ACCESS_LOG": "0", "HERD_LOG_LEVEL": "error"}
+    subprocess.run(
+        [*HERD, "apply", str(manifest), "--yes", "--state-dir", str(state)],
+        check=True, capture_output=True, env=env, timeout=60,
+    )  # fmt: skip
+    router = procs.start(
+        [*pin.server_cmd(), *HERD, "serve", "--state-dir", str(state), "--bind",
+         f"127.0.0.1:{ports['router']}"],
+        stdout=log, stderr=log, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{ports['router']}"
+    wait_http(url + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
+    lua = tmp / "chat.lua"
+    lua.write_text(WRK_LUA.format(body=CHAT_BODY))
+    # Warm-up: every agent admitted once, pools and imports warm.
+    warm = start_beats(args, ports["router"], key, load, args.interval + 1)
+    run_wrk(url + "/api/chat", lua, 16, 2, pin=load)
+    print(f"warm-up heartbeats: {finish_beats(warm)}", flush=True)
+    nodes = json.loads(urllib_get(url + "/fleet/nodes"))["nodes"]
+    print(f"router sees {len(nodes)} nodes ({args.agents} agents + 1 static)")
+
+    rows: dict[str, list] = {"idle": [], "beats": [], "chat": [], "both": []}
+    for r in range(args.repeat):
+        before = cpu_seconds(router.pid)
+        time.sleep(args.duration)
+        rows["idle"].append((cpu_seconds(router.pid) - before) / args.duration)
+
+        before = cpu_seconds(router.pid)
+        began = time.monotonic()
+        beats = finish_beats(
+            start_beats(args, ports["router"], key, load, args.duration)
+        )
+        spent = time.monotonic() - began
+        rows["beats"].append((cpu_seconds(router.pid) - before) / spent)
+
+        rows["chat"].append(
+            run_wrk(
+                url + "/api/chat", lua, 16, args.duration, server=router.pid, pin=load
+            )
+        )
+        gen = start_beats(args, ports["router"], key, load, args.duration)
+        rows["both"].append(
+            run_wrk(
+                url + "/api/chat", lua, 16, args.duration, server=router.pid, pin=load
+            )
+        )
+        both_beats = finish_beats(gen)
+        print(
+            f"run {r + 1}: idle {rows['idle'][-1]:.1%} of a core, "
+            f"heartbeats {rows['beats'][-1]:.1%} ({beats}), "
+            f"chat p50 {rows['chat'][-1].p50_us / 1000:.3f} ms "
+            f"({rows['chat'][-1].rps:.0f} req/s, {rows['chat'][-1].cpu_us:.0f} us "
+            f"router CPU/req, steal {rows['chat'][-1].steal:.0%}), "
+            f"with heartbeats {rows['both'][-1].p50_us / 1000:.3f} ms "
+            f"({rows['both'][-1].rps:.0f} req/s, steal {rows['both'][-1].steal:.0%}; "
+            f"{both_beats})",
+            flush=True,
+        )
+    idle = statistics.median(rows["idle"])
+    beat_share = statistics.median(rows["beats"]) - idle
+    p50 = statistics.median(w.p50_us for w in rows["chat"]) / 1000
+    p50_both = statistics.median(w.p50_us for w in rows["both"]) / 1000
+    rate = args.agents / args.interval
+    print()
+    print(f"heartbeats: {rate:.0f}/s from {args.agents} agents")
+    print(
+        f"router CPU for heartbeats: {beat_share:.1%} of one core "
+        f"(busy {statistics.median(rows['beats']):.1%} minus idle {idle:.1%}); "
+        f"{beat_share / rate * 1e6:.0f} us per heartbeat   target < 10%"
+    )
+    chat_cpu = statistics.median(w.cpu_us for w in rows["chat"])
+    print(
+        f"one heartbeat costs the router {beat_share / rate * 1e6 / chat_cpu:.2f} "
+        f"chat requests' CPU ({chat_cpu:.0f} us per chat request in the same run)"
+    )
+    print(
+        f"chat p50 at c=16: {p50:.3f} ms alone, {p50_both:.3f} ms with heartbeats "
+        f"(change {p50_both - p50:+.3f} ms, ratio {p50_both / p50:.3f})   "
+        f"target < +{TARGET_P50_DELTA_MS} ms"
+    )
+    met = beat_share < TARGET_CPU_SHARE and p50_both - p50 < TARGET_P50_DELTA_MS
+    print("targets met" if met else "targets NOT met (shared machine? see steal)")
+    return 0 if met else 1
+
+
+def urllib_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read().decode()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

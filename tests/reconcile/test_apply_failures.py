@@ -1,0 +1,105 @@
+"""A node dying mid-pull: apply reports it and exits 1, the other node finishes;
+the next apply completes it (real sims, real router, a 150 MB model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import httpx
+import yaml
+
+from herd.bundle.importer import import_bundle
+from herd.bundle.policy import Policy
+from herd.store import Store
+from tests.bundle.bundle_helpers import ALLOWED, big_gguf, make_bundle
+from tests.router.routerproc import ROOT, manifest, start_router, start_sim
+
+MODEL = "big:1"
+
+
+def test_node_killed_mid_pull(tmp_path):
+    state_dir = tmp_path / "state"
+    weights = big_gguf(tmp_path / "big.gguf", 150_000_000)
+    bundle = make_bundle(tmp_path / "bundle", name="bigb", model=MODEL, weights=weights)
+    store = Store(state_dir)
+    try:
+        policy = Policy(ALLOWED, True, state_dir / "store")
+        import_bundle(bundle, policy, store)
+    finally:
+        store.close()
+    weights.unlink()
+    nodes = [
+        start_sim(f"n{i}", models="", extra=("--store", str(tmp_path / f"node{i}")))
+        for i in range(2)
+    ]
+    router = None
+    try:
+        doc = yaml.safe_load(manifest(nodes))
+        doc["models"] = [
+            {"name": MODEL, "place": {"nodes": ["n0", "n1"]}, "bundle": "bigb"}
+        ]
+        text = yaml.safe_dump(doc)
+        router = start_router(state_dir, text, tmp_path / "router.log")
+        path = tmp_path / "fleet.yaml"
+        path.write_text(text)
+        args = [
+            sys.executable, "-m", "herd", "apply", "--yes", "--json",
+            "--registry", router.url.removeprefix("http://"), str(path),
+        ]  # fmt: skip
+        env = {**os.environ, "HERD_STATE_DIR": str(state_dir), "HERD_APPLY_NODES": "1"}
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        events = []
+        for line in proc.stdout:
+            event = json.loads(line)
+            events.append(event)
+            if event.get("event") == "progress" and event["node"] == "n1":
+                nodes[1].kill()
+        assert proc.wait(120) == 1, proc.stderr.read()
+        summary = events[-1]
+        assert summary["event"] == "summary" and summary["ok"] is False
+        assert summary["done"] == {"n0": [f"pull {MODEL}"]}
+        assert list(summary["failed"]) == ["n1"]
+        assert summary["failed"]["n1"][0].startswith(f"pull {MODEL}: ")
+        tags = httpx.get(nodes[0].url + "/api/tags", timeout=5).json()["models"]
+        assert [m["name"] for m in tags] == [MODEL]
+
+        port = urlsplit(nodes[1].url).port
+        nodes[1] = start_sim(
+            "n1", models="", port=port, extra=("--store", str(tmp_path / "node1"))
+        )
+        again = subprocess.run(
+            args[:5] + args[6:], capture_output=True, text=True, env=env, cwd=ROOT,
+            timeout=120,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "n0: nothing to do" in again.stdout
+        assert "n1: done: pull big:1" in again.stdout
+        tags = httpx.get(nodes[1].url + "/api/tags", timeout=5).json()["models"]
+        assert [m["name"] for m in tags] == [MODEL]
+
+        store = Store(state_dir)
+        try:
+            rows = [r for r in store.audit_rows(50) if r["action"] == "node.pull"]
+        finally:
+            store.close()
+        outcomes = sorted(
+            (json.loads(r["detail"])["node"], json.loads(r["detail"])["outcome"])
+            for r in rows
+        )
+        assert outcomes == [("n0", "ok"), ("n1", "failed"), ("n1", "ok")]
+    finally:
+        for sim in nodes:
+            sim.kill()
+        if router:
+            router.stop()
