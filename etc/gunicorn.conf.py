@@ -91,6 +91,31 @@ def worker_exit(server, worker):
         rt.stop()
 
 
+# -- Prometheus multiprocess directory (herd.router.multiproc) ---------------
+# Every worker writes its counts there; /metrics adds them up.
+
+
+def on_starting(server):
+    """Before any worker exists: a private, empty metrics directory."""
+    from herd.router import multiproc
+
+    multiproc.prepare()
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges stop counting (its counters stay)."""
+    from herd.router import multiproc
+
+    multiproc.worker_gone(worker.pid)
+
+
+def on_exit(server):
+    """The router stops: remove the metrics directory it made."""
+    from herd.router import multiproc
+
+    multiproc.cleanup()
+
+
 # -- systemd (Type=notify): readiness, reload, stop; see herd/router/readiness.py --
 # gunicorn must not see NOTIFY_SOCKET: it would send READY=1 before any worker.
 from herd.router.readiness import take_notify_socket as _take_notify_socket  # noqa: E402
