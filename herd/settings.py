@@ -227,6 +227,16 @@ APPLY_NODES = Setting(
     default=lambda: True,
     type=parse_bool,
 )
+FIREWALL_DROPIN = Setting(
+    name="systemd_dropin_dir",
+    flag=None,
+    env="HERD_SYSTEMD_DROPIN_DIR",
+    help="`herd apply`: directory for the router unit's address allowlist drop-in; "
+    "off skips it (default /etc/systemd/system/herd-router.service.d as root on a "
+    "systemd host, else skipped)",
+    default=_none,
+    metavar="DIR",
+)
 
 #: Every command takes these.
 COMMON: tuple[Setting, ...] = (STATE_DIR,)
@@ -246,6 +256,7 @@ SETTINGS: tuple[Setting, ...] = (
     GC_TUNE,
     REGISTRY,
     APPLY_NODES,
+    FIREWALL_DROPIN,
 )
 
 
