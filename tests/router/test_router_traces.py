@@ -188,9 +188,10 @@ def _generate(url: str) -> int:
 def _empty_wal(db_path: Path) -> None:
     """Checkpoint `db_path` and truncate its WAL to 0 bytes, from this process.
 
-    A write inside space a file already has succeeds whatever RLIMIT_FSIZE
-    says; after this, the next commit (a WAL header and frames at offset 0)
-    must grow the WAL, so it fails for sure.
+    setrlimit(2) describes RLIMIT_FSIZE as refusing writes that *extend* a
+    file; Linux refuses any write at an offset past the limit, even inside
+    space the file has. After this the next commit (a WAL header and frames
+    from offset 0) must grow the WAL, so it fails under either reading.
     """
     wal = Path(f"{db_path}-wal")
     with closing(sqlite3.connect(db_path, timeout=10)) as db:
@@ -227,8 +228,8 @@ def test_router_counts_every_trace_while_its_disk_refuses_writes(sims, tmp_path)
         # Only the soft limit: raising it back needs no privilege.
         before = resource.prlimit(worker, resource.RLIMIT_FSIZE)
         resource.prlimit(worker, resource.RLIMIT_FSIZE, (1, before[1]))
-        # The limit refuses only writes that grow a file: empty the WAL, so the
-        # worker's every commit from now on must grow it.
+        # Empty the WAL: the worker's every commit from now on must grow it.
+        # No write goes through after this: `written` stays where it is.
         _empty_wal(db_path)
         written = r.get("/fleet/status")[1]["traces"]["written"]
         sent += 1
