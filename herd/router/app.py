@@ -85,7 +85,8 @@ def create_app(
         background=background,
         access=access,
     )
-    app = RouterApp(middleware=[Gate(runtime)], media_type=falcon.MEDIA_JSON)
+    gate = Gate(runtime)
+    app = RouterApp(middleware=[gate], media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
     failures.install(app)
 
@@ -122,6 +123,7 @@ def create_app(
     app.add_route("/metrics", ops.Metrics(runtime))
     if bundle_store is not None:
         registry.add_routes(app, bundle_store)
+    gate.find_route = app._router.find
     app.herd_runtime = runtime
     return app
 
