@@ -19,13 +19,13 @@ from herd.discovery.agents import AgentAwareHealth
 from herd.discovery.announcer import RouterMdns, bind_port
 from herd.discovery.membership import Membership
 from herd.discovery.source import DiscoveredSource
-from herd.router import failures, fleet, ollama, openai, ops, registry
-from herd.router.accesslog import AccessLog
+from herd.router.api import failures, fleet, ollama, openai, ops, registry
+from herd.router.api.heartbeat import HeartbeatResource
 from herd.router.gate import Gate
-from herd.router.heartbeat import HeartbeatResource
-from herd.router.proxy import Upstream
+from herd.router.observe.accesslog import AccessLog
+from herd.router.observe.traces import TraceLog
+from herd.router.routing.proxy import Upstream
 from herd.router.runtime import Runtime
-from herd.router.traces import TraceLog
 
 
 class RouterApp(falcon.App):
