@@ -16,6 +16,7 @@ from herd.discovery.health import model_key
 from herd.errors import Forbidden, InvalidRequest
 from herd.manifest.model import Client, Fleet, Model, normalize_model_name
 from herd.router.api.body import check_lowercase_keys
+from herd.router.api.kinds import check_kind
 from herd.router.gate import decision_headers
 from herd.router.routing import relay
 from herd.router.routing.forward import Outcome, dumps
@@ -79,6 +80,7 @@ class Forwarded:
             raw = None
             body.pop("name", None)
         models = rt.models_for(fleet, ctx.client, name, extra)
+        check_kind(self.path, models[0])
         rt.limiter.take(ctx.client)
         stream = self.streams and body.get("stream", True) is not False
         opened = rt.forwarder.open(

@@ -299,11 +299,19 @@ class Upstream:
                 _drop_idle(pool)
         raise AssertionError("unreachable")
 
-    def get_json(self, url: str, path: str, timeout: float = POLL_TIMEOUT_S) -> Any:
+    def get_json(
+        self,
+        url: str,
+        path: str,
+        timeout: float = POLL_TIMEOUT_S,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """GET a small JSON document (the health poller); raises UpstreamFailure."""
         import json
 
-        reply = self.open(url, "GET", path, connect_s=timeout, network_s=timeout)
+        reply = self.open(
+            url, "GET", path, connect_s=timeout, network_s=timeout, headers=headers
+        )
         try:
             data = reply.read()
         except StreamBroken as ex:
