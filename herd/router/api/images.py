@@ -73,7 +73,9 @@ def _int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
         or not isinstance(value, int)
         or not low <= value <= high
     ):
-        raise InvalidRequest(f"'{key}' must be an integer from {low} to {high}", key)
+        raise InvalidRequest(
+            f"'{key}' must be an integer from {low} to {high}", param=key
+        )
     return value
 
 
@@ -81,7 +83,7 @@ def _size(width: int, height: int) -> str:
     if width * height > MAX_PIXELS:
         raise InvalidRequest(
             f"image of {width}x{height} is over {MAX_PIXELS // 1048576} megapixels",
-            "width",
+            param="width",
         )
     return f"{width}x{height}"
 
@@ -91,15 +93,17 @@ def _text(body: dict[str, Any], key: str, required: bool = False) -> None:
     if value is None and not required:
         return
     if not isinstance(value, str) or (required and not value.strip()):
-        raise InvalidRequest(f"'{key}' must be a non-empty string", key)
+        raise InvalidRequest(f"'{key}' must be a non-empty string", param=key)
     if len(value) > PROMPT_MAX:
-        raise InvalidRequest(f"'{key}' is longer than {PROMPT_MAX} characters", key)
+        raise InvalidRequest(
+            f"'{key}' is longer than {PROMPT_MAX} characters", param=key
+        )
 
 
 def _unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
     for key in body:
         if key not in allowed:
-            raise InvalidRequest(f"'{key}' is not an image generation field", key)
+            raise InvalidRequest(f"'{key}' is not an image generation field", param=key)
 
 
 def native_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +115,7 @@ def native_request(body: dict[str, Any]) -> dict[str, Any]:
     height = _int(body, "height", SIDE_MIN, SIDE_MAX)
     if width is None or height is None:
         missing = "width" if width is None else "height"
-        raise InvalidRequest(f"'{missing}' is required", missing)
+        raise InvalidRequest(f"'{missing}' is required", param=missing)
     out: dict[str, Any] = {
         "model": body["model"],
         "prompt": body["prompt"],
@@ -138,10 +142,12 @@ def openai_request(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(
             "response_format 'url' is not available: herd does not host images; "
             "use 'b64_json'",
-            "response_format",
+            param="response_format",
         )
     if fmt is not None and fmt != "b64_json":
-        raise InvalidRequest("response_format must be 'b64_json'", "response_format")
+        raise InvalidRequest(
+            "response_format must be 'b64_json'", param="response_format"
+        )
     _int(body, "n", 1, N_MAX)
     _int(body, "steps", 1, STEPS_MAX)
     _int(body, "seed", -(2**63), 2**64 - 1)
@@ -149,11 +155,13 @@ def openai_request(body: dict[str, Any]) -> dict[str, Any]:
     if size is not None and size != "auto":
         match = _SIZE.match(size) if isinstance(size, str) else None
         if match is None:
-            raise InvalidRequest("size must be WIDTHxHEIGHT, e.g. 1024x1024", "size")
+            raise InvalidRequest(
+                "size must be WIDTHxHEIGHT, e.g. 1024x1024", param="size"
+            )
         width, height = int(match.group(1)), int(match.group(2))
         if not (SIDE_MIN <= width <= SIDE_MAX and SIDE_MIN <= height <= SIDE_MAX):
             raise InvalidRequest(
-                f"size: each side must be from {SIDE_MIN} to {SIDE_MAX}", "size"
+                f"size: each side must be from {SIDE_MIN} to {SIDE_MAX}", param="size"
             )
         _size(width, height)
     for key in ("quality", "style", "user", "output_format", "background"):

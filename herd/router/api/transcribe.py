@@ -83,22 +83,26 @@ class Upload:
             if part.name == "model" and self.file is not None:
                 return
         if self.file is None:
-            raise InvalidRequest("form field 'file' (the audio) is required", "file")
+            raise InvalidRequest(
+                "form field 'file' (the audio) is required", param="file"
+            )
 
     def _check(self, part: mp.Part) -> None:
         if part.name not in self.allowed:
             raise InvalidRequest(
                 f"form field '{part.name[:64]}' is not accepted by {self.route} "
                 f"(accepted: {', '.join(sorted(self.allowed))})",
-                part.name[:64],
+                param=part.name[:64],
             )
         if part.name == "file" and part.filename is None:
             raise InvalidRequest(
                 "form field 'file' must be a file upload (curl -F file=@audio.wav)",
-                "file",
+                param="file",
             )
         if part.name != "file" and part.filename is not None:
-            raise InvalidRequest(f"form field '{part.name}' must be text", part.name)
+            raise InvalidRequest(
+                f"form field '{part.name}' must be text", param=part.name
+            )
 
     def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
@@ -190,21 +194,21 @@ class Transcribe:
         if fmt is not None and fmt not in RESPONSE_FORMATS:
             raise InvalidRequest(
                 f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
-                "response_format",
+                param="response_format",
             )
         if "temperature" in fields:
             try:
                 float(fields["temperature"])
             except ValueError:
                 raise InvalidRequest(
-                    "temperature must be a number", "temperature"
+                    "temperature must be a number", param="temperature"
                 ) from None
         language = fields.get("language")
         if language is not None and not (
             0 < len(language) <= 16 and language.isalpha()
         ):
             raise InvalidRequest(
-                "language must be a language code such as 'en'", "language"
+                "language must be a language code such as 'en'", param="language"
             )
         return {"response_format": "verbose_json"} if self.native else {}
 

@@ -29,6 +29,10 @@ class OpenAIForm:
     body: dict[str, Any]
 
 
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def node_model_id(health: Any, node: Node, model: Model) -> str:
     """The model's id as the node lists it (case kept); before the first
     poll, the declared name without Ollama's implied `:latest`."""
@@ -101,9 +105,7 @@ def commit(
             data = reply.read()
             opened.release()
             if form is None:
-                opened.body = json.dumps(
-                    {"error": to_openai.error_message(data)}
-                ).encode()
+                opened.body = _dumps({"error": to_openai.error_message(data)})
                 opened.content_type = "application/json; charset=utf-8"
             else:
                 opened.body = data
@@ -140,7 +142,7 @@ def commit(
             opened.body, opened.first_obj, opened.passthrough = data, answer, True
         else:
             opened.first_obj = to_openai.reply(path, answer, model)
-            opened.body = json.dumps(opened.first_obj, ensure_ascii=False).encode()
+            opened.body = _dumps(opened.first_obj)
         opened.content_type = "application/json; charset=utf-8"
         return opened
     except StreamBroken as ex:
@@ -159,7 +161,7 @@ def send(
     limits: Any,
 ) -> Reply:
     """POST the JSON payload with the node's bearer token; raises UpstreamFailure."""
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    data = _dumps(payload)
     return upstream.open(
         node.url,
         "POST",

@@ -80,14 +80,6 @@ class UploadBroken(Exception):
     """Sending a streamed upload to a node failed after it began."""
 
 
-def _close(sock: Any) -> None:
-    if sock is not None:
-        try:
-            sock.close()
-        except OSError:
-            pass
-
-
 class StreamBroken(Exception):
     """A node failed after its answer started (idle timeout, reset, garbage)."""
 
@@ -345,9 +337,15 @@ class Upstream:
         started = False
         sock = None
         try:
-            # A fresh connection: an idle pooled one the node closed would
-            # fail after the upload began, when it can no longer be retried.
-            sock = pool._create_socket()
+            # A fresh connection (a pool slot all the same): an idle pooled
+            # one the node closed would fail after the upload began, when it
+            # can no longer be retried.
+            pool._semaphore.acquire()
+            try:
+                sock = pool._create_socket()
+            except BaseException:
+                pool._semaphore.release()
+                raise
             sock.sendall(head)
             for chunk in chunks:
                 started = True
@@ -355,11 +353,9 @@ class Upstream:
                     sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             sock.sendall(b"0\r\n\r\n")
             return Reply(response_type(sock, pool, block_size=BLOCK_SIZE))
-        except UploadBroken:
-            _close(sock)
-            raise
         except Exception as ex:  # noqa: BLE001 - socket errors, the source's errors
-            _close(sock)
+            if sock is not None:
+                pool.release_socket(sock)
             if isinstance(ex, HerdError):
                 raise  # the source refused the client's body (e.g. bad multipart)
             if not started:
