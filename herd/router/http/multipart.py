@@ -56,7 +56,10 @@ def boundary_of(content_type: str | None) -> bytes:
         raise MultipartError(
             f"Content-Type must be multipart/form-data, not {kind.strip()[:80]!r}"
         )
-    found = dict(_params(";" + params))
+    try:
+        found = dict(_params(";" + params)) if params.strip() else {}
+    except MultipartError:
+        found = {}
     boundary = found.get("boundary")
     if not boundary or not _BOUNDARY.match(boundary):
         raise MultipartError("Content-Type: missing or malformed multipart boundary")
