@@ -60,9 +60,10 @@ class StaticPoller:
                 result = self._poll_openai(node)
             else:
                 get = self._upstream.get_json
-                version = get(node.url, "/api/version", self.timeout)
-                tags = get(node.url, "/api/tags", self.timeout)
-                ps = get(node.url, "/api/ps", self.timeout)
+                auth = node.auth
+                version = get(node.url, "/api/version", self.timeout, auth)
+                tags = get(node.url, "/api/tags", self.timeout, auth)
+                ps = get(node.url, "/api/ps", self.timeout, auth)
                 result = PollResult(
                     ok=True,
                     version=str((version or {}).get("version") or "") or None,

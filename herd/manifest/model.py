@@ -91,13 +91,16 @@ class Node:
     max_concurrency: int = 4
     #: The API the node speaks: "ollama" or "openai" (OpenAI-compatible).
     api: str = "ollama"
-    #: Bearer token read from `token_file` at load; never shown (repr=False).
-    token: str | None = field(default=None, repr=False)
+    #: Where the node's bearer token is read from (shown in plans, status).
+    token_file: str | None = None
+    #: The token itself, read at load. The leading underscore keeps it out of
+    #: plans and every other rendering of the manifest (and repr=False).
+    _token: str | None = field(default=None, repr=False)
 
     @property
     def auth(self) -> dict[str, str] | None:
         """The request headers that authenticate to the node, if it needs any."""
-        return {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return {"Authorization": f"Bearer {self._token}"} if self._token else None
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,8 @@ def build_fleet(
             labels=_frozen(n.get("labels")),
             max_concurrency=n.get("max_concurrency", Node.max_concurrency),
             api=n.get("api", Node.api),
-            token=(tokens or {}).get(n["name"]),
+            token_file=n.get("token_file"),
+            _token=(tokens or {}).get(n["name"]),
         )
         for n in doc.get("nodes") or ()
     )

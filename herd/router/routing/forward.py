@@ -303,6 +303,7 @@ class Forwarder:
                 data,
                 connect_s=limits.connect_timeout_s,
                 network_s=limits.first_byte_timeout_s,
+                headers=node.auth,
             )
         except UpstreamFailure as ex:
             release()
