@@ -172,6 +172,27 @@ def test_ollama_tool_calls_through_an_openai_node(
     assert follow.message.content
 
 
+def test_fields_an_openai_node_cannot_take_are_named(fleet: dict[str, Any]) -> None:
+    client = ollama.Client(host=fleet["router"].url, timeout=30)
+    with pytest.raises(ollama.ResponseError, match="options.mirostat") as ex:
+        client.chat(
+            model="qwen",
+            messages=[{"role": "user", "content": "hi"}],
+            options={"mirostat": 1},
+        )
+    assert ex.value.status_code == 400
+    with pytest.raises(ollama.ResponseError, match="'suffix'"):
+        client.generate(model="qwen", prompt="def f(", suffix="return 1")
+    # Options that only size the runtime are dropped, not refused.
+    ok = client.chat(
+        model="qwen",
+        messages=[{"role": "user", "content": "hi"}],
+        options={"num_ctx": 8192, "num_predict": 3, "temperature": 0.1},
+    )
+    assert ok.done_reason == "length" and ok.eval_count == 3
+    assert client.show("qwen").capabilities == ["completion", "tools", "vision"]
+
+
 def test_openai_sdk_to_an_openai_node_passes_through(fleet: dict[str, Any]) -> None:
     client = _oai(fleet["router"])
     done = client.chat.completions.create(

@@ -240,7 +240,7 @@ class Transcribe:
                 try:
                     return self._attempt(node, model, upload, extra, limits, outcome)
                 except UpstreamFailure as ex:
-                    error = rt.forwarder._failed(node, ex.kind, ex.message)
+                    error = rt.forwarder.node_failed(node, ex.kind, ex.message)
                     outcome.retries += 1
         raise error or NoHealthyNode(
             f"no healthy node can serve model {models[0].name}"
@@ -287,8 +287,7 @@ class Transcribe:
             raise
         except (UploadBroken, StreamBroken) as ex:
             release()
-            rt.stats.failure(node.name)
-            raise rt.forwarder._failed(node, "protocol", str(ex)) from None
+            raise rt.forwarder.node_failed(node, "protocol", str(ex)) from None
         except BaseException:
             release()
             raise

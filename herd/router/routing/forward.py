@@ -445,6 +445,11 @@ class Forwarder:
         opened.first_obj = fold.result()
         return dumps(opened.first_obj)
 
+    def node_failed(self, node: Node, kind: str, message: str) -> HerdError:
+        """The error for a node that failed before answering, counted and
+        logged (for routes that send to nodes themselves, e.g. uploads)."""
+        return self._failed(node, kind, message)
+
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
         """The error for a node that failed before answering. Its message
         says only what kind of failure it was; the node, its URL and the

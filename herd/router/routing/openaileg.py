@@ -18,6 +18,7 @@ from typing import Any
 from herd.errors import HerdError
 from herd.manifest.model import Model, Node
 from herd.router.convert import to_openai
+from herd.router.convert.response import error_body
 from herd.router.routing.proxy import Reply, StreamBroken, UpstreamFailure
 
 
@@ -52,6 +53,19 @@ def outgoing(
         return form.path, {**form.body, "model": node_id}
     converted = to_openai.request(path, body, node_id)
     return converted.path, converted.body
+
+
+def openai_error(status: int, data: bytes) -> bytes:
+    """A node's error body in OpenAI's shape: as sent when it already is,
+    else (an HTML page, FastAPI's `{"detail"}`) rebuilt around its message."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return data
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return _dumps(error_body(to_openai.error_message(data), kind))
 
 
 def sse_lines(lines: Iterator[bytes]) -> Iterator[bytes]:
@@ -108,7 +122,8 @@ def commit(
                 opened.body = _dumps({"error": to_openai.error_message(data)})
                 opened.content_type = "application/json; charset=utf-8"
             else:
-                opened.body = data
+                opened.body = openai_error(reply.status, data)
+                opened.content_type = "application/json"
                 opened.passthrough = True
             return opened
         if stream and form is not None:
