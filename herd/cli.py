@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "herd.bundle.commands",
     "herd.demo",
     "herd.node.commands",
+    "herd.health.commands",
 )
 
 EPILOG = """\

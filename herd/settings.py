@@ -227,6 +227,24 @@ APPLY_NODES = Setting(
     default=lambda: True,
     type=parse_bool,
 )
+SCRUB_INTERVAL = Setting(
+    name="scrub_interval",
+    flag=None,
+    env="HERD_SCRUB_INTERVAL",
+    help="router: seconds between two ticks of the bundle store scrub, which "
+    "re-hashes blobs in the background (default 60)",
+    default=lambda: 60.0,
+    type=positive_seconds,
+)
+SCRUB_BYTES = Setting(
+    name="scrub_bytes",
+    flag=None,
+    env="HERD_SCRUB_BYTES",
+    help="router: bytes of blobs the scrub reads per tick at most (default "
+    "134217728, 128 MiB: about 180 GB a day)",
+    default=lambda: 128 * 1024 * 1024,
+    type=positive_int,
+)
 
 #: Every command takes these.
 COMMON: tuple[Setting, ...] = (STATE_DIR,)
@@ -246,6 +264,8 @@ SETTINGS: tuple[Setting, ...] = (
     GC_TUNE,
     REGISTRY,
     APPLY_NODES,
+    SCRUB_INTERVAL,
+    SCRUB_BYTES,
 )
 
 
