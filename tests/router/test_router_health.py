@@ -104,8 +104,10 @@ def test_health_engine_end_to_end(fleet):
     # agent runs here), never a pass; the scrub has verified every blob.
     body = wait_for(
         router,
-        lambda body: "bundle_store" in body["passed"]
-        and json.loads((state / "scrub.json").read_text())["full_passes"] >= 1,
+        lambda body: (
+            "bundle_store" in body["passed"]
+            and json.loads((state / "scrub.json").read_text())["full_passes"] >= 1
+        ),
         "a full scrub pass",
     )
     assert body["counts"]["critical"] == 0, body
