@@ -134,7 +134,8 @@ ROUTER_TOKEN = Setting(
     name="token",
     flag="--token",
     env="HERD_TOKEN",
-    help="`herd status`: bearer token for the router, if its client group needs one",
+    help="`herd status`/`herd health`: bearer token for the router, if its client "
+    "group needs one",
     default=_none,
     metavar="TOKEN",
 )
