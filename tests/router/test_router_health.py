@@ -175,3 +175,40 @@ def test_health_engine_end_to_end(fleet):
     assert offline["source"].startswith("state directory")
     assert "node_down" in ids(offline, "unknown")
     assert "bundle_store" in ids(offline, "critical")
+
+
+def test_agent_facts_known_where_an_agent_reports(tmp_path, sims, router, monkeypatch):
+    """A node with a real `herd node` agent: memory, disk and clock skew are
+    judged (no "unknown" naming it); the static node without one stays unknown."""
+    import yaml
+
+    from tests.discovery.agentkit import discovery_manifest, make_key
+    from tests.node.test_agent import start_agent, stop
+
+    static, local = sims("static-a"), sims("ollama-of-agent")
+    make_key(tmp_path)
+    doc = yaml.safe_load(discovery_manifest([static], tmp_path / "fleet.key"))
+    doc["router"]["clients"][0]["operator"] = True
+    r = router(yaml.safe_dump(doc))
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
+    agent = start_agent(r.url, local.url, tmp_path / "fleet.key", "gpu-h")
+    try:
+        body = wait_for(
+            r,
+            lambda body: "gpu-h" in json.dumps(r.get("/fleet/nodes")[1]),
+            "the agent joining",
+        )
+        body = wait_for(r, lambda body: True, "findings")
+        for check in ("memory", "disk", "clock_skew", "agent_silent"):
+            unknown = [
+                f["finding"]
+                for f in body["findings"]
+                if f["id"] == check and f["severity"] == "unknown"
+            ]
+            assert unknown and all("static-a" in u for u in unknown), (check, body)
+            assert not any("gpu-h" in u for u in unknown), (check, body)
+        skewed = [f for f in body["findings"] if f["id"] == "clock_skew"]
+        assert all(f["severity"] == "unknown" for f in skewed), skewed
+    finally:
+        stop(agent)
