@@ -2,10 +2,11 @@
 state directory alone when no router answers (`offline_snapshot`).
 
 The monitor runs off the request path: a background loop samples each node's
-queue every few seconds (how long it has been saturated) and remembers which
-nodes had an agent; traces.db aggregates are cached for `TRACES_TTL_S`. A
-request to /dashboard/api/health reads those, the poller's node health, the
-agents' last heartbeats, the pointer and the scrub's results.
+queue every few seconds (how long it has been saturated), remembers which
+nodes had an agent, and refreshes the traces.db aggregates every
+`TRACES_TTL_S` in a thread (off the event loop). A request to
+/dashboard/api/health reads those, the poller's node health, the agents' last
+heartbeats, the pointer and the scrub's results.
 """
 
 from __future__ import annotations
@@ -116,24 +117,34 @@ class Monitor:
                 self._agent_seen[node.name] = member.last_seen
 
     def run(self, stopped: Callable[[], bool]) -> None:
+        """Sample every SAMPLE_S; refresh the traces.db aggregates every
+        TRACES_TTL_S in a thread of gevent's pool, so a slow query over a big
+        database never holds up the requests of this worker."""
         import gevent
 
+        pool = gevent.get_hub().threadpool
         while not stopped():
             try:
                 self.sample()
+                now = self.rt.clock()
+                if self._traces is None or now - self._traces[0] >= TRACES_TTL_S:
+                    fleet = self.rt.served().fleet
+                    self._traces = (now, pool.apply(self._query, (fleet, now)))
             except Exception:  # noqa: BLE001 - the monitor must never die
                 log.exception("health sampling failed")
             gevent.sleep(SAMPLE_S)
 
+    def _query(self, fleet: Fleet, now: float) -> TraceFacts | None:
+        if self.state_dir is None:
+            return None
+        return trace_facts(self.state_dir, now, fleet.audit.retention_days)
+
     def _trace_facts(self, fleet: Fleet, now: float) -> TraceFacts | None:
-        cached = self._traces
-        if cached is not None and now - cached[0] < TRACES_TTL_S:
-            facts = cached[1]
-        else:
-            facts = None
-            if self.state_dir is not None:
-                facts = trace_facts(self.state_dir, now, fleet.audit.retention_days)
-            self._traces = (now, facts)
+        """The background loop's aggregates; computed here only before its
+        first round (or when it does not run: tests, background off)."""
+        if self._traces is None:
+            self._traces = (now, self._query(fleet, now))
+        facts = self._traces[1]
         if facts is None:
             return None
         traces = self.rt.traces
