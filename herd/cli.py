@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "herd.bundle.commands",
     "herd.demo",
     "herd.node.commands",
+    "herd.ops.commands",
     "herd.health.commands",
 )
 
@@ -40,6 +41,8 @@ examples:
   herd serve                            run the router on router.listen
   herd sim --port 11434                 a simulated Ollama node for demos
   herd bundle import /media/usb/site-2026-11
+  herd audit verify                     check the audit log's hash chain
+  herd traces stats --since 24h         requests per model, node, group and tag
 
 every command takes --state-dir DIR (env HERD_STATE_DIR); see `herd CMD --help`.
 """

@@ -1,7 +1,9 @@
 """The state store: SQLite (via sqlite-utils) in WAL mode, plus the `current` pointer.
 
 Tables: `revisions` (every applied manifest, verbatim), `audit` (every apply,
-rollback, bundle import/refusal/removal...). Components that need tables of
+rollback, bundle import/refusal/removal..., a tamper-evident hash chain: see
+herd.ops.chain) and `audit_anchors` (where pruning left the chain starting).
+Components that need tables of
 their own call `Store.ensure(namespace, migrations)`; each namespace keeps its
 own schema version in `_migrations`, so features migrate independently.
 
@@ -20,7 +22,6 @@ import contextlib
 import datetime as dt
 import getpass
 import hashlib
-import json
 import os
 import sqlite3
 import time
@@ -32,6 +33,7 @@ from typing import Any
 import sqlite_utils
 
 from herd.errors import StateError
+from herd.ops import auditlog
 from herd.pointer import (  # noqa: F401 - read_pointer: re-exported
     POINTER_NAME,
     Pointer,
@@ -78,7 +80,8 @@ def _m1_core(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["time"])
 
 
-CORE_MIGRATIONS: tuple[Migration, ...] = (_m1_core,)
+#: v2 chains the audit rows (hash columns, existing rows linked, anchors table).
+CORE_MIGRATIONS: tuple[Migration, ...] = (_m1_core, auditlog.migrate_chain)
 
 
 def now_iso() -> str:
@@ -251,30 +254,53 @@ class Store:
         revision: int | None = None,
         user: str | None = None,
     ) -> None:
-        """Append one audit row. Never put prompts or response text in `detail`."""
-        self.db["audit"].insert(
-            {
-                "time": now_iso(),
-                "user": user or current_user(),
-                "action": action,
-                "revision": revision,
-                "detail": json.dumps(detail or {}, sort_keys=True),
-            }
-        )
+        """Append one audit row, linked into the hash chain. Never put prompts or
+        response text in `detail`. Joins the caller's transaction if one is open."""
+        fields = {
+            "time": now_iso(),
+            "user": user or current_user(),
+            "action": action,
+            "revision": revision,
+            "detail": detail or {},
+        }
+        if self.db.conn.in_transaction:
+            auditlog.append(self.db, **fields)
+            return
+        with self.transaction():
+            auditlog.append(self.db, **fields)
 
     def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` audit rows, newest first."""
         return list(
             self.db.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
         )
 
     def prune_audit(self, retention_days: int) -> int:
+        """Drop audit rows older than the retention period from the start of the
+        chain (never the newest row), anchoring the first kept row so the chain
+        still verifies; the pruning itself is audited. Returns rows removed."""
         cutoff = (
             (dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days))
             .isoformat(timespec="seconds")
             .replace("+00:00", "Z")
         )
-        cur = self.db.execute("DELETE FROM audit WHERE time < ?", [cutoff])
-        return cur.rowcount
+        user = current_user()
+        with self.transaction():
+            pruned = auditlog.prune(self.db, cutoff, time=now_iso(), user=user)
+            if pruned:
+                anchor = auditlog.anchor(self.db)
+                assert anchor is not None
+                self.audit(
+                    "audit.prune",
+                    {
+                        "pruned": pruned,
+                        "retention_days": retention_days,
+                        "first_id": anchor.first_id,
+                        "anchor": anchor.prev_hash,
+                    },
+                    user=user,
+                )
+        return pruned
 
     # -- revisions ---------------------------------------------------------
 

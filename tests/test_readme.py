@@ -215,6 +215,13 @@ def test_readme_commands_run(tmp_path):
     out = shell.run("herd rollback 3", expect=1)
     assert "--yes" in out
 
+    # The audit trail's prose lines, on the state the applies above wrote (the
+    # reader blocks run in tests/ops/test_ops_docs.py, with traces to read).
+    assert "audit chain intact" in shell.run("herd audit verify")
+    assert '"intact": true' in shell.run("herd audit verify --json")
+    for line in ("herd traces --tag T", "herd traces stats --by tag"):
+        assert "no traces in" in shell.run(line, expect=1)
+
     # Bare command names in prose must be real commands.
     for line in [ln for ln in lines if re.fullmatch(r"herd( [a-z]+)?", ln)]:
         shell.run(f"{line} --help")

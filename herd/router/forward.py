@@ -61,6 +61,8 @@ class Outcome:
     error_class: str | None = None
     #: The caller's address, normalized (herd.router.peer).
     peer: str | None = None
+    #: The request's validated tags (herd.router.tags), comma-joined.
+    tags: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False
     #: The scoring decisions taken (one per model tried), for X-Herd-Decision.
@@ -87,6 +89,7 @@ class Outcome:
             retries=self.retries,
             error_class=logged_or_none(self.error_class),
             peer=logged_or_none(self.peer),
+            tags=self.tags,
         )
 
     def counts(self, final: dict[str, Any]) -> None:

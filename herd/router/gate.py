@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from herd.errors import InvalidRequest, RegistryDenied
+from herd.router import tags
 from herd.router.forward import Outcome
 from herd.router.peer import peer_address
 from herd.router.policy import is_operator
@@ -67,6 +68,10 @@ class Gate:
                 outcome.prefer = parse_prefer(prefer)
             except ValueError as ex:
                 raise InvalidRequest(str(ex)) from ex
+        header = req.env.get(tags.WSGI_HEADER)  # a dict lookup: cheaper than get_header
+        if header is not None:
+            ctx.tags = tags.from_header(header)
+            outcome.tags = tags.joined(ctx.tags)
 
     def process_response(
         self, req: Any, resp: Any, resource: Any, req_succeeded: bool

@@ -15,7 +15,7 @@ import falcon
 
 from herd.errors import ModelNotFound
 from herd.manifest.model import Fleet, Model
-from herd.router import convert, relay
+from herd.router import convert, relay, tags
 from herd.router.forward import Outcome, dumps
 from herd.router.gate import decision_headers
 from herd.router.ollama import allowed_models, listed_names
@@ -50,6 +50,9 @@ class Forwarded:
         body, _ = rt.read_json(req, fleet)
         if isinstance(body.get("model"), str):
             outcome.requested_model = body["model"]
+        if "metadata" in body or "user" in body:
+            ctx.tags = tags.merged(getattr(ctx, "tags", ()), tags.from_openai(body))
+            outcome.tags = tags.joined(ctx.tags)
         extra = body.pop("fallback_models", None)
         converted = self.to_native(body)
         models = rt.models_for(fleet, ctx.client, converted.model, extra)

@@ -56,6 +56,8 @@ class Trace(NamedTuple):
     error_class: str | None
     #: The caller's address, normalized (herd.router.peer).
     peer: str | None = None
+    #: The request's tags, comma-joined (herd.router.tags).
+    tags: str | None = None
 
 
 COLUMNS = Trace._fields
@@ -91,7 +93,13 @@ def _m2_peer(db: sqlite_utils.Database) -> None:
     db["traces"].add_column("peer", str)
 
 
-MIGRATIONS = (_m1_traces, _m2_peer)
+def _m3_tags(db: sqlite_utils.Database) -> None:
+    """The request's tags (herd.router.tags); safe on a table that has them."""
+    if "tags" not in db["traces"].columns_dict:
+        db["traces"].add_column("tags", str)
+
+
+MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags)
 
 # SQLite formats `time` from `ts` (the first value), off the Python side.
 _INSERT = (

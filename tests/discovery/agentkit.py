@@ -41,7 +41,13 @@ def discovery_manifest(
         "router": {
             "listen": listen,
             "node_networks": ["127.0.0.0/8", "10.0.0.0/8"],
-            "clients": [{"name": "local", "networks": ["127.0.0.0/8", "10.0.0.0/8"]}],
+            "clients": [
+                {
+                    "name": "local",
+                    "networks": ["127.0.0.0/8", "10.0.0.0/8"],
+                    "operator": True,
+                }
+            ],
             "limits": {"connect_timeout_s": 1, "first_byte_timeout_s": 5},
         },
         "nodes": [

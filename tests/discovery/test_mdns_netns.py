@@ -33,7 +33,7 @@ def manifest(key: Path, *, enabled: bool = True, timeout_s: float = 3) -> str:
         "router": {
             "listen": f"{A_ADDR}:{PORT}",
             "node_networks": [SUBNET],
-            "clients": [{"name": "lan", "networks": [SUBNET]}],
+            "clients": [{"name": "lan", "networks": [SUBNET], "operator": True}],
             "limits": {"connect_timeout_s": 1, "first_byte_timeout_s": 5},
         },
         "nodes": [],
