@@ -4,33 +4,29 @@ Each check has an id and returns findings, each with a severity (critical,
 warning, info or unknown), a one-line finding and a suggested action. A check
 that has nothing to report returns no finding and counts as passed. A check
 whose facts are missing (no router to ask, no `herd node` agent on a node)
-reports "unknown": never a pass it could not verify.
+reports "unknown": never a pass it could not verify. The checks about nodes
+are in herd.health.nodechecks; this module has the rest and `run`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from herd.health.snapshot import NodeFacts, Snapshot
+from herd.health.finding import SEVERITIES, Check, Finding, offline
+from herd.health.nodechecks import (
+    agent_silent,
+    clock_skew,
+    disk,
+    memory,
+    node_down,
+    queue,
+)
+from herd.health.snapshot import Snapshot
 
-SEVERITIES = ("critical", "warning", "unknown", "info")
-
-#: Heartbeats missed before an agent counts as silent.
-SILENT_BEATS = 3
-#: Memory pressure (PSI some avg10, percent) that is a warning / critical.
-PRESSURE_WARN, PRESSURE_CRIT = 10.0, 40.0
-#: Swap traffic (bytes/s in + out) that means a node is swapping.
-SWAP_WARN_BPS = 1024 * 1024
-#: Model store disk use (fraction) that is a warning / critical.
-DISK_WARN, DISK_CRIT = 0.90, 0.97
 #: Error rate over the last 5 minutes, and the fewest requests it is judged on.
 ERROR_RATE_WARN, ERROR_RATE_CRIT, ERROR_MIN_REQUESTS = 0.05, 0.25, 20
 #: p95 TTFT ratio against the 24 h baseline, and the fewest samples for each.
 TTFT_RATIO, TTFT_MIN_RECENT, TTFT_MIN_BASELINE = 2.0, 10, 50
-#: Seconds a node's queue may stay over its slots.
-SATURATED_S = 60.0
 #: traces.db size that deserves a look, and the slack on retention pruning
 #: (rows are pruned hourly; older than retention plus this means it stopped).
 TRACE_DB_WARN_BYTES = 2 * 1024**3
@@ -38,122 +34,8 @@ RETENTION_SLACK_S = 2 * 86400.0
 #: Seconds a revision may be applied and not served (the router checks twice
 #: a second) before it is a finding.
 RELOAD_GRACE_S = 10.0
-#: Clock skew between router and agent that is a warning.
-SKEW_WARN_S = 5.0
 #: Seconds without scrub progress before the scrub counts as stalled.
 SCRUB_STALLED_S = 3600.0
-
-
-@dataclass(frozen=True)
-class Finding:
-    id: str
-    severity: str
-    finding: str
-    action: str
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-Check = Callable[[Snapshot], Iterable[Finding]]
-
-
-def _names(nodes: Iterable[NodeFacts]) -> str:
-    return ", ".join(n.name for n in nodes)
-
-
-def _no_agent(check: str, what: str, nodes: list[NodeFacts]) -> list[Finding]:
-    """The "unknown" finding for nodes no agent reports for."""
-    if not nodes:
-        return []
-    return [
-        Finding(
-            check,
-            "unknown",
-            f"{what} unknown on {_names(nodes)}: no herd node agent reports there",
-            "run `herd node --router URL` on the node to report host metrics",
-        )
-    ]
-
-
-def _offline(check: str) -> list[Finding]:
-    """The "unknown" finding of a check that needs the live router."""
-    return [
-        Finding(
-            check,
-            "unknown",
-            f"{check.replace('_', ' ')}: unknown, the router did not answer",
-            "start the router (`herd serve` or systemctl start herd-router)",
-        )
-    ]
-
-
-def node_down(s: Snapshot) -> list[Finding]:
-    if not s.live:
-        return [
-            Finding(
-                "node_down",
-                "unknown",
-                "node states unknown: the router did not answer",
-                "start the router (`herd serve` or systemctl start herd-router)",
-            )
-        ]
-    out = []
-    for n in s.nodes:
-        if n.state == "down":
-            why = f" ({n.last_error})" if n.last_error else ""
-            out.append(
-                Finding(
-                    "node_down",
-                    "critical",
-                    f"node {n.name} is down{why}",
-                    f"check Ollama on {n.name} (systemctl status ollama) and the "
-                    "network between it and the router",
-                )
-            )
-        elif n.state != "up":
-            out.append(
-                Finding(
-                    "node_down",
-                    "unknown",
-                    f"node {n.name} has not been polled yet",
-                    "wait a few seconds; if it stays so, check the router's log",
-                )
-            )
-    return out
-
-
-def agent_silent(s: Snapshot) -> list[Finding]:
-    if not s.live:
-        return _offline("agent_silent")
-    out, without = [], []
-    for n in s.nodes:
-        if n.agent is not None:
-            limit = SILENT_BEATS * n.agent.interval_s
-            if n.agent.heartbeat_age_s > limit:
-                out.append(
-                    Finding(
-                        "agent_silent",
-                        "warning",
-                        f"node {n.name}: no heartbeat for "
-                        f"{n.agent.heartbeat_age_s:.0f} s (every "
-                        f"{n.agent.interval_s:g} s expected)",
-                        f"check `herd node` on {n.name} (journalctl -u herd-node)",
-                    )
-                )
-        elif n.agent_lost_s is not None:
-            out.append(
-                Finding(
-                    "agent_silent",
-                    "warning",
-                    f"node {n.name}: its agent stopped reporting "
-                    f"{n.agent_lost_s:.0f} s ago and left the fleet",
-                    f"check `herd node` on {n.name} (journalctl -u herd-node)",
-                )
-            )
-        else:
-            without.append(n)
-    return out + _no_agent("agent_silent", "agent heartbeat", without)
 
 
 def model_nowhere(s: Snapshot) -> list[Finding]:
@@ -200,7 +82,7 @@ def model_nowhere(s: Snapshot) -> list[Finding]:
 
 def keep_loaded(s: Snapshot) -> list[Finding]:
     if not s.live:
-        return _offline("keep_loaded")
+        return offline("keep_loaded")
     states = {n.name: n.state for n in s.nodes}
     out = []
     for m in s.models:
@@ -222,79 +104,6 @@ def keep_loaded(s: Snapshot) -> list[Finding]:
                 )
             )
     return out
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def memory(s: Snapshot) -> list[Finding]:
-    if not s.live:
-        return _offline("memory")
-    out, without = [], []
-    for n in s.nodes:
-        if n.agent is None:
-            without.append(n)
-            continue
-        metrics = n.agent.metrics
-        mem = metrics.get("memory") if isinstance(metrics.get("memory"), dict) else {}
-        swap = metrics.get("swap") if isinstance(metrics.get("swap"), dict) else {}
-        pressure = _number(mem.get("pressure_avg10"))
-        rate = (_number(swap.get("in_per_s")) or 0) + (
-            _number(swap.get("out_per_s")) or 0
-        )
-        total, free = _number(mem.get("total")), _number(mem.get("available"))
-        if pressure is None and total is None:
-            without.append(n)
-            continue
-        problems, severity = [], "warning"
-        if pressure is not None and pressure >= PRESSURE_WARN:
-            problems.append(f"memory pressure {pressure:.0f}%")
-            if pressure >= PRESSURE_CRIT:
-                severity = "critical"
-        if rate >= SWAP_WARN_BPS:
-            problems.append(f"swapping {rate / 1024**2:.1f} MB/s")
-        if total and free is not None and free / total < 0.05:
-            problems.append(f"{free / total:.0%} of memory available")
-        if problems:
-            out.append(
-                Finding(
-                    "memory",
-                    severity,
-                    f"node {n.name}: " + ", ".join(problems),
-                    f"unload models on {n.name} (smaller keep_loaded set) or move "
-                    "some to a node with more memory",
-                )
-            )
-    return out + _no_agent("memory", "memory pressure and swap", without)
-
-
-def disk(s: Snapshot) -> list[Finding]:
-    if not s.live:
-        return _offline("disk")
-    out, without = [], []
-    for n in s.nodes:
-        d = n.agent.metrics.get("disk") if n.agent is not None else None
-        total = _number(d.get("total")) if isinstance(d, dict) else None
-        free = _number(d.get("free")) if isinstance(d, dict) else None
-        if not total or free is None:
-            without.append(n)
-            continue
-        used = 1 - free / total
-        if used >= DISK_WARN:
-            out.append(
-                Finding(
-                    "disk",
-                    "critical" if used >= DISK_CRIT else "warning",
-                    f"node {n.name}: model store {d.get('path', '')} is {used:.0%} "
-                    f"full ({free / 1024**3:.1f} GB free)",
-                    f"remove unused models from {n.name} (`herd apply --prune`) or "
-                    "grow the disk",
-                )
-            )
-    return out + _no_agent("disk", "model store disk use", without)
 
 
 def error_rate(s: Snapshot) -> list[Finding]:
@@ -356,25 +165,6 @@ def ttft(s: Snapshot) -> list[Finding]:
                     f"({f.baseline_p95_ms:.0f} ms)",
                     "check the queues and memory of its nodes; add replicas if "
                     "load has grown",
-                )
-            )
-    return out
-
-
-def queue(s: Snapshot) -> list[Finding]:
-    if not s.live:
-        return _offline("queue")
-    out = []
-    for n in s.nodes:
-        if n.saturated_s is not None and n.saturated_s >= SATURATED_S:
-            out.append(
-                Finding(
-                    "queue",
-                    "warning",
-                    f"node {n.name}: more requests waiting than its "
-                    f"{n.max_concurrency} slot(s) for {n.saturated_s:.0f} s",
-                    "add replicas of its models on other nodes, or raise "
-                    "max_concurrency if the node has headroom",
                 )
             )
     return out
@@ -453,29 +243,6 @@ def revision(s: Snapshot) -> list[Finding]:
             "fix the manifest and `herd apply` it again, or `herd rollback`",
         )
     ]
-
-
-def clock_skew(s: Snapshot) -> list[Finding]:
-    if not s.live:
-        return _offline("clock_skew")
-    out, without = [], []
-    for n in s.nodes:
-        skew = n.agent.clock_skew_s if n.agent is not None else None
-        if skew is None:
-            without.append(n)
-            continue
-        if abs(skew) >= SKEW_WARN_S:
-            near = abs(skew) >= s.max_clock_skew_s / 2
-            out.append(
-                Finding(
-                    "clock_skew",
-                    "critical" if near else "warning",
-                    f"node {n.name}: clock {skew:+.0f} s from the router's "
-                    f"(heartbeats are refused beyond {s.max_clock_skew_s:g} s)",
-                    f"run NTP (chrony or systemd-timesyncd) on {n.name} and the router",
-                )
-            )
-    return out + _no_agent("clock_skew", "clock skew", without)
 
 
 def bundle_store(s: Snapshot) -> list[Finding]:
