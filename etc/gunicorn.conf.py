@@ -89,3 +89,28 @@ def worker_exit(server, worker):
     rt = runtime()
     if rt is not None:
         rt.stop()
+
+
+# -- Prometheus multiprocess directory (herd.router.multiproc) ---------------
+# Every worker writes its counts there; /metrics adds them up.
+
+
+def on_starting(server):
+    """Before any worker exists: a private, empty metrics directory."""
+    from herd.router import multiproc
+
+    multiproc.prepare()
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges stop counting (its counters stay)."""
+    from herd.router import multiproc
+
+    multiproc.worker_gone(worker.pid)
+
+
+def on_exit(server):
+    """The router stops: remove the metrics directory it made."""
+    from herd.router import multiproc
+
+    multiproc.cleanup()

@@ -94,7 +94,8 @@ def create_app(
         background=background,
         access=access,
     )
-    app = RouterApp(middleware=[Gate(runtime)], media_type=falcon.MEDIA_JSON)
+    gate = Gate(runtime)
+    app = RouterApp(middleware=[gate], media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
     failures.install(app)
 
@@ -136,6 +137,7 @@ def create_app(
     app.add_route(HEALTH_PATH, Health(monitor))
     if scrub is not None and bundle_store is not None and state_dir is not None:
         _start_scrub(runtime, bundle_store, state_dir, *scrub)
+    gate.find_route = app._router.find
     app.herd_runtime = runtime
     return app
 

@@ -1,5 +1,7 @@
 """/fleet/status and /fleet/nodes: the fleet's live state as JSON.
 
+Field names Ollama Herd documents are there too, so scripts written for it
+keep working: `fleet.nodes_online`, `nodes[].node_id`, `nodes[].models_loaded`.
 Also used by `herd status`: the manifest's view (where each model should be)
 next to what the nodes report (where it is, loaded or not), so drift shows.
 That full view is for operator client groups (`router.clients[].operator`);
@@ -31,6 +33,8 @@ def nodes_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
         state = runtime.poller.get(node)
         health = state.as_dict()
         health.update(
+            # Ollama Herd's name for a node (`name` here).
+            node_id=node.name,
             # On the node but not declared by the manifest: drift to clean up.
             unmanaged_models=sorted(state.on_disk - declared),
             labels=dict(node.labels),
@@ -131,13 +135,20 @@ def status(runtime: Runtime, served: Served | None = None) -> dict[str, Any]:
     served = served or runtime.served()
     fleet = served.fleet
     nodes = nodes_view(runtime, fleet)
+    nodes_up = sum(1 for n in nodes if n["state"] == "up")
     return {
-        "fleet": fleet.name,
+        # An object, as Ollama Herd's /fleet/status has it (scripts written for
+        # it read fleet.nodes_online); the fleet's name is fleet.name.
+        "fleet": {
+            "name": fleet.name,
+            "nodes_online": nodes_up,
+            "nodes_total": len(nodes),
+        },
         "revision": served.revision,
         "sha256": served.sha256,
         "operator": True,
         "reload_error": getattr(runtime.source, "last_error", None),
-        "nodes_up": sum(1 for n in nodes if n["state"] == "up"),
+        "nodes_up": nodes_up,
         "nodes": nodes,
         "models": models_view(runtime, fleet),
         "discovery": discovery_status(runtime),
@@ -176,7 +187,7 @@ def client_status(
             }
         )
     return {
-        "fleet": fleet.name,
+        "fleet": {"name": fleet.name, "nodes_online": up},
         "revision": served.revision,
         "sha256": served.sha256,
         "operator": False,

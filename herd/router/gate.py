@@ -31,6 +31,9 @@ class Gate:
 
     def __init__(self, runtime: Runtime):
         self.rt = runtime
+        #: The app's route lookup (path -> match or None), set by create_app:
+        #: a request refused before routing is still counted under its route.
+        self.find_route: Any = None
 
     def process_request(self, req: Any, resp: Any) -> None:
         rt = self.rt
@@ -83,7 +86,8 @@ class Gate:
         if req.uri_template:
             outcome.route = req.uri_template
         elif resource is None:
-            outcome.route = "(unrouted)"
+            found = self.find_route(req.path) if self.find_route else None
+            outcome.route = found[3] if found else "(unrouted)"
         outcome.status = int(str(resp.status).split(" ", 1)[0])
         if outcome.node is not None:
             _decision_headers(resp, outcome)

@@ -1,9 +1,9 @@
 """Operations endpoints: /healthz (alive), /readyz (some node up), /metrics.
 
-/metrics is Prometheus text exposition, built from the counters the router
-keeps anyway (no per-request cost beyond them); it names nodes, so only
-operator client groups may read it. /healthz and /readyz answer anyone (load
-balancers, systemd) and so say nothing about which nodes there are.
+/metrics is Prometheus text exposition (the series are described in
+herd.router.metrics); it names nodes, so only operator client groups may read
+it. /healthz and /readyz answer anyone (load balancers, systemd) and so say
+nothing about which nodes there are.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Any
 import falcon
 
 from herd.router.forward import dumps
+from herd.router.metrics import CONTENT_TYPE
 from herd.router.policy import require_operator
 from herd.router.runtime import Runtime
-
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Healthz:
@@ -43,46 +42,13 @@ class Readyz:
     on_head = on_get
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class Metrics:
+    """Prometheus text exposition of every worker's counts (herd.router.metrics)."""
+
     def __init__(self, runtime: Runtime):
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
         require_operator(req.context.client, "/metrics")
-        rt = self.rt
-        fleet = req.context.served.fleet
-        lines = [
-            "# TYPE herd_requests_total counter",
-            f"herd_requests_total {rt.stats.requests}",
-            "# TYPE herd_upstream_failures_total counter",
-            f"herd_upstream_failures_total {rt.stats.failures}",
-            "# TYPE herd_traces_written_total counter",
-            f"herd_traces_written_total {rt.traces.written}",
-            "# TYPE herd_traces_dropped_total counter",
-            f"herd_traces_dropped_total {rt.traces.dropped}",
-            "# TYPE herd_refusals_unrecorded_total counter",
-            f"herd_refusals_unrecorded_total {rt.refusals.unrecorded}",
-            "# TYPE herd_traces_pending gauge",
-            f"herd_traces_pending {rt.traces.pending}",
-            "# TYPE herd_traces_write_failures_total counter",
-            f"herd_traces_write_failures_total {rt.traces.write_failures}",
-            "# TYPE herd_node_up gauge",
-            "# TYPE herd_node_in_flight gauge",
-            "# TYPE herd_node_waiting gauge",
-        ]
-        for node in fleet.nodes:
-            name = _label(node.name)
-            up = 1 if rt.poller.get(node).up else 0
-            lines.append(f'herd_node_up{{node="{name}"}} {up}')
-            lines.append(
-                f'herd_node_in_flight{{node="{name}"}} {rt.queues.in_flight(node.name)}'
-            )
-            lines.append(
-                f'herd_node_waiting{{node="{name}"}} {rt.queues.waiting(node.name)}'
-            )
-        resp.content_type = PROMETHEUS
-        resp.data = ("\n".join(lines) + "\n").encode()
+        resp.content_type = CONTENT_TYPE
+        resp.data = self.rt.metrics_text(req.context.served.fleet)

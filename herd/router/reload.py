@@ -72,6 +72,8 @@ class PointerSource:
         self._checked = float("-inf")
         self.listeners: list[Callable[[Served], None]] = []
         self.last_error: str | None = None
+        #: New revisions refused so far (herd_reload_errors_total).
+        self.refusals = 0
         self.served = self._load_initial()
 
     def _load_initial(self) -> Served:
@@ -139,6 +141,7 @@ class PointerSource:
 
     def _refuse(self, error: str) -> None:
         self.last_error = error
+        self.refusals += 1
         log.error(
             "kept revision %s: new manifest refused: %s", self.served.revision, error
         )

@@ -47,12 +47,17 @@ def fetch_live(url: str, token: str | None = None) -> dict[str, Any] | None:
 def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
     """The same shape as /fleet/status, from the manifest alone."""
     return {
-        "fleet": fleet.name,
+        "fleet": {
+            "name": fleet.name,
+            "nodes_online": None,
+            "nodes_total": len(fleet.nodes),
+        },
         "revision": revision,
         "source": "manifest (router not reachable)",
         "nodes": [
             {
                 "name": n.name,
+                "node_id": n.name,
                 "url": n.url,
                 "state": "unknown",
                 "version": None,
@@ -78,12 +83,19 @@ def manifest_view(fleet: Fleet, revision: int | None) -> dict[str, Any]:
     }
 
 
+def fleet_name(report: dict[str, Any]) -> Any:
+    """`fleet.name` (`fleet` was the name itself before it became an object)."""
+    fleet = report.get("fleet")
+    return fleet.get("name") if isinstance(fleet, dict) else fleet
+
+
 def render(report: dict[str, Any]) -> str:
     """A plain-text table of nodes and models, with drift called out."""
     if "nodes" not in report:
         return _render_client(report)
+    name = fleet_name(report)
     lines = [
-        f"fleet {report.get('fleet')}  revision {report.get('revision')}  "
+        f"fleet {name}  revision {report.get('revision')}  "
         f"({report.get('source', 'live router')})",
         "",
         f"{'NODE':<16} {'STATE':<8} {'VERSION':<10} {'BUSY':<7} {'LOADED':<30} URL",
@@ -130,7 +142,7 @@ def render(report: dict[str, Any]) -> str:
 def _render_client(report: dict[str, Any]) -> str:
     """The view of a client group that is not an operator: its models only."""
     lines = [
-        f"fleet {report.get('fleet')}  revision {report.get('revision')}  "
+        f"fleet {fleet_name(report)}  revision {report.get('revision')}  "
         f"({report.get('source', 'live router')})",
         f"client group {report.get('client')}: not an operator group, so node "
         "details are not shown (router.clients[].operator in the manifest)",

@@ -20,6 +20,7 @@ from herd.manifest.model import Client, Fleet, Model
 from herd.router.accesslog import AccessLog
 from herd.router.body import parse_object
 from herd.router.forward import Forwarder, Opened, Outcome
+from herd.router.metrics import Metrics, node_families
 from herd.router.policy import Policy, RateLimiter
 from herd.router.proxy import Upstream
 from herd.router.queues import Queues
@@ -105,7 +106,8 @@ class Runtime:
             lambda: self.source.current().fleet, upstream, clock
         )
         self.queues = Queues(monotonic)
-        self.stats = Stats()
+        self.metrics = Metrics()
+        self.stats = Stats(on_failure=self.metrics.upstream_failure)
         self.limiter = RateLimiter(monotonic)
         self.refusals = RefusalBudget()
         self.forwarder = Forwarder(
@@ -137,6 +139,7 @@ class Runtime:
         """A (new) revision: resize queues, re-allow node URLs, drop old pools."""
         fleet = served.fleet
         self._node_urls = frozenset(n.url for n in fleet.nodes)
+        self.metrics.configure(fleet)
         self.queues.configure(
             ((n.name, n.max_concurrency) for n in fleet.nodes),
             fleet.router.limits.queue_depth,
@@ -169,6 +172,9 @@ class Runtime:
         self._trace_writer = gevent.spawn(self.traces.run, stopped)
         if self.access is not None:
             self._greenlets.append(gevent.spawn(self.access.run, stopped))
+        self._greenlets.append(
+            gevent.spawn(self.metrics.run, stopped, self.sample_metrics)
+        )
         self._greenlets += [gevent.spawn(service, stopped) for service in self.services]
 
     def _is_stopping(self) -> bool:
@@ -198,7 +204,24 @@ class Runtime:
         self.traces.close()
         if self.access is not None:
             self.access.flush()
+        self.metrics.flush()
         self.upstream.close()
+
+    # -- metrics ---------------------------------------------------------------
+
+    def sample_metrics(self) -> None:
+        """This worker's gauges (queues, trace buffer, reload) into the metrics."""
+        self.metrics.sample(
+            self.queues, self.traces, self.source, self.refusals.unrecorded
+        )
+
+    def metrics_text(self, fleet: Fleet) -> bytes:
+        """The /metrics exposition: every worker's counts, this worker's view
+        of node health."""
+        self.sample_metrics()
+        poller = self.poller
+        nodes = [(n.name, poller.get(n).up, n.max_concurrency) for n in fleet.nodes]
+        return self.metrics.render(lambda: node_families(nodes))
 
     # -- request steps -------------------------------------------------------
 
@@ -295,6 +318,7 @@ class Runtime:
         counted, so a flood of bad requests cannot fill the disk."""
         outcome.finished = True
         now = self.monotonic()
+        self.metrics.request(outcome, now - outcome.started)
         if (
             outcome.node is None
             and 400 <= outcome.status < 500

@@ -7,6 +7,7 @@ slow for another); the error rate per node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 ALPHA = 0.2
@@ -23,9 +24,11 @@ class _Perf:
 
 
 class Stats:
-    """Mutable counters; one instance per router process."""
+    """Mutable counters; one instance per router process. `on_failure(node)`
+    is told of every node failure (the Prometheus counter)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_failure: Callable[[str], None] | None = None) -> None:
+        self._on_failure = on_failure
         self._perf: dict[tuple[str, str], _Perf] = {}
         self._errors: dict[str, float] = {}
         self.requests = 0
@@ -53,6 +56,8 @@ class Stats:
 
     def failure(self, node: str) -> None:
         self.failures += 1
+        if self._on_failure is not None:
+            self._on_failure(node)
         self._errors[node] = _ewma(self._errors.get(node, 0.0), 1.0)
 
     def perf(self, node: str, model: str) -> tuple[float | None, float | None]:

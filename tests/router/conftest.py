@@ -34,9 +34,16 @@ def router(tmp_path: Path) -> Iterator[Any]:
     """Factory: `router(manifest_text)` runs `herd serve` on a free port."""
     started: list[Router] = []
 
-    def make(text: str, state_dir: Path | None = None, host: str = "127.0.0.1"):
+    def make(
+        text: str,
+        state_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ):
         state = state_dir or tmp_path / f"state{len(started)}"
-        r = start_router(state, text, tmp_path / f"router{len(started)}.log", host)
+        log = tmp_path / f"router{len(started)}.log"
+        r = start_router(state, text, log, host, workers, env)
         started.append(r)
         return r
 

@@ -216,6 +216,7 @@ def start_router(
     text: str,
     log_path: Path,
     host: str = "127.0.0.1",
+    workers: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> Router:
     apply(state_dir, text)
@@ -231,7 +232,16 @@ def start_router(
     }
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "herd", "serve", "--bind", netloc],
+        [
+            sys.executable,
+            "-m",
+            "herd",
+            "serve",
+            "--bind",
+            netloc,
+            "--workers",
+            str(workers),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

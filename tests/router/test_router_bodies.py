@@ -263,13 +263,14 @@ def test_bodies_a_node_would_read_otherwise_are_refused(client, node):
 
 def test_lone_surrogates_never_give_a_500(client, node):
     reply = _post(client, "/api/chat", '{"model":"\\ud800","messages":[]}')
-    assert reply.status_code == 404 and "\ufffd" not in reply.text
+    # A model name that is not text is refused before any lookup.
+    assert reply.status_code == 400 and "\ufffd" not in reply.text
     reply = _post(
         client,
         "/v1/chat/completions",
         '{"model":"\\udfff","messages":[{"role":"user","content":"x"}]}',
     )
-    assert reply.status_code == 404
+    assert reply.status_code == 400
     text = '{"model":"llama3.2:3b","input":"a\\ud800b"}'
     assert _post(client, "/v1/embeddings", text).status_code == 200
     [(_, raw)] = node.take()

@@ -394,7 +394,7 @@ def test_fleet_endpoints(fleet):
     assert status == 200 and body["ready"]
     with urllib.request.urlopen(router.url + "/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    assert 'herd_node_up{node="node-a"} 1' in text
+    assert 'herd_node_up{node="node-a"} 1.0' in text
 
 
 def test_fleet_endpoints_for_a_group_that_is_not_operator(fleet):
