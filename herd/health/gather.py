@@ -2,11 +2,11 @@
 state directory alone when no router answers (`offline_snapshot`).
 
 The monitor runs off the request path: a background loop samples each node's
-queue every few seconds (how long it has been saturated), remembers which
-nodes had an agent, and refreshes the traces.db aggregates every
-`TRACES_TTL_S` in a thread (off the event loop). A request to
-/dashboard/api/health reads those, the poller's node health, the agents' last
-heartbeats, the pointer and the scrub's results.
+queue every few seconds (how long it has been saturated) and remembers which
+nodes had an agent. A request to /dashboard/api/health reads those, the
+traces.db aggregates (queried in a thread, at most every `TRACES_TTL_S`), the
+poller's node health, the agents' last heartbeats, the pointer and the
+scrub's results.
 """
 
 from __future__ import annotations
@@ -117,19 +117,11 @@ class Monitor:
                 self._agent_seen[node.name] = member.last_seen
 
     def run(self, stopped: Callable[[], bool]) -> None:
-        """Sample every SAMPLE_S; refresh the traces.db aggregates every
-        TRACES_TTL_S in a thread of gevent's pool, so a slow query over a big
-        database never holds up the requests of this worker."""
         import gevent
 
-        pool = gevent.get_hub().threadpool
         while not stopped():
             try:
                 self.sample()
-                now = self.rt.clock()
-                if self._traces is None or now - self._traces[0] >= TRACES_TTL_S:
-                    fleet = self.rt.served().fleet
-                    self._traces = (now, pool.apply(self._query, (fleet, now)))
             except Exception:  # noqa: BLE001 - the monitor must never die
                 log.exception("health sampling failed")
             gevent.sleep(SAMPLE_S)
@@ -140,10 +132,14 @@ class Monitor:
         return trace_facts(self.state_dir, now, fleet.audit.retention_days)
 
     def _trace_facts(self, fleet: Fleet, now: float) -> TraceFacts | None:
-        """The background loop's aggregates; computed here only before its
-        first round (or when it does not run: tests, background off)."""
-        if self._traces is None:
-            self._traces = (now, self._query(fleet, now))
+        """traces.db aggregates, at most every TRACES_TTL_S, queried only when
+        asked and in a thread of gevent's pool: a slow query over a big
+        database holds up this one health request, never the event loop."""
+        if self._traces is None or now - self._traces[0] >= TRACES_TTL_S:
+            import gevent
+
+            pool = gevent.get_hub().threadpool
+            self._traces = (now, pool.apply(self._query, (fleet, now)))
         facts = self._traces[1]
         if facts is None:
             return None
