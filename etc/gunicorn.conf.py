@@ -114,3 +114,19 @@ def on_exit(server):
     from herd.router import multiproc
 
     multiproc.cleanup()
+
+
+# -- systemd (Type=notify): readiness, reload, stop; see herd/router/readiness.py --
+# gunicorn must not see NOTIFY_SOCKET: it would send READY=1 before any worker.
+from herd.router.readiness import take_notify_socket as _take_notify_socket  # noqa: E402
+
+_NOTIFY_SOCKET = _take_notify_socket()
+
+
+def when_ready(server):
+    """In the master: READY=1 once a worker answers /readyz; HUP re-reads the
+    applied revision without restarting workers; STOPPING=1 on stop."""
+    from herd.router.readiness import Supervisor
+    from herd.settings import STATE_DIR
+
+    Supervisor(server, _NOTIFY_SOCKET, state_dir=str(STATE_DIR.resolve())).install()

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "herd.node.commands",
     "herd.ops.commands",
     "herd.health.commands",
+    "herd.wheelhouse",
 )
 
 EPILOG = """\

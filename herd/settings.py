@@ -246,6 +246,16 @@ SCRUB_BYTES = Setting(
     default=lambda: 128 * 1024 * 1024,
     type=positive_int,
 )
+FIREWALL_DROPIN = Setting(
+    name="systemd_dropin_dir",
+    flag=None,
+    env="HERD_SYSTEMD_DROPIN_DIR",
+    help="`herd apply`: directory for the router unit's address allowlist drop-in; "
+    "off skips it (default /etc/systemd/system/herd-router.service.d as root on a "
+    "systemd host, else skipped)",
+    default=_none,
+    metavar="DIR",
+)
 
 #: Every command takes these.
 COMMON: tuple[Setting, ...] = (STATE_DIR,)
@@ -267,6 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
     APPLY_NODES,
     SCRUB_INTERVAL,
     SCRUB_BYTES,
+    FIREWALL_DROPIN,
 )
 
 

@@ -12,6 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "etc" / "fleet.yaml"
 
+# Tests run as root on hosts with systemd: `herd apply` must never write the
+# router's address allowlist into the real /etc/systemd/system.
+os.environ.setdefault("HERD_SYSTEMD_DROPIN_DIR", "off")
+
 
 @pytest.fixture
 def example_text() -> str:

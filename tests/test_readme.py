@@ -42,6 +42,21 @@ SKIP = {
     r"herd node --(router|lan-proxy) .*": "the agent runs until stopped, against "
     "LAN addresses; tests/node and tests/discovery run it on loopback and in "
     "network namespaces",
+    # Running under systemd: installing onto this host's systemd is not a test's
+    # business; tests/service/test_units.py checks these very files instead
+    # (systemd-analyze verify/security, sysusers and tmpfiles into a scratch root).
+    r"cp (systemd|etc)/\S+ /(usr/lib|etc)/\S+": "host install: tests/service",
+    r"systemd-(sysusers|tmpfiles --create herd\.conf)": "host install: tests/service",
+    r"systemctl (daemon-reload|enable --now herd-router|restart herd-router)": "host",
+    r"HERD_STATE_DIR=/var/lib/herd herd apply /etc/herd/fleet\.yaml": "host install",
+    # The offline install: tests/service/test_wheelhouse.py builds, signs,
+    # verifies and installs a wheelhouse with no index, as these lines do.
+    r"herd wheelhouse /media/usb/\S+ .*": "offline install: tests/service",
+    r"herd wheelhouse --verify \$W .*": "offline install: tests/service",
+    r"W=/media/usb/\S+": "offline install: tests/service",
+    r"ssh-keygen -Y verify .* -n herd-wheelhouse .*": "offline install: tests/service",
+    r"python3\.11 -m venv /opt/herd/venv": "offline install: tests/service",
+    r"/opt/herd/venv/bin/pip install --no-index --require-hashes .*": "offline install",
 }
 
 

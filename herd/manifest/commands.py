@@ -8,6 +8,7 @@ import sys
 
 from herd.cli import add_command, print_json
 from herd.errors import ConfigError, ManifestError
+from herd.manifest import firewall
 from herd.manifest.loader import load_file
 from herd.manifest.revisions import Proposal, propose_file, propose_revision, record
 from herd.reconcile import commands as reconcile
@@ -220,6 +221,7 @@ def _record(
     if revision is None:  # an identical apply won the race
         print("No changes: an identical revision was recorded meanwhile.")
         return 0
+    firewall.after_record(proposal.fleet, revision.id)
     if args.json:
         print_json(
             {

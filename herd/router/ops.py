@@ -33,11 +33,20 @@ class Readyz:
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
-        fleet = req.context.served.fleet
-        up = sum(1 for n in fleet.nodes if self.rt.poller.get(n).up)
+        served = req.context.served
+        up = sum(1 for n in served.fleet.nodes if self.rt.poller.get(n).up)
         resp.content_type = falcon.MEDIA_JSON
         resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
-        resp.data = dumps({"ready": bool(up), "nodes_up": up})
+        # revision and reload_refused: what `systemctl reload` waits for (the
+        # reason is in /fleet/status, for client groups only).
+        resp.data = dumps(
+            {
+                "ready": bool(up),
+                "nodes_up": up,
+                "revision": served.revision,
+                "reload_refused": bool(getattr(self.rt.source, "last_error", None)),
+            }
+        )
 
     on_head = on_get
 

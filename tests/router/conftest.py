@@ -16,11 +16,14 @@ from tests.router.routerproc import SIM_MODELS, Router, Sim, start_router, start
 
 @pytest.fixture
 def sims() -> Iterator[Any]:
-    """Factory: `sims(name, tps=...)` starts a sim node; all are killed after."""
+    """Factory: `sims(name, tps=..., extra=(herd sim flags))` starts a sim node;
+    all are killed after."""
     started: list[Sim] = []
 
-    def make(name: str, tps: float = 0, models: str = SIM_MODELS) -> Sim:
-        sim = start_sim(name, tps, models)
+    def make(
+        name: str, tps: float = 0, models: str = SIM_MODELS, extra: tuple[str, ...] = ()
+    ) -> Sim:
+        sim = start_sim(name, tps, models, extra=extra)
         started.append(sim)
         return sim
 

@@ -122,7 +122,9 @@ def test_cut_mid_stream_official_clients(sims, router):
 
 
 def test_queue_full(sims, router):
-    a = sims("node-a", tps=5)
+    # Replies of 3000 tokens at 5 a second: the stream holding the only slot
+    # lasts ten minutes, however slow this machine is, until the test lets go.
+    a = sims("node-a", tps=5, extra=("--tokens", "3000"))
     r = router(manifest([a], max_concurrency=1, limits={"queue_depth": 0}))
     r.wait_nodes_up(1)
     with httpx.stream(
@@ -135,9 +137,10 @@ def test_queue_full(sims, router):
         busy_ai = httpx.post(r.url + "/v1/chat/completions", json=HELLO, timeout=30)
         assert busy_ai.status_code == 429 and busy_ai.headers["Retry-After"]
         assert busy_ai.json()["error"]["type"] == "rate_limit_error"
-    # The router frees the slot when its next write to the gone client fails.
-    deadline = time.monotonic() + 3
-    while chat(r, stream=True).status_code != 200:
+    # The router frees the slot when its next write to the gone client fails
+    # (a token every 0.2 s); a short reply shows it is free.
+    deadline = time.monotonic() + 15
+    while chat(r, options={"num_predict": 2}).status_code != 200:
         assert time.monotonic() < deadline, "the slot never came back"
         time.sleep(0.1)
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -134,14 +135,42 @@ def _start_router(state_dir: Path, text: str) -> tuple[Router, list[str]]:
     return Router(proc, f"http://127.0.0.1:{port}", state_dir, Path("/dev/null")), lines
 
 
-def _worker_pid(master: int) -> int:
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:  # the task or the process just ended
+                continue
+            found += map(int, children)
+            todo += map(int, children)
+    return found
+
+
+def _holds(pid: int, path: Path) -> bool:
+    try:
+        return any(
+            os.path.realpath(fd) == str(path)
+            for fd in Path(f"/proc/{pid}/fd").iterdir()
+        )
+    except OSError:  # the process just ended
+        return False
+
+
+def _writer_pid(top: int, db_path: Path) -> int:
+    """The process under `top` that holds `db_path` open: the gunicorn worker
+    writing traces (`herd serve` runs gunicorn, whose master forks workers)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        if children:
-            return int(children[0])
+        holders = [pid for pid in _descendants(top) if _holds(pid, db_path)]
+        if len(holders) == 1:
+            return holders[0]
         time.sleep(0.1)
-    raise AssertionError("no gunicorn worker")
+    raise AssertionError(f"not one process under {top} has {db_path.name} open")
 
 
 def _generate(url: str) -> int:
@@ -154,6 +183,24 @@ def _generate(url: str) -> int:
     with urllib.request.urlopen(req, timeout=20) as reply:
         reply.read()
         return reply.status
+
+
+def _empty_wal(db_path: Path) -> None:
+    """Checkpoint `db_path` and truncate its WAL to 0 bytes, from this process.
+
+    setrlimit(2) describes RLIMIT_FSIZE as refusing writes that *extend* a
+    file; Linux refuses any write at an offset past the limit, even inside
+    space the file has. After this the next commit (a WAL header and frames
+    from offset 0) must grow the WAL, so it fails under either reading.
+    """
+    wal = Path(f"{db_path}-wal")
+    with closing(sqlite3.connect(db_path, timeout=10)) as db:
+        for _ in range(50):  # bounded: busy only while a flush is committing
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy and wal.stat().st_size == 0:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"could not empty {wal.name}: {wal.stat().st_size} bytes")
 
 
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit")
@@ -175,11 +222,17 @@ def test_router_counts_every_trace_while_its_disk_refuses_writes(sims, tmp_path)
         # counts the requests before it, not itself.
         status = r.get("/fleet/status")[1]["traces"]
         sent = status["written"] + status["dropped"] + status["pending"] + 1
-        worker = _worker_pid(r.proc.pid)
+        db_path = (r.state_dir / traces.DB_NAME).resolve()
+        worker = _writer_pid(r.proc.pid, db_path)
         # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG.
         # Only the soft limit: raising it back needs no privilege.
         before = resource.prlimit(worker, resource.RLIMIT_FSIZE)
         resource.prlimit(worker, resource.RLIMIT_FSIZE, (1, before[1]))
+        # Empty the WAL: the worker's every commit from now on must grow it.
+        # No write goes through after this: `written` stays where it is.
+        _empty_wal(db_path)
+        written = r.get("/fleet/status")[1]["traces"]["written"]
+        sent += 1
         for _ in range(40):
             assert _generate(r.url) == 200
             sent += 1
@@ -188,10 +241,10 @@ def test_router_counts_every_trace_while_its_disk_refuses_writes(sims, tmp_path)
         while time.monotonic() < deadline:
             status = r.get("/fleet/status")[1]["traces"]
             sent += 1
-            if status["pending"] == 0 or status.get("write_failures"):
+            if status["write_failures"]:
                 break
             time.sleep(0.3)
-        assert status["written"] < sent - 1, "the writes did not fail"
+        assert status["written"] == written, "a write went through the limit"
         assert status["written"] + status["dropped"] + status["pending"] == sent - 1
         assert status["write_error"]
         metrics = urllib.request.urlopen(r.url + "/metrics", timeout=5).read().decode()
