@@ -23,8 +23,8 @@ from herd.settings import (
 wsgi_app = "herd.router.app:get_app()"
 # gevent's pywsgi server under gunicorn (about a third less CPU per request
 # than the plain "gevent" worker), with a lean request-header parser: see
-# herd/router/worker.py. "gevent_pywsgi" or "gevent" work too.
-worker_class = "herd.router.worker.RouterWorker"
+# herd/router/http/worker.py. "gevent_pywsgi" or "gevent" work too.
+worker_class = "herd.router.http.worker.RouterWorker"
 workers = WORKERS.resolve()
 worker_connections = WORKER_CONNECTIONS.resolve()
 bind = [BIND.resolve() or "0.0.0.0:11435"]
@@ -33,7 +33,7 @@ backlog = 2048
 # Idle keep-alive connections are held this long (the worker applies it, and
 # closes idle ones at once when stopping; 0 turns keep-alive off).
 keepalive = KEEPALIVE.resolve()
-# The worker's front door reads these itself (herd/router/worker.py); resolving
+# The worker's front door reads these itself (herd/router/http/worker.py); resolving
 # them here too stops `herd serve` on a bad value before any worker starts.
 HEADER_TIMEOUT.resolve()
 BODY_TIMEOUT.resolve()
@@ -50,7 +50,7 @@ control_socket_disable = True
 
 def post_fork(server, worker):
     """herd's log lines go to stderr like gunicorn's. (The one line per request
-    is written by herd.router.accesslog, in batches; HERD_ACCESS_LOG=0 drops it.)"""
+    is written by herd.router.observe.accesslog, in batches; HERD_ACCESS_LOG=0 drops it.)"""
     import logging
 
     handler = logging.StreamHandler()
@@ -91,27 +91,27 @@ def worker_exit(server, worker):
         rt.stop()
 
 
-# -- Prometheus multiprocess directory (herd.router.multiproc) ---------------
+# -- Prometheus multiprocess directory (herd.router.observe.multiproc) ---------------
 # Every worker writes its counts there; /metrics adds them up.
 
 
 def on_starting(server):
     """Before any worker exists: a private, empty metrics directory."""
-    from herd.router import multiproc
+    from herd.router.observe import multiproc
 
     multiproc.prepare()
 
 
 def child_exit(server, worker):
     """A worker is gone: its live gauges stop counting (its counters stay)."""
-    from herd.router import multiproc
+    from herd.router.observe import multiproc
 
     multiproc.worker_gone(worker.pid)
 
 
 def on_exit(server):
     """The router stops: remove the metrics directory it made."""
-    from herd.router import multiproc
+    from herd.router.observe import multiproc
 
     multiproc.cleanup()
 

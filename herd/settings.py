@@ -17,7 +17,7 @@ from typing import Any
 
 
 def default_state_dir() -> str:
-    """/var/lib/herd as root, else $XDG_STATE_HOME/herd (DESIGN.md)."""
+    """/var/lib/herd as root, else $XDG_STATE_HOME/herd (the CLI contract)."""
     if os.geteuid() == 0:
         return "/var/lib/herd"
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

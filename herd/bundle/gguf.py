@@ -4,7 +4,7 @@ The reader walks magic, version, counts, the metadata key/values and the tensor
 infos without ever trusting a length: every count and string length is checked
 against fixed limits and against the bytes actually left in the file, so a
 hostile header cannot make herd allocate gigabytes or loop for hours. Layout
-facts: shared/reference/ollama-protocol.md §6.
+facts: the GGUF file format (magic, version, tensor and metadata counts).
 """
 
 from __future__ import annotations

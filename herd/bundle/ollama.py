@@ -3,7 +3,8 @@
 herd's own bundle store uses the very same layout (`blobs/sha256-HEX`,
 `manifests/registry.ollama.ai/library/NAME/TAG`), so the router can serve it
 as a registry and installing into a node's Ollama store is a straight copy.
-Store facts: shared/reference/ollama-protocol.md §3.
+Store facts: blobs/sha256-HEX and manifests/HOST/NAMESPACE/NAME/TAG, as in
+Ollama.
 """
 
 from __future__ import annotations

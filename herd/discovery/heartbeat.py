@@ -1,6 +1,6 @@
 """A node agent's heartbeat: its wire format, and whether the manifest admits it.
 
-Pure functions over frozen values; the router resource (herd.router.heartbeat)
+Pure functions over frozen values; the router resource (herd.router.api.heartbeat)
 does the I/O and the membership (herd.discovery.membership) remembers who is
 in. A heartbeat is a JSON object:
 

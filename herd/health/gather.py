@@ -57,7 +57,7 @@ def applied(state_dir: str | os.PathLike[str] | None, now: float):
 
 
 def model_facts(fleet: Fleet, models: list[dict[str, Any]]) -> tuple[ModelFacts, ...]:
-    """ModelFacts from /fleet/status's `models` (herd.router.fleet.models_view)."""
+    """ModelFacts from /fleet/status's `models` (herd.router.api.fleet.models_view)."""
     keep = {m.name: m.keep_loaded is not None for m in fleet.models}
     return tuple(
         ModelFacts(
@@ -153,7 +153,7 @@ class Monitor:
         )
 
     def snapshot(self, served: Any) -> Snapshot:
-        from herd.router.fleet import models_view
+        from herd.router.api.fleet import models_view
 
         rt = self.rt
         fleet = served.fleet

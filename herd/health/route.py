@@ -12,8 +12,8 @@ import falcon
 
 from herd.health import checks
 from herd.health.gather import Monitor
-from herd.router.forward import dumps
 from herd.router.policy import require_operator
+from herd.router.routing.forward import dumps
 
 PATH = "/dashboard/api/health"
 

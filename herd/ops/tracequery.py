@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import ConfigError
-from herd.router.tags import split
-from herd.router.traces import DB_NAME
+from herd.router.observe.tags import split
+from herd.router.observe.traces import DB_NAME
 
 #: The dimensions `herd traces stats` groups by, and what each reads.
 DIMENSIONS = ("model", "node", "group", "tag")

@@ -23,13 +23,13 @@ from herd.health.gather import Monitor
 from herd.health.route import PATH as HEALTH_PATH
 from herd.health.route import Health
 from herd.health.scrub import Scrub
-from herd.router import failures, fleet, ollama, openai, ops, registry
-from herd.router.accesslog import AccessLog
+from herd.router.api import failures, fleet, ollama, openai, ops, registry
+from herd.router.api.heartbeat import HeartbeatResource
 from herd.router.gate import Gate
-from herd.router.heartbeat import HeartbeatResource
-from herd.router.proxy import Upstream
+from herd.router.observe.accesslog import AccessLog
+from herd.router.observe.traces import TraceLog
+from herd.router.routing.proxy import Upstream
 from herd.router.runtime import Runtime
-from herd.router.traces import TraceLog
 
 
 class RouterApp(falcon.App):

@@ -1,7 +1,7 @@
 """The middleware every request passes: admission (client ACL, token) and its trace.
 
 Before routing, the caller's source address (normalized once, here: see
-herd.router.peer) and bearer token pick its client group (or the request ends
+herd.router.http.peer) and bearer token pick its client group (or the request ends
 with 403/401); the registry (/v2) answers the fleet's nodes only. The
 revision serving it is pinned for the whole request. After the response, one
 trace row is recorded, except for streams, whose relay records the trace when
@@ -13,16 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from herd.errors import InvalidRequest, RegistryDenied
-from herd.router import tags
-from herd.router.forward import Outcome
-from herd.router.peer import peer_address
+from herd.router.http.peer import peer_address
+from herd.router.observe import tags
 from herd.router.policy import is_operator
+from herd.router.routing.forward import Outcome
+from herd.router.routing.scoring import parse_prefer
 from herd.router.runtime import Runtime
-from herd.router.scoring import parse_prefer
 
 #: Probes that load balancers and systemd use; no client group needed.
 #: (/v2, the registry, also admits the fleet's own nodes by address.)
-#: /fleet/heartbeat is signed and admits by its own rules (herd.router.heartbeat).
+#: /fleet/heartbeat is signed and admits by its own rules (herd.router.api.heartbeat).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/fleet/heartbeat"})
 
 

@@ -9,7 +9,7 @@ groups marked `operator` see the fleet's internals (node names, URLs and
 addresses, every model, reload errors). The registry (/v2) answers node
 addresses only, never a client group.
 
-Addresses reaching this module are normalized first (herd.router.peer).
+Addresses reaching this module are normalized first (herd.router.http.peer).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from herd import hosts
 from herd.errors import Forbidden, ModelNotAllowed, RateLimited, Unauthorized
 from herd.manifest.model import Client, Fleet, Model, RateLimit
-from herd.router.peer import peer_address
+from herd.router.http.peer import peer_address
 
 _CACHE_MAX = 4096
 

@@ -17,16 +17,16 @@ from typing import Any
 from herd.discovery.static import StaticPoller
 from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
-from herd.router.accesslog import AccessLog
-from herd.router.body import parse_object
-from herd.router.forward import Forwarder, Opened, Outcome
-from herd.router.metrics import Metrics, node_families
+from herd.router.api.body import parse_object
+from herd.router.observe.accesslog import AccessLog
+from herd.router.observe.metrics import Metrics, node_families
+from herd.router.observe.traces import TraceLog
 from herd.router.policy import Policy, RateLimiter
-from herd.router.proxy import Upstream
-from herd.router.queues import Queues
 from herd.router.reload import Served
-from herd.router.stats import Stats
-from herd.router.traces import TraceLog
+from herd.router.routing.forward import Forwarder, Opened, Outcome
+from herd.router.routing.proxy import Upstream
+from herd.router.routing.queues import Queues
+from herd.router.routing.stats import Stats
 
 log = logging.getLogger("herd.router")
 
@@ -226,7 +226,7 @@ class Runtime:
     # -- request steps -------------------------------------------------------
 
     def read_json(self, req: Any, fleet: Fleet) -> tuple[dict[str, Any], bytes]:
-        """The request body as a JSON object (parsed by herd.router.body),
+        """The request body as a JSON object (parsed by herd.router.api.body),
         refusing bodies over max_body_mb."""
         limit = int(fleet.router.limits.max_body_mb * 1024 * 1024)
         length = req.content_length

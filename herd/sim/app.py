@@ -18,7 +18,7 @@ from typing import Any
 import falcon
 import gevent
 
-from herd.router.peer import peer_address
+from herd.router.http.peer import peer_address
 from herd.sim import VERSION, Fault, SimError, SimState
 from herd.sim import models as sm
 from herd.sim.inference import (

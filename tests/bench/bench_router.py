@@ -12,7 +12,7 @@ each one's best, for shared machines). What it does, all in one run:
    (and the /api/version, /api/tags, /api/ps answers the health poller needs):
    a node that costs nothing, so the difference is the router.
 2. `herd sim --tps 2` on another port: a slow streaming node; and the "floor":
-   the router's own gunicorn config and worker class (herd.router.worker) with
+   the router's own gunicorn config and worker class (herd.router.http.worker) with
    a Falcon app answering the fixed reply itself (no proxying): the fastest any
    router on this stack can be on this machine.
 3. A manifest with both nodes (clients 127.0.0.0/8) is `herd apply`-ed into a

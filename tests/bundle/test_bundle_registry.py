@@ -14,7 +14,7 @@ import falcon.testing
 import pytest
 
 from herd.bundle.importer import import_bundle
-from herd.router import registry
+from herd.router.api import registry
 from tests.bundle.bundle_helpers import EXAMPLE, make_bundle, tiny_gguf
 
 OLLAMA_UA = "ollama/0.33.0 (amd64 linux) Go/go1.24.1"

@@ -7,9 +7,9 @@ from herd.health import checks
 from herd.health.gather import Monitor, saturated
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.proxy import Upstream
+from herd.router.observe.traces import TraceLog
 from herd.router.reload import StaticSource
-from herd.router.traces import TraceLog
+from herd.router.routing.proxy import Upstream
 
 
 def test_saturated_means_all_slots_busy_and_more_waiting():

@@ -4,7 +4,7 @@ written by the router's own TraceLog."""
 from __future__ import annotations
 
 from herd.health.tracestats import p95, trace_facts
-from herd.router.traces import Trace, TraceLog
+from herd.router.observe.traces import Trace, TraceLog
 
 NOW = 1_000_000.0
 

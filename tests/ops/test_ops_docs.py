@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from herd.cli import build_parser, main
-from herd.router.traces import TraceLog
+from herd.router.observe.traces import TraceLog
 from herd.store import Store
 from tests.ops.test_audit_chain import ROOT
 from tests.ops.test_traces_cli import trace

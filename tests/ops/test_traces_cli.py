@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from herd.router.traces import Trace, TraceLog
+from herd.router.observe.traces import Trace, TraceLog
 from tests.ops.test_audit_chain import herd_cli
 
 

@@ -192,7 +192,10 @@ def test_plan_apply_serve_replan_move_prune(site, nodes):
     applied = herd(state_dir, "apply", "--yes", "--registry", registry, str(path))
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert holders(nodes) == {s.name: [MODEL] for s in nodes}
-    status = wait_status(router, lambda m: m["extra_on"] == [chosen[1]])
+    # The router learns of the pull by polling: wait until it has seen every node.
+    status = wait_status(
+        router, lambda m: m["extra_on"] == [chosen[1]] and m["missing_on"] == []
+    )
     assert status["placed_on"] == [chosen[0], other] and status["missing_on"] == []
     applied = herd(
         state_dir, "apply", "--yes", "--prune", "--registry", registry, str(path)

@@ -235,9 +235,9 @@ def app_over(
 
     from herd.manifest.model import build_fleet
     from herd.router.app import create_app
-    from herd.router.proxy import Upstream
+    from herd.router.observe.traces import TraceLog
     from herd.router.reload import StaticSource
-    from herd.router.traces import TraceLog
+    from herd.router.routing.proxy import Upstream
 
     client: dict[str, Any] = {"name": "local", "networks": ["127.0.0.0/8"]}
     if allowed:

@@ -16,7 +16,7 @@ import pytest
 
 from herd.bundle.importer import import_bundle
 from herd.bundle.policy import Policy
-from herd.router import registry
+from herd.router.api import registry
 from herd.store import Store
 from tests.bundle.bundle_helpers import ALLOWED, EXAMPLE
 

@@ -22,10 +22,10 @@ from falcon import testing
 
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.peer import peer_address
-from herd.router.proxy import Upstream
+from herd.router.http.peer import peer_address
+from herd.router.observe.traces import TraceLog
 from herd.router.reload import StaticSource
-from herd.router.traces import TraceLog
+from herd.router.routing.proxy import Upstream
 from tests.router.routerproc import ROOT, free_port, manifest
 
 EXAMPLE = ROOT / "bundles" / "example"

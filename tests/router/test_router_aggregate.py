@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from herd.router.aggregate import Fold
+from herd.router.api.aggregate import Fold
 
 
 def test_chat_fold_concatenates_and_keeps_the_final_chunk():

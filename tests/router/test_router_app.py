@@ -14,9 +14,9 @@ from falcon import testing
 
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.proxy import Upstream
+from herd.router.observe.traces import Trace, TraceLog
 from herd.router.reload import PointerSource, StaticSource
-from herd.router.traces import Trace, TraceLog
+from herd.router.routing.proxy import Upstream
 from tests.router.routerproc import ROOT, apply, free_port, manifest
 
 LOCAL = {"remote_addr": "127.0.0.1"}
@@ -310,8 +310,8 @@ def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
 def test_access_log_lines_are_batched(tmp_path):
     import io
 
-    from herd.router.accesslog import AccessLog
-    from herd.router.forward import Outcome
+    from herd.router.observe.accesslog import AccessLog
+    from herd.router.routing.forward import Outcome
 
     out = io.StringIO()
     log = AccessLog(out, clock=lambda: 0.0)

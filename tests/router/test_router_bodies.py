@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herd.errors import InvalidRequest
-from herd.router import body
+from herd.router.api import body
 from tests.router.recnode import RecordingNode, app_over, go_view
 
 LOCAL = {"remote_addr": "127.0.0.1"}

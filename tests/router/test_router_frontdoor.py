@@ -2,7 +2,7 @@
 
 Request smuggling, oversized and slow request heads, slow bodies, the
 per-address connection cap, keep-alive and shutdown, chunked bodies, body-free
-logs, and no DNS at worker start (herd/router/worker.py and its modules).
+logs, and no DNS at worker start (herd/router/http/worker.py and its modules).
 Small limits are set through the environment, as a sysadmin would.
 """
 

@@ -10,7 +10,7 @@ import io
 
 import pytest
 
-from herd.router.httphead import (
+from herd.router.http.httphead import (
     CHUNKED,
     MAX_HEADERS,
     MAX_LINE,

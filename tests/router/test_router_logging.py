@@ -17,11 +17,11 @@ from falcon import testing
 
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.logfield import FIELD_MAX, logged
-from herd.router.proxy import Upstream
+from herd.router.observe.logfield import FIELD_MAX, logged
+from herd.router.observe.traces import TraceLog
 from herd.router.reload import StaticSource
+from herd.router.routing.proxy import Upstream
 from herd.router.runtime import REFUSALS_BURST
-from herd.router.traces import TraceLog
 from tests.router.routerproc import manifest
 
 FORGED = "2026-01-01T00:00:00Z herd.access 10.0.0.1 admins POST /api/chat 200"

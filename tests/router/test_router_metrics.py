@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from herd.router.forward import Outcome
-from herd.router.metrics import Metrics
+from herd.router.observe.metrics import Metrics
+from herd.router.routing.forward import Outcome
 from tests.router.routerproc import TOKEN_SHA, manifest
 
 pytestmark = pytest.mark.e2e

@@ -16,9 +16,9 @@ from falcon import testing
 from herd.manifest import load_bytes
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.proxy import Upstream
+from herd.router.observe.traces import TraceLog
 from herd.router.reload import StaticSource
-from herd.router.traces import TraceLog
+from herd.router.routing.proxy import Upstream
 from tests.router.routerproc import free_port
 
 OPS = {"remote_addr": "127.0.0.1"}

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from herd.errors import QueueFull
-from herd.router.queues import Queues, Slots
+from herd.router.routing.queues import Queues, Slots
 
 
 def test_free_slots_first_in_rank_order():

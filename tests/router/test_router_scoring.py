@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.router.scoring import Candidate, RouteRequest, choose_node
+from herd.router.routing.scoring import Candidate, RouteRequest, choose_node
 
 REQ = RouteRequest("llama3.2:3b")
 
@@ -82,7 +82,7 @@ GB = 1024**3
 
 
 def test_a_cold_model_larger_than_free_memory_is_not_sent_there():
-    from herd.router.scoring import parse_prefer  # noqa: F401 - same module
+    from herd.router.routing.scoring import parse_prefer  # noqa: F401 - same module
 
     small = cand("small", model_bytes=4 * GB, memory_available=2 * GB)
     big = cand("big", model_bytes=4 * GB, memory_available=64 * GB, in_flight=3)
@@ -110,7 +110,7 @@ def test_swapping_and_memory_pressure_push_a_node_down():
 
 
 def test_preferred_labels_win_among_equals_but_not_over_loaded():
-    from herd.router.scoring import RouteRequest
+    from herd.router.routing.scoring import RouteRequest
 
     prefer = RouteRequest("llama3.2:3b", {"gpu": "a100"})
     a, b = cand("a"), cand("b", labels={"gpu": "a100"})
@@ -123,7 +123,7 @@ def test_preferred_labels_win_among_equals_but_not_over_loaded():
 def test_prefer_header_parsing():
     import pytest
 
-    from herd.router.scoring import parse_prefer
+    from herd.router.routing.scoring import parse_prefer
 
     assert parse_prefer("gpu=a100, room=b2") == {"gpu": "a100", "room": "b2"}
     assert parse_prefer(None) == {}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from herd.router import traces
-from herd.router.traces import Trace, TraceLog
+from herd.router.observe import traces
+from herd.router.observe.traces import Trace, TraceLog
 from tests.router.routerproc import ROOT, Router, apply, free_port, manifest
 
 

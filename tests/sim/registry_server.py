@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
-from herd.router import registry
+from herd.router.api import registry
 
 
 class _Quiet(WSGIRequestHandler):

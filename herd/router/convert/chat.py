@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from herd.errors import InvalidRequest
-from herd.router.body import parse
+from herd.router.api.body import parse
 from herd.router.convert.request import (
     Converted,
     check_fields,

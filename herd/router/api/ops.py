@@ -1,7 +1,7 @@
 """Operations endpoints: /healthz (alive), /readyz (some node up), /metrics.
 
 /metrics is Prometheus text exposition (the series are described in
-herd.router.metrics); it names nodes, so only operator client groups may read
+herd.router.observe.metrics); it names nodes, so only operator client groups may read
 it. /healthz and /readyz answer anyone (load balancers, systemd) and so say
 nothing about which nodes there are.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import falcon
 
-from herd.router.forward import dumps
-from herd.router.metrics import CONTENT_TYPE
+from herd.router.observe.metrics import CONTENT_TYPE
 from herd.router.policy import require_operator
+from herd.router.routing.forward import dumps
 from herd.router.runtime import Runtime
 
 
@@ -52,7 +52,7 @@ class Readyz:
 
 
 class Metrics:
-    """Prometheus text exposition of every worker's counts (herd.router.metrics)."""
+    """Prometheus text exposition of every worker's counts (see observe/metrics.py)."""
 
     def __init__(self, runtime: Runtime):
         self.rt = runtime

@@ -1,7 +1,7 @@
 """The bundle store served as a read-only registry: what `ollama pull` needs.
 
 `ollama pull --insecure ROUTER:PORT/library/NAME:TAG` makes the node's Ollama
-server fetch, in order (shared/reference/ollama-protocol.md §4.3):
+server fetch, in order (Ollama's registry pull sequence):
 
 1. `GET /v2/library/NAME/manifests/TAG`: the manifest bytes, verbatim;
 2. per blob, `HEAD /v2/library/NAME/blobs/sha256:HEX`: exact Content-Length;

@@ -12,7 +12,7 @@ traces not yet written, whether the last reload was refused) is sampled by a
 background greenlet every SAMPLE_S and again by the worker answering a scrape.
 
 Under gunicorn each worker writes its values to prometheus_client's
-multiprocess files (see herd.router.multiproc), and a scrape adds up every
+multiprocess files (see herd.router.observe.multiproc), and a scrape adds up every
 worker's counts: with `--workers 4` the totals are the router's totals. In a
 single process (tests, the app built directly) the values live in memory.
 
@@ -43,7 +43,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from herd.router.multiproc import ENV
+from herd.router.observe.multiproc import ENV
 
 log = logging.getLogger("herd.router")
 

@@ -19,7 +19,7 @@ import gevent
 from gevent import pywsgi
 
 from herd.errors import HerdError, InvalidRequest, RequestTimeout
-from herd.router.deadlines import Deadlines
+from herd.router.http.deadlines import Deadlines
 
 #: A body the app left unread is read and dropped up to this size (keeping the
 #: connection); more, and the connection is closed instead.
@@ -77,7 +77,7 @@ class BodyInput(pywsgi.Input):
         self.deadlines.enter(current, self.deadline)
         try:
             return read(size)
-        except TimeoutError:  # the deadline passed (herd.router.deadlines)
+        except TimeoutError:  # the deadline passed (herd.router.http.deadlines)
             self.broken = True
             raise RequestTimeout(
                 f"request body not received within {self.timeout:g} s", headers=_CLOSE

@@ -19,10 +19,10 @@ import falcon
 from herd.manifest.model import Client, Fleet
 from herd.reconcile.inventory import NodeInventory
 from herd.reconcile.placement import choose
-from herd.router.forward import dumps
-from herd.router.ollama import allowed_models
+from herd.router.api.ollama import allowed_models
 from herd.router.policy import is_operator, require_operator
 from herd.router.reload import Served
+from herd.router.routing.forward import dumps
 from herd.router.runtime import Runtime
 
 

@@ -54,9 +54,9 @@ class Trace(NamedTuple):
     tokens_out: int | None
     retries: int
     error_class: str | None
-    #: The caller's address, normalized (herd.router.peer).
+    #: The caller's address, normalized (herd.router.http.peer).
     peer: str | None = None
-    #: The request's tags, comma-joined (herd.router.tags).
+    #: The request's tags, comma-joined (herd.router.observe.tags).
     tags: str | None = None
 
 
@@ -94,7 +94,7 @@ def _m2_peer(db: sqlite_utils.Database) -> None:
 
 
 def _m3_tags(db: sqlite_utils.Database) -> None:
-    """The request's tags (herd.router.tags); safe on a table that has them."""
+    """The request's tags (herd.router.observe.tags); safe on a table that has them."""
     if "tags" not in db["traces"].columns_dict:
         db["traces"].add_column("tags", str)
 

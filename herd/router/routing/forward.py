@@ -27,13 +27,13 @@ from herd.errors import (
     UpstreamTimeout,
 )
 from herd.manifest.model import Fleet, Model, Node
-from herd.router.aggregate import Fold
-from herd.router.logfield import logged, logged_or_none
-from herd.router.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
-from herd.router.queues import Queues
-from herd.router.scoring import Candidate, Decision, RouteRequest, choose_node
-from herd.router.stats import Stats
-from herd.router.traces import Trace
+from herd.router.api.aggregate import Fold
+from herd.router.observe.logfield import logged, logged_or_none
+from herd.router.observe.traces import Trace
+from herd.router.routing.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
+from herd.router.routing.queues import Queues
+from herd.router.routing.scoring import Candidate, Decision, RouteRequest, choose_node
+from herd.router.routing.stats import Stats
 
 log = logging.getLogger("herd.router")
 
@@ -59,9 +59,9 @@ class Outcome:
     tokens_out: int | None = None
     retries: int = 0
     error_class: str | None = None
-    #: The caller's address, normalized (herd.router.peer).
+    #: The caller's address, normalized (herd.router.http.peer).
     peer: str | None = None
-    #: The request's validated tags (herd.router.tags), comma-joined.
+    #: The request's validated tags (herd.router.observe.tags), comma-joined.
     tags: str | None = None
     #: Set once the trace is recorded (a request is finished exactly once).
     finished: bool = False

@@ -7,7 +7,7 @@ with a single `write` every FLUSH_S by a background greenlet (and at exit).
 The timestamp string is rebuilt once per second.
 
 A line is made from the request's trace row, whose text fields are
-escaped and bounded by herd.router.logfield: each field is one space-free
+escaped and bounded by herd.router.observe.logfield: each field is one space-free
 token, so no caller-chosen text (a model name with a line break, a NUL, a
 900 kB name) can forge a line or grow one without bound.
 """
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from herd.router.traces import Trace
+from herd.router.observe.traces import Trace
 
 FLUSH_S = 0.25
 #: Lines kept before a write is forced (bounds memory under bursts).
@@ -47,7 +47,7 @@ class AccessLog:
 
     def request(self, trace: Trace) -> None:
         """Queue the line of one finished request, from its trace row (whose
-        text fields herd.router.logfield has already escaped and bounded)."""
+        text fields herd.router.observe.logfield has already escaped and bounded)."""
         error = f" error={trace.error_class}" if trace.error_class else ""
         self._lines.append(
             f"{self._now()} herd.access {trace.peer or '-'} {trace.client or '-'} "

@@ -1,6 +1,6 @@
 """The request head: request line, header block and body framing (RFC 9112).
 
-Pure parsing, used by the router's gunicorn worker (herd/router/worker.py) on
+Pure parsing, used by the router's gunicorn worker (herd/router/http/worker.py) on
 every request, before any route or ACL runs. It reads from a buffered binary
 file and either returns the parsed head or raises `HeadError`, which carries
 the status to answer (400, 414, 431, 505) and a fixed reason text: never any

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from herd.router.forward import Opened, Outcome, dumps
-from herd.router.proxy import StreamBroken
+from herd.router.routing.forward import Opened, Outcome, dumps
+from herd.router.routing.proxy import StreamBroken
 
 Finish = Callable[[Opened, Outcome, str | None], None]
 

@@ -2,7 +2,7 @@
 
 Conversion is herd.router.convert's job (pure functions); these resources
 parse, enforce, forward and relay. Streams are Server-Sent Events ending in
-`data: [DONE]`; errors are OpenAI-shaped (see herd.router.failures).
+`data: [DONE]`; errors are OpenAI-shaped (see herd.router.api.failures).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import falcon
 
 from herd.errors import ModelNotFound
 from herd.manifest.model import Fleet, Model
-from herd.router import convert, relay, tags
-from herd.router.forward import Outcome, dumps
+from herd.router import convert
+from herd.router.api.ollama import allowed_models, listed_names
 from herd.router.gate import decision_headers
-from herd.router.ollama import allowed_models, listed_names
+from herd.router.observe import tags
+from herd.router.routing import relay
+from herd.router.routing.forward import Outcome, dumps
 from herd.router.runtime import Runtime
 
 

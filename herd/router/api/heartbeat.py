@@ -27,7 +27,7 @@ from herd.discovery.heartbeat import (
 )
 from herd.discovery.membership import Membership
 from herd.errors import HerdError
-from herd.router.forward import dumps
+from herd.router.routing.forward import dumps
 
 
 class Refused(Exception):

@@ -19,9 +19,9 @@ from typing import Any
 import falcon
 
 from herd.errors import HerdError, QueueFull
-from herd.router.forward import dumps
-from herd.router.logfield import logged
+from herd.router.observe.logfield import logged
 from herd.router.policy import is_operator
+from herd.router.routing.forward import dumps
 
 log = logging.getLogger("herd.router")
 

@@ -15,10 +15,10 @@ import falcon
 from herd.discovery.health import model_key
 from herd.errors import Forbidden, InvalidRequest
 from herd.manifest.model import Client, Fleet, Model, normalize_model_name
-from herd.router import relay
-from herd.router.body import check_lowercase_keys
-from herd.router.forward import Outcome, dumps
+from herd.router.api.body import check_lowercase_keys
 from herd.router.gate import decision_headers
+from herd.router.routing import relay
+from herd.router.routing.forward import Outcome, dumps
 from herd.router.runtime import Runtime
 
 #: Reported by /api/version until some node has answered.

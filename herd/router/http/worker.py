@@ -44,9 +44,9 @@ from urllib.parse import unquote
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
-from herd.router.frontdoor import FrontDoor, RouterServer
-from herd.router.httpbody import BodyInput
-from herd.router.httphead import (
+from herd.router.http.frontdoor import FrontDoor, RouterServer
+from herd.router.http.httpbody import BodyInput
+from herd.router.http.httphead import (
     CHUNKED,
     MAX_HEAD,
     MAX_REQUEST_LINE,
@@ -58,7 +58,7 @@ from herd.router.httphead import (
     split_head,
 )
 
-log = logging.getLogger("herd.router.worker")
+log = logging.getLogger("herd.router.http.worker")
 
 #: Body chunks up to this size are sent together with the response head.
 MERGE_MAX = 65536
@@ -230,7 +230,7 @@ class LeanHandler(PyWSGIHandler):
         deadlines.enter(current, deadline)
         try:
             self._read_head()
-        except TimeoutError:  # the deadline passed (herd.router.deadlines)
+        except TimeoutError:  # the deadline passed (herd.router.http.deadlines)
             raise HeadError(408, "request head not received in time") from None
         finally:
             deadlines.leave(current)
@@ -350,7 +350,7 @@ class LeanHandler(PyWSGIHandler):
 
     def log_request(self) -> None:
         """gunicorn's access line, not even built while gunicorn's access log
-        is off (herd writes its own: herd.router.accesslog)."""
+        is off (herd writes its own: herd.router.observe.accesslog)."""
         if getattr(self.server.log, "access_log_enabled", True):
             super().log_request()
 

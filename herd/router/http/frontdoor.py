@@ -18,10 +18,10 @@ from typing import Any
 
 from gunicorn.workers.ggevent import PyWSGIServer
 
-from herd.router.deadlines import Deadlines
+from herd.router.http.deadlines import Deadlines
 from herd.settings import BODY_TIMEOUT, CLIENT_CONNECTIONS, HEADER_TIMEOUT
 
-log = logging.getLogger("herd.router.worker")
+log = logging.getLogger("herd.router.http.worker")
 
 #: Refused connections are logged at most once per this many seconds.
 REFUSED_LOG_EVERY_S = 10.0

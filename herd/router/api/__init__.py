@@ -1,0 +1,1 @@
+"""The routes: Ollama and OpenAI APIs, /fleet, /healthz, /metrics, heartbeats, /v2."""

@@ -1,0 +1,1 @@
+"""What the router records: access log, traces, Prometheus metrics, request tags."""

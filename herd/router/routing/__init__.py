@@ -1,0 +1,1 @@
+"""Choosing and reaching a node: scoring, queues, upstream client, retries, relay."""
