@@ -103,9 +103,10 @@ def test_chat_request_carries_fields(fields: dict, native_part: dict) -> None:
         ({"tool_choice": "required"}, "'tool_choice'"),
         (
             {"tool_choice": {"type": "function", "function": {"name": "f"}}},
-            "'tool_choice'",
+            "'tool_choice.function.name'",
         ),
-        ({"parallel_tool_calls": False}, "'parallel_tool_calls'"),
+        ({"tool_choice": {"type": "allowed_tools"}}, "'tool_choice'"),
+        ({"parallel_tool_calls": "no"}, "'parallel_tool_calls'"),
         ({"audio": {"voice": "x"}}, "'audio'"),
         ({"modalities": ["text", "audio"]}, "'modalities'"),
         ({"prediction": {"type": "content"}}, "'prediction'"),
