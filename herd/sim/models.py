@@ -137,6 +137,7 @@ class SimModel:
             "size": self.size,
             "digest": self.digest,
             "details": self.details(),
+            "capabilities": self.capabilities,
         }
 
     def show(self) -> dict[str, Any]:

@@ -16,7 +16,12 @@ import falcon
 from herd.errors import ModelNotFound
 from herd.manifest.model import Fleet, Model
 from herd.router import convert
-from herd.router.api.ollama import allowed_models, listed_names
+from herd.router.api.ollama import (
+    THINKING_PATHS,
+    allowed_models,
+    listed_names,
+    think_budget,
+)
 from herd.router.gate import decision_headers
 from herd.router.observe import tags
 from herd.router.routing import relay
@@ -63,6 +68,8 @@ class Forwarded:
         native = dict(converted.native)
         if self.stream_type is not None:
             native["stream"] = stream
+        if self.native_path in THINKING_PATHS:
+            think_budget(rt, fleet, models, native, resp)
         opened = rt.forwarder.open(
             fleet, self.native_path, native, models, stream=stream, outcome=outcome
         )

@@ -94,7 +94,9 @@ def chat_response(
         msg = settle(msg, native.get("done_reason"), plan)
     message: dict[str, Any] = {"role": "assistant", "content": msg.get("content", "")}
     if msg.get("thinking"):
-        message["reasoning"] = msg["thinking"]
+        # Ollama's /v1 says `reasoning`; DeepSeek-style clients read
+        # `reasoning_content`: both carry the thinking.
+        message["reasoning"] = message["reasoning_content"] = msg["thinking"]
     calls = msg.get("tool_calls") or []
     if calls:
         message["tool_calls"] = openai_tool_calls(calls)

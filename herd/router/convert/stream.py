@@ -109,7 +109,9 @@ class ChatStream(_Stream):
                 return self.fail(self._refusal)
         out = b""
         if msg.get("thinking"):
-            out += self._delta({"content": "", "reasoning": msg["thinking"]})
+            thought = msg["thinking"]
+            delta = {"content": "", "reasoning": thought, "reasoning_content": thought}
+            out += self._delta(delta)
         calls = msg.get("tool_calls") or []
         if msg.get("content") or calls:
             delta: dict[str, Any] = {"content": msg.get("content", "")}
