@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from herd.errors import InvalidRequest
+from herd.router.api.body import parse
 from herd.router.convert.chat import (
     EFFORT,
     image_data,
-    native_tool_calls,
     tool,
     tool_plan,
 )
@@ -321,12 +321,22 @@ def _function_call(
     call_id = get_field(item, "call_id", (str,), where)
     if not call_id:
         raise refuse(where, "call_id", "is required")
-    openai_call = {
-        "id": call_id,
-        "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-    }
-    [native] = native_tool_calls([openai_call], where, names)
-    return native
+    name = get_field(item, "name", (str,), where)
+    if not name:
+        raise refuse(where, "name", "is required")
+    text = get_field(item, "arguments", (str,), where) or "{}"
+    try:
+        # Parsed as strictly as a request body (depth, duplicates, NaN).
+        args = parse(text, f"{where}.arguments")
+    except InvalidRequest as ex:
+        raise InvalidRequest(
+            f"{where}: invalid function call arguments ({ex.message})",
+            param=f"{where}.arguments",
+        ) from ex
+    if not isinstance(args, dict):
+        raise refuse(where, "arguments", "must be a JSON object")
+    names[call_id] = name
+    return {"id": call_id, "function": {"index": 0, "name": name, "arguments": args}}
 
 
 def _call_output(
