@@ -67,6 +67,7 @@ def fleet(tmp_path_factory):
         tmp / "state", manifest([node], models=models), tmp / "router.log"
     )
     router.wait_nodes_up(1)
+    router.node = node
     yield router
     router.stop()
     node.kill()
@@ -162,6 +163,18 @@ def test_responses_stream_with_tool_call_events(oai):
     final = events[-1].response
     assert final.output[-1].type == "function_call"
     assert final.output[-1].name == "get_weather"
+
+
+def test_responses_stream_cut_by_the_node_ends_with_response_failed(fleet, oai):
+    fleet.node.fault("cut-mid-stream", after_chunks=3, times=1, paths=["/api/chat"])
+    events = list(
+        oai.responses.create(model="llama3.2:3b", input="A long story.", stream=True)
+    )
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert "failed mid-stream" in events[-2].message
+    assert events[-1].response.status == "failed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
 class Weather(BaseModel):
