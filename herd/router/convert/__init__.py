@@ -2,8 +2,8 @@
 
 Modules: `request` (shared checks, completions, embeddings), `chat` (chat
 requests), `response` (replies, errors, SSE framing, models), `stream` (SSE streams),
-`toolchoice` (forced tool calls emulated), `responses` and `responses_stream`
-(the Responses API).
+`toolchoice` (forced tool calls emulated), `responses`, `response_items` and
+`responses_stream` (the Responses API).
 
 Public interface (the /v1 resources code against these; all raise
 `herd.errors.InvalidRequest` naming the offending field):
@@ -63,7 +63,8 @@ from herd.router.convert.response import (
     sse_event,
     usage,
 )
-from herd.router.convert.responses import responses_reply, responses_request
+from herd.router.convert.response_items import responses_reply
+from herd.router.convert.responses import responses_request
 from herd.router.convert.responses_stream import ResponsesStream
 from herd.router.convert.stream import ChatStream, CompletionStream
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from herd.router.convert.request import Converted
 from herd.router.convert.response import JSON_COMPACT
-from herd.router.convert.responses import (
+from herd.router.convert.response_items import (
     call_item,
     message_item,
     new_item_id,
