@@ -20,6 +20,7 @@ ROUTE_KINDS: dict[str, tuple[str, ...]] = {
     "/v1/chat/completions": ("chat",),
     "/v1/completions": ("chat",),
     "/v1/embeddings": ("embed", "chat"),
+    "/v1/responses": ("chat",),
     "/api/generate-image": ("image",),
     "/v1/images/generations": ("image",),
     "/api/transcribe": ("transcribe",),

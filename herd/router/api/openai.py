@@ -17,7 +17,12 @@ from herd.errors import InvalidRequest, ModelNotFound
 from herd.manifest.model import Fleet, Model
 from herd.router import convert
 from herd.router.api.kinds import check_kind
-from herd.router.api.ollama import allowed_models, listed_names
+from herd.router.api.ollama import (
+    THINKING_PATHS,
+    allowed_models,
+    listed_names,
+    think_budget,
+)
 from herd.router.gate import decision_headers
 from herd.router.observe import tags
 from herd.router.routing import relay
@@ -27,7 +32,7 @@ from herd.router.runtime import Runtime
 
 
 class Forwarded:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses."""
 
     def __init__(
         self,
@@ -37,6 +42,7 @@ class Forwarded:
         to_native: Callable[[Any], convert.Converted],
         reply: Callable[[dict[str, Any], convert.Converted], dict[str, Any]],
         stream_type: Any = None,
+        passthrough: bool = True,
     ):
         self.rt = runtime
         self.route = route
@@ -44,6 +50,9 @@ class Forwarded:
         self.to_native = to_native
         self.reply = reply
         self.stream_type = stream_type
+        #: An OpenAI node gets the client's body as is (else, like an Ollama
+        #: node, the native conversion, turned into OpenAI chat for it).
+        self.passthrough = passthrough
 
     def on_post(self, req: Any, resp: Any) -> None:
         rt = self.rt
@@ -68,7 +77,9 @@ class Forwarded:
         requested = converted.model if converted else body.get("model")
         models = rt.models_for(fleet, ctx.client, requested, extra)
         check_kind(self.route, models[0])
-        if refused is not None and not openai_only(fleet, models):
+        if refused is not None and not (
+            self.passthrough and openai_only(fleet, models)
+        ):
             raise refused
         rt.limiter.take(ctx.client)
         wants_stream = body.get("stream") is True
@@ -79,6 +90,8 @@ class Forwarded:
             stream = bool(converted.stream and self.stream_type)
         if self.stream_type is not None:
             native["stream"] = stream
+        if self.native_path in THINKING_PATHS:
+            think_budget(rt, fleet, models, native, resp)
         opened = rt.forwarder.open(
             fleet,
             self.native_path,
@@ -86,7 +99,7 @@ class Forwarded:
             models,
             stream=stream,
             outcome=outcome,
-            openai=OpenAIForm(self.route, body),
+            openai=OpenAIForm(self.route, body) if self.passthrough else None,
         )
         decision_headers(resp, outcome, req)
         ctx.deferred = True
@@ -98,7 +111,9 @@ class Forwarded:
             outcome.status = 200
             resp.content_type = convert.SSE_CONTENT_TYPE
             resp.set_header("Cache-Control", "no-cache")
-            converter = self.stream_type(converted.model, converted.include_usage)
+            converter = self.stream_type(
+                converted.model, converted.include_usage, request=converted
+            )
             resp.stream = relay.sse(
                 opened, converter, outcome, rt.finish, rt.deadline(fleet), rt.monotonic
             )
@@ -152,7 +167,7 @@ def openai_only(fleet: Fleet, models: tuple[Model, ...]) -> bool:
 
 
 def chat_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
-    return convert.chat_response(native, c.model)
+    return convert.chat_response(native, c.model, plan=c.plan)
 
 
 def completion_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
@@ -188,6 +203,17 @@ def resources(runtime: Runtime) -> dict[str, Any]:
             "/api/embed",
             convert.embedding_request,
             embedding_reply,
+        ),
+        "/v1/responses": Forwarded(
+            runtime,
+            "/v1/responses",
+            "/api/chat",
+            convert.responses_request,
+            convert.responses_reply,
+            convert.ResponsesStream,
+            # Not every OpenAI-compatible server has /v1/responses: an OpenAI
+            # node gets the converted request as chat completions instead.
+            passthrough=False,
         ),
         "/v1/models": Models(runtime),
         "/v1/models/{model_id}": OneModel(runtime),
