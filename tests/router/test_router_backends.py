@@ -221,6 +221,15 @@ def test_openai_sdk_to_an_openai_node_passes_through(fleet: dict[str, Any]) -> N
     assert logit.choices[0].message.content
 
 
+def test_responses_api_reaches_an_openai_node_as_chat(fleet: dict[str, Any]) -> None:
+    client = _oai(fleet["router"])
+    answer = client.responses.create(model="qwen", input="hi", instructions="be brief")
+    assert answer.output_text and answer.usage.output_tokens > 0
+    events = list(client.responses.create(model="qwen", input="hi", stream=True))
+    assert events[-1].type == "response.completed"
+    assert fleet["oa"].stats()["paths"].get("/v1/responses") is None
+
+
 def test_openai_sdk_served_by_an_ollama_node(fleet: dict[str, Any]) -> None:
     done = _oai(fleet["router"]).chat.completions.create(
         model="llama3.2:3b", messages=[{"role": "user", "content": "hi"}]

@@ -60,7 +60,18 @@ OPTION_FIELDS = {
     "min_p": "min_p",
 }
 _CHAT_FIELDS = frozenset(
-    {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think"}
+    {
+        "model",
+        "messages",
+        "tools",
+        "format",
+        "options",
+        "stream",
+        "keep_alive",
+        "think",
+        "logprobs",
+        "top_logprobs",
+    }
 )
 _GENERATE_FIELDS = frozenset(
     {
@@ -276,6 +287,9 @@ def request(path: str, body: Mapping[str, Any], node_model: str) -> Outgoing:
     _options(body.get("options"), out)
     _format(body.get("format"), out)
     _think(body.get("think"), out)
+    for key in ("logprobs", "top_logprobs"):
+        if body.get(key) is not None:
+            out[key] = body[key]
     return Outgoing("/v1/chat/completions", out)
 
 
