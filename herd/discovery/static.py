@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from herd.discovery.health import NodeHealth, PollResult, connection_refused, observe
@@ -55,17 +56,21 @@ class StaticPoller:
         """Poll one node now and record the result."""
         start = time.monotonic()
         try:
-            get = self._upstream.get_json
-            version = get(node.url, "/api/version", self.timeout)
-            tags = get(node.url, "/api/tags", self.timeout)
-            ps = get(node.url, "/api/ps", self.timeout)
-            result = PollResult(
-                ok=True,
-                version=str((version or {}).get("version") or "") or None,
-                tags=tuple(_models(tags)),
-                ps=tuple(_models(ps)),
-                latency_ms=(time.monotonic() - start) * 1000.0,
-            )
+            if node.api == "openai":
+                result = self._poll_openai(node)
+            else:
+                get = self._upstream.get_json
+                auth = node.auth
+                version = get(node.url, "/api/version", self.timeout, auth)
+                tags = get(node.url, "/api/tags", self.timeout, auth)
+                ps = get(node.url, "/api/ps", self.timeout, auth)
+                result = PollResult(
+                    ok=True,
+                    version=str((version or {}).get("version") or "") or None,
+                    tags=tuple(_models(tags)),
+                    ps=tuple(_models(ps)),
+                )
+            result = replace(result, latency_ms=(time.monotonic() - start) * 1000.0)
         except Exception as ex:  # noqa: BLE001 - any failure means "not healthy"
             result = PollResult(ok=False, error=str(ex) or type(ex).__name__)
         prev = self.get(node)
@@ -79,6 +84,29 @@ class StaticPoller:
             )
         self.health[node.name] = health
         return health
+
+    def _poll_openai(self, node: Node) -> PollResult:
+        """An OpenAI-compatible node: its models are what /v1/models lists
+        (all of them count as loaded: such servers hold what they serve).
+        /health, where the server has one, must answer 200; a 404 means it
+        has none."""
+        upstream = self._upstream
+        listing = upstream.get_json(node.url, "/v1/models", self.timeout, node.auth)
+        reply = upstream.open(
+            node.url,
+            "GET",
+            "/health",
+            connect_s=self.timeout,
+            network_s=self.timeout,
+            headers=node.auth,
+        )
+        status = reply.status
+        reply.read()
+        reply.close()
+        if status not in (200, 404, 405):
+            raise RuntimeError(f"{node.url}/health: HTTP {status}")
+        models = openai_models(listing)
+        return PollResult(ok=True, version=None, tags=models, ps=models)
 
     def poll_once(self) -> None:
         """Poll every node of the current manifest in parallel, then return."""
@@ -114,6 +142,17 @@ class StaticPoller:
             except Exception:  # noqa: BLE001 - the poller must never die
                 log.exception("health poll failed")
             gevent.sleep(max(0.05, self.interval - (time.monotonic() - began)))
+
+
+def openai_models(doc: Any) -> tuple[dict[str, Any], ...]:
+    """/v1/models `data` entries as /api/tags-like entries: `model` is the id
+    exactly as the node spells it (it is sent back to the node as is)."""
+    data = (doc or {}).get("data") if isinstance(doc, dict) else None
+    out = []
+    for entry in data or ():
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            out.append({"name": entry["id"], "model": entry["id"]})
+    return tuple(out)
 
 
 def _models(doc: Any) -> list[dict[str, Any]]:
