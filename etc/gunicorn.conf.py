@@ -2,8 +2,9 @@
 
 One gevent worker serves thousands of concurrent streams; add workers (`herd
 serve --workers N`) only to use more CPU cores: the manifest's limits hold for
-the router as a whole whatever N is (herd/router/fleetstate.py). Never `preload_app` with
-gevent: the app must be imported after the worker monkey-patches. The bind
+the router as a whole whatever N is (herd/router/fleetstate.py). Never
+`preload_app` with gevent: the app must be imported after the worker
+monkey-patches. The bind
 address comes from the manifest's `router.listen` (passed by `herd serve`) or
 HERD_BIND. gunicorn's access log stays off (herd logs one line per request,
 never bodies); HERD_ACCESS_LOG=0 silences herd's own access lines too.

@@ -6,8 +6,9 @@ manifest's limits are fleet-wide (a node with `max_concurrency: 2` serves two
 requests, not two per worker), so the state they are checked against lives in
 one memory-mapped file that the gunicorn master creates before it forks any
 worker (`prepare()`, gunicorn's on_starting) and every worker maps
-(`FleetState.attach()`). Without that file (the app built in-process, tests)
-the same layout lives in anonymous memory and nothing is shared.
+(`FleetState.attach()`: the path is inherited across the fork). Without that
+file (the app built in-process, tests) the same layout lives in anonymous
+memory and nothing is shared.
 
 Why a mapped file with an flock, rather than the alternatives:
 
@@ -58,7 +59,6 @@ from pathlib import Path
 
 log = logging.getLogger("herd.router")
 
-ENV = "HERD_FLEET_STATE"
 MAGIC = b"HERDFS01"
 #: Worker rows (at most this many workers at once; rows of gone workers are reused).
 ROWS = 128
@@ -162,11 +162,11 @@ class FleetState:
 
     @classmethod
     def attach(cls) -> FleetState:
-        """The state the gunicorn master prepared ($HERD_FLEET_STATE), else a
-        private one (the app built in-process)."""
-        path = os.environ.get(ENV)
-        if path and os.path.exists(path):
-            return cls(path)
+        """The state the gunicorn master prepared before forking this worker
+        (`prepare()`; a worker inherits the master's memory), else a private
+        one (the app built in-process)."""
+        if _path is not None and os.path.exists(_path):
+            return cls(_path)
         return cls(None)
 
     # -- the lock --------------------------------------------------------------
@@ -405,13 +405,15 @@ class FleetState:
 
 #: The directory `prepare()` created (and `cleanup()` removes), if any.
 _created: str | None = None
+#: The state file, set in the master before the workers are forked.
+_path: str | None = None
 _master: FleetState | None = None
 
 
 def prepare() -> str:
-    """A fresh state file in a private directory, exported to the workers to
-    come (on_starting: before any worker exists)."""
-    global _created, _master
+    """A fresh state file in a private directory, for the workers to come
+    (on_starting: before any worker exists)."""
+    global _created, _master, _path
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     _created = tempfile.mkdtemp(prefix="herd-fleet-", dir=base)
     path = os.path.join(_created, "state")
@@ -421,7 +423,7 @@ def prepare() -> str:
         os.pwrite(fd, MAGIC, 0)
     finally:
         os.close(fd)
-    os.environ[ENV] = path
+    _path = path
     _master = None
     return path
 
@@ -429,17 +431,17 @@ def prepare() -> str:
 def worker_gone(pid: int) -> None:
     """A worker exited (child_exit): its slots and queue places are free."""
     global _master
-    path = os.environ.get(ENV)
-    if not path or not Path(path).exists():
+    if _path is None or not Path(_path).exists():
         return
     if _master is None:
-        _master = FleetState(path, claim=False)
+        _master = FleetState(_path, claim=False)
     _master.release_worker(pid)
 
 
 def cleanup() -> None:
     """The router stops (on_exit): remove what `prepare()` made."""
-    global _created
+    global _created, _path
+    _path = None
     if _created is not None:
         shutil.rmtree(_created, ignore_errors=True)
         _created = None
