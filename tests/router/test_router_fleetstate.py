@@ -84,7 +84,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Router, An
         limits={"queue_depth": DEPTH, "queue_timeout_s": 30, "retries": 0},
     )
     tmp = tmp_path_factory.mktemp("fleetstate")
-    router = start_router(tmp / "state", text, tmp / "router.log", workers=WORKERS)
+    router = start_router(
+        tmp / "state", text, tmp / "router.log", workers=WORKERS, timeout=90
+    )
     try:
         router.wait_nodes_up(1)
         yield router, node

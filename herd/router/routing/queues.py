@@ -55,11 +55,22 @@ class Slots:
 
     @property
     def in_flight(self) -> int:
+        """Requests on this node now, in every worker."""
         return self._state.in_flight(self._index)
+
+    @in_flight.setter
+    def in_flight(self, total: int) -> None:
+        # Tests and tools: make the fleet-wide count `total` (this worker's share).
+        self._state.adjust(self._index, in_flight=total - self.in_flight)
 
     @property
     def waiting(self) -> int:
+        """Requests queued for this node now, in every worker."""
         return self._state.waiting(self._index)
+
+    @waiting.setter
+    def waiting(self, total: int) -> None:
+        self._state.adjust(self._index, waiting=total - self.waiting)
 
     def try_acquire(self) -> bool:
         return self._state.take(self._index, self.limit, queued=False)
