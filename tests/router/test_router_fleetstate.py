@@ -178,10 +178,14 @@ def test_counters_are_the_fleets_on_every_scrape(fleet):
     served_before = router.get("/fleet/status")[1]["requests"]
     statuses = burst(router, node)
     served = statuses.count(200)
+
     # A worker counts a request just after its last byte is sent: settle first.
-    assert wait_for(
-        lambda: router.get("/fleet/status")[1]["nodes"][0]["in_flight"] == 0
-    )
+    def settled() -> bool:
+        status = router.get("/fleet/status")[1]
+        done = status["requests"] - served_before == served
+        return done and status["nodes"][0]["in_flight"] == 0
+
+    assert wait_for(settled)
     # Every scrape lands on some worker: each must show every worker's count.
     for _ in range(2 * WORKERS):
         after = chats_counted(router)
