@@ -171,8 +171,8 @@ class StaticPoller:
             try:
                 if self.leading:
                     self.poll_once()
-                    if state is not None:
-                        self.publish()
+                    if state is not None and state.rows > 1:
+                        self.publish()  # someone to tell
                 else:
                     self.follow_once()
             except Exception:  # noqa: BLE001 - the poller must never die

@@ -218,6 +218,11 @@ class FleetState:
             self._counters[cell] = 0
         self._pids[row] = 0
 
+    @property
+    def rows(self) -> int:
+        """Rows ever in use at once (1: this worker has always been alone)."""
+        return self._header[_HI]
+
     def release_worker(self, pid: int) -> bool:
         """A worker exited (the master's child_exit): free its row."""
         self._lock()
