@@ -32,6 +32,8 @@ MAX_BODY = 256 * 1024
 MAX_MODELS = 1000
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 NONCE = re.compile(r"^[0-9a-f]{16,64}$")
+#: The reason given to an admitted heartbeat from a discovered node.
+ADMITTED = "signed heartbeat from an admitted network"
 
 
 @dataclass(frozen=True)
@@ -191,4 +193,4 @@ def admit(
     other = url_holder(hb.url)
     if other is not None and other != hb.name:
         return Verdict(False, f"url {hb.url} is held by node {other}", 409)
-    return Verdict(True, "signed heartbeat from an admitted network")
+    return Verdict(True, ADMITTED)

@@ -30,6 +30,11 @@ log = logging.getLogger("herd.audit")
 CHECK_S = 0.25
 #: Refusals kept for `herd status` (older ones are only in the log).
 KEEP_REFUSALS = 200
+#: A member whose models, version and URL did not change has its row
+#: rewritten at most this often (and at least three times per heartbeat
+#: timeout, so other workers never expire it): its metrics reach the other
+#: workers up to this late, its changes at once.
+ROW_REFRESH_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -78,6 +83,8 @@ class Membership:
         self.members: dict[str, Member] = {}
         self._by_url: dict[str, str] = {}
         self._pending: dict[str, tuple] = {}
+        #: When each member's row was last queued for writing.
+        self._written: dict[str, float] = {}
         #: Bumps whenever a member leaves (the fleet must drop it at once).
         self.departures = 0
         #: Bumps whenever the set of nodes (names, URLs) changes.
@@ -145,8 +152,19 @@ class Membership:
         row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
         if nonce is not None and not self._nonce(nonce, skew_s):
             return None  # (one autocommit INSERT: atomic across workers)
-        # Member rows reach the other workers in batches (see `flush`).
-        self._pending[hb.name] = row
+        # Member rows reach the other workers in batches (see `flush`), and
+        # only when something besides the metrics changed or the row is old.
+        if (
+            prev is None
+            or (prev.url, prev.static_name, prev.version, prev.ollama_error)
+            != (hb.url, static_name, hb.version, hb.ollama_error)
+            or prev.models != hb.models
+            or prev.loaded != hb.loaded
+            or now - self._written.get(hb.name, float("-inf"))
+            >= min(ROW_REFRESH_S, self.timeout_s / 3)
+        ):
+            self._pending[hb.name] = row
+            self._written[hb.name] = now
         member = Member(
             name=hb.name,
             url=hb.url,
@@ -264,6 +282,7 @@ class Membership:
 
     def _drop(self, name: str) -> Member | None:
         gone = self.members.pop(name, None)
+        self._written.pop(name, None)
         if gone is not None:
             self.generation += 1
             if self._by_url.get(gone.url) == name:
@@ -352,8 +371,8 @@ class Membership:
             self.departures += 1
         for name, seq in seen.items():
             known = self.members.get(name)
-            if known is not None and known.seq == seq:
-                continue
+            if known is not None and known.seq >= seq:
+                continue  # (this worker heard a later beat than the row holds)
             row = self.db.execute(
                 "SELECT * FROM members WHERE name = ?", (name,)
             ).fetchone()
