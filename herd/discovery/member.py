@@ -35,6 +35,8 @@ class Member:
     models: tuple[Mapping[str, Any], ...] = ()
     loaded: tuple[Mapping[str, Any], ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The agent's digest of version, models and loaded (None: it sends none).
+    inventory: str | None = None
 
     @classmethod
     def from_row(cls, row: tuple) -> Member:
@@ -55,6 +57,7 @@ class Member:
             models=tuple(body.get("models") or ()),
             loaded=tuple(body.get("loaded") or ()),
             metrics=MappingProxyType(body.get("metrics") or {}),
+            inventory=body.get("inventory"),
         )
 
 
@@ -66,4 +69,5 @@ def doc_of(hb: Heartbeat) -> dict[str, Any]:
         "models": list(hb.models),
         "loaded": list(hb.loaded),
         "metrics": dict(hb.metrics),
+        "inventory": hb.inventory,
     }

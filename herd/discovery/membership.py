@@ -146,23 +146,18 @@ class Membership:
         workers, so it is not serialized again)."""
         now = self.clock()
         prev = self.members.get(hb.name)
-        doc = raw.decode() if raw is not None else json.dumps(doc_of(hb))
         first = prev.first_seen if prev and prev.url == hb.url else now
         seq = time.time_ns()
-        row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
         if nonce is not None and not self._nonce(nonce, skew_s):
             return None  # (one autocommit INSERT: atomic across workers)
         # Member rows reach the other workers in batches (see `flush`), and
         # only when something besides the metrics changed or the row is old.
-        if (
-            prev is None
-            or (prev.url, prev.static_name, prev.version, prev.ollama_error)
-            != (hb.url, static_name, hb.version, hb.ollama_error)
-            or prev.models != hb.models
-            or prev.loaded != hb.loaded
-            or now - self._written.get(hb.name, float("-inf"))
-            >= min(ROW_REFRESH_S, self.timeout_s / 3)
-        ):
+        if _changed(prev, hb, static_name) or now - self._written.get(
+            hb.name, float("-inf")
+        ) >= min(ROW_REFRESH_S, self.timeout_s / 3):
+            # A partial beat's body lacks the models: the row gets them all.
+            doc = raw.decode() if raw and not hb.partial else json.dumps(doc_of(hb))
+            row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
             self._pending[hb.name] = row
             self._written[hb.name] = now
         member = Member(
@@ -180,6 +175,7 @@ class Membership:
             models=hb.models,
             loaded=hb.loaded,
             metrics=hb.metrics,
+            inventory=hb.inventory,
         )
         self._put(member)
         if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):
@@ -404,6 +400,24 @@ class Membership:
                     member.address,
                     self.timeout_s,
                 )
+
+
+def _changed(prev: Member | None, hb: Heartbeat, static_name: str | None) -> bool:
+    """Whether `hb` says more than new metrics (then its row is written now)."""
+    if prev is None or (prev.url, prev.static_name, prev.inventory) != (
+        hb.url,
+        static_name,
+        hb.inventory,
+    ):
+        return True
+    if hb.inventory is not None:
+        return False  # the same digest: the same version and models
+    return (prev.version, prev.ollama_error, prev.models, prev.loaded) != (
+        hb.version,
+        hb.ollama_error,
+        hb.models,
+        hb.loaded,
+    )
 
 
 def _printable(text: str) -> str:

@@ -13,6 +13,7 @@ optional LAN proxy (herd.node.lanproxy) and mDNS as greenlets beside it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -181,6 +182,10 @@ class Agent:
         self.router: str | None = config.router.rstrip("/") if config.router else None
         self.via = "router-flag" if config.router else "mdns"
         self.state: str | None = None  # last thing the router said, for logging
+        #: Digest of the inventory the router last took (version, models,
+        #: loaded); while it holds, beats leave those out.
+        self._taken: str | None = None
+        self._inventory: str | None = None
 
     def ollama_report(self) -> dict[str, Any]:
         """Version, models on disk and loaded, from the local Ollama."""
@@ -210,15 +215,29 @@ class Agent:
             "interval_s": self.config.interval_s,
             "via": self.via,
         }
+        self._inventory = None
         if goodbye:
             doc["goodbye"] = True
         else:
-            doc.update(self.ollama_report())
+            report = self.ollama_report()
+            digest = hashlib.sha256(
+                json.dumps(report, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()[:32]
+            doc["inventory"] = self._inventory = digest
+            if digest != self._taken:
+                doc.update(report)  # else left out: the router holds it already
             doc["metrics"] = self.metrics.sample()
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def send(self, goodbye: bool = False) -> tuple[int, Any]:
-        """One signed heartbeat (or goodbye); logs when the router's answer changes."""
+        """One signed heartbeat (or goodbye); logs when the router's answer
+        changes. Sends everything again when the router asks (`resend`)."""
+        status, doc = self._send(goodbye)
+        if status == 200 and isinstance(doc, dict) and doc.get("resend"):
+            status, doc = self._send(goodbye)  # (`_taken` was reset: all of it)
+        return status, doc
+
+    def _send(self, goodbye: bool) -> tuple[int, Any]:
         assert self.router is not None
         body = self.body(goodbye)
         headers = fleetkey.sign(self.key, body, self.clock())
@@ -232,6 +251,8 @@ class Agent:
                 )
             except Exception as ex:  # noqa: BLE001 - the router may be restarting
                 status, doc = 0, {"error": f"router unreachable: {ex}"}
+        admitted = status == 200 and isinstance(doc, dict) and doc.get("admitted")
+        self._taken = self._inventory if admitted else None
         said = (doc or {}).get("reason") or (doc or {}).get("error") or str(status)
         if said != self.state:
             self.state = said

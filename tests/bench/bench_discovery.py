@@ -10,8 +10,9 @@ the end; each run is bounded by --duration.
 A router (one gevent worker, pinned to its own core when there are two) serves
 /api/chat from an nginx node that answers at once. A generator process plays
 --agents agents, each sending one signed heartbeat every --interval seconds
-(~3 KB with metrics and model lists, on a keep-alive connection from its own
-loopback address, like the real agent), spread evenly over the interval.
+(~3 KB with metrics and model lists, then ~1 KB without the unchanged models,
+on a keep-alive connection from its own loopback address, like the real
+agent), spread evenly over the interval.
 Phases, interleaved --repeat times:
 
   idle       nothing: the router's own background cost (health poller);
@@ -91,8 +92,9 @@ TARGET_CPU_SHARE = 0.10
 TARGET_P50_DELTA_MS = 0.2
 
 
-def agent_body(i: int) -> bytes:
-    """A heartbeat the size and shape of a real agent's."""
+def agent_body(i: int, partial: bool = False) -> bytes:
+    """A heartbeat the size and shape of a real agent's: all of it, or
+    (`partial`) with the unchanged version and models left out."""
     models = [
         {**TAG, "name": f"model-{j}:latest", "model": f"model-{j}:latest"}
         for j in range(6)
@@ -102,6 +104,7 @@ def agent_body(i: int) -> bytes:
         "url": f"http://{_source(i)}:11434",
         "interval_s": 2,
         "via": "router-flag",
+        "inventory": f"{i:032x}",
         "version": "0.12.3",
         "models": models,
         "loaded": models[:1],
@@ -126,6 +129,9 @@ def agent_body(i: int) -> bytes:
             ],  # fmt: skip
         },
     }
+    if partial:
+        for key in ("version", "models", "loaded"):
+            del doc[key]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -138,9 +144,9 @@ class Link:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, head: bytes, body: bytes) -> bytes:
-        """Send one request; the status code. Reconnects once when the router
-        closed the idle connection."""
+    async def post(self, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+        """Send one request; the status code and body. Reconnects once when
+        the router closed the idle connection."""
         for attempt in (0, 1):
             if self.writer is None:
                 self.reader, self.writer = await asyncio.wait_for(
@@ -156,8 +162,8 @@ class Link:
                 for line in reply.lower().split(b"\r\n"):
                     if line.startswith(b"content-length:"):
                         length = int(line[15:])
-                await asyncio.wait_for(self.reader.readexactly(length), 5)
-                return reply.split(b" ", 2)[1]
+                data = await asyncio.wait_for(self.reader.readexactly(length), 5)
+                return reply.split(b" ", 2)[1], data
             except (
                 ConnectionError,
                 asyncio.IncompleteReadError,
@@ -179,10 +185,14 @@ def _source(i: int) -> str:
 
 
 async def _agent(
-    i: int, link: Link, key: fleetkey.FleetKey, body: bytes, stats: dict, start: float,
+    i: int, link: Link, key: fleetkey.FleetKey, stats: dict, start: float,
     interval: float, gap: float, duration: float,
 ) -> None:  # fmt: skip
-    """One agent: a beat every `interval`, first at start + i * gap."""
+    """One agent: a beat every `interval`, first at start + i * gap; all of
+    it, then (like `herd node`) without the unchanged models, or all again
+    when the router asks."""
+    full, partial = agent_body(i), agent_body(i, partial=True)
+    body = full
     due = start + i * gap
     while due - start < duration:  # bounded by duration
         delay = due - time.monotonic()
@@ -197,11 +207,14 @@ async def _agent(
         ).encode()
         stats["sent"] += 1
         try:
-            status = await link.post(head, body)
-            stats["ok" if status == b"200" else "refused"] += 1
+            status, reply = await link.post(head, body)
+            resend = b'"resend":true' in reply
+            stats["ok" if status == b"200" and not resend else "refused"] += 1
+            body = partial if status == b"200" and not resend else full
         except (TimeoutError, OSError, IndexError, ValueError):
             stats["errors"] += 1
             link.close()
+            body = full
         due += interval
 
 
@@ -214,8 +227,8 @@ async def _heartbeats(
     start = time.monotonic()
     tasks = [
         asyncio.create_task(
-            _agent(i, links[i], key, agent_body(i), stats, start, interval,
-                   interval / agents, duration)
+            _agent(i, links[i], key, stats, start, interval, interval / agents,
+                   duration)
         )
         for i in range(agents)
     ]  # fmt: skip

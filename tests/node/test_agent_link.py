@@ -110,3 +110,26 @@ def test_a_connection_the_router_closed_is_replaced_and_signed_anew(servers):
     agent.http.close()
     assert router.connections == 3
     assert len(set(router.requests)) == len(router.requests) == 3  # fresh nonces
+
+
+def test_unchanged_models_are_left_out_until_the_router_asks(servers):
+    router, ollama = servers(), servers()
+    agent = agent_for(router, ollama)
+    sent: list[dict] = []
+    post = agent._post
+
+    def spy(body: bytes, headers: dict) -> tuple:
+        sent.append(json.loads(body))
+        if len(sent) == 3:
+            return 200, {"admitted": False, "resend": True}
+        return post(body, headers)
+
+    agent._post = spy
+    for _ in range(3):
+        assert agent.send()[0] == 200
+    agent.http.close()
+    assert "models" in sent[0] and "loaded" in sent[0] and "version" in sent[0]
+    assert "models" not in sent[1] and "version" not in sent[1]
+    assert sent[1]["inventory"] == sent[0]["inventory"] and "metrics" in sent[1]
+    # The router did not hold it (`resend`): everything again at once.
+    assert "models" not in sent[2] and "models" in sent[3]

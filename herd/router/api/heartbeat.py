@@ -10,6 +10,7 @@ rules (`admit`). Heartbeats leave no trace row: they are not client requests.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ from herd.router.http.peer import peer_address
 from herd.router.routing.forward import dumps
 
 PATH = "/fleet/heartbeat"
+RESEND = "models left out, but this router does not hold that inventory: send all"
 
 
 class Refused(Exception):
@@ -150,6 +152,10 @@ class HeartbeatResource:
             return ex.status, dumps({"error": f"heartbeat refused: {ex.message}"})
         if verdict.reason == ADMITTED:
             return 200, _admitted_body(name)
+        if verdict.reason == RESEND:
+            return 200, dumps(
+                {"admitted": False, "name": name, "reason": RESEND, "resend": True}
+            )
         return 200, dumps(
             {"admitted": verdict.admitted, "name": name, "reason": verdict.reason}
         )
@@ -196,6 +202,22 @@ class HeartbeatResource:
             raise Refused(ex.status, ex.message, _name(doc)) from ex
         members = self.membership
         members.check(fleet.discovery.heartbeat_timeout_s)
+        if hb.partial:
+            held = members.members.get(hb.name)
+            if (
+                held is None
+                or held.inventory != hb.inventory
+                or held.address != address
+            ):
+                # Not recorded: this worker does not hold that inventory.
+                return Verdict(False, RESEND), hb.name
+            hb = dataclasses.replace(
+                hb,
+                version=held.version,
+                ollama_error=held.ollama_error,
+                models=held.models,
+                loaded=held.loaded,
+            )
         verdict = admit(fleet, hb, address, members.holder, members.url_holder)
         if not verdict.admitted:
             raise Refused(verdict.status, verdict.reason, hb.name)
