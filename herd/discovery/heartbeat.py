@@ -60,7 +60,8 @@ class Heartbeat:
     metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: Digest of (version, ollama_error, models, loaded), as the agent computed it.
     inventory: str | None = None
-    #: The agent left those out: unchanged since the router last took them.
+    #: The agent left those out: unchanged since the router last took them
+    #: (Membership.complete fills them in from what it holds).
     partial: bool = False
 
 

@@ -71,3 +71,21 @@ def doc_of(hb: Heartbeat) -> dict[str, Any]:
         "metrics": dict(hb.metrics),
         "inventory": hb.inventory,
     }
+
+
+def beat_changes(prev: Member | None, hb: Heartbeat, static_name: str | None) -> bool:
+    """Whether `hb` says more than new metrics (then its row is written now)."""
+    if prev is None or (prev.url, prev.static_name, prev.inventory) != (
+        hb.url,
+        static_name,
+        hb.inventory,
+    ):
+        return True
+    if hb.inventory is not None:
+        return False  # the same digest: the same version and models
+    return (prev.version, prev.ollama_error, prev.models, prev.loaded) != (
+        hb.version,
+        hb.ollama_error,
+        hb.models,
+        hb.loaded,
+    )

@@ -13,6 +13,7 @@ A member leaves on its goodbye, or when it has been silent for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -21,8 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from herd.discovery import candidates
 from herd.discovery.heartbeat import Heartbeat
-from herd.discovery.member import Member, doc_of
+from herd.discovery.member import Member, beat_changes, doc_of
 
 log = logging.getLogger("herd.audit")
 
@@ -129,6 +131,21 @@ class Membership:
         """Record a nonce on its own; False if it was seen already (a replay)."""
         return self._nonce(nonce, skew_s)
 
+    def complete(self, hb: Heartbeat, address: str) -> Heartbeat | None:
+        """A partial heartbeat (models left out) with the version and models
+        of the inventory it names; None when no member from `address` holds
+        that inventory (the agent is then asked to send all of it)."""
+        held = self.members.get(hb.name)
+        if held is None or (held.inventory, held.address) != (hb.inventory, address):
+            return None
+        return dataclasses.replace(
+            hb,
+            version=held.version,
+            ollama_error=held.ollama_error,
+            models=held.models,
+            loaded=held.loaded,
+        )  # (still `partial`: its raw body lacks these, see `beat`)
+
     def beat(
         self,
         hb: Heartbeat,
@@ -152,9 +169,9 @@ class Membership:
             return None  # (one autocommit INSERT: atomic across workers)
         # Member rows reach the other workers in batches (see `flush`), and
         # only when something besides the metrics changed or the row is old.
-        if _changed(prev, hb, static_name) or now - self._written.get(
-            hb.name, float("-inf")
-        ) >= min(ROW_REFRESH_S, self.timeout_s / 3):
+        written = self._written.get(hb.name, float("-inf"))
+        old_row = now - written >= min(ROW_REFRESH_S, self.timeout_s / 3)
+        if old_row or beat_changes(prev, hb, static_name):
             # A partial beat's body lacks the models: the row gets them all.
             doc = raw.decode() if raw and not hb.partial else json.dumps(doc_of(hb))
             row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
@@ -315,42 +332,11 @@ class Membership:
 
     def set_candidates(self, found: list[Any]) -> None:
         """Agents currently announced over mDNS (herd.discovery.mdns.Found)."""
-        now = self.clock()
-        rows = [
-            (
-                f.instance,
-                ",".join(f.addresses),
-                f.port,
-                json.dumps(dict(f.txt), sort_keys=True),
-                now,
-            )
-            for f in found
-        ]
-        self.db.execute("BEGIN")
-        try:
-            self.db.execute("DELETE FROM candidates")
-            self.db.executemany("INSERT INTO candidates VALUES (?, ?, ?, ?, ?)", rows)
-        finally:
-            self.db.execute("COMMIT")
+        candidates.store(self.db, found, self.clock())
 
     def candidates(self) -> list[dict[str, Any]]:
-        """Announced agents, each marked admitted or not (and why not)."""
-        rows = self.db.execute(
-            "SELECT instance, address, port, txt FROM candidates ORDER BY instance"
-        ).fetchall()
-        out = []
-        for instance, address, port, txt in rows:
-            member = self.members.get(instance)
-            out.append(
-                {
-                    "name": instance,
-                    "addresses": address.split(",") if address else [],
-                    "port": port,
-                    "txt": json.loads(txt),
-                    "admitted": member is not None,
-                }
-            )
-        return out
+        """Announced agents, each marked admitted or not."""
+        return candidates.listing(self.db, self.members)
 
     def close(self) -> None:
         self.flush()
@@ -400,24 +386,6 @@ class Membership:
                     member.address,
                     self.timeout_s,
                 )
-
-
-def _changed(prev: Member | None, hb: Heartbeat, static_name: str | None) -> bool:
-    """Whether `hb` says more than new metrics (then its row is written now)."""
-    if prev is None or (prev.url, prev.static_name, prev.inventory) != (
-        hb.url,
-        static_name,
-        hb.inventory,
-    ):
-        return True
-    if hb.inventory is not None:
-        return False  # the same digest: the same version and models
-    return (prev.version, prev.ollama_error, prev.models, prev.loaded) != (
-        hb.version,
-        hb.ollama_error,
-        hb.models,
-        hb.loaded,
-    )
 
 
 def _printable(text: str) -> str:

@@ -10,7 +10,6 @@ rules (`admit`). Heartbeats leave no trace row: they are not client requests.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -203,21 +202,11 @@ class HeartbeatResource:
         members = self.membership
         members.check(fleet.discovery.heartbeat_timeout_s)
         if hb.partial:
-            held = members.members.get(hb.name)
-            if (
-                held is None
-                or held.inventory != hb.inventory
-                or held.address != address
-            ):
+            completed = members.complete(hb, address)
+            if completed is None:
                 # Not recorded: this worker does not hold that inventory.
                 return Verdict(False, RESEND), hb.name
-            hb = dataclasses.replace(
-                hb,
-                version=held.version,
-                ollama_error=held.ollama_error,
-                models=held.models,
-                loaded=held.loaded,
-            )
+            hb = completed
         verdict = admit(fleet, hb, address, members.holder, members.url_holder)
         if not verdict.admitted:
             raise Refused(verdict.status, verdict.reason, hb.name)
