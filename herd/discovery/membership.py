@@ -24,7 +24,7 @@ from typing import Any
 
 from herd.discovery import candidates
 from herd.discovery.heartbeat import Heartbeat
-from herd.discovery.member import Member, beat_changes, doc_of
+from herd.discovery.member import Member, beat_changes, doc_of, row_doc
 
 log = logging.getLogger("herd.audit")
 
@@ -164,6 +164,12 @@ class Membership:
         now = self.clock()
         prev = self.members.get(hb.name)
         first = prev.first_seen if prev and prev.url == hb.url else now
+        text = raw.decode() if raw is not None else json.dumps(doc_of(hb))
+        # The text of the last beat that carried the whole inventory (for the
+        # rows of later beats that leave it out).
+        source = prev.source if hb.partial and prev is not None else text
+        if source is None:
+            source = json.dumps(doc_of(hb))
         seq = time.time_ns()
         if nonce is not None and not self._nonce(nonce, skew_s):
             return None  # (one autocommit INSERT: atomic across workers)
@@ -173,7 +179,7 @@ class Membership:
         old_row = now - written >= min(ROW_REFRESH_S, self.timeout_s / 3)
         if old_row or beat_changes(prev, hb, static_name):
             # A partial beat's body lacks the models: the row gets them all.
-            doc = raw.decode() if raw and not hb.partial else json.dumps(doc_of(hb))
+            doc = row_doc(text, source if hb.partial else None)
             row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
             self._pending[hb.name] = row
             self._written[hb.name] = now
@@ -193,6 +199,7 @@ class Membership:
             loaded=hb.loaded,
             metrics=hb.metrics,
             inventory=hb.inventory,
+            source=source,
         )
         self._put(member)
         if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):

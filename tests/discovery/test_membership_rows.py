@@ -4,9 +4,11 @@ every ROW_REFRESH_S: a beat that only brings new metrics costs no write."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from herd.discovery.heartbeat import parse
+from herd.discovery.member import Member
 from herd.discovery.membership import ROW_REFRESH_S, Membership
 
 URL = "http://127.0.0.1:11434"
@@ -41,6 +43,40 @@ def test_rows_are_written_on_change_or_when_old(tmp_path):
     assert stored(path)[0] == 1002.0 and '"m:2"' in stored(path)[1]
     now[0] += ROW_REFRESH_S
     beat(inventory="bb" * 8, metrics={"cpu": 4})  # old row: refreshed, whole
-    last_seen, doc = stored(path)
-    assert last_seen == now[0] and '"m:2"' in doc and '"cpu": 4' in doc
+    assert stored(path)[0] == now[0]
+    # What another worker reads back: the whole inventory and the new metrics.
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT * FROM members").fetchone()
+    back = Member.from_row(row)
+    assert [m["name"] for m in back.models] == ["m:2"]
+    assert back.metrics == {"cpu": 4} and back.inventory == "bb" * 8
+    members.close()
+
+
+def test_a_row_for_a_light_beat_carries_the_whole_inventory_as_received(tmp_path):
+    path = tmp_path / "discovery.db"
+    members = Membership(path, shared=True)
+    whole = (
+        b'{"name":"gpu-s","url":"%s","inventory":"%s","version":"0.9",'
+        % (
+            URL.encode(),
+            b"cc" * 8,
+        )
+        + b'"models":[{"name":"m:3"}],"metrics":{"cpu":1}}'
+    )
+    light = b'{"name":"gpu-s","url":"%s","inventory":"%s","metrics":{"cpu":9}}' % (
+        URL.encode(),
+        b"cc" * 8,
+    )
+    for raw in (whole, light):
+        hb = parse(json.loads(raw))
+        if hb.partial:
+            hb = members.complete(hb, "127.0.0.1")
+        assert members.beat(hb, "127.0.0.1", None, "agent", raw=raw) is not None
+        members._written.clear()  # (write every beat here)
+    members.flush()
+    with sqlite3.connect(path) as db:
+        back = Member.from_row(db.execute("SELECT * FROM members").fetchone())
+    assert back.version == "0.9" and [m["name"] for m in back.models] == ["m:3"]
+    assert back.metrics == {"cpu": 9}
     members.close()
