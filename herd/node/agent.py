@@ -227,6 +227,9 @@ class Agent:
             if digest != self._taken:
                 doc.update(report)  # else left out: the router holds it already
             doc["metrics"] = self.metrics.sample()
+            # The agent's wall clock as it sends: the router's health engine
+            # compares it with its own on arrival (clock skew).
+            doc["metrics"]["clock"] = round(self.clock(), 3)
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def send(self, goodbye: bool = False) -> tuple[int, Any]:
