@@ -227,6 +227,9 @@ class Fleet:
     _placed: Mapping[str, tuple[Node, ...]] = field(
         default_factory=lambda: _frozen({}), repr=False, compare=False
     )
+    _nodes: Mapping[str, Node] = field(
+        default_factory=lambda: _frozen({}), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         names: dict[str, Model] = {}
@@ -237,6 +240,12 @@ class Fleet:
                 names.setdefault(normalize_model_name(alias), model)
         object.__setattr__(self, "_names", MappingProxyType(names))
         object.__setattr__(self, "_placed", MappingProxyType(self._placements()))
+        # First of a name wins, as the old linear search did (names are unique
+        # once validated; discovered nodes are appended after static ones).
+        by_name: dict[str, Node] = {}
+        for node in self.nodes:
+            by_name.setdefault(node.name, node)
+        object.__setattr__(self, "_nodes", MappingProxyType(by_name))
 
     def _placements(self) -> dict[str, tuple[Node, ...]]:
         """Every model's nodes, resolved once: label selectors intersect an index
@@ -263,7 +272,7 @@ class Fleet:
         return self._names.get(key) or self._names.get(normalize_model_name(key))
 
     def node(self, name: str) -> Node | None:
-        return next((n for n in self.nodes if n.name == name), None)
+        return self._nodes.get(name)
 
     def nodes_for(self, model: Model) -> tuple[Node, ...]:
         """Nodes the manifest places `model` on, in manifest order."""

@@ -79,6 +79,11 @@ class FleetPlan:
     prune: bool = False
     #: Model name → the chosen nodes (shows the replica choice).
     placed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Nodes that joined by signed heartbeat (not in the manifest) → how
+    #: they were found; they are planned like the manifest's own.
+    discovered: Mapping[str, str] = field(default_factory=dict)
+    #: The fleet planned for: the manifest's, plus the discovered nodes.
+    fleet: Fleet | None = field(default=None, compare=False, repr=False)
 
     @property
     def changes(self) -> int:
@@ -93,6 +98,7 @@ class FleetPlan:
             "errors": list(self.errors),
             "prune": self.prune,
             "placement": {m: list(n) for m, n in self.placed.items()},
+            "discovered": dict(self.discovered),
             "nodes": [n.as_json() for n in self.nodes],
         }
 
