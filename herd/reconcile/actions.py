@@ -42,6 +42,10 @@ class NodePlan:
     url: str
     reachable: bool
     error: str | None = None
+    #: Free disk the node's agent last reported (None: unknown).
+    free_bytes: int | None = None
+    #: Models placed on this node (what an unreachable node cannot be checked for).
+    placed: tuple[str, ...] = ()
     pulls: tuple[Pull, ...] = ()
     present: tuple[str, ...] = ()
     loaded: tuple[str, ...] = ()
@@ -60,6 +64,8 @@ class NodePlan:
             "url": self.url,
             "reachable": self.reachable,
             "error": self.error,
+            "free_disk": self.free_bytes,
+            "placed": list(self.placed),
             "pull": [
                 {"model": p.model, "size": p.size, "bundle": p.bundle}
                 for p in self.pulls
@@ -88,9 +94,26 @@ class FleetPlan:
     def unreachable(self) -> tuple[str, ...]:
         return tuple(n.node for n in self.nodes if not n.reachable)
 
+    @property
+    def unsatisfied(self) -> tuple[str, ...]:
+        """Why the plan cannot make the fleet so: nodes it must check but cannot
+        reach (models placed there, or `--prune`). Apply still works on the
+        other nodes, then exits 1; plan exits 1."""
+        out = []
+        for n in self.nodes:
+            if n.reachable or not (n.placed or self.prune):
+                continue
+            what = ", ".join(n.placed) if n.placed else "what --prune would delete"
+            out.append(
+                f"node {n.node} is unreachable ({n.error}): cannot check or pull "
+                f"{what} there"
+            )
+        return tuple(out)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "errors": list(self.errors),
+            "unsatisfied": list(self.unsatisfied),
             "prune": self.prune,
             "placement": {m: list(n) for m, n in self.placed.items()},
             "nodes": [n.as_json() for n in self.nodes],
@@ -142,7 +165,16 @@ def build(
             node.name, node.url, False, error="not surveyed"
         )
         if not inv.reachable:
-            plans.append(NodePlan(node.name, node.url, False, error=inv.error))
+            plans.append(
+                NodePlan(
+                    node.name,
+                    node.url,
+                    False,
+                    error=inv.error,
+                    free_bytes=inv.free_bytes,
+                    placed=tuple(wanted[node.name]),
+                )
+            )
             continue
         pulls, present, warms = [], [], []
         for name in wanted[node.name]:
@@ -169,6 +201,8 @@ def build(
                 node.name,
                 node.url,
                 True,
+                free_bytes=inv.free_bytes,
+                placed=tuple(wanted[node.name]),
                 pulls=tuple(pulls),
                 present=tuple(present),
                 loaded=tuple(sorted(m for m in inv.loaded if m in inv.models)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from herd.manifest.model import Fleet, normalize_model_name
@@ -39,16 +40,40 @@ def catalog(store: Store | None) -> tuple[dict[str, Imported], set[str]]:
     return models, bundles
 
 
+def free_disk(fleet: Fleet, token: str | None = None) -> dict[str, int]:
+    """Node name → free disk bytes, as the nodes' agents (`herd node`) last
+    reported them to the running router; empty when no router answers.
+
+    Ollama's API does not tell free disk, so nodes without an agent stay
+    unknown.
+    """
+    from herd.router import report
+
+    live = report.fetch_live(report.local_url(fleet.router.listen), token)
+    out: dict[str, int] = {}
+    for node in (live or {}).get("nodes") or ():
+        if not isinstance(node, dict):
+            continue
+        free = inventory.disk_free(node.get("metrics"))
+        if free is not None and isinstance(node.get("name"), str):
+            out[node["name"]] = free
+    return out
+
+
 def plan_live(
     store: Store | None,
     fleet: Fleet,
     *,
     prune: bool = False,
     get_json: inventory.GetJson = inventory.http_get_json,
+    token: str | None = None,
 ) -> FleetPlan:
     """The per-node plan for `fleet` against the live nodes."""
     models, bundles = catalog(store)
     found = inventory.survey(fleet, get_json)
+    for name, free in free_disk(fleet, token).items():
+        if name in found:
+            found[name] = replace(found[name], free_bytes=free)
     return actions.build(fleet, found, models, bundles, prune=prune)
 
 

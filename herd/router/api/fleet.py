@@ -17,7 +17,7 @@ from typing import Any
 import falcon
 
 from herd.manifest.model import Client, Fleet
-from herd.reconcile.inventory import NodeInventory
+from herd.reconcile.inventory import NodeInventory, disk_free
 from herd.reconcile.placement import choose
 from herd.router.api.ollama import allowed_models
 from herd.router.policy import is_operator, require_operator
@@ -91,10 +91,19 @@ def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
     """Per model: where the manifest places it (`replicas` resolved as `herd
     apply` does), where it is, and the drift between the two."""
     health = {n.name: runtime.poller.get(n) for n in fleet.nodes}
-    held = {
-        name: NodeInventory(name, h.url, bool(h.up), models={k: "" for k in h.on_disk})
-        for name, h in health.items()
-    }
+    member_of = getattr(runtime.poller, "member", None)
+    held = {}
+    for node in fleet.nodes:
+        h = health[node.name]
+        member = member_of(node) if member_of else None
+        held[node.name] = NodeInventory(
+            node.name,
+            h.url,
+            bool(h.up),
+            models={k: "" for k in h.on_disk},
+            # Free disk as the node's agent reports it (as `herd plan` ranks).
+            free_bytes=disk_free(member.metrics) if member else None,
+        )
     out = []
     for model in fleet.models:
         candidates = fleet.nodes_for(model)
