@@ -10,6 +10,7 @@ import sys
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import yaml
 
 from herd.bundle.importer import import_bundle
@@ -17,6 +18,8 @@ from herd.bundle.policy import Policy
 from herd.store import Store
 from tests.bundle.bundle_helpers import ALLOWED, big_gguf, make_bundle
 from tests.router.routerproc import ROOT, manifest, start_router, start_sim
+
+pytestmark = pytest.mark.nodes
 
 MODEL = "big:1"
 
@@ -50,7 +53,7 @@ def test_node_killed_mid_pull(tmp_path):
             sys.executable, "-m", "herd", "apply", "--yes", "--json",
             "--registry", router.url.removeprefix("http://"), str(path),
         ]  # fmt: skip
-        env = {**os.environ, "HERD_STATE_DIR": str(state_dir), "HERD_APPLY_NODES": "1"}
+        env = {**os.environ, "HERD_STATE_DIR": str(state_dir)}
         proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
