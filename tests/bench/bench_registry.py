@@ -196,22 +196,22 @@ def main() -> None:
         sys.exit("bench_registry needs curl (apt-get install curl)")
     work = Path(args.dir or tempfile.mkdtemp(prefix="herd-bench-registry-"))
     state_dir = work / "state"
-    print(f"building a {args.size_mib} MiB model bundle in {work} ...", flush=True)
-    weights = work / "w.gguf"
-    make_weights(weights, args.size_mib * MIB)
-    bundle = make_bundle(
-        work / "bundle", name="bench", model="bench:1", weights=weights
-    )
-    weights.unlink()
-    store = Store(state_dir)
-    try:
-        import_bundle(bundle, Policy(ALLOWED, True, state_dir / "store"), store)
-    finally:
-        store.close()
-    shutil.rmtree(bundle)
-    raw = (
-        state_dir / "store/manifests/registry.ollama.ai/library/bench/1"
-    ).read_bytes()
+    manifest_path = state_dir / "store/manifests/registry.ollama.ai/library/bench/1"
+    if not manifest_path.exists():  # --dir of an earlier run: reuse its blob
+        print(f"building a {args.size_mib} MiB model bundle in {work} ...", flush=True)
+        weights = work / "w.gguf"
+        make_weights(weights, args.size_mib * MIB)
+        bundle = make_bundle(
+            work / "bundle", name="bench", model="bench:1", weights=weights
+        )
+        weights.unlink()
+        store = Store(state_dir)
+        try:
+            import_bundle(bundle, Policy(ALLOWED, True, state_dir / "store"), store)
+        finally:
+            store.close()
+        shutil.rmtree(bundle)
+    raw = manifest_path.read_bytes()
     layer = max(json.loads(raw)["layers"], key=lambda x: x["size"])
     blob = state_dir / "store/blobs" / layer["digest"].replace(":", "-")
     size = blob.stat().st_size
