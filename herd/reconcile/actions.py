@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from herd.manifest.model import Fleet
+from herd.manifest.model import Fleet, Model
 from herd.reconcile.inventory import NodeInventory
 from herd.reconcile.placement import placements
 
@@ -120,6 +120,16 @@ class FleetPlan:
         }
 
 
+def _kept_loaded(model: Model) -> bool:
+    """`keep_loaded` asks for the model in memory (`0` means unload at once)."""
+    return model.keep_loaded is not None and model.keep_loaded.strip() not in (
+        "0",
+        "0s",
+        "0m",
+        "0h",
+    )
+
+
 def _bundle_errors(
     fleet: Fleet, catalog: Mapping[str, Imported], bundles: set[str]
 ) -> list[str]:
@@ -181,7 +191,7 @@ def build(
             model = by_name[name]
             if inv.holds(name):
                 present.append(name)
-                if model.keep_loaded and name not in inv.loaded:
+                if _kept_loaded(model) and name not in inv.loaded:
                     warms.append(name)
                 continue
             source = catalog.get(name)
@@ -193,7 +203,7 @@ def build(
                 continue
             if source is not None and source.bundle == model.bundle:
                 pulls.append(Pull(name, source.size, source.bundle))
-                if model.keep_loaded:
+                if _kept_loaded(model):
                     warms.append(name)
         undeclared = sorted(set(inv.models) - set(wanted[node.name]))
         plans.append(

@@ -195,6 +195,7 @@ def main() -> None:
     if not shutil.which("curl"):
         sys.exit("bench_registry needs curl (apt-get install curl)")
     work = Path(args.dir or tempfile.mkdtemp(prefix="herd-bench-registry-"))
+    work.mkdir(parents=True, exist_ok=True)
     state_dir = work / "state"
     manifest_path = state_dir / "store/manifests/registry.ollama.ai/library/bench/1"
     if not manifest_path.exists():  # --dir of an earlier run: reuse its blob

@@ -162,3 +162,11 @@ def test_free_disk_is_shown_or_unknown():
     text = render.table(plan, f)
     assert "free disk 5.0 GiB" in text and "free disk unknown" in text
     assert [n.as_json()["free_disk"] for n in plan.nodes] == [5 << 30, None]
+
+
+def test_keep_loaded_zero_needs_no_warm_up():
+    f = fleet(GPUS[:2], [model(keep_loaded="0")])
+    inventory = {"gpu-a": inv("gpu-a", "tiny:latest"), "gpu-b": inv("gpu-b")}
+    plan = actions.build(f, inventory, CATALOG, {"b1"})
+    assert [n.warms for n in plan.nodes] == [(), ()]
+    assert [len(n.pulls) for n in plan.nodes] == [0, 1]
