@@ -46,7 +46,7 @@ TIMEOUT_S = 30.0
 PROGRESS_EVERY_S = 0.06
 #: How often the parts' progress is saved next to the partial blob.
 SAVE_EVERY_S = 0.25
-READ_BYTES = 1 << 20
+READ_BYTES = 256 << 10
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -323,6 +323,7 @@ class Puller:
             # Like Ollama: the status is not checked; exactly `want` bytes are
             # copied to the part's offset.
             while want > 0:
+                self._throttle(min(want, READ_BYTES))
                 chunk = resp.read(min(want, READ_BYTES))
                 if not chunk:
                     raise PullError(f"unexpected EOF reading {url}")
@@ -331,7 +332,6 @@ class Puller:
                 want -= written
                 part.completed += written
                 self.fetched += written
-                self._throttle(written)
         except OSError as ex:
             raise PullError(f"write: {ex.strerror or ex}") from ex
         finally:

@@ -34,10 +34,16 @@ def test_node_killed_mid_pull(tmp_path):
         import_bundle(bundle, policy, store)
     finally:
         store.close()
+    weights_size = weights.stat().st_size
     weights.unlink()
     nodes = [
-        start_sim(f"n{i}", models="", extra=("--store", str(tmp_path / f"node{i}")))
-        for i in range(2)
+        start_sim("n0", models="", extra=("--store", str(tmp_path / "node0"))),
+        # A slow link, so the pull is surely cut in the middle.
+        start_sim(
+            "n1",
+            models="",
+            extra=("--store", str(tmp_path / "node1"), "--pull-mb-per-s", "40"),
+        ),
     ]
     router = None
     try:
@@ -62,11 +68,17 @@ def test_node_killed_mid_pull(tmp_path):
             env=env,
             cwd=ROOT,
         )
+        total = weights_size
         events = []
         for line in proc.stdout:
             event = json.loads(line)
             events.append(event)
-            if event.get("event") == "progress" and event["node"] == "n1":
+            if (
+                event.get("event") == "progress"
+                and event["node"] == "n1"
+                and (event.get("completed") or 0) >= total // 2
+                and nodes[1].proc.poll() is None
+            ):
                 nodes[1].kill()
         assert proc.wait(120) == 1, proc.stderr.read()
         summary = events[-1]
@@ -90,6 +102,9 @@ def test_node_killed_mid_pull(tmp_path):
         assert "n1: done: pull big:1" in again.stdout
         tags = httpx.get(nodes[1].url + "/api/tags", timeout=5).json()["models"]
         assert [m["name"] for m in tags] == [MODEL]
+        # Resumed, as Ollama resumes: only the bytes the first try did not get.
+        fetched = nodes[1].stats()["pulled_bytes"]
+        assert 0 < fetched <= total * 3 // 4, (fetched, total)
 
         store = Store(state_dir)
         try:

@@ -181,7 +181,7 @@ def test_interrupted_pull_resumes_where_it_stopped(tmp_path, bundle_store):
     )
     layer = max(doc["layers"], key=lambda x: x["size"])
     store = ("--store", str(tmp_path / "node"), "--part-mb", "0.5")
-    slow = start_sim("n1", models="", extra=(*store, "--pull-mb-per-s", "1"))
+    slow = start_sim("n1", models="", extra=(*store, "--pull-mb-per-s", "4"))
     port = int(slow.url.rsplit(":", 1)[1])
     with serve_registry(bundle_store) as registry:
         try:
@@ -194,7 +194,7 @@ def test_interrupted_pull_resumes_where_it_stopped(tmp_path, bundle_store):
                     assert "error" not in event, event
                     if (
                         event.get("digest") == layer["digest"]
-                        and event["completed"] >= layer["size"] // 3
+                        and event["completed"] >= layer["size"] // 2
                     ):
                         break
             slow.kill()

@@ -33,13 +33,9 @@ DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 #: One part of an Ollama model name (namespace, model or tag), no dots first.
 NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 CHUNK = 1 << 20
-#: Sent through the server with the headers; the rest by sendfile, in turns.
+#: Sent through the server with the headers; the rest by sendfile, in pieces.
 FIRST = 64 << 10
-#: Bytes one sendfile turn may send before the transfer queues again (fairness
-#: between transfers); a turn also ends when the socket is full.
-SEND_BUDGET = 4 << 20
-#: Native threads per worker making the sendfile calls (transfers take turns).
-SEND_THREADS = 4
+SENDFILE_CHUNK = 256 << 10
 #: A client that takes no bytes for this long is dropped.
 IDLE_S = 60.0
 StoreRoot = Path | Callable[[], Path]
@@ -140,47 +136,17 @@ def _chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _send_some(out: int, fd: int, offset: int, budget: int) -> int:
-    """In a native thread: sendfile up to `budget` bytes until the socket is
-    full. Returns the bytes sent (0: full, wait for it), -1 at end of file."""
-    sent = 0
-    while sent < budget:
-        try:
-            n = os.sendfile(out, fd, offset + sent, budget - sent)
-        except BlockingIOError:
-            break
-        if n == 0:
-            return -1 if sent == 0 else sent
-        sent += n
-    return sent
-
-
-_POOL: tuple[int, Any] | None = None
-
-
-def _pool() -> Any:
-    """This worker process's threads for sendfile (made after gunicorn forks)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        from gevent.threadpool import ThreadPool
-
-        _POOL = (os.getpid(), ThreadPool(SEND_THREADS))
-    return _POOL[1]
-
-
 def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes]:
     """`length` bytes of `path` from `offset`, zero-copy with `os.sendfile`.
 
     For gunicorn's gevent worker, which hands the connection's socket to the
     app (`gunicorn.sock`). The first bytes go through the server as usual (it
     sends the headers with them); the rest goes straight from the page cache
-    to the socket. The sendfile calls run in a few native threads, at most
-    `SEND_BUDGET` bytes per turn: on loopback or a fast LAN a sendfile call
-    also does the kernel's network work, and made by the event loop itself,
-    many parallel ranges would delay every other request (chat) behind them.
-    The event loop only waits, cooperatively, for a full socket to drain.
-    Nothing of the blob is held in the worker's memory.
+    to the socket, `SENDFILE_CHUNK` at a time, yielding to the other requests
+    between pieces and while the client is slow. Nothing of the blob is held
+    in the worker's memory.
     """
+    from gevent import sleep
     from gevent.socket import wait_write
 
     fd = os.open(path, os.O_RDONLY)
@@ -190,29 +156,19 @@ def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes
             raise _shrank(path)
         yield head
         offset, left, out = offset + len(head), length - len(head), sock.fileno()
-        pool = _pool()
         while left > 0:
-            job = pool.spawn(_send_some, out, fd, offset, min(left, SEND_BUDGET))
             try:
-                sent = job.get()
-            except BaseException:
-                # Killed while a thread sends (a stop): it must be done with
-                # the file and the socket before either is closed.
-                job.wait(IDLE_S)
-                raise
-            if sent < 0:
-                raise _shrank(path)
-            if sent == 0:
-                wait_write(out, timeout=IDLE_S, timeout_exc=_idle())
+                sent = os.sendfile(out, fd, offset, min(left, SENDFILE_CHUNK))
+            except BlockingIOError:
+                wait_write(out, timeout=IDLE_S)
                 continue
+            if not sent:
+                raise _shrank(path)
             offset += sent
             left -= sent
+            sleep(0)
     finally:
         os.close(fd)
-
-
-def _idle() -> OSError:
-    return TimeoutError(f"client took no bytes for {IDLE_S:.0f} s")
 
 
 def _body(
