@@ -1,5 +1,6 @@
-"""A node dying mid-pull: apply reports it and exits 1, the other node finishes;
-the next apply completes it (real sims, real router, a 150 MB model)."""
+"""A node dying mid-pull and a node with a full disk: apply reports both and exits
+1, the other node finishes; the next apply completes the first, resuming its
+partial blob (real sims, real router, a 150 MB model)."""
 
 from __future__ import annotations
 
@@ -44,12 +45,18 @@ def test_node_killed_mid_pull(tmp_path):
             models="",
             extra=("--store", str(tmp_path / "node1"), "--pull-mb-per-s", "40"),
         ),
+        # A full disk: its pull fails the way Ollama's does, every time.
+        start_sim(
+            "n2",
+            models="",
+            extra=("--store", str(tmp_path / "node2"), "--disk-free-mb", "10"),
+        ),
     ]
     router = None
     try:
         doc = yaml.safe_load(manifest(nodes))
         doc["models"] = [
-            {"name": MODEL, "place": {"nodes": ["n0", "n1"]}, "bundle": "bigb"}
+            {"name": MODEL, "place": {"nodes": ["n0", "n1", "n2"]}, "bundle": "bigb"}
         ]
         text = yaml.safe_dump(doc)
         router = start_router(state_dir, text, tmp_path / "router.log")
@@ -84,8 +91,9 @@ def test_node_killed_mid_pull(tmp_path):
         summary = events[-1]
         assert summary["event"] == "summary" and summary["ok"] is False
         assert summary["done"] == {"n0": [f"pull {MODEL}"]}
-        assert list(summary["failed"]) == ["n1"]
+        assert sorted(summary["failed"]) == ["n1", "n2"]
         assert summary["failed"]["n1"][0].startswith(f"pull {MODEL}: ")
+        assert "no space left on device" in summary["failed"]["n2"][0]
         tags = httpx.get(nodes[0].url + "/api/tags", timeout=5).json()["models"]
         assert [m["name"] for m in tags] == [MODEL]
 
@@ -97,9 +105,11 @@ def test_node_killed_mid_pull(tmp_path):
             args[:5] + args[6:], capture_output=True, text=True, env=env, cwd=ROOT,
             timeout=120,
         )  # fmt: skip
-        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.returncode == 1, again.stdout + again.stderr
         assert "n0: nothing to do" in again.stdout
         assert "n1: done: pull big:1" in again.stdout
+        assert "n2: FAILED pull big:1: write " in again.stdout
+        assert "no space left on device" in again.stdout
         tags = httpx.get(nodes[1].url + "/api/tags", timeout=5).json()["models"]
         assert [m["name"] for m in tags] == [MODEL]
         # Resumed, as Ollama resumes: only the bytes the first try did not get.
@@ -115,7 +125,13 @@ def test_node_killed_mid_pull(tmp_path):
             (json.loads(r["detail"])["node"], json.loads(r["detail"])["outcome"])
             for r in rows
         )
-        assert outcomes == [("n0", "ok"), ("n1", "failed"), ("n1", "ok")]
+        assert outcomes == [
+            ("n0", "ok"),
+            ("n1", "failed"),
+            ("n1", "ok"),
+            ("n2", "failed"),
+            ("n2", "failed"),
+        ]
     finally:
         for sim in nodes:
             sim.kill()
