@@ -195,6 +195,13 @@ def build(
                     warms.append(name)
                 continue
             source = catalog.get(name)
+            if node.api == "openai":
+                errors.append(
+                    f"{name}: node {node.name} is an OpenAI-compatible server that "
+                    "does not list it: herd cannot place weights there (load the "
+                    "model on that server, or place it elsewhere)"
+                )
+                continue
             if model.bundle is None:
                 errors.append(
                     f"{name}: has no bundle and is not on node {node.name}: the "
@@ -217,8 +224,8 @@ def build(
                 present=tuple(present),
                 loaded=tuple(sorted(m for m in inv.loaded if m in inv.models)),
                 undeclared=tuple(undeclared),
-                prunes=tuple(undeclared) if prune else (),
-                warms=tuple(warms),
+                prunes=tuple(undeclared) if prune and node.api != "openai" else (),
+                warms=tuple(warms) if node.api != "openai" else (),
             )
         )
     placed = {m: tuple(n.name for n in nodes) for m, nodes in chosen.items()}

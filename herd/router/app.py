@@ -23,7 +23,16 @@ from herd.health.gather import Monitor
 from herd.health.route import PATH as HEALTH_PATH
 from herd.health.route import Health
 from herd.health.scrub import Scrub
-from herd.router.api import failures, fleet, ollama, openai, ops, registry
+from herd.router.api import (
+    failures,
+    fleet,
+    images,
+    ollama,
+    openai,
+    ops,
+    registry,
+    transcribe,
+)
 from herd.router.api.heartbeat import HeartbeatResource
 from herd.router.gate import Gate
 from herd.router.observe.accesslog import AccessLog
@@ -113,6 +122,10 @@ def create_app(
 
     for path, resource in openai.resources(runtime).items():
         app.add_route(path, resource)
+    for path in ("/api/generate-image", "/v1/images/generations"):
+        app.add_route(path, images.Generate(runtime, path))
+    for path in transcribe.ROUTES:
+        app.add_route(path, transcribe.Transcribe(runtime, path))
 
     app.add_route("/fleet/status", fleet.Status(runtime))
     app.add_route("/fleet/nodes", fleet.Nodes(runtime))

@@ -164,11 +164,7 @@ def status(runtime: Runtime, served: Served | None = None) -> dict[str, Any]:
         "requests": runtime.stats.requests,
         "upstream_failures": runtime.stats.failures,
         "traces": {
-            "written": runtime.traces.written,
-            "pending": runtime.traces.pending,
-            "dropped": runtime.traces.dropped,
-            "refusals_unrecorded": runtime.refusals.unrecorded,
-            "write_failures": runtime.traces.write_failures,
+            **runtime.shared_counts(),
             "write_error": runtime.traces.write_error,
         },
     }
