@@ -51,12 +51,19 @@ def herd(state_dir: Path):
     return run
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _no_node_traffic() -> None:
-    """`herd plan/apply` contact the manifest's nodes; the example fleets name
-    LAN addresses, which tests must never reach. Tests that drive real (sim)
-    nodes on loopback set HERD_APPLY_NODES=1 for their own commands."""
-    os.environ["HERD_APPLY_NODES"] = "0"
+# `herd plan/apply` contact the manifest's nodes; the example fleets name LAN
+# addresses, which tests must never reach. So, for every test and fixture,
+# they diff and record revisions only ...
+os.environ["HERD_APPLY_NODES"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _node_traffic_only_when_marked(request: pytest.FixtureRequest, monkeypatch):
+    """... except in tests marked `nodes`: their fleets are `herd sim` nodes on
+    loopback, and their `herd` commands run with the setting unset, the
+    default a user gets (survey and change the nodes)."""
+    if request.node.get_closest_marker("nodes"):
+        monkeypatch.delenv("HERD_APPLY_NODES", raising=False)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -24,12 +24,12 @@ RECENT_OK_S = 1.5
 def model_key(name: str) -> str:
     """The name a node's model is known by, for matching against the manifest.
 
-    Models pulled from the herd registry are listed by Ollama as
-    `HOST:PORT/library/NAME:TAG`; they are the same model as `NAME:TAG`.
+    Only the name clients can ask the node for counts. A model pulled from
+    the herd registry is listed as `HOST:PORT/library/NAME:TAG` until `herd
+    apply` copies it to `NAME:TAG`; a request for `NAME:TAG` sent to the node
+    before that copy would fail, so the long name stays its own key and the
+    router does not route `NAME:TAG` to that node yet.
     """
-    name = name.strip().lower()
-    if "/library/" in name:
-        name = name.split("/library/", 1)[1]
     return normalize_model_name(name)
 
 

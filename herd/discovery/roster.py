@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from herd.discovery.member import Member
 from herd.manifest.model import Fleet, Node
+from herd.reconcile.inventory import disk_free as disk_free_of
 
 DB_NAME = "discovery.db"
 
@@ -73,15 +73,6 @@ def disk_free(members: Iterable[Member]) -> dict[str, int]:
         if free is not None:
             out[node_name(member)] = free
     return out
-
-
-def disk_free_of(metrics: Mapping[str, Any]) -> int | None:
-    """`metrics.disk.free` of one heartbeat, when it is a sane byte count."""
-    disk = metrics.get("disk")
-    free = disk.get("free") if isinstance(disk, Mapping) else None
-    if isinstance(free, bool) or not isinstance(free, int | float) or free < 0:
-        return None
-    return int(free)
 
 
 def with_discovered(fleet: Fleet, members: Iterable[Member]) -> Fleet:

@@ -45,7 +45,8 @@ exit status: 0 valid, 1 invalid (one line per problem: FILE:LINE: path: message)
   herd plan etc/fleet.yaml
   herd plan --prune etc/fleet.yaml       # also list what --prune would delete
   herd plan --json etc/fleet.yaml > plan.json
-exit status: 0 no changes, 2 changes, 1 error (e.g. a bundle not imported)""",
+exit status: 0 no changes, 2 changes, 1 error (a bundle not imported, a model
+no bundle can supply, a node with placements that does not answer)""",
     )
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
     reconcile.add_flags(p, apply=False)
@@ -65,9 +66,12 @@ exit status: 0 no changes, 2 changes, 1 error (e.g. a bundle not imported)""",
   herd apply --registry 10.20.1.5:11435 --json --yes fleet.yaml | jq .
 nodes pull through the router's registry (`herd serve` must be running);
 the running router picks the new revision up within 2 s, without a restart;
-when the nodes need changes, --json prints one JSON event per line (plan,
-recorded, start, progress, done, failed, summary); exit status 1 when any
-step on a node failed""",
+--json prints JSON Lines, one object per line with an "event": plan,
+recorded, then per node step start/progress/done/failed, and always a final
+summary {"ok", "revision", "done", "failed", "unreachable", "unsatisfied"}
+(or {"ok": false, "error"} when nothing was applied);
+exit status 0 done, 1 when a step failed, the plan has errors, or a node
+the manifest places models on was unreachable (the others are still done)""",
     )
     p.add_argument("file", metavar="FILE", help="the fleet manifest (YAML)")
     p.add_argument("-y", "--yes", action="store_true", help="apply without asking")
@@ -182,7 +186,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0 if proposal.plan.empty else 2
     if not args.json:
         reconcile.show(fleet_plan, proposal.fleet)
-    if fleet_plan.errors:
+    if fleet_plan.errors or fleet_plan.unsatisfied:
+        reconcile.show_errors(fleet_plan)
         return 1
     return 0 if proposal.plan.empty and not fleet_plan.changes else 2
 
@@ -200,44 +205,10 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
         raise ConfigError("not applied: not confirmed")
 
 
-def _record(
-    args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
-) -> int:
-    if proposal.head and proposal.head.sha256 == sha256_hex(proposal.data):
-        message = (
-            f"No changes: identical to revision {proposal.head.id}; nothing recorded."
-        )
-        if args.json:
-            print_json(
-                {"recorded": False, "revision": proposal.head.id, "message": message}
-            )
-        else:
-            print(message)
-        return 0
-    if not args.json:
-        _print_plan(args, proposal)
-    _confirm(args, "Record this as a new revision?")
-    revision = record(store, proposal, rollback_of=rollback_of)
-    if revision is None:  # an identical apply won the race
-        print("No changes: an identical revision was recorded meanwhile.")
-        return 0
-    firewall.after_record(proposal.fleet, revision.id)
-    if args.json:
-        print_json(
-            {
-                "recorded": True,
-                "revision": revision.id,
-                "sha256": revision.sha256,
-                "summary": revision.summary,
-                **proposal.plan.as_json(),
-            }
-        )
-    else:
-        print(
-            f"\nRecorded revision {revision.id} (sha256 {revision.sha256[:12]}): "
-            f"{revision.summary}. Routers reload it within 2 s."
-        )
-    return 0
+def _event(event: str, **fields: object) -> None:
+    """One line of `apply --json` (JSON Lines; every object has "event")."""
+    print(json.dumps({"event": event, **fields}, sort_keys=True, default=str))
+    sys.stdout.flush()
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -252,54 +223,102 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _apply(
     args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
 ) -> int:
-    """Record the proposal, and make the nodes match it when they differ."""
-    fleet_plan = reconcile.live_plan(args, store, proposal.fleet)
-    if fleet_plan is None or (not fleet_plan.errors and not fleet_plan.changes):
-        code = _record(args, store, proposal, rollback_of)
-        if fleet_plan is not None and fleet_plan.unreachable and not args.json:
-            print(f"Unreachable, not checked: {', '.join(fleet_plan.unreachable)}")
-        return code
-    return _apply_to_nodes(args, store, proposal, fleet_plan, rollback_of)
+    """Plan, confirm once, record the revision, then make the nodes match it.
+
+    With --json every outcome is JSON Lines: a "plan" event, a "recorded"
+    event, the node events, and always a final "summary" event (also when
+    the plan has errors or confirmation is refused).
+    """
+    try:
+        return _apply_steps(args, store, proposal, rollback_of)
+    except ConfigError as ex:
+        if args.json:
+            _event("summary", ok=False, error=str(ex))
+        raise
 
 
-def _apply_to_nodes(
+def _apply_steps(
+    args: argparse.Namespace, store: Store, proposal: Proposal, rollback_of: int | None
+) -> int:
+    fleet = proposal.fleet
+    fleet_plan = reconcile.live_plan(args, store, fleet)
+    head = proposal.head
+    unchanged = bool(head and head.sha256 == sha256_hex(proposal.data))
+    node_work = bool(fleet_plan and fleet_plan.changes)
+    if args.json:
+        _event(
+            "plan",
+            file=proposal.source,
+            from_revision=head.id if head else None,
+            **proposal.plan.as_json(),
+            **reconcile.as_json(fleet_plan),
+        )
+    elif unchanged and head:
+        if node_work:
+            print(f"The manifest is revision {head.id}; the nodes differ:")
+    else:
+        _print_plan(args, proposal)
+    if fleet_plan is not None and not args.json:
+        reconcile.show(fleet_plan, fleet)
+    if fleet_plan is not None and fleet_plan.errors:
+        reconcile.show_errors(fleet_plan)
+        if args.json:
+            _event("summary", ok=False, errors=list(fleet_plan.errors))
+            return 1
+        raise ConfigError("not applied: the plan has errors (nothing was changed)")
+    registry = reconcile.registry_address(fleet, args.registry) if node_work else ""
+    if node_work:
+        _confirm(args, reconcile.confirm_question(fleet_plan))
+    elif not unchanged:
+        _confirm(args, "Record this as a new revision?")
+    revision = _record(args, store, proposal, rollback_of, unchanged)
+    if fleet_plan is None:
+        if args.json:
+            _event("summary", ok=True, revision=revision, done={}, failed={})
+        return 0
+    return reconcile.act(args, store, fleet_plan, fleet, registry, revision)
+
+
+def _record(
     args: argparse.Namespace,
     store: Store,
     proposal: Proposal,
-    fleet_plan: FleetPlan,
     rollback_of: int | None,
-) -> int:
-    """Show both plans, confirm once, record the revision, then act on the nodes."""
-    fleet = proposal.fleet
-    if fleet_plan.errors:
+    unchanged: bool,
+) -> int | None:
+    """Record the proposal as the new revision (unless identical); its number."""
+    head = proposal.head
+    if unchanged and head:
+        message = f"No changes: identical to revision {head.id}; nothing recorded."
         if args.json:
-            _print_plan(args, proposal, fleet_plan)
+            _event("recorded", recorded=False, revision=head.id, message=message)
         else:
-            reconcile.show(fleet_plan, fleet)
-        reconcile.show_errors(fleet_plan)
-        raise ConfigError("not applied: the plan has errors (nothing was changed)")
-    registry = reconcile.registry_address(fleet, args.registry)
-    unchanged = bool(
-        proposal.head and proposal.head.sha256 == sha256_hex(proposal.data)
-    )
+            print(message)
+        return head.id
+    recorded = record(store, proposal, rollback_of=rollback_of)
+    if recorded is None:  # an identical apply won the race
+        current = store.head()
+        message = "No changes: an identical revision was recorded meanwhile."
+        if args.json:
+            _event("recorded", recorded=False, revision=current.id, message=message)
+        else:
+            print(message)
+        return current.id
+    firewall.after_record(proposal.fleet, recorded.id)
     if args.json:
-        print(json.dumps({"event": "plan", **reconcile.as_json(fleet_plan)}))
+        _event(
+            "recorded",
+            recorded=True,
+            revision=recorded.id,
+            sha256=recorded.sha256,
+            summary=recorded.summary,
+        )
     else:
-        if unchanged:
-            print(f"The manifest is revision {proposal.head.id}; the nodes differ:")
-        else:
-            _print_plan(args, proposal)
-        reconcile.show(fleet_plan, fleet)
-    _confirm(args, reconcile.confirm_question(fleet_plan))
-    revision = proposal.head.id if unchanged else None
-    if not unchanged:
-        recorded = record(store, proposal, rollback_of=rollback_of)
-        revision = recorded.id if recorded else store.head().id
-        if args.json:
-            print(json.dumps({"event": "recorded", "revision": revision}))
-        else:
-            print(f"\nRecorded revision {revision}. Routers reload it within 2 s.")
-    return reconcile.act(args, store, fleet_plan, fleet, registry, revision)
+        print(
+            f"\nRecorded revision {recorded.id} (sha256 {recorded.sha256[:12]}): "
+            f"{recorded.summary}. Routers reload it within 2 s."
+        )
+    return recorded.id
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

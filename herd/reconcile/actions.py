@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from herd.manifest.model import Fleet
+from herd.manifest.model import Fleet, Model
 from herd.reconcile.inventory import NodeInventory
 from herd.reconcile.placement import placements
 
@@ -42,6 +42,10 @@ class NodePlan:
     url: str
     reachable: bool
     error: str | None = None
+    #: Free disk the node's agent last reported (None: unknown).
+    free_bytes: int | None = None
+    #: Models placed on this node (what an unreachable node cannot be checked for).
+    placed: tuple[str, ...] = ()
     pulls: tuple[Pull, ...] = ()
     present: tuple[str, ...] = ()
     loaded: tuple[str, ...] = ()
@@ -60,6 +64,8 @@ class NodePlan:
             "url": self.url,
             "reachable": self.reachable,
             "error": self.error,
+            "free_disk": self.free_bytes,
+            "placed": list(self.placed),
             "pull": [
                 {"model": p.model, "size": p.size, "bundle": p.bundle}
                 for p in self.pulls
@@ -93,14 +99,41 @@ class FleetPlan:
     def unreachable(self) -> tuple[str, ...]:
         return tuple(n.node for n in self.nodes if not n.reachable)
 
+    @property
+    def unsatisfied(self) -> tuple[str, ...]:
+        """Why the plan cannot make the fleet so: nodes it must check but cannot
+        reach (models placed there, or `--prune`). Apply still works on the
+        other nodes, then exits 1; plan exits 1."""
+        out = []
+        for n in self.nodes:
+            if n.reachable or not (n.placed or self.prune):
+                continue
+            what = ", ".join(n.placed) if n.placed else "what --prune would delete"
+            out.append(
+                f"node {n.node} is unreachable ({n.error}): cannot check or pull "
+                f"{what} there"
+            )
+        return tuple(out)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "errors": list(self.errors),
+            "unsatisfied": list(self.unsatisfied),
             "prune": self.prune,
             "placement": {m: list(n) for m, n in self.placed.items()},
             "discovered": dict(self.discovered),
             "nodes": [n.as_json() for n in self.nodes],
         }
+
+
+def _kept_loaded(model: Model) -> bool:
+    """`keep_loaded` asks for the model in memory (`0` means unload at once)."""
+    return model.keep_loaded is not None and model.keep_loaded.strip() not in (
+        "0",
+        "0s",
+        "0m",
+        "0h",
+    )
 
 
 def _bundle_errors(
@@ -148,14 +181,23 @@ def build(
             node.name, node.url, False, error="not surveyed"
         )
         if not inv.reachable:
-            plans.append(NodePlan(node.name, node.url, False, error=inv.error))
+            plans.append(
+                NodePlan(
+                    node.name,
+                    node.url,
+                    False,
+                    error=inv.error,
+                    free_bytes=inv.free_bytes,
+                    placed=tuple(wanted[node.name]),
+                )
+            )
             continue
         pulls, present, warms = [], [], []
         for name in wanted[node.name]:
             model = by_name[name]
             if inv.holds(name):
                 present.append(name)
-                if model.keep_loaded and name not in inv.loaded:
+                if _kept_loaded(model) and name not in inv.loaded:
                     warms.append(name)
                 continue
             source = catalog.get(name)
@@ -174,7 +216,7 @@ def build(
                 continue
             if source is not None and source.bundle == model.bundle:
                 pulls.append(Pull(name, source.size, source.bundle))
-                if model.keep_loaded:
+                if _kept_loaded(model):
                     warms.append(name)
         undeclared = sorted(set(inv.models) - set(wanted[node.name]))
         plans.append(
@@ -182,6 +224,8 @@ def build(
                 node.name,
                 node.url,
                 True,
+                free_bytes=inv.free_bytes,
+                placed=tuple(wanted[node.name]),
                 pulls=tuple(pulls),
                 present=tuple(present),
                 loaded=tuple(sorted(m for m in inv.loaded if m in inv.models)),

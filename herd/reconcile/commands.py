@@ -17,7 +17,7 @@ from herd.manifest.model import Fleet
 from herd.reconcile import render, session
 from herd.reconcile.actions import FleetPlan
 from herd.reconcile.progress import Report
-from herd.settings import APPLY_NODES, REGISTRY
+from herd.settings import APPLY_NODES, REGISTRY, ROUTER_TOKEN
 from herd.store import Store
 
 WILDCARDS = {"", "0.0.0.0", "::", "[::]", "*"}
@@ -60,6 +60,7 @@ def live_plan(
         planned,
         prune=getattr(args, "prune", False),
         free_bytes=roster.disk_free(members),
+        token=ROUTER_TOKEN.resolve(None),
     )
     now = time.time()
     discovered = {
@@ -102,6 +103,8 @@ def show(fleet_plan: FleetPlan, fleet: Fleet) -> None:
 def show_errors(fleet_plan: FleetPlan) -> None:
     for error in fleet_plan.errors:
         print(f"herd: plan error: {error}", file=sys.stderr)
+    for reason in fleet_plan.unsatisfied:
+        print(f"herd: cannot be satisfied: {reason}", file=sys.stderr)
 
 
 def as_json(fleet_plan: FleetPlan | None) -> dict[str, Any]:
@@ -126,12 +129,14 @@ def act(
     registry: str,
     revision: int | None,
 ) -> int:
-    """Carry the plan out; print the summary; 0 when every step succeeded."""
+    """Carry the plan out; print the summary; 0 when the fleet is now as planned
+    (every step succeeded and no node it must change was unreachable)."""
     if args.json:
         mode = "json"
     else:
         mode = "tty" if sys.stdout.isatty() else "lines"
-        print()
+        if fleet_plan.changes:
+            print()
     report = Report(mode=mode)
     session.apply_live(
         store,
@@ -143,22 +148,26 @@ def act(
         parallel=args.parallel,
     )
     names = [n.node for n in fleet_plan.nodes]
+    ok = report.ok and not fleet_plan.unsatisfied
     if args.json:
         print(
             json.dumps(
                 {
                     "event": "summary",
-                    "ok": report.ok,
+                    "ok": ok,
                     "revision": revision,
                     "done": report.done,
                     "failed": report.failed,
                     "unreachable": list(fleet_plan.unreachable),
+                    "unsatisfied": list(fleet_plan.unsatisfied),
                 },
                 sort_keys=True,
             )
         )
     else:
         print("\n" + report.summary(names, fleet_plan.unreachable))
-        if not report.ok:
-            print("Some steps failed; fix the cause and run apply again to finish.")
-    return 0 if report.ok else 1
+        for reason in fleet_plan.unsatisfied:
+            print(f"Not done: {reason}")
+        if not ok:
+            print("Fix the cause and run apply again to finish.")
+    return 0 if ok else 1

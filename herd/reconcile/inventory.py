@@ -36,11 +36,21 @@ class NodeInventory:
     #: short name, so the model is pulled again (from the node's own blobs).
     models: Mapping[str, str] = field(default_factory=dict)
     loaded: frozenset[str] = frozenset()
-    #: Free disk in bytes, when the node reports it (Ollama does not).
+    #: Free disk in bytes, when the node's agent reports it (Ollama does not).
     free_bytes: int | None = None
 
     def holds(self, model: str) -> bool:
         return normalize_model_name(model) in self.models
+
+
+def disk_free(metrics: Any) -> int | None:
+    """Free bytes on the models' disk from a `herd node` agent's metrics
+    (`{"disk": {"free": N, ...}}`); None when not reported."""
+    disk = metrics.get("disk") if isinstance(metrics, Mapping) else None
+    free = disk.get("free") if isinstance(disk, Mapping) else None
+    if isinstance(free, bool) or not isinstance(free, int) or free < 0:
+        return None
+    return free
 
 
 def http_get_json(

@@ -3,10 +3,12 @@
 Pure. With `replicas: N` and more matching nodes than N, herd picks N of them
 deterministically: nodes that already hold the model first (so a re-plan
 never moves a model that is in place), then the most free disk where nodes
-report it, then a rendezvous hash of (model, node). The hash makes the choice
-stable across runs and across unrelated manifest edits (adding a node moves
-only the models that hash onto it, never reshuffles the rest), and spreads
-different models over different nodes.
+report it (whole GiB, so small changes between runs move nothing; a node
+whose disk is unknown ranks as having none), then a rendezvous hash of
+(model, node). The hash makes the choice stable across runs and across
+unrelated manifest edits (adding a node moves only the models that hash onto
+it, never reshuffles the rest), and spreads different models over different
+nodes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def choose(
         inv = inventory.get(node.name)
         holds = bool(inv and inv.holds(model.name))
         free = inv.free_bytes if inv and inv.free_bytes is not None else 0
+        free >>= 30
         return (0 if holds else 1, -free, _hash(model.name, node.name))
 
     picked = {n.name for n in sorted(candidates, key=rank)[:wanted]}

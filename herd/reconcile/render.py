@@ -21,7 +21,8 @@ def table(plan: FleetPlan, fleet: Fleet) -> str:
             continue
         found = plan.discovered.get(node.node)
         note = f"  (discovered: {found})" if found else ""
-        lines.append(f"  {node.node}  {node.url}{note}")
+        free = human_bytes(node.free_bytes) if node.free_bytes is not None else None
+        lines.append(f"  {node.node}  {node.url}  free disk {free or 'unknown'}{note}")
         rows: list[tuple[str, str, str]] = []
         for pull in node.pulls:
             size = human_bytes(pull.size)
@@ -53,6 +54,9 @@ def table(plan: FleetPlan, fleet: Fleet) -> str:
     if plan.errors:
         lines.append("Errors:")
         lines += [f"  {e}" for e in plan.errors]
+    if plan.unsatisfied:
+        lines.append("Cannot be satisfied:")
+        lines += [f"  {e}" for e in plan.unsatisfied]
     lines.append("")
     lines.append(f"Fleet: {summary(plan)}.")
     return "\n".join(lines)

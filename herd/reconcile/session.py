@@ -40,6 +40,26 @@ def catalog(store: Store | None) -> tuple[dict[str, Imported], set[str]]:
     return models, bundles
 
 
+def free_disk(fleet: Fleet, token: str | None = None) -> dict[str, int]:
+    """Node name → free disk bytes, as the nodes' agents (`herd node`) last
+    reported them to the running router; empty when no router answers.
+
+    Ollama's API does not tell free disk, so nodes without an agent stay
+    unknown.
+    """
+    from herd.router import report
+
+    live = report.fetch_live(report.local_url(fleet.router.listen), token)
+    out: dict[str, int] = {}
+    for node in (live or {}).get("nodes") or ():
+        if not isinstance(node, dict):
+            continue
+        free = inventory.disk_free(node.get("metrics"))
+        if free is not None and isinstance(node.get("name"), str):
+            out[node["name"]] = free
+    return out
+
+
 def plan_live(
     store: Store | None,
     fleet: Fleet,
@@ -47,12 +67,17 @@ def plan_live(
     prune: bool = False,
     get_json: inventory.GetJson = inventory.http_get_json,
     free_bytes: Mapping[str, int] | None = None,
+    token: str | None = None,
 ) -> FleetPlan:
     """The per-node plan for `fleet` against the live nodes. `free_bytes`
     (node name → disk free, as node agents report it) informs replica choice."""
     models, bundles = catalog(store)
     found = inventory.survey(fleet, get_json)
-    for name, free in (free_bytes or {}).items():
+    # Free disk as agents reported it: from the router's discovery.db when
+    # the caller read it, else from the running router's /fleet/status.
+    if not free_bytes:
+        free_bytes = free_disk(fleet, token)
+    for name, free in free_bytes.items():
         if name in found and found[name].reachable:
             found[name] = dataclasses.replace(found[name], free_bytes=free)
     return actions.build(fleet, found, models, bundles, prune=prune)

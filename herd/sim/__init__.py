@@ -116,6 +116,10 @@ class SimState:
     store: SimStore | None = None
     #: Range part size for pulls (None: Ollama's 100 MB..1 GB parts).
     part_bytes: int | None = None
+    #: Pull speed limit in bytes per second (None: none; a slow network).
+    pull_rate: float | None = None
+    #: Blob bytes all pulls have downloaded (a resumed pull adds only the rest).
+    pulled_bytes: int = 0
 
     def refresh(self) -> None:
         """Re-read the store: its models replace the stored entries in `models`."""
@@ -180,6 +184,7 @@ class SimState:
             "paths": dict(self.requests),
             "models": dict(self.by_model),
             "active": self.active,
+            "pulled_bytes": self.pulled_bytes,
             "fault": self.fault_doc(),
         }
 
@@ -227,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         free = None if args.disk_free_mb is None else int(args.disk_free_mb * 1e6)
         state.store = SimStore(Path(args.store), free_bytes=free)
         state.part_bytes = int(args.part_mb * 1e6) if args.part_mb else None
+        state.pull_rate = args.pull_mb_per_s * 1e6 if args.pull_mb_per_s else None
         state.refresh()
     host = hosts.lookup(args.host)
     if host is None:
@@ -355,6 +361,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         help="pull in Range parts of this many MB (default: Ollama's total/16, "
         "100..1000 MB)",
+    )
+    parser.add_argument(
+        "--pull-mb-per-s",
+        type=_positive,
+        default=None,
+        metavar="MB",
+        help="limit pulls to this many MB/s (a slow network; default no limit)",
     )
     parser.add_argument(
         "--seed",

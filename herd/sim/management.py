@@ -60,6 +60,7 @@ class Management:
             run.events.append,
             insecure=bool(body.get("insecure")),
             part_bytes=self.state.part_bytes,
+            rate=self.state.pull_rate,
         )
 
         def work() -> None:
@@ -70,6 +71,7 @@ class Management:
             except Exception as ex:  # noqa: BLE001 - reported as Ollama would
                 run.error = f"{type(ex).__name__}: {ex}"
             finally:
+                self.state.pulled_bytes += puller.fetched
                 run.done.set()
 
         threading.Thread(target=work, name="sim-pull", daemon=True).start()

@@ -10,7 +10,9 @@ The request sequence is the one Ollama's server makes for a GGUF model:
    part's offset; parts are total/16, clamped to [100 MB, 1000 MB] like
    Ollama's (tests may make them smaller), the status is not checked (as in
    Ollama, so a registry that ignores Range corrupts the blob and the
-   digest check below catches it);
+   digest check below catches it); each part's progress is saved beside the
+   partial blob (`sha256-HEX-partial-N`), so an interrupted pull resumes
+   where it stopped, asking only for the missing bytes (no HEAD then);
 3. re-hash each blob; a mismatch deletes it ("digest mismatch, file must be
    downloaded again");
 4. write the manifest bytes verbatim.
@@ -24,11 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from herd.sim.store import DEFAULT_HOST, Name, SimStore, StoreError, manifest_blobs
@@ -38,6 +44,9 @@ USER_AGENT = "ollama/0.33.0 (amd64 linux) Go/go1.24.1"
 MIN_PART, MAX_PART, MAX_PARTS = 100_000_000, 1_000_000_000, 16
 TIMEOUT_S = 30.0
 PROGRESS_EVERY_S = 0.06
+#: How often the parts' progress is saved next to the partial blob.
+SAVE_EVERY_S = 0.25
+READ_BYTES = 256 << 10
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -46,6 +55,67 @@ class PullError(StoreError):
 
     def __init__(self, message: str):
         super().__init__(500, message)
+
+
+@dataclass
+class Part:
+    """One Range part of a blob download, saved as Ollama saves it
+    (`sha256-HEX-partial-N`: {"N", "Offset", "Size", "Completed"})."""
+
+    n: int
+    offset: int
+    size: int
+    completed: int
+
+
+def _part_file(partial: Path, n: int) -> Path:
+    return partial.with_name(f"{partial.name}-{n}")
+
+
+def _completed(parts: list[Part]) -> int:
+    return sum(p.completed for p in parts)
+
+
+def load_parts(partial: Path) -> list[Part]:
+    """The saved parts of an interrupted download (empty: start afresh).
+
+    Parts that do not tile the blob exactly (a damaged or foreign file) are
+    ignored, like a missing partial: the download starts over.
+    """
+    if not partial.is_file():
+        return []
+    parts = []
+    for n in range(MAX_PARTS * 64):
+        path = _part_file(partial, n)
+        if not path.is_file():
+            break
+        try:
+            doc = json.loads(path.read_bytes())
+            part = Part(n, int(doc["Offset"]), int(doc["Size"]), int(doc["Completed"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        if not 0 <= part.completed <= part.size:
+            return []
+        parts.append(part)
+    offset = 0
+    for part in parts:
+        if part.offset != offset or part.size <= 0:
+            return []
+        offset += part.size
+    return parts
+
+
+def save_parts(partial: Path, parts: list[Part]) -> None:
+    for part in parts:
+        doc = {
+            "N": part.n,
+            "Offset": part.offset,
+            "Size": part.size,
+            "Completed": part.completed,
+        }
+        tmp = _part_file(partial, part.n).with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, _part_file(partial, part.n))
 
 
 def part_size(total: int, override: int | None = None) -> int:
@@ -82,11 +152,18 @@ class Puller:
         *,
         insecure: bool = False,
         part_bytes: int | None = None,
+        rate: float | None = None,
     ):
         self.store = store
         self.progress = progress
         self.insecure = insecure
         self.part_bytes = part_bytes
+        #: Blob bytes downloaded by this pull (a resumed pull fetches less).
+        self.fetched = 0
+        #: Bytes per second for all parts together (None: as fast as it goes).
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()
 
     def pull(self, model: Any) -> None:
         name = Name.parse(model)
@@ -145,38 +222,54 @@ class Puller:
             )
             return
         url = f"{base}/blobs/{digest}"
-        total = self._head(url)
-        room = self.store.room()
         partial = path.with_name(path.name + "-partial")
-        if room is not None and total > room:
+        # Like Ollama: the parts of an interrupted download are resumed, and
+        # then the HEAD is skipped (the parts know the size).
+        parts = load_parts(partial)
+        if parts:
+            total = sum(p.size for p in parts)
+        else:
+            total = self._head(url)
+            size = part_size(total, self.part_bytes)
+            parts = [
+                Part(i, start, min(size, total - start), 0)
+                for i, start in enumerate(range(0, total, size))
+            ]
+        room = self.store.room()
+        if room is not None and total - sum(p.completed for p in parts) > room:
             raise PullError(f"write {partial}: no space left on device")
         data_url = self._resolve(url)
-        size = part_size(total, self.part_bytes)
-        parts = [
-            (start, min(start + size, total) - 1) for start in range(0, total, size)
-        ]
-        done = [0] * len(parts)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            os.ftruncate(fd, total)
+            if os.fstat(fd).st_size != total:
+                os.ftruncate(fd, total)
+            save_parts(partial, parts)
             with ThreadPoolExecutor(max_workers=MAX_PARTS) as pool:
                 jobs = [
-                    pool.submit(self._part, data_url, fd, first, last, done, i)
-                    for i, (first, last) in enumerate(parts)
+                    pool.submit(self._part, data_url, fd, part)
+                    for part in parts
+                    if part.completed < part.size
                 ]
-                last_sent = 0.0
+                last_sent = last_saved = 0.0
                 while not all(j.done() for j in jobs):
                     now = time.monotonic()
                     if now - last_sent >= PROGRESS_EVERY_S:
-                        self._report(status, digest, total, sum(done))
+                        self._report(status, digest, total, _completed(parts))
                         last_sent = now
+                    if now - last_saved >= SAVE_EVERY_S:
+                        save_parts(partial, parts)
+                        last_saved = now
                     time.sleep(0.01)
                 for job in jobs:
                     job.result()
         finally:
             os.close(fd)
-        self._report(status, digest, total, sum(done))
+            if partial.exists():
+                save_parts(partial, parts)
+        self._report(status, digest, total, _completed(parts))
         os.replace(partial, path)
+        for part in parts:
+            _part_file(partial, part.n).unlink(missing_ok=True)
 
     def _report(self, status: str, digest: str, total: int, completed: int) -> None:
         self.progress(
@@ -213,9 +306,11 @@ class Puller:
             return urllib.parse.urljoin(url, location)
         raise PullError("stopped after 10 redirects")
 
-    def _part(
-        self, url: str, fd: int, first: int, last: int, done: list[int], i: int
-    ) -> None:
+    def _part(self, url: str, fd: int, part: Part) -> None:
+        """The part's missing bytes, written at their offset (`completed` counts
+        only bytes already written, so a saved part never claims more)."""
+        first = part.offset + part.completed
+        last = part.offset + part.size - 1
         conn, resp = _request(
             url,
             headers={
@@ -228,17 +323,29 @@ class Puller:
             # Like Ollama: the status is not checked; exactly `want` bytes are
             # copied to the part's offset.
             while want > 0:
-                chunk = resp.read(min(want, 1 << 20))
+                self._throttle(min(want, READ_BYTES))
+                chunk = resp.read(min(want, READ_BYTES))
                 if not chunk:
                     raise PullError(f"unexpected EOF reading {url}")
                 written = os.pwrite(fd, chunk, offset)
                 offset += written
                 want -= written
-                done[i] += written
+                part.completed += written
+                self.fetched += written
         except OSError as ex:
             raise PullError(f"write: {ex.strerror or ex}") from ex
         finally:
             conn.close()
+
+    def _throttle(self, count: int) -> None:
+        """Hold a part back so that all of them together keep to `rate`."""
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now) + count / self.rate
+            wait = self._free_at - now
+        time.sleep(max(0.0, wait))
 
     def _verify(self, digest: str) -> None:
         path = self.store.blob_path(digest)

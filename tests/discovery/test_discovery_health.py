@@ -24,7 +24,8 @@ def test_up_after_one_good_poll_with_models():
         now=5.0,
     )
     assert h.up and h.version == "0.33.0" and h.last_ok == 5.0
-    assert h.on_disk == {"llama3.2:3b", "nomic:latest"}
+    # The registry's long name is not the short one until `herd apply` copies it.
+    assert h.on_disk == {"10.0.0.1:11435/library/llama3.2:3b", "nomic:latest"}
     assert h.loaded == {"llama3.2:3b"}
 
 
@@ -44,7 +45,8 @@ def test_refused_connection_is_down_at_once():
 
 
 def test_model_key():
-    assert model_key("router:11435/library/x:1") == "x:1"
+    assert model_key("router:11435/library/x:1") == "router:11435/library/x:1"
+    assert model_key("registry.ollama.ai/library/x:1") == "x:1"
     assert model_key("X") == "x:latest"
 
 

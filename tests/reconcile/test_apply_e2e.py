@@ -26,6 +26,8 @@ from herd.store import Store
 from tests.bundle.bundle_helpers import ALLOWED, EXAMPLE
 from tests.router.routerproc import ROOT, manifest, start_router, start_sim
 
+pytestmark = pytest.mark.nodes
+
 MODEL = "tiny:latest"
 
 
@@ -49,7 +51,7 @@ def fleet_text(nodes, place: dict, **model) -> str:
 
 
 def herd(state_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "HERD_STATE_DIR": str(state_dir), "HERD_APPLY_NODES": "1"}
+    env = {**os.environ, "HERD_STATE_DIR": str(state_dir)}
     return subprocess.run(
         [sys.executable, "-m", "herd", *args],
         input=stdin,
@@ -240,3 +242,68 @@ def test_bundle_not_imported_refuses_before_touching_anything(site, nodes):
     assert applied.returncode == 1
     assert "bundle 'site-2027' is not imported" in applied.stderr
     assert holders(nodes) == {s.name: [] for s in nodes}
+    # --json is JSON Lines whatever happens, ending in a summary.
+    applied = herd(
+        state_dir, "apply", "--yes", "--json", "--registry", "127.0.0.1:1", str(path)
+    )
+    assert applied.returncode == 1
+    events = [json.loads(line) for line in applied.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["plan", "summary"]
+    assert events[-1]["ok"] is False
+    assert "site-2027" in events[-1]["errors"][0]
+
+
+def test_registry_name_is_not_routed_and_unreachable_node_fails(site, nodes):
+    """A node holding only `ROUTER/library/NAME:TAG` (pulled, not yet copied) is
+    not sent requests for NAME:TAG; a node the manifest places the model on
+    that does not answer makes plan and apply exit 1 while the others are done."""
+    state_dir, router, path = site
+    registry = router.url.removeprefix("http://")
+    path.write_text(fleet_text(nodes, {"labels": {"pool": "gpu"}}))
+    long = f"{registry}/library/{MODEL}"
+    pulled = httpx.post(
+        nodes[1].url + "/api/pull",
+        json={"model": long, "insecure": True, "stream": False},
+        timeout=60,
+    )
+    assert pulled.status_code == 200, pulled.text
+    assert holders(nodes)[nodes[1].name] == [long]
+    router.wait_nodes_up(3)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # until a poll has seen the pull
+        status = httpx.get(router.url + "/fleet/status", timeout=5).json()
+        seen = next(n for n in status["nodes"] if n["name"] == nodes[1].name)
+        if seen["models_on_disk"]:
+            break
+        time.sleep(0.2)
+    assert seen["models_on_disk"] == [long.lower()]
+    model = next(m for m in status["models"] if m["name"] == MODEL)
+    assert model["on_disk"] == []
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    early = httpx.post(
+        router.url + "/api/chat", json={**chat, "stream": False}, timeout=10
+    )
+    assert early.status_code == 503, early.text
+    assert nodes[1].stats()["paths"].get("/api/chat", 0) == 0
+
+    nodes[0].kill()
+    plan = herd(state_dir, "plan", str(path))
+    assert plan.returncode == 1, plan.stdout + plan.stderr
+    assert f"node {nodes[0].name} is unreachable" in plan.stderr
+    assert "Cannot be satisfied:" in plan.stdout
+    applied = herd(
+        state_dir, "apply", "--yes", "--json", "--registry", registry, str(path)
+    )
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    events = [json.loads(line) for line in applied.stdout.splitlines()]
+    assert events[0]["event"] == "plan" and events[-1]["event"] == "summary"
+    assert all("event" in e for e in events)
+    summary = events[-1]
+    assert summary["ok"] is False and summary["failed"] == {}
+    assert summary["unreachable"] == [nodes[0].name]
+    assert nodes[0].name in summary["unsatisfied"][0]
+    assert set(summary["done"]) == {nodes[1].name, nodes[2].name}
+    assert holders(nodes[1:]) == {s.name: [MODEL] for s in nodes[1:]}
+    wait_routable(router, {nodes[1].name, nodes[2].name})
+    reply = httpx.post(router.url + "/api/chat", json={**chat, "stream": False})
+    assert reply.status_code == 200, reply.text

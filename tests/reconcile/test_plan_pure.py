@@ -132,4 +132,41 @@ def test_unreachable_node_is_not_planned_but_reported():
     plan = actions.build(f, inventory, CATALOG, {"b1"})
     assert plan.unreachable == ("gpu-a",)
     assert plan.nodes[0].pulls == () and len(plan.nodes[1].pulls) == 1
-    assert "unreachable: connection refused" in render.table(plan, f)
+    text = render.table(plan, f)
+    assert "unreachable: connection refused" in text
+    # Models are placed there: the plan cannot make the fleet so (exit 1).
+    assert plan.unsatisfied == (
+        "node gpu-a is unreachable (connection refused): cannot check or pull "
+        "tiny:latest there",
+    )
+    assert "Cannot be satisfied:" in text
+    assert plan.as_json()["unsatisfied"] == list(plan.unsatisfied)
+
+
+def test_unreachable_node_with_nothing_placed_is_only_noted():
+    f = fleet([*GPUS[:1], node("cpu-a", cpu="yes")], [model()])
+    inventory = {"gpu-a": inv("gpu-a"), "cpu-a": inv("cpu-a", reachable=False)}
+    plan = actions.build(f, inventory, CATALOG, {"b1"})
+    assert plan.unreachable == ("cpu-a",) and plan.unsatisfied == ()
+    pruning = actions.build(f, inventory, CATALOG, {"b1"}, prune=True)
+    assert len(pruning.unsatisfied) == 1 and "--prune" in pruning.unsatisfied[0]
+
+
+def test_free_disk_is_shown_or_unknown():
+    f = fleet(GPUS[:2], [model()])
+    inventory = {
+        "gpu-a": NodeInventory("gpu-a", "", True, free_bytes=5 << 30),
+        "gpu-b": inv("gpu-b"),
+    }
+    plan = actions.build(f, inventory, CATALOG, {"b1"})
+    text = render.table(plan, f)
+    assert "free disk 5.0 GiB" in text and "free disk unknown" in text
+    assert [n.as_json()["free_disk"] for n in plan.nodes] == [5 << 30, None]
+
+
+def test_keep_loaded_zero_needs_no_warm_up():
+    f = fleet(GPUS[:2], [model(keep_loaded="0")])
+    inventory = {"gpu-a": inv("gpu-a", "tiny:latest"), "gpu-b": inv("gpu-b")}
+    plan = actions.build(f, inventory, CATALOG, {"b1"})
+    assert [n.warms for n in plan.nodes] == [(), ()]
+    assert [len(n.pulls) for n in plan.nodes] == [0, 1]

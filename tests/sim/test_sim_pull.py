@@ -171,3 +171,46 @@ def test_non_streaming_pull_and_errors(sim, bundle_store):
     with pytest.raises(ollama.ResponseError) as err:
         client.copy("nope", "other")
     assert err.value.status_code == 404
+
+
+def test_interrupted_pull_resumes_where_it_stopped(tmp_path, bundle_store):
+    """A node killed mid-pull keeps its partial blob and each part's progress;
+    pulled again, it asks only for the missing bytes (as Ollama resumes)."""
+    doc = json.loads(
+        (bundle_store / "manifests/registry.ollama.ai/library/big/1").read_bytes()
+    )
+    layer = max(doc["layers"], key=lambda x: x["size"])
+    store = ("--store", str(tmp_path / "node"), "--part-mb", "0.5")
+    slow = start_sim("n1", models="", extra=(*store, "--pull-mb-per-s", "4"))
+    port = int(slow.url.rsplit(":", 1)[1])
+    with serve_registry(bundle_store) as registry:
+        try:
+            body = {"model": f"{registry}/library/big:1", "insecure": True}
+            with httpx.stream(
+                "POST", slow.url + "/api/pull", json=body, timeout=60
+            ) as reply:
+                for line in reply.iter_lines():
+                    event = json.loads(line)
+                    assert "error" not in event, event
+                    if (
+                        event.get("digest") == layer["digest"]
+                        and event["completed"] >= layer["size"] // 2
+                    ):
+                        break
+            slow.kill()
+        finally:
+            slow.kill()
+        blobs = tmp_path / "node" / "blobs"
+        partial = blobs / (layer["digest"].replace(":", "-") + "-partial")
+        assert partial.exists() and (blobs / f"{partial.name}-0").exists()
+        node = start_sim("n1", models="", port=port, extra=store)
+        try:
+            events = pull(node, f"{registry}/library/big:1")
+            assert events[-1] == {"status": "success"}
+            fetched = node.stats()["pulled_bytes"]
+        finally:
+            node.kill()
+    assert 0 < fetched <= layer["size"] * 3 // 4, "only the missing bytes"
+    data = (blobs / layer["digest"].replace(":", "-")).read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+    assert not [p for p in blobs.iterdir() if "partial" in p.name]

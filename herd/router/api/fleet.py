@@ -99,20 +99,18 @@ def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
     apply` does), where it is, and the drift between the two."""
     health = {n.name: runtime.poller.get(n) for n in fleet.nodes}
     member_of = getattr(runtime.poller, "member", None)
-    free = {}
-    for node in fleet.nodes if member_of else ():
-        member = member_of(node)
-        free[node.name] = disk_free_of(member.metrics) if member else None
-    held = {
-        name: NodeInventory(
-            name,
+    held = {}
+    for node in fleet.nodes:
+        h = health[node.name]
+        member = member_of(node) if member_of else None
+        held[node.name] = NodeInventory(
+            node.name,
             h.url,
             bool(h.up),
             models={k: "" for k in h.on_disk},
-            free_bytes=free.get(name),
+            # Free disk as the node's agent reports it (as `herd plan` ranks).
+            free_bytes=disk_free_of(member.metrics) if member else None,
         )
-        for name, h in health.items()
-    }
     out = []
     for model in fleet.models:
         candidates = fleet.nodes_for(model)
