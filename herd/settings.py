@@ -237,6 +237,16 @@ FIREWALL_DROPIN = Setting(
     default=_none,
     metavar="DIR",
 )
+KEEPALIVED_CONF = Setting(
+    name="keepalived_conf",
+    flag=None,
+    env="HERD_KEEPALIVED_CONF",
+    help="`herd apply` with router.ha: file for this router's keepalived "
+    "configuration; off skips it (default /etc/keepalived/keepalived.conf as root, "
+    "else skipped)",
+    default=_none,
+    metavar="FILE",
+)
 
 #: Every command takes these.
 COMMON: tuple[Setting, ...] = (STATE_DIR,)
@@ -257,6 +267,7 @@ SETTINGS: tuple[Setting, ...] = (
     REGISTRY,
     APPLY_NODES,
     FIREWALL_DROPIN,
+    KEEPALIVED_CONF,
 )
 
 

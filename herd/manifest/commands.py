@@ -8,7 +8,7 @@ import sys
 
 from herd.cli import add_command, print_json
 from herd.errors import ConfigError, ManifestError
-from herd.manifest import firewall
+from herd.manifest import firewall, keepalived
 from herd.manifest.loader import load_file
 from herd.manifest.revisions import Proposal, propose_file, propose_revision, record
 from herd.reconcile import commands as reconcile
@@ -163,6 +163,9 @@ def _print_plan(
     against = f"revision {proposal.head.id}" if proposal.head else "an empty fleet"
     print(f"Plan for {proposal.source} against {against}:\n")
     print(proposal.plan.table())
+    note = keepalived.plan_note(proposal.fleet)
+    if note:
+        print(note)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -222,6 +225,7 @@ def _record(
         print("No changes: an identical revision was recorded meanwhile.")
         return 0
     firewall.after_record(proposal.fleet, revision.id)
+    keepalived.after_record(proposal.fleet, revision.id)
     if args.json:
         print_json(
             {
@@ -295,6 +299,7 @@ def _apply_to_nodes(
     if not unchanged:
         recorded = record(store, proposal, rollback_of=rollback_of)
         revision = recorded.id if recorded else store.head().id
+        keepalived.after_record(fleet, revision)
         if args.json:
             print(json.dumps({"event": "recorded", "revision": revision}))
         else:
