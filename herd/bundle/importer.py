@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.bundle import scan, transfer
+from herd.bundle import kept, scan, transfer
 from herd.bundle.catalog import Catalog
 from herd.bundle.ollama import ModelStore
 from herd.bundle.policy import Policy
@@ -283,6 +283,8 @@ def _import(
             transfer.fsync_dir(store.blobs_dir)
         for model in checked.models:
             store.write_manifest(model.name, model.manifest.raw)
+        # The signed index too, so a peer router can import it from here.
+        kept.keep(checked.root, doc, policy.store)
         _record(checked, state, policy.store)
         _drop_staging(staging)
     if ollama_models is not None:

@@ -59,25 +59,39 @@ def check(doc: dict[str, Any]) -> Iterator[Finding]:
             else:
                 yield item
         if vip is not None and text == str(vip):
-            yield (*HA, "peers", i), (
-                f"{text} is the virtual address; peers are the routers' own addresses"
+            yield (
+                (*HA, "peers", i),
+                (
+                    f"{text} is the virtual address; peers are the routers' own "
+                    "addresses"
+                ),
             )
     nets = [n for n in _networks(doc) if n.version == 4]
     if vip is not None and not any(vip in n for n in nets):
-        yield (*HA, "virtual_address"), (
-            f"{vip} is outside every client network (router.clients[].networks): "
-            "no client could reach the routers through it"
+        yield (
+            (*HA, "virtual_address"),
+            (
+                f"{vip} is outside every client network (router.clients[].networks): "
+                "no client could reach the routers through it"
+            ),
         )
     last = ha.get("priority", 150) - PRIORITY_STEP * (len(ha["peers"]) - 1)
     if last < 1:
-        yield (*HA, "priority"), (
-            f"{ha.get('priority', 150)} is too low for {len(ha['peers'])} routers: "
-            f"each next peer gets {PRIORITY_STEP} less, and the last would get {last}"
+        yield (
+            (*HA, "priority"),
+            (
+                f"{ha.get('priority', 150)} is too low for {len(ha['peers'])} "
+                f"routers: each next peer gets {PRIORITY_STEP} less, and the last "
+                f"would get {last}"
+            ),
         )
     host = str(router.get("listen", "0.0.0.0:11435")).rpartition(":")[0]
     if host not in WILDCARDS:
-        yield ("router", "listen"), (
-            f"router.ha needs the router to listen on every address (0.0.0.0:PORT): "
-            f"bound to {host} it cannot answer on the virtual address when it "
-            "moves here"
+        yield (
+            ("router", "listen"),
+            (
+                "router.ha needs the router to listen on every address "
+                f"(0.0.0.0:PORT): bound to {host} it cannot answer on the virtual "
+                "address when it moves here"
+            ),
         )
