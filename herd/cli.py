@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "herd.demo",
     "herd.node.commands",
     "herd.ops.commands",
+    "herd.health.commands",
     "herd.wheelhouse",
 )
 

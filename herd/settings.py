@@ -134,7 +134,8 @@ ROUTER_TOKEN = Setting(
     name="token",
     flag="--token",
     env="HERD_TOKEN",
-    help="`herd status`: bearer token for the router, if its client group needs one",
+    help="`herd status`/`herd health`: bearer token for the router, if its client "
+    "group needs one",
     default=_none,
     metavar="TOKEN",
 )
@@ -227,6 +228,24 @@ APPLY_NODES = Setting(
     default=lambda: True,
     type=parse_bool,
 )
+SCRUB_INTERVAL = Setting(
+    name="scrub_interval",
+    flag=None,
+    env="HERD_SCRUB_INTERVAL",
+    help="router: seconds between two ticks of the bundle store scrub, which "
+    "re-hashes blobs in the background (default 60)",
+    default=lambda: 60.0,
+    type=positive_seconds,
+)
+SCRUB_BYTES = Setting(
+    name="scrub_bytes",
+    flag=None,
+    env="HERD_SCRUB_BYTES",
+    help="router: bytes of blobs the scrub reads per tick at most (default "
+    "134217728, 128 MiB: about 180 GB a day)",
+    default=lambda: 128 * 1024 * 1024,
+    type=positive_int,
+)
 FIREWALL_DROPIN = Setting(
     name="systemd_dropin_dir",
     flag=None,
@@ -266,6 +285,8 @@ SETTINGS: tuple[Setting, ...] = (
     GC_TUNE,
     REGISTRY,
     APPLY_NODES,
+    SCRUB_INTERVAL,
+    SCRUB_BYTES,
     FIREWALL_DROPIN,
     KEEPALIVED_CONF,
 )

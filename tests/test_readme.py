@@ -37,6 +37,8 @@ SKIP = {
     r"python tests/bench/.*": "benchmarks are not part of the suite (README says so)",
     r"ollama pull --insecure ROUTER:.*": "needs a real Ollama; the registry has tests",
     r"herd bundle.*": "bundle command lines are run by tests/bundle",
+    r"herd health.*": "run against a live router and a stopped one by "
+    "tests/router/test_router_health.py",
     r"herd node --(router|lan-proxy) .*": "the agent runs until stopped, against "
     "LAN addresses; tests/node and tests/discovery run it on loopback and in "
     "network namespaces",

@@ -26,6 +26,8 @@ SIGNERS = str(ROOT / "tests" / "bundle" / "keys" / "allowed_signers")
         ["history"],
         ["show", "1"],
         ["status"],
+        ["health"],
+        ["health", "--json"],
         ["bundle", "list"],
         ["bundle", "list", "--json"],
         [

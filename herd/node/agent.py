@@ -187,6 +187,9 @@ class Agent:
         else:
             doc.update(self.ollama_report())
             doc["metrics"] = self.metrics.sample()
+            # The agent's wall clock as it sends: the router's health engine
+            # compares it with its own on arrival (clock skew).
+            doc["metrics"]["clock"] = round(self.clock(), 3)
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def send(self, goodbye: bool = False) -> tuple[int, Any]:

@@ -19,6 +19,10 @@ from herd.discovery.agents import AgentAwareHealth
 from herd.discovery.announcer import RouterMdns, bind_port
 from herd.discovery.membership import Membership
 from herd.discovery.source import DiscoveredSource
+from herd.health.gather import Monitor
+from herd.health.route import PATH as HEALTH_PATH
+from herd.health.route import Health
+from herd.health.scrub import Scrub
 from herd.router.api import failures, fleet, ollama, openai, ops, registry
 from herd.router.api.heartbeat import HeartbeatResource
 from herd.router.gate import Gate
@@ -53,6 +57,8 @@ def create_app(
     membership: Membership | None = None,
     bind: Callable[[], str | None] = lambda: None,
     mdns_lock: Path | None = None,
+    state_dir: Path | None = None,
+    scrub: tuple[float, int] | None = None,
 ) -> RouterApp:
     """The router as a falcon WSGI app over the given collaborators.
 
@@ -65,6 +71,9 @@ def create_app(
     by signed heartbeat (in memory unless given); they are merged into the
     served fleet. `bind` (the listen address given to gunicorn, if any) is
     the port mDNS announces; `mdns_lock` lets one worker of several speak.
+    `state_dir` is where the health engine reads the pointer, traces.db and
+    the scrub's results; `scrub` (seconds between ticks, bytes per tick)
+    starts the bundle store scrub (herd.health.scrub) in the background.
     """
     membership = membership or Membership()
     source = DiscoveredSource(source, membership)
@@ -123,15 +132,38 @@ def create_app(
     app.add_route("/metrics", ops.Metrics(runtime))
     if bundle_store is not None:
         registry.add_routes(app, bundle_store)
+    monitor = Monitor(runtime, state_dir, bundle_store)
+    runtime.services.append(monitor.run)
+    app.add_route(HEALTH_PATH, Health(monitor))
+    if scrub is not None and bundle_store is not None and state_dir is not None:
+        _start_scrub(runtime, bundle_store, state_dir, *scrub)
     gate.find_route = app._router.find
     app.herd_runtime = runtime
     return app
 
 
+def _start_scrub(
+    runtime: Runtime,
+    store: Callable[[], Path],
+    state_dir: Path,
+    interval_s: float,
+    budget: int,
+) -> None:
+    scrubber = Scrub(store, state_dir, budget=budget)
+    runtime.services.append(lambda stopped: scrubber.run(stopped, interval_s))
+
+
 def get_app() -> RouterApp:
     """The app gunicorn serves: the manifest of HERD_STATE_DIR's current revision."""
     from herd.router.reload import PointerSource
-    from herd.settings import ACCESS_LOG, BIND, STATE_DIR, WORKERS
+    from herd.settings import (
+        ACCESS_LOG,
+        BIND,
+        SCRUB_BYTES,
+        SCRUB_INTERVAL,
+        STATE_DIR,
+        WORKERS,
+    )
 
     global _RUNTIME
     state_dir = STATE_DIR.resolve()
@@ -151,6 +183,8 @@ def get_app() -> RouterApp:
         ),
         bind=BIND.resolve,
         mdns_lock=Path(state_dir) / "mdns.lock",
+        state_dir=Path(state_dir),
+        scrub=(SCRUB_INTERVAL.resolve(), SCRUB_BYTES.resolve()),
     )
     _RUNTIME = app.herd_runtime
     return app

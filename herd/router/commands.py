@@ -133,11 +133,31 @@ def status(args: argparse.Namespace) -> int:
     if live is not None:
         live["source"] = f"live router {url}"
     result = live or report.manifest_view(fleet, revision)
+    result["health"] = _health(str(STATE_DIR.resolve(args.state_dir)), url, live, args)
     if args.json:
         print_json(result)
     else:
         print(report.render(result))
+        if result["health"] is not None:
+            from herd.health.commands import render
+
+            print("\n" + render(result["health"]))
     return 0
+
+
+def _health(state_dir: str, url: str, live: dict | None, args: argparse.Namespace):
+    """The health findings for `herd status`: the router's when it answers
+    (operator groups only; None otherwise), else the state directory's."""
+    from herd.health import commands as health
+
+    if live is None:
+        return health.offline(state_dir)
+    if not live.get("operator"):
+        return None
+    try:
+        return health.fetch(url, ROUTER_TOKEN.resolve(args.token))
+    except ConfigError:
+        return None
 
 
 def _addressed(url: str) -> str:

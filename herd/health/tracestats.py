@@ -1,0 +1,114 @@
+"""Aggregates of STATE_DIR/traces.db for the health checks (read-only SQL).
+
+Error rate over the last 5 minutes, p95 time to first token per model over
+the last 5 minutes and over the 24 hours before, the database's size and its
+oldest row. Opened read-only; every query is bounded by the `ts` index or a
+LIMIT, and callers cache the result (herd.health.gather).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+from herd.health.snapshot import TraceFacts, TtftFacts
+
+DB_NAME = "traces.db"
+RECENT_S = 300.0
+BASELINE_S = 86400.0
+#: TTFT samples read for the recent window (more are not needed for a p95).
+RECENT_ROWS_MAX = 50_000
+
+
+def p95(values: list[float]) -> float | None:
+    """The 95th percentile (nearest rank) of `values`, or None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * (len(ordered) - 1) + 0.5))]
+
+
+def db_bytes(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            total += os.stat(f"{path}{suffix}").st_size
+    return total
+
+
+def trace_facts(
+    state_dir: str | os.PathLike[str],
+    now: float,
+    retention_days: int,
+    min_recent: int = 10,
+) -> TraceFacts | None:
+    """The aggregates, or None when there is no traces.db (or no table yet)."""
+    path = Path(state_dir) / DB_NAME
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return None
+    try:
+        return _facts(db, path, now, retention_days, min_recent)
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
+def _facts(
+    db: sqlite3.Connection, path: Path, now: float, retention_days: int, min_recent: int
+) -> TraceFacts:
+    since = now - RECENT_S
+    total, errors = db.execute(
+        "SELECT count(*), coalesce(sum(status >= 500), 0) FROM traces WHERE ts >= ?",
+        (since,),
+    ).fetchone()
+    worst = None
+    if errors:
+        row = db.execute(
+            "SELECT coalesce(node, '-'), coalesce(served_model, requested_model, '-'),"
+            " count(*) FROM traces WHERE ts >= ? AND status >= 500"
+            " GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 1",
+            (since,),
+        ).fetchone()
+        if row:
+            worst = f"node {row[0]}, model {row[1]} ({row[2]})"
+    recent: dict[str, list[float]] = {}
+    for model, value in db.execute(
+        "SELECT served_model, ttft_ms FROM traces WHERE ts >= ? AND"
+        " ttft_ms IS NOT NULL AND served_model IS NOT NULL AND status < 500 LIMIT ?",
+        (since, RECENT_ROWS_MAX),
+    ):
+        recent.setdefault(model, []).append(value)
+    ttft = []
+    for model, values in sorted(recent.items()):
+        base_count, base_p95 = 0, None
+        if len(values) >= min_recent:
+            where = (
+                "FROM traces WHERE ts >= ? AND ts < ? AND served_model = ? AND"
+                " ttft_ms IS NOT NULL AND status < 500"
+            )
+            window = (since - BASELINE_S, since, model)
+            (base_count,) = db.execute(f"SELECT count(*) {where}", window).fetchone()
+            if base_count:
+                row = db.execute(
+                    f"SELECT ttft_ms {where} ORDER BY ttft_ms LIMIT 1 OFFSET ?",
+                    (*window, int(0.95 * (base_count - 1) + 0.5)),
+                ).fetchone()
+                base_p95 = row[0] if row else None
+        ttft.append(TtftFacts(model, p95(values), len(values), base_p95, base_count))
+    (oldest,) = db.execute("SELECT min(ts) FROM traces").fetchone()
+    return TraceFacts(
+        recent_total=total,
+        recent_errors=errors,
+        worst=worst,
+        ttft=tuple(ttft),
+        db_bytes=db_bytes(path),
+        oldest_age_s=None if oldest is None else max(0.0, now - oldest),
+        retention_days=retention_days,
+    )
