@@ -198,7 +198,27 @@ class Monitor:
             traces=self._trace_facts(fleet, now),
             scrub=scrub,
             max_clock_skew_s=fleet.discovery.max_clock_skew_s,
+            sha256_served=served.sha256,
+            ha_peers=self._ha_peers(fleet, now),
         )
+
+    def _ha_peers(
+        self, fleet: Fleet, now: float
+    ) -> tuple[tuple[str, str | None], ...] | None:
+        """The peers' digests, asked at most every TRACES_TTL_S, in gevent's
+        thread pool (each ask times out after 2 s; the event loop never waits)."""
+        if fleet.router.ha is None:
+            return None
+        cached = getattr(self, "_peers", None)
+        if cached is None or now - cached[0] >= TRACES_TTL_S:
+            import gevent
+
+            from herd.router import hapeers, report
+
+            pool = gevent.get_hub().threadpool
+            states = pool.apply(hapeers.peer_states, (fleet, None, report.fetch_live))
+            self._peers = (now, tuple((p.address, p.sha256) for p in states))
+        return self._peers[1]
 
 
 def offline_snapshot(
