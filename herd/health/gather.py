@@ -99,6 +99,7 @@ class Monitor:
         self._saturated_since: dict[str, float] = {}
         self._agent_seen: dict[str, float] = {}
         self._traces: tuple[float, TraceFacts | None] | None = None
+        self._peers: tuple[float, tuple[tuple[str, str | None], ...]] | None = None
 
     def sample(self) -> None:
         """One look at every node's queue and agent (the background loop's step)."""
@@ -205,18 +206,14 @@ class Monitor:
     def _ha_peers(
         self, fleet: Fleet, now: float
     ) -> tuple[tuple[str, str | None], ...] | None:
-        """The peers' digests, asked at most every TRACES_TTL_S, in gevent's
-        thread pool (each ask times out after 2 s; the event loop never waits)."""
+        """The peers' digests, asked at most every TRACES_TTL_S. The worker's
+        sockets are gevent's, so the ask (2 s timeout) yields to the requests."""
         if fleet.router.ha is None:
             return None
-        cached = getattr(self, "_peers", None)
-        if cached is None or now - cached[0] >= TRACES_TTL_S:
-            import gevent
-
+        if self._peers is None or now - self._peers[0] >= TRACES_TTL_S:
             from herd.router import hapeers, report
 
-            pool = gevent.get_hub().threadpool
-            states = pool.apply(hapeers.peer_states, (fleet, None, report.fetch_live))
+            states = hapeers.peer_states(fleet, None, report.fetch_live)
             self._peers = (now, tuple((p.address, p.sha256) for p in states))
         return self._peers[1]
 
