@@ -153,9 +153,7 @@ def test_peer_sending_more_than_signed_is_refused(peer_store, policy, state):
     assert store_files(policy.store) == []
 
 
-def test_cli_imports_from_peer_with_progress_and_refuses_names(
-    peer_url, tmp_path, state_dir
-):
+def test_cli_imports_from_peer(peer_url, tmp_path, state_dir):
     env = {**os.environ, "HERD_STATE_DIR": str(state_dir)}
     args = ["--trusted-signers", str(ALLOWED), "--json"]
     done = subprocess.run(
@@ -166,20 +164,13 @@ def test_cli_imports_from_peer_with_progress_and_refuses_names(
     assert done.returncode == 0, done.stderr
     assert '"models"' in done.stdout and "tiny:latest" in done.stdout
     assert not (state_dir / "peer-staging" / NAME).exists()  # staging removed
-    bad = subprocess.run(
-        [sys.executable, "-m", "herd", "bundle", "import", "--from-peer", peer_url,
-         "../etc", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
-    )  # fmt: skip
-    assert bad.returncode == 1
-    assert "not a bundle name" in bad.stderr and "Traceback" not in bad.stderr
-    unknown = subprocess.run(
-        [sys.executable, "-m", "herd", "bundle", "import", "--from-peer",
-         "http://peer.invalid:11435", NAME, *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
-    )  # fmt: skip
-    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
-    assert "/etc/hosts" in unknown.stderr
+
+
+def test_bad_names_and_host_names_are_refused_before_any_request(state_dir):
+    with pytest.raises(BundleError, match="not a bundle name"):
+        staging_dir(state_dir, "../etc")
+    with pytest.raises(BundleError, match="/etc/hosts"):
+        Peer("http://peer.invalid:11435")  # herd never asks DNS
 
 
 def test_peer_routers_may_read_the_registry_and_nobody_else():
