@@ -24,6 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from herd.bundle.importer import import_bundle
+from herd.bundle.policy import resolve
+from herd.store import Store
 from tests.discovery.netns import unavailable
 from tests.ha.lan import Lan
 from tests.router.routerproc import ROOT
@@ -83,9 +86,12 @@ def manifest(secret: Path) -> str:
 CLIENT = textwrap.dedent(
     """
     import json, os, sys, time
-    import ollama
+    import httpx, ollama
     stop, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
-    client = ollama.Client(host="http://{vip}:{port}", timeout=3)
+    # A SYN lost while the address moves is retried by a new request, not by
+    # the kernel's 1 s retransmit: new requests are what the test times.
+    client = ollama.Client(host="http://{vip}:{port}",
+                           timeout=httpx.Timeout(3.0, connect=0.5))
     while time.monotonic() < deadline and not os.path.exists(stop):
         started, row = time.time(), {{}}
         try:
@@ -163,68 +169,72 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-@pytest.fixture
-def site(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Both routers applied, serving and under keepalived; r1 holds the address."""
     reason = _skip_reason()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the keepalived test: {reason}")
         pytest.skip(reason)
+    tmp_path = tmp_path_factory.mktemp("ha")
     lan = Lan.create(HOSTS)
-    s = Site(lan, tmp_path)
-    yield s
-    for name in list(s.procs):
-        s.kill(name)
-    lan.destroy()
+    site = Site(lan, tmp_path)
+    try:
+        secret = tmp_path / "vrrp.secret"
+        secret.write_text("herdvrrp\n")
+        secret.chmod(0o600)
+        fleet = tmp_path / "fleet.yaml"
+        fleet.write_text(manifest(secret))
+        for host, priority in (("r1", 150), ("r2", 140)):
+            conf = tmp_path / f"keepalived-{host}.conf"
+            done = lan.run(
+                host,
+                ["env", f"HERD_STATE_DIR={tmp_path / host}",
+                 f"HERD_KEEPALIVED_CONF={conf}", "HERD_APPLY_NODES=0",
+                 sys.executable, "-m", "herd", "apply", "--yes", str(fleet)],
+                cwd=ROOT,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            text = conf.read_text()
+            # The same manifest, but each router found itself among the peers.
+            assert f"unicast_src_ip {HOSTS[host]}" in text
+            assert f"priority {priority}" in text
+            assert f"{VIP}/32 dev eth0" in text
+            assert oct(conf.stat().st_mode & 0o777) == "0o600"  # it holds the secret
+        for node in ("n1", "n2"):
+            site.start(
+                f"sim-{node}",
+                node,
+                [sys.executable, "-m", "herd", "sim", "--host", HOSTS[node],
+                 "--port", "11434", "--models", MODEL, "--tps", "40", "--tokens", "8"],
+            )  # fmt: skip
+        for host in ("r1", "r2"):
+            site.router(host)
+        for host in ("r1", "r2"):
+            assert wait_for(lambda h=host: site.ready(h), 40, 0.3), site.log(
+                f"router-{host}"
+            )
+            site.start(
+                f"keepalived-{host}",
+                host,
+                ["keepalived", "-n", "-l", "-P",
+                 "-f", str(tmp_path / f"keepalived-{host}.conf"),
+                 "-p", str(tmp_path / f"ka-{host}.pid"),
+                 "-r", str(tmp_path / f"ka-vrrp-{host}.pid")],
+            )  # fmt: skip
+        assert wait_for(lambda: lan.holds("r1", VIP), 20), site.log("keepalived-r1")
+        assert not lan.holds("r2", VIP)
+
+        yield site
+    finally:
+        for name in list(site.procs):
+            site.kill(name)
+        lan.destroy()
 
 
-def test_virtual_address_fails_over_and_back(site, tmp_path):
-    lan = site.lan
-    secret = tmp_path / "vrrp.secret"
-    secret.write_text("herdvrrp\n")
-    secret.chmod(0o600)
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(manifest(secret))
-    for host, priority in (("r1", 150), ("r2", 140)):
-        conf = tmp_path / f"keepalived-{host}.conf"
-        done = lan.run(
-            host,
-            ["env", f"HERD_STATE_DIR={tmp_path / host}",
-             f"HERD_KEEPALIVED_CONF={conf}", "HERD_APPLY_NODES=0",
-             sys.executable, "-m", "herd", "apply", "--yes", str(fleet)],
-            cwd=ROOT,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        text = conf.read_text()
-        # The same manifest, but each router found itself among the peers.
-        assert f"unicast_src_ip {HOSTS[host]}" in text
-        assert f"priority {priority}" in text
-        assert f"{VIP}/32 dev eth0" in text
-        assert oct(conf.stat().st_mode & 0o777) == "0o600"  # it holds the secret
-    for node in ("n1", "n2"):
-        site.start(
-            f"sim-{node}",
-            node,
-            [sys.executable, "-m", "herd", "sim", "--host", HOSTS[node],
-             "--port", "11434", "--models", MODEL, "--tps", "40", "--tokens", "8"],
-        )  # fmt: skip
-    for host in ("r1", "r2"):
-        site.router(host)
-    for host in ("r1", "r2"):
-        assert wait_for(lambda h=host: site.ready(h), 40, 0.3), site.log(
-            f"router-{host}"
-        )
-        site.start(
-            f"keepalived-{host}",
-            host,
-            ["keepalived", "-n", "-l", "-P",
-             "-f", str(tmp_path / f"keepalived-{host}.conf"),
-             "-p", str(tmp_path / f"ka-{host}.pid"),
-             "-r", str(tmp_path / f"ka-vrrp-{host}.pid")],
-        )  # fmt: skip
-    assert wait_for(lambda: lan.holds("r1", VIP), 20), site.log("keepalived-r1")
-    assert not lan.holds("r2", VIP)
-
+def test_virtual_address_fails_over_and_back(site):
+    lan, tmp_path = site.lan, site.tmp
     stop, out = tmp_path / "stop-client", tmp_path / "client.jsonl"
     client = lan.popen(
         "client",
@@ -271,3 +281,41 @@ def test_virtual_address_fails_over_and_back(site, tmp_path):
         except subprocess.TimeoutExpired:
             client.kill()
             client.wait(5)
+
+
+def test_status_shows_the_peer_and_bundles_come_from_it(site):
+    """Through the real gate: r2 may read r1's registry as a router.ha peer."""
+    lan, tmp_path = site.lan, site.tmp
+    signers = ROOT / "tests" / "bundle" / "keys" / "allowed_signers"
+
+    def herd(host: str, *args: str) -> subprocess.CompletedProcess:
+        env = [f"HERD_STATE_DIR={tmp_path / host}"]
+        argv = ["env", *env, sys.executable, "-m", "herd", *args]
+        return lan.run(host, argv, cwd=ROOT)
+
+    done = herd("r1", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (peer,) = report["ha_peers"]
+    assert peer["address"] == HOSTS["r2"] and peer["same_revision"] is True
+    assert peer["sha256"] == report["sha256"]
+
+    # r1 imported the example bundle from a stick (in-process, its state dir).
+    state = Store(tmp_path / "r1")
+    try:
+        policy = resolve(tmp_path / "r1", manifest=None, trusted_signers=signers)
+        import_bundle(ROOT / "bundles" / "example", policy, state)
+    finally:
+        state.close()
+    done = herd("r2", "bundle", "import", "--from-peer",
+                f"http://{HOSTS['r1']}:{PORT}", "example",
+                "--trusted-signers", str(signers), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["models"] == ["tiny:latest"]
+    # The client's address is neither a node nor a peer router: refused.
+    done = lan.run(
+        "client",
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5",
+         f"http://{HOSTS['r1']}:{PORT}/v2/_herd/bundles/example/bundle.yaml"],
+    )  # fmt: skip
+    assert done.stdout == "403", (done.stdout, done.stderr)
