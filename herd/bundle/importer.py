@@ -263,6 +263,8 @@ def _import(
             # Not copied, but checked on the stick exactly as `verify` does.
             for blob in present:
                 verify_blob(checked, blob, policy.scan_command, advance)
+            # The signed index too, so a peer router can import it from here.
+            kept.keep(checked.root, doc, policy.store)
         except BundleError:
             _drop_staging(staging)
             raise
@@ -283,8 +285,6 @@ def _import(
             transfer.fsync_dir(store.blobs_dir)
         for model in checked.models:
             store.write_manifest(model.name, model.manifest.raw)
-        # The signed index too, so a peer router can import it from here.
-        kept.keep(checked.root, doc, policy.store)
         _record(checked, state, policy.store)
         _drop_staging(staging)
     if ollama_models is not None:

@@ -56,19 +56,25 @@ def keep(root: Path, doc: BundleDoc, store_root: Path) -> None:
     tmp = target.with_name(f".{doc.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / layout.INDEX).write_bytes(doc.raw)
-    (tmp / layout.SIGNATURE).write_bytes(signature.read_signature(root))
-    report = doc.scan.report if doc.scan else None
-    entry = doc.file(report) if report else None
-    if entry is not None:
-        data = transfer.read_small(root / entry.path, MAX_REPORT, entry.path)
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise BundleError(f"{entry.path}: sha256 mismatch (corrupted or altered)")
-        out = tmp / entry.path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        (tmp / layout.INDEX).write_bytes(doc.raw)
+        (tmp / layout.SIGNATURE).write_bytes(signature.read_signature(root))
+        report = doc.scan.report if doc.scan else None
+        entry = doc.file(report) if report else None
+        if entry is not None:
+            data = transfer.read_small(root / entry.path, MAX_REPORT, entry.path)
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise BundleError(
+                    f"{entry.path}: sha256 mismatch (corrupted or altered)"
+                )
+            out = tmp / entry.path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def forget(store_root: Path, name: str) -> None:

@@ -241,11 +241,33 @@ def plan_note(fleet: Fleet) -> str | None:
             f"keepalived: this host holds none of router.ha.peers "
             f"({', '.join(ha.peers)}); apply writes no keepalived configuration"
         )
-    where = str(target) if target else f"nowhere ({KEEPALIVED_CONF.env} is off)"
-    return (
+    head = (
         f"keepalived: this router is {own} (priority {ha.priority_of(own)}) for "
-        f"virtual address {ha.virtual_address} on {ha.interface}; apply writes {where}"
+        f"virtual address {ha.virtual_address} on {ha.interface}"
     )
+    if target is None:
+        return f"{head}; no file is written ({KEEPALIVED_CONF.env} is off, or not root)"
+    return f"{head}; {target}: {_change(fleet, own, target)}"
+
+
+def _change(fleet: Fleet, own: str, target: Path) -> str:
+    """Whether apply would create, change or keep `target` (secret needed)."""
+    assert fleet.router.ha is not None
+    try:
+        text = config_text(
+            fleet, own, read_secret(fleet.router.ha.auth_secret_file), 0, curl_path()
+        )
+    except HaError as ex:
+        return f"cannot be written: {ex}"
+    try:
+        old = target.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return "apply creates it"
+    except OSError as ex:
+        return f"unreadable ({ex.strerror})"
+    if not old.startswith(HEADER):
+        return "exists and was not written by herd: apply leaves it alone"
+    return "unchanged" if _body(old) == _body(text) else "apply replaces it"
 
 
 def after_record(fleet: Fleet, revision: int | None) -> Path | None:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import falcon
 import pytest
 import yaml
 
@@ -24,7 +21,6 @@ from herd.bundle import kept
 from herd.bundle.importer import import_bundle
 from herd.bundle.peer import Peer, fetch_bundle, staging_dir
 from herd.errors import BundleError
-from herd.router.api import registry
 from tests.bundle.bundle_helpers import (
     ALLOWED,
     ROOT,
@@ -32,39 +28,9 @@ from tests.bundle.bundle_helpers import (
     make_bundle,
     store_files,
 )
+from tests.bundle.peerserver import registry_app, serve
 
 NAME = "split1"
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Threaded(WSGIServer):
-    daemon_threads = True
-
-    def process_request(self, request, client_address):  # noqa: ANN001
-        threading.Thread(
-            target=self._serve, args=(request, client_address), daemon=True
-        ).start()
-
-    def _serve(self, request, client_address) -> None:  # noqa: ANN001
-        try:
-            self.finish_request(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-
-def serve(app) -> Iterator[str]:  # noqa: ANN001
-    server = make_server("127.0.0.1", 0, app, _Threaded, _Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -90,9 +56,7 @@ def peer_store(tmp_path, state_dir) -> Path:
 
 @pytest.fixture
 def peer_url(peer_store) -> Iterator[str]:
-    app = falcon.App()
-    registry.add_routes(app, lambda: peer_store)
-    yield from serve(app)
+    yield from serve(registry_app(peer_store))
 
 
 def test_fetched_bundle_imports_like_the_stick(peer_url, peer_store, policy, state):
@@ -136,8 +100,7 @@ def test_tampered_index_on_the_peer_is_refused_before_any_blob(
 
 
 def test_peer_sending_more_than_signed_is_refused(peer_store, policy, state):
-    app = falcon.App()
-    registry.add_routes(app, lambda: peer_store)
+    app = registry_app(peer_store)
 
     def longer(environ, start_response):  # noqa: ANN001, ANN202
         if "/blobs/" not in environ["PATH_INFO"]:
