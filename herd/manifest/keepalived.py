@@ -44,12 +44,18 @@ class HaError(Exception):
     """Why this host's keepalived configuration cannot be written."""
 
 
-def own_address(ha: HighAvailability) -> str | None:
-    """The address of `ha.peers` this host holds, found by binding to each.
+def own_address(ha: HighAvailability, fib_trie: str | None = None) -> str | None:
+    """The address of `ha.peers` this host holds (its own, not the virtual one).
 
-    Binding succeeds only to a local address, so no interface listing (and no
-    `ip` command) is needed; it works the same inside a network namespace.
+    Read from the kernel's local routing table (/proc/net/fib_trie: the
+    addresses of this network namespace); where that is unreadable, binding
+    to each address tells (it succeeds only for a local address, unless
+    net.ipv4.ip_nonlocal_bind is set, which is why the table comes first).
     """
+    text = fib_trie if fib_trie is not None else _read(FIB_TRIE)
+    if text:
+        local = local_addresses(text)
+        return next((a for a in ha.peers if a in local), None)
     for address in ha.peers:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:
@@ -58,6 +64,28 @@ def own_address(ha: HighAvailability) -> str | None:
                 continue
             return address
     return None
+
+
+FIB_TRIE = Path("/proc/net/fib_trie")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return ""
+
+
+def local_addresses(fib_trie: str) -> set[str]:
+    """The IPv4 addresses the kernel routes as this host's own ("/32 host LOCAL")."""
+    found, last = set(), None
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|--"):
+            last = text[3:].strip()
+        elif text.startswith("/32 host LOCAL") and last:
+            found.add(last)
+    return found
 
 
 def read_secret(path: str) -> str:

@@ -142,3 +142,24 @@ def test_peer_states_report_a_mismatch_and_silence():
     assert [f.severity for f in found] == ["critical", "warning"]
     assert "10.20.0.12 serves another manifest" in found[0].finding
     assert not checks.ha_peer(Snapshot(source="router", fleet="f"))  # no router.ha
+
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 10.20.0.0
+        /24 link UNICAST
+     |-- 10.20.0.12
+        /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 10.20.0.12
+        /32 host LOCAL
+     |-- 10.20.0.255
+        /32 link BROADCAST
+"""
+
+
+def test_a_router_finds_itself_in_the_kernels_local_table():
+    ha = load(fleet_doc()).router.ha
+    assert keepalived.own_address(ha, FIB_TRIE) == "10.20.0.12"
+    assert keepalived.own_address(ha, FIB_TRIE.replace("0.12", "0.99")) is None
