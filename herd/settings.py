@@ -257,6 +257,16 @@ FIREWALL_DROPIN = Setting(
     default=_none,
     metavar="DIR",
 )
+KEEPALIVED_CONF = Setting(
+    name="keepalived_conf",
+    flag=None,
+    env="HERD_KEEPALIVED_CONF",
+    help="`herd apply` with router.ha: file for this router's keepalived "
+    "configuration; off skips it (default /etc/keepalived/keepalived.conf as root, "
+    "else skipped)",
+    default=_none,
+    metavar="FILE",
+)
 
 #: Every command takes these.
 COMMON: tuple[Setting, ...] = (STATE_DIR,)
@@ -279,6 +289,7 @@ SETTINGS: tuple[Setting, ...] = (
     SCRUB_INTERVAL,
     SCRUB_BYTES,
     FIREWALL_DROPIN,
+    KEEPALIVED_CONF,
 )
 
 

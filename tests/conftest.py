@@ -15,6 +15,8 @@ EXAMPLE = ROOT / "etc" / "fleet.yaml"
 # Tests run as root on hosts with systemd: `herd apply` must never write the
 # router's address allowlist into the real /etc/systemd/system.
 os.environ.setdefault("HERD_SYSTEMD_DROPIN_DIR", "off")
+# Nor the keepalived configuration of a manifest with router.ha.
+os.environ.setdefault("HERD_KEEPALIVED_CONF", "off")
 
 
 @pytest.fixture

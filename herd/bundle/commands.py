@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from herd.bundle import peer, signature
 from herd.bundle import policy as policy_mod
-from herd.bundle import signature
 from herd.bundle.catalog import Catalog, inventory, render_table
 from herd.bundle.create import (
     DEFAULT_SPLIT,
@@ -193,19 +193,28 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise
     bars: list[Progress] = []
     start = _bar_factory(args, bars)
+    root = Path(args.dir)
     try:
+        if args.from_peer:
+            root = _from_peer(args, pol, state, start)
         result = import_bundle(
-            Path(args.dir),
+            root,
             pol,
             state,
             dry_run=args.dry_run,
             ollama_models=Path(args.ollama_models) if args.ollama_models else None,
             progress=start,
         )
+    except BundleError:
+        if args.from_peer:  # refused: what the peer sent is not kept
+            peer.discard(root)
+        raise
     finally:
         for bar in bars:
             bar.finish()
         state.close()
+    if args.from_peer and not args.dry_run:
+        peer.discard(root)
     verb = "would import" if result.dry_run else "imported"
     lines = [
         f"{verb} bundle {result.bundle} (signed by {result.signer})",
@@ -220,6 +229,21 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
     _print(args, result.as_dict(), "\n".join(lines))
     return 0
+
+
+def _from_peer(
+    args: argparse.Namespace, pol: policy_mod.Policy, state: Store, start: Any
+) -> Path:
+    """Fetch bundle `args.dir` (a name) from the peer router into staging."""
+    staging = peer.staging_dir(_state_dir(args), args.dir)
+    try:
+        return peer.fetch_bundle(
+            peer.Peer(args.from_peer), args.dir, staging, pol, start
+        )
+    except BundleError as ex:
+        source = f"{args.from_peer} bundle {args.dir}"
+        state.audit("bundle.refused", {"source": source, "reason": str(ex)})
+        raise
 
 
 @_os_errors
@@ -386,11 +410,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         examples="  herd bundle import /media/usb/site-2026-11\n"
         "  herd bundle import /media/usb/site-2026-11 --dry-run\n"
         "  herd bundle import /media/usb/b --ollama-models "
-        "/usr/share/ollama/.ollama/models --json",
+        "/usr/share/ollama/.ollama/models --json\n"
+        "  herd bundle import --from-peer http://10.20.0.12:11435 site-2026-11",
         parents=[common],
         json_flag=True,
     )
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        help="the bundle directory (with --from-peer: the bundle's name)",
+    )
+    p.add_argument(
+        "--from-peer",
+        metavar="URL",
+        help="fetch the bundle from the other router of a pair (router.ha.peers), "
+        "then verify and import it as from a stick",
+    )
     _policy_flags(p)
     p.add_argument("--dry-run", action="store_true", help="show what would be imported")
     p.add_argument(

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.bundle import scan, transfer
+from herd.bundle import kept, scan, transfer
 from herd.bundle.catalog import Catalog
 from herd.bundle.ollama import ModelStore
 from herd.bundle.policy import Policy
@@ -263,6 +263,8 @@ def _import(
             # Not copied, but checked on the stick exactly as `verify` does.
             for blob in present:
                 verify_blob(checked, blob, policy.scan_command, advance)
+            # The signed index too, so a peer router can import it from here.
+            kept.keep(checked.root, doc, policy.store)
         except BundleError:
             _drop_staging(staging)
             raise

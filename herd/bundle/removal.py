@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from herd.bundle import kept
 from herd.bundle.catalog import Catalog
 from herd.bundle.importer import store_lock
 from herd.bundle.ollama import ModelStore
@@ -61,4 +62,5 @@ def remove_bundle(state: Store, store_root: Path, name: str) -> Removal:
         for digest in plan.blobs:
             store.blob_path(digest).unlink(missing_ok=True)
         Catalog(state).forget(name, list(plan.models), list(plan.blobs))
+        kept.forget(store_root, name)
     return plan

@@ -290,6 +290,35 @@ def bundle_store(s: Snapshot) -> list[Finding]:
     return out
 
 
+def ha_peer(s: Snapshot) -> list[Finding]:
+    """The routers of a keepalived pair serve the same revision, and answer."""
+    out = []
+    for address, digest in s.ha_peers or ():
+        if digest is None:
+            out.append(
+                Finding(
+                    "ha_peer",
+                    "warning",
+                    f"peer router {address} did not answer /fleet/status: a "
+                    "failover to it may find no router",
+                    "start the router there, and put this router's address in a "
+                    "client group of the manifest",
+                )
+            )
+        elif s.sha256_served is not None and digest != s.sha256_served:
+            out.append(
+                Finding(
+                    "ha_peer",
+                    "critical",
+                    f"peer router {address} serves another manifest (sha256 "
+                    f"{digest[:12]}, this router {s.sha256_served[:12]}): clients "
+                    "see a different fleet after a failover",
+                    "apply the same manifest on both routers (`herd apply FILE`)",
+                )
+            )
+    return out
+
+
 #: Every check, in the order findings are listed.
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("node_down", node_down),
@@ -305,6 +334,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("revision", revision),
     ("clock_skew", clock_skew),
     ("bundle_store", bundle_store),
+    ("ha_peer", ha_peer),
 )
 
 

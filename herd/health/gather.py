@@ -99,6 +99,7 @@ class Monitor:
         self._saturated_since: dict[str, float] = {}
         self._agent_seen: dict[str, float] = {}
         self._traces: tuple[float, TraceFacts | None] | None = None
+        self._peers: tuple[float, tuple[tuple[str, str | None], ...]] | None = None
 
     def sample(self) -> None:
         """One look at every node's queue and agent (the background loop's step)."""
@@ -198,7 +199,23 @@ class Monitor:
             traces=self._trace_facts(fleet, now),
             scrub=scrub,
             max_clock_skew_s=fleet.discovery.max_clock_skew_s,
+            sha256_served=served.sha256,
+            ha_peers=self._ha_peers(fleet, now),
         )
+
+    def _ha_peers(
+        self, fleet: Fleet, now: float
+    ) -> tuple[tuple[str, str | None], ...] | None:
+        """The peers' digests, asked at most every TRACES_TTL_S. The worker's
+        sockets are gevent's, so the ask (2 s timeout) yields to the requests."""
+        if fleet.router.ha is None:
+            return None
+        if self._peers is None or now - self._peers[0] >= TRACES_TTL_S:
+            from herd.router import hapeers, report
+
+            states = hapeers.peer_states(fleet, None, report.fetch_live)
+            self._peers = (now, tuple((p.address, p.sha256) for p in states))
+        return self._peers[1]
 
 
 def offline_snapshot(

@@ -117,3 +117,8 @@ class Snapshot:
     max_clock_skew_s: float = 30.0
     #: False when the facts about nodes could not be gathered at all.
     live: bool = True
+    #: The revision digest this router serves, and each other router of
+    #: router.ha with the digest it serves (None: it did not answer). None
+    #: when the manifest has no router.ha or the peers were not asked.
+    sha256_served: str | None = None
+    ha_peers: tuple[tuple[str, str | None], ...] | None = None

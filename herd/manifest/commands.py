@@ -8,7 +8,7 @@ import sys
 
 from herd.cli import add_command, print_json
 from herd.errors import ConfigError, ManifestError
-from herd.manifest import firewall
+from herd.manifest import firewall, keepalived
 from herd.manifest.loader import load_file
 from herd.manifest.revisions import Proposal, propose_file, propose_revision, record
 from herd.reconcile import commands as reconcile
@@ -167,6 +167,9 @@ def _print_plan(
     against = f"revision {proposal.head.id}" if proposal.head else "an empty fleet"
     print(f"Plan for {proposal.source} against {against}:\n")
     print(proposal.plan.table())
+    note = keepalived.plan_note(proposal.fleet)
+    if note:
+        print(note)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -305,6 +308,7 @@ def _record(
             print(message)
         return current.id
     firewall.after_record(proposal.fleet, recorded.id)
+    keepalived.after_record(proposal.fleet, recorded.id)
     if args.json:
         _event(
             "recorded",

@@ -47,6 +47,9 @@ def allowed_networks(fleet: Fleet) -> tuple[list[str], list[str]]:
     nets.update(fleet.router.node_networks)
     # Agents that join by themselves (mDNS, or `herd node --router`) send from here.
     nets.update(fleet.discovery.mdns_networks)
+    # The other routers of a keepalived pair (router.ha) fetch bundles and status.
+    if fleet.router.ha is not None:
+        nets.update(ipaddress.ip_network(p) for p in fleet.router.ha.peers)
     for node in fleet.nodes:
         host = urlsplit(node.url).hostname or ""
         address = hosts.lookup(host)  # an IP literal, or the name's /etc/hosts entry

@@ -75,12 +75,32 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class HighAvailability:
+    """`router.ha`: routers sharing one virtual address through keepalived."""
+
+    virtual_address: str
+    interface: str
+    #: Every router's own address, most preferred master first.
+    peers: tuple[str, ...]
+    auth_secret_file: str
+    priority: int = 150
+    virtual_router_id: int = 51
+    advert_interval_s: int = 1
+    check_interval_s: int = 1
+
+    def priority_of(self, address: str) -> int:
+        """The VRRP priority of the router at `address`: 10 less per place."""
+        return max(1, self.priority - 10 * self.peers.index(address))
+
+
+@dataclass(frozen=True)
 class Router:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     clients: tuple[Client, ...] = ()
     #: When non-empty, node addresses (static or discovered) must fall inside.
     node_networks: tuple[IPNetwork, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    ha: HighAvailability | None = None
 
 
 @dataclass(frozen=True)
@@ -375,6 +395,7 @@ def build_fleet(
         clients=clients,
         node_networks=_networks(router_doc.get("node_networks")),
         limits=limits,
+        ha=_ha(router_doc.get("ha")),
     )
     audit = Audit(**(doc.get("audit") or {}))
     return Fleet(
@@ -399,6 +420,12 @@ def _discovered(doc: Mapping[str, Any] | None) -> DiscoveredDefaults:
     return DiscoveredDefaults(
         labels=_frozen(doc.get("labels")), max_concurrency=doc.get("max_concurrency")
     )
+
+
+def _ha(doc: Mapping[str, Any] | None) -> HighAvailability | None:
+    if not doc:
+        return None
+    return HighAvailability(**{**doc, "peers": tuple(doc["peers"])})
 
 
 def _rate_limit(doc: Mapping[str, Any] | None) -> RateLimit | None:

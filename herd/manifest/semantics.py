@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from herd.hosts import literal, unresolvable
+from herd.manifest import hachecks
 from herd.manifest.model import normalize_model_name
 
 FieldPath = tuple[str | int, ...]
@@ -31,6 +32,7 @@ def check(doc: dict[str, Any], resolve: Resolve = literal) -> list[Finding]:
     findings.extend(_nodes(doc, resolve))
     findings.extend(_models(doc))
     findings.extend(_clients(doc))
+    findings.extend(hachecks.check(doc))
     return findings
 
 

@@ -134,15 +134,37 @@ def status(args: argparse.Namespace) -> int:
         live["source"] = f"live router {url}"
     result = live or report.manifest_view(fleet, revision)
     result["health"] = _health(str(STATE_DIR.resolve(args.state_dir)), url, live, args)
+    peers, digest = _ha_peers(args, fleet, live)
+    if peers is not None:
+        result["ha_peers"] = [p.as_dict(digest) for p in peers]
     if args.json:
         print_json(result)
     else:
         print(report.render(result))
+        if peers:
+            from herd.router.hapeers import lines
+
+            print("\n" + "\n".join(lines(peers, digest)))
         if result["health"] is not None:
             from herd.health.commands import render
 
             print("\n" + render(result["health"]))
     return 0
+
+
+def _ha_peers(args: argparse.Namespace, fleet, live: dict | None):  # noqa: ANN001, ANN202
+    """The other routers of router.ha and this router's revision digest."""
+    from herd.router import hapeers, report
+    from herd.store import read_pointer, sha256_hex
+
+    if fleet.router.ha is None:
+        return None, None
+    digest = (live or {}).get("sha256")
+    if digest is None:
+        pointer = read_pointer(str(STATE_DIR.resolve(args.state_dir)))
+        digest = sha256_hex(pointer.manifest.encode()) if pointer else None
+    token = ROUTER_TOKEN.resolve(args.token)
+    return hapeers.peer_states(fleet, token, report.fetch_live), digest
 
 
 def _health(state_dir: str, url: str, live: dict | None, args: argparse.Namespace):

@@ -49,15 +49,22 @@ class Policy:
         #: Node IP addresses (from node URLs, normalized): they may pull from
         #: the registry.
         self.node_addresses = frozenset(_node_addresses(fleet))
+        #: The other routers of a keepalived pair (router.ha.peers) copy
+        #: bundles from this one's registry (`herd bundle import --from-peer`).
+        ha = fleet.router.ha
+        self.peer_routers = frozenset(
+            peer_address(a) for a in (ha.peers if ha is not None else ())
+        )
 
     def may_pull(self, peer: str) -> bool:
         """Whether `peer` (a normalized address) may read the registry (/v2).
 
         Only the fleet's nodes pull model weights, so only their addresses
         may; a client group never may, whatever models it is allowed. Nodes
-        admitted some other way (discovery) are added here, in one place.
+        admitted some other way (discovery) are added here, in one place. The
+        other routers of a keepalived pair may too: they hold the same bundles.
         """
-        return peer in self.node_addresses
+        return peer in self.node_addresses or peer in self.peer_routers
 
     def _groups(self, remote_addr: str) -> tuple[Client, ...]:
         groups = self._by_address.get(remote_addr)

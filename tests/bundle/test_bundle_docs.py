@@ -24,7 +24,9 @@ import pytest
 
 from herd.bundle import signature
 from herd.bundle.catalog import Catalog
+from herd.bundle.importer import import_bundle
 from herd.bundle.ollama import Layer, ModelStore, encode_manifest
+from herd.bundle.policy import Policy
 from herd.bundle.scan import CONFIG
 from herd.cli import build_parser, main
 from herd.store import Store
@@ -37,6 +39,7 @@ from tests.bundle.bundle_helpers import (
     sha,
     tiny_gguf,
 )
+from tests.bundle.peerserver import Server, registry_app
 
 ACTIONS = ("create", "sign", "verify", "import", "list", "rm")
 #: What "…" stands for in `herd bundle create … --scan-report ...`.
@@ -110,6 +113,11 @@ class Site:
             ("tests/bundle/keys/allowed_signers", str(ALLOWED)),
         ]
         self._apply_policy(tmp)
+        self.peers: list[Server] = []
+
+    def close(self) -> None:
+        for server in self.peers:
+            server.close()
 
     def _apply_policy(self, tmp: Path) -> None:
         """The site's manifest names the trusted signers, as the README says.
@@ -158,6 +166,11 @@ class Site:
             shutil.rmtree(self.work / args.out_dir, ignore_errors=True)
             for name in args.models if args.from_ollama else ():
                 self.add_ollama_model(name)
+        elif action == "import" and args.from_peer:
+            # The peer router of the docs is a registry on loopback holding it.
+            server = Server(registry_app(self._peer_store(args.dir)))
+            self.peers.append(server)
+            argv[argv.index(args.from_peer)] = server.url
         elif action in ("sign", "verify", "import"):
             bundle = self.work / args.dir
             if not (bundle / "bundle.yaml").exists():
@@ -177,6 +190,19 @@ class Site:
                 make_bundle(bundle, name=args.name)
                 code, err = self.run(["herd", "bundle", "import", str(bundle)])
                 assert code == 0, err
+
+    def _peer_store(self, name: str) -> Path:
+        """A store (the peer's) into which bundle `name` was imported."""
+        store = self.work / "peer" / "store"
+        state = Store(self.work / "peer" / "state")
+        try:
+            if Catalog(state).bundle(name) is None:
+                bundle = make_bundle(self.work / "peer" / "stick" / name, name=name)
+                policy = Policy(trusted_signers=ALLOWED, require_scan=True, store=store)
+                import_bundle(bundle, policy, state)
+        finally:
+            state.close()
+        return store
 
     def run(self, argv: list[str]) -> tuple[int, str]:
         """`herd ...` in-process (herd.cli.main), in the work directory.
@@ -220,12 +246,15 @@ def test_every_documented_bundle_command_runs(source, tmp_path):
     lines = SOURCES[source]()
     assert lines, f"no `herd bundle` lines found in {source}"
     site = Site(tmp_path)
-    for line in lines:
-        argv = site.adapt(line)
-        site.prepare(argv)
-        code, err = site.run(argv)
-        assert code == 0, f"{source}: {line}\n{err}"
-        assert "usage:" not in err, f"{source}: {line}\n{err}"
+    try:
+        for line in lines:
+            argv = site.adapt(line)
+            site.prepare(argv)
+            code, err = site.run(argv)
+            assert code == 0, f"{source}: {line}\n{err}"
+            assert "usage:" not in err, f"{source}: {line}\n{err}"
+    finally:
+        site.close()
 
 
 def test_create_accepts_models_after_options():

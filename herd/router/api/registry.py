@@ -354,3 +354,7 @@ def add_routes(app: falcon.App, store: StoreRoot) -> None:
         app.add_route("/v2/", base)
     app.add_route("/v2/{namespace}/{model}/manifests/{tag}", Manifests(reader))
     app.add_route("/v2/{namespace}/{model}/blobs/{digest}", Blobs(reader))
+    # Whole bundles (signed index, report, blobs) for the peer router of a pair.
+    from herd.router.api.bundlefiles import ROUTE, BundleFiles
+
+    app.add_route(ROUTE, BundleFiles(lambda: reader.root))
