@@ -1,9 +1,10 @@
 """One trace row per request, written in batches off the request path.
 
 A request appends a `Trace` (numbers and names only: never prompt or response
-text) to an in-memory buffer; a background greenlet flushes the buffer to
-`STATE_DIR/traces.db` every `FLUSH_S` in one transaction, and prunes rows older
-than `audit.retention_days`. The buffer is bounded: if the disk stalls, the
+text) to an in-memory buffer; every `FLUSH_S` a native writer thread (see
+`TraceLog.run`) writes the buffer to `STATE_DIR/traces.db` in transactions of
+up to BATCH_MAX rows, and prunes rows older than `audit.retention_days`: no
+request ever waits on SQLite. The buffer is bounded: if the disk stalls, the
 oldest unwritten traces are dropped and counted rather than growing memory.
 A batch whose write fails (disk full, I/O error) goes back to the front of the
 buffer and is retried on the next flush, so every recorded trace is always
@@ -31,8 +32,8 @@ FLUSH_S = 1.0
 PRUNE_S = 3600.0
 BUFFER_MAX = 100_000
 BATCH_MAX = 500
-#: Rows inserted between two yields to the event loop inside a transaction
-#: (~0.3 ms of work: a flush never holds up requests for longer).
+#: Rows inserted between two `between()` calls inside a transaction, when the
+#: caller flushes on the event loop itself (`flush(between=...)`).
 SLICE_ROWS = 64
 
 
@@ -254,18 +255,33 @@ class TraceLog:
     def run(self, stopped: Callable[[], bool]) -> None:
         """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`.
 
-        Runs in the worker's event loop. (A native writer thread was tried:
-        contention for the GIL cost more CPU per request than the inserts.)
-        Transactions of up to BATCH_MAX rows are written in slices of
-        SLICE_ROWS with a yield between them, so a flush never holds the loop
-        for long (500 rows at once held it ~3 ms: the p99 of a lone client).
+        The writing happens on a native thread of its own (a one-thread
+        gevent ThreadPool; this greenlet only waits for it), never on the
+        worker's event loop. Inserts are cheap, but a commit can wait for
+        another worker's write lock (busy timeout), and every ~1000 pages
+        SQLite checkpoints the WAL, which fsyncs the database: tens of
+        milliseconds on a busy disk. On the event loop, every request arriving
+        meanwhile waited too (the p99 of a lone client was 14 ms). `sqlite3`
+        releases the GIL inside SQLite (each row's step, the commit, the
+        checkpoint), so the loop keeps serving; the thread needs the GIL only
+        to bind each row's values, a few microseconds per request. (A writer
+        process would take the binding off the worker too, but the rows would
+        then be pickled through a pipe, costing about as much, and the
+        written/pending/dropped accounting would span two processes.)
+        One thread, always the same one: the SQLite connection is opened,
+        used and closed there.
         """
         import gevent
+        from gevent.threadpool import ThreadPool
 
-        while not stopped():
-            gevent.sleep(FLUSH_S)
-            self.tick(pause=gevent.sleep, between=gevent.sleep)
-        self.close()
+        pool = ThreadPool(1)
+        try:
+            while not stopped():
+                gevent.sleep(FLUSH_S)
+                pool.apply(self.tick)
+            pool.apply(self.close)
+        finally:
+            pool.kill()
 
     def tick(
         self,
@@ -295,5 +311,8 @@ class TraceLog:
             self.dropped += len(self._buffer)
             self._buffer.clear()
         if self._store is not None:
-            self._store.close()
-            self._store = None
+            store, self._store = self._store, None
+            try:
+                store.close()
+            except sqlite3.ProgrammingError:
+                pass  # opened by the writer thread, which is gone (worker exit)
