@@ -175,7 +175,7 @@ def get_app() -> RouterApp:
     app = create_app(
         source,
         traces,
-        Upstream(),
+        Upstream(swept=True),
         bundle_store=lambda: bundle_store(source, state_dir),
         access=access,
         membership=Membership(
