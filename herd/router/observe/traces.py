@@ -110,6 +110,14 @@ _INSERT = (
 )
 
 
+def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    """(True, fn(*args)), or (False, the exception it raised)."""
+    try:
+        return True, fn(*args)
+    except Exception as ex:  # noqa: BLE001 - re-raised by the caller
+        return False, ex
+
+
 #: Errors that come from a row's values, not from the disk: retrying won't help.
 _UNWRITABLE_ROW = (ValueError, OverflowError, sqlite3.ProgrammingError)
 
@@ -135,6 +143,8 @@ class TraceLog:
         self.write_failures = 0
         self.write_error: str | None = None
         self._last_prune = float("-inf")
+        #: Rows taken from the buffer by the flush under way.
+        self._writing = 0
 
     def record(self, trace: Trace) -> None:
         if len(self._buffer) == BUFFER_MAX:
@@ -143,7 +153,8 @@ class TraceLog:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Rows not written yet: buffered, or in the transaction being written."""
+        return len(self._buffer) + self._writing
 
     def _db(self) -> Store | None:
         if self._store is None and self._state_dir is not None:
@@ -157,23 +168,49 @@ class TraceLog:
         return self._store
 
     def flush(
-        self, limit: int | None = None, between: Callable[[], Any] | None = None
+        self,
+        limit: int | None = None,
+        between: Callable[[], Any] | None = None,
+        write: Callable[..., Any] | None = None,
     ) -> int:
         """Write buffered traces (at most `limit`) in one transaction; returns
         how many. With `between`, rows go in slices of SLICE_ROWS and
-        `between()` (a yield to the event loop) runs between slices."""
+        `between()` (a yield to the event loop) runs between slices.
+
+        `write(fn, *args)` runs the SQLite work (`run` passes the writer
+        thread's); the batch is taken and accounted for here, by the caller,
+        so `written`, `pending` and `dropped` only change on its thread: rows
+        being written count as pending until the write is done."""
         if not self._buffer:
             return 0
-        try:
-            store = self._db()
-        except Exception as ex:
-            self._failed(ex)
-            raise
-        if store is None:
+        if self._state_dir is None:
             return 0
         take = len(self._buffer) if limit is None else min(limit, len(self._buffer))
         popleft = self._buffer.popleft
         batch = [popleft() for _ in range(take)]
+        self._writing = len(batch)
+        try:
+            if write is None:
+                bad = self._write(batch, between)
+            else:
+                bad = write(self._write, batch, between)
+        except BaseException as ex:
+            self._writing = 0
+            self._requeue(batch)
+            if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
+                self._failed(ex)
+            raise
+        self._writing = 0
+        if bad:
+            log.error("dropped %d trace rows with values SQLite cannot store", bad)
+        self.dropped += bad
+        self._wrote(len(batch) - bad)
+        return len(batch)
+
+    def _write(self, batch: list[Trace], between: Callable[[], Any] | None) -> int:
+        """Insert `batch` in one transaction; returns how many rows were bad."""
+        store = self._db()
+        assert store is not None
         try:
             with store.transaction() as db:
                 insert = db.conn.executemany
@@ -189,13 +226,7 @@ class TraceLog:
             # the batch row by row, dropping and counting only the bad rows,
             # so one poison row never blocks the buffer.
             return self._write_each(store, batch)
-        except BaseException as ex:
-            self._requeue(batch)
-            if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
-                self._failed(ex)
-            raise
-        self._wrote(len(batch))
-        return len(batch)
+        return 0
 
     def _wrote(self, count: int) -> None:
         self.written += count
@@ -203,26 +234,18 @@ class TraceLog:
             log.warning("writing traces works again (%d pending)", self.pending)
             self.write_error = None
 
-    def _write_each(self, store: Store, batch: list[Trace]) -> int:
-        """Write `batch` row by row in one transaction, skipping bad rows."""
+    @staticmethod
+    def _write_each(store: Store, batch: list[Trace]) -> int:
+        """Write `batch` row by row in one transaction, skipping bad rows;
+        returns how many were bad."""
         bad = 0
-        try:
-            with store.transaction() as db:
-                for row in batch:
-                    try:
-                        db.conn.execute(_INSERT, row)
-                    except _UNWRITABLE_ROW:
-                        bad += 1
-        except BaseException as ex:
-            self._requeue(batch)
-            if isinstance(ex, Exception):
-                self._failed(ex)
-            raise
-        if bad:
-            log.error("dropped %d trace rows with values SQLite cannot store", bad)
-        self.dropped += bad
-        self._wrote(len(batch) - bad)
-        return len(batch)
+        with store.transaction() as db:
+            for row in batch:
+                try:
+                    db.conn.execute(_INSERT, row)
+                except _UNWRITABLE_ROW:
+                    bad += 1
+        return bad
 
     def _requeue(self, batch: list[Trace]) -> None:
         """Put an unwritten batch back in front of what arrived meanwhile;
@@ -275,11 +298,20 @@ class TraceLog:
         from gevent.threadpool import ThreadPool
 
         pool = ThreadPool(1)
+
+        def on_thread(fn: Callable[..., Any], *args: Any) -> Any:
+            # An exception is carried back and raised here: raised in the
+            # pool, gevent would also print its traceback to stderr.
+            ok, value = pool.apply(_outcome, (fn, *args))
+            if not ok:
+                raise value
+            return value
+
         try:
             while not stopped():
                 gevent.sleep(FLUSH_S)
-                pool.apply(self.tick)
-            pool.apply(self.close)
+                self.tick(pause=gevent.sleep, write=on_thread)
+            pool.apply(_outcome, (self.close,))
         finally:
             pool.kill()
 
@@ -287,18 +319,23 @@ class TraceLog:
         self,
         pause: Callable[[], Any] | None = None,
         between: Callable[[], Any] | None = None,
+        write: Callable[..., Any] | None = None,
     ) -> None:
         """Flush everything (`pause()` between transactions, `between()`
-        between slices of one), and prune when PRUNE_S has passed."""
+        between slices of one, `write` as in `flush`), and prune when PRUNE_S
+        has passed."""
         try:
-            while self.flush(BATCH_MAX, between) == BATCH_MAX:
+            while self.flush(BATCH_MAX, between, write) == BATCH_MAX:
                 if pause is not None:
                     pause()
         except Exception:  # noqa: BLE001 - tracing must never take the router down
             return  # logged by flush; the batch waits in the buffer for the next tick
         try:
             if time.monotonic() - self._last_prune >= PRUNE_S:
-                self.prune()
+                if write is None:
+                    self.prune()
+                else:
+                    write(self.prune)
         except Exception:  # noqa: BLE001
             log.exception("pruning traces failed")
 
