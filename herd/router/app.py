@@ -126,6 +126,7 @@ def create_app(
         lock_path=mdns_lock,
     )
     runtime.services.append(announcer.run)
+    runtime.services.append(source.keep_checking)
     runtime.on_stop.append(announcer.stop)
     app.add_route("/healthz", ops.Healthz())
     app.add_route("/readyz", ops.Readyz(runtime))
