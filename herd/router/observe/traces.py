@@ -32,8 +32,8 @@ FLUSH_S = 1.0
 PRUNE_S = 3600.0
 BUFFER_MAX = 100_000
 BATCH_MAX = 500
-#: Rows inserted between two `between()` calls inside a transaction, when the
-#: caller flushes on the event loop itself (`flush(between=...)`).
+#: Rows per INSERT statement; a caller flushing on the event loop itself
+#: (`flush(between=...)`) gets `between()` between two of them.
 SLICE_ROWS = 64
 
 
@@ -116,6 +116,31 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
         return True, fn(*args)
     except Exception as ex:  # noqa: BLE001 - re-raised by the caller
         return False, ex
+
+
+_WIDTH = len(COLUMNS)
+_INSERTS: dict[int, str] = {}
+
+
+def _insert_rows(count: int) -> str:
+    """One INSERT of `count` rows (parameters row after row).
+
+    Rows go in one statement, not `executemany`'s one per row: `sqlite3` takes
+    the GIL back after every statement it runs, and on the writer thread each
+    of those waits for the event loop to let go of it (a context switch and
+    more CPU per request than the insert itself)."""
+    sql = _INSERTS.get(count)
+    if sql is None:
+        values = ", ".join(
+            f"(strftime('%Y-%m-%dT%H:%M:%fZ', ?{base + 1}, 'unixepoch'), "
+            + ", ".join(f"?{base + i + 1}" for i in range(_WIDTH))
+            + ")"
+            for base in range(0, count * _WIDTH, _WIDTH)
+        )
+        sql = _INSERTS[count] = (
+            f"INSERT INTO traces (time, {', '.join(COLUMNS)}) VALUES {values}"
+        )
+    return sql
 
 
 #: Errors that come from a row's values, not from the disk: retrying won't help.
@@ -213,14 +238,12 @@ class TraceLog:
         assert store is not None
         try:
             with store.transaction() as db:
-                insert = db.conn.executemany
-                if between is None:
-                    insert(_INSERT, batch)
-                else:
-                    for start in range(0, len(batch), SLICE_ROWS):
-                        if start:
-                            between()
-                        insert(_INSERT, batch[start : start + SLICE_ROWS])
+                execute = db.conn.execute
+                for start in range(0, len(batch), SLICE_ROWS):
+                    if start and between is not None:
+                        between()
+                    rows = batch[start : start + SLICE_ROWS]
+                    execute(_insert_rows(len(rows)), [v for row in rows for v in row])
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,
