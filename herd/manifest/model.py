@@ -137,6 +137,19 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """`models[].thinking`: how the router budgets a thinking model's tokens.
+
+    With `inflate`, a request that caps its output (`num_predict`,
+    `max_tokens`) while thinking is on gets `budget_tokens` more, so the
+    thinking does not eat the whole cap and leave the answer empty.
+    """
+
+    budget_tokens: int = 1024
+    inflate: bool = True
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     aliases: tuple[str, ...] = ()
@@ -145,6 +158,8 @@ class Model:
     #: Ollama keep_alive to send with requests: "5m", "-1" (forever), "0"...
     keep_loaded: str | None = None
     bundle: str | None = None
+    #: Declared thinking budget (None: detected from the node or the name).
+    thinking: Thinking | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +279,7 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
             ),
             keep_loaded=_keep_alive(m.get("keep_loaded")),
             bundle=m.get("bundle"),
+            thinking=_thinking(m.get("thinking")),
         )
         for m in doc.get("models") or ()
     )
@@ -340,6 +356,15 @@ def _rate_limit(doc: Mapping[str, Any] | None) -> RateLimit | None:
         return None
     rpm = doc["requests_per_minute"]
     return RateLimit(requests_per_minute=rpm, burst=doc.get("burst", rpm))
+
+
+def _thinking(doc: Mapping[str, Any] | None) -> Thinking | None:
+    if doc is None:
+        return None
+    return Thinking(
+        budget_tokens=doc.get("budget_tokens", Thinking.budget_tokens),
+        inflate=doc.get("inflate", Thinking.inflate),
+    )
 
 
 def _keep_alive(value: Any) -> str | None:

@@ -16,7 +16,12 @@ import falcon
 from herd.errors import ModelNotFound
 from herd.manifest.model import Fleet, Model
 from herd.router import convert
-from herd.router.api.ollama import allowed_models, listed_names
+from herd.router.api.ollama import (
+    THINKING_PATHS,
+    allowed_models,
+    listed_names,
+    think_budget,
+)
 from herd.router.gate import decision_headers
 from herd.router.observe import tags
 from herd.router.routing import relay
@@ -25,7 +30,7 @@ from herd.router.runtime import Runtime
 
 
 class Forwarded:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses."""
 
     def __init__(
         self,
@@ -63,6 +68,8 @@ class Forwarded:
         native = dict(converted.native)
         if self.stream_type is not None:
             native["stream"] = stream
+        if self.native_path in THINKING_PATHS:
+            think_budget(rt, fleet, models, native, resp)
         opened = rt.forwarder.open(
             fleet, self.native_path, native, models, stream=stream, outcome=outcome
         )
@@ -72,7 +79,9 @@ class Forwarded:
             outcome.status = 200
             resp.content_type = convert.SSE_CONTENT_TYPE
             resp.set_header("Cache-Control", "no-cache")
-            converter = self.stream_type(converted.model, converted.include_usage)
+            converter = self.stream_type(
+                converted.model, converted.include_usage, request=converted
+            )
             resp.stream = relay.sse(
                 opened, converter, outcome, rt.finish, rt.deadline(fleet), rt.monotonic
             )
@@ -96,7 +105,7 @@ class Forwarded:
 
 
 def chat_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
-    return convert.chat_response(native, c.model)
+    return convert.chat_response(native, c.model, plan=c.plan)
 
 
 def completion_reply(native: dict[str, Any], c: convert.Converted) -> dict[str, Any]:
@@ -132,6 +141,14 @@ def resources(runtime: Runtime) -> dict[str, Any]:
             "/api/embed",
             convert.embedding_request,
             embedding_reply,
+        ),
+        "/v1/responses": Forwarded(
+            runtime,
+            "/v1/responses",
+            "/api/chat",
+            convert.responses_request,
+            convert.responses_reply,
+            convert.ResponsesStream,
         ),
         "/v1/models": Models(runtime),
         "/v1/models/{model_id}": OneModel(runtime),
