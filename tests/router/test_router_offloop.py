@@ -63,3 +63,56 @@ def test_requests_are_answered_while_traces_db_is_locked(sims, router):
         assert time.monotonic() < deadline, f"traces not written: {status}"
         time.sleep(0.2)
     assert status["dropped"] == 0 and status["write_failures"] == 0
+
+
+def test_the_access_log_never_blocks_the_event_loop():
+    """A stderr nobody reads (journald stuck, a full pipe) blocks the write of
+    the access lines; the event loop (every request) must keep running."""
+    import fcntl
+    import os
+    import threading
+
+    import gevent
+
+    from herd.router.observe.accesslog import FLUSH_S, AccessLog
+
+    read_end, write_end = os.pipe()
+    flags = fcntl.fcntl(write_end, fcntl.F_GETFL)
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:  # fill the pipe: bounded by its capacity
+            os.write(write_end, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags)  # blocking again, and full
+    events: list[str] = []
+    loop_ran = threading.Event()
+
+    def drain() -> None:
+        loop_ran.wait(10)  # on a blocked loop, this gives up after 10 s
+        events.append("pipe drained")
+        os.set_blocking(read_end, False)
+        try:
+            while os.read(read_end, 1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    stream = os.fdopen(write_end, "w")
+    access = AccessLog(stream)
+    stop = False
+    writer = gevent.spawn(access.run, lambda: stop)
+    try:
+        access._lines.append("one access line\n")
+        gevent.sleep(3 * FLUSH_S)  # the writer is stuck on the full pipe by now
+        events.append("loop ran")
+        loop_ran.set()
+    finally:
+        drainer.join(15)
+        stop = True
+        writer.join(5)
+        stream.close()
+        os.close(read_end)
+    assert events[:2] == ["loop ran", "pipe drained"]
