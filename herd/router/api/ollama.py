@@ -16,6 +16,7 @@ from herd.discovery.health import model_key
 from herd.errors import Forbidden, InvalidRequest
 from herd.manifest.model import Client, Fleet, Model, normalize_model_name
 from herd.router.api.body import check_lowercase_keys
+from herd.router.api.kinds import check_kind
 from herd.router.convert import thinking
 from herd.router.gate import decision_headers
 from herd.router.routing import relay
@@ -115,6 +116,7 @@ class Forwarded:
             raw = None
             body.pop("name", None)
         models = rt.models_for(fleet, ctx.client, name, extra)
+        check_kind(self.path, models[0])
         rt.limiter.take(ctx.client)
         if self.path in THINKING_PATHS and think_budget(rt, fleet, models, body, resp):
             raw = None
