@@ -11,14 +11,17 @@ allow-list, policy) hear about it like a new revision.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from herd.discovery.membership import Membership
+from herd.discovery.membership import CHECK_S, Membership
 from herd.discovery.roster import with_discovered
 from herd.manifest.model import Fleet
 from herd.router.reload import Served
+
+log = logging.getLogger("herd.router")
 
 #: Nodes joining within this window are merged in one rebuild (a restart of
 #: the router sees every agent join at once); a departure applies at once.
@@ -40,6 +43,8 @@ class DiscoveredSource:
         self._key: tuple[int, int] = (0, -1)
         self._departures = 0
         self._built_at = float("-inf")
+        #: A background greenlet runs `keep_checking`.
+        self._checker = False
         self._served: Served = inner.current()
         inner.listeners.append(self._revision)
         self._rebuild(self._served)
@@ -54,7 +59,11 @@ class DiscoveredSource:
 
     def current(self) -> Served:
         served = self.inner.current()
-        generation = self.membership.check(served.fleet.discovery.heartbeat_timeout_s)
+        if self._checker:
+            generation = self.membership.generation
+        else:
+            timeout_s = served.fleet.discovery.heartbeat_timeout_s
+            generation = self.membership.check(timeout_s)
         if self._key != (id(served), generation) and (
             self._key[0] != id(served)
             or self._departures != self.membership.departures
@@ -65,6 +74,26 @@ class DiscoveredSource:
 
     def check(self) -> bool:
         return self.inner.check()
+
+    def keep_checking(self, stopped: Callable[[], bool]) -> None:
+        """Catch up with other workers' membership writes every CHECK_S, in a
+        background greenlet of the router worker, until `stopped()`.
+
+        `Membership.check` reads (and may write) discovery.db; with this loop
+        running, `current()`, called by every request, no longer does: a
+        request never waits on SQLite (another worker's write lock, a slow
+        disk). Without it (an app driven in-process) `current()` checks.
+        """
+        import gevent
+
+        self._checker = True
+        while not stopped():
+            try:
+                fleet = self.inner.current().fleet
+                self.membership.check(fleet.discovery.heartbeat_timeout_s)
+            except Exception:  # noqa: BLE001 - the checker must never die
+                log.exception("checking discovery membership failed")
+            gevent.sleep(CHECK_S)
 
     def _revision(self, served: Served) -> None:
         self._notify(self._rebuild(served))

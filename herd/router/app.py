@@ -151,6 +151,7 @@ def create_app(
         lock_path=mdns_lock,
     )
     runtime.services.append(announcer.run)
+    runtime.services.append(source.keep_checking)
     runtime.on_stop.append(announcer.stop)
     app.add_route("/healthz", ops.Healthz())
     app.add_route("/readyz", ops.Readyz(runtime))
@@ -200,7 +201,7 @@ def get_app() -> RouterApp:
     app = create_app(
         source,
         traces,
-        Upstream(),
+        Upstream(swept=True),
         bundle_store=lambda: bundle_store(source, state_dir),
         access=access,
         membership=Membership(

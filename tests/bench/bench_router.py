@@ -2,6 +2,7 @@
 many slow streams one gevent worker holds.
 
     python tests/bench/bench_router.py [--duration 10] [--streams 1000]
+    python tests/bench/bench_router.py --duration 6 --streams 0 --workers 2
 
 Needs `nginx` and `wrk` (Debian: `apt-get install -y nginx-light wrk`). Every
 process listens on 127.0.0.1 only and is killed at the end; each load run is
@@ -18,10 +19,17 @@ each one's best, for shared machines). What it does, all in one run:
 3. A manifest with both nodes (clients 127.0.0.0/8) is `herd apply`-ed into a
    temp state dir and `herd serve` runs the router (one gevent worker).
 4. wrk (Lua POST body, --latency) measures non-streaming /api/chat direct to
-   nginx, to the floor and through the router at concurrency 1, 16 and 64
+   nginx, to the floor and through the router at concurrency 1, 16 and 64:
+   req/s, p50/p99/p99.9 and CPU per request, also as a ratio to the floor's
    (`--profile`: py-spy samples the router worker under c16, hot spots printed).
-5. N concurrent streaming /api/chat requests are held open through the router
-   to the sim node; router RSS (psutil, master + workers) and errors counted.
+5. With `--workers N` (N > 1) a second router with one worker serves the same
+   manifest, and both are measured at c16 and c64: the table shows how req/s
+   and CPU per request scale from one worker to N. The load generator gets a
+   core of its own only when the machine has more than N cores; otherwise the
+   report says that the workers share cores with it.
+6. N concurrent streaming /api/chat requests are held open through the router
+   to the sim node; router RSS (psutil, master + workers) and errors counted
+   (`--streams 0` skips this part).
 
 CPU pinning (default with 2+ cores, needs `taskset`, util-linux): the router
 (and the floor) run on the first core, wrk, nginx, the sim node and this
@@ -127,9 +135,9 @@ wrk.headers["Content-Type"] = "application/json"
 function done(summary, latency, requests)
   io.write(string.format(
     'RESULT {{"requests":%d,"duration_us":%d,"p50_us":%.1f,"p99_us":%.1f,' ..
-    '"non2xx":%d,"errors":%d}}\\n',
+    '"p999_us":%.1f,"non2xx":%d,"errors":%d}}\\n',
     summary.requests, summary.duration, latency:percentile(50),
-    latency:percentile(99), summary.errors.status,
+    latency:percentile(99), latency:percentile(99.9), summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write +
     summary.errors.timeout))
 end
@@ -212,6 +220,7 @@ class Wrk:
     duration_us: int
     p50_us: float
     p99_us: float
+    p999_us: float
     non2xx: int
     errors: int
     #: CPU seconds the server under test used during the run (user + system).
@@ -453,7 +462,9 @@ def choose_pinning(requested: bool, workers: int) -> Pinning:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
+    parser.add_argument(
+        "--streams", type=int, default=1000, help="concurrent streams (0: skip)"
+    )
     parser.add_argument(
         "--stream-tokens",
         type=int,
@@ -467,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         help="interleaved wrk runs per target and concurrency; the best is kept",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="router gevent workers (targets: 1)"
+        "--workers",
+        type=int,
+        default=1,
+        help="router gevent workers; above 1, a one-worker router is measured too "
+        "and the scaling reported (targets: 1)",
     )
     parser.add_argument(
         "--no-pin",
@@ -511,6 +526,28 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def start_router(
+    procs: Procs, state: Path, port: int, workers: int, pin: Pinning, log, env: dict
+) -> subprocess.Popen:
+    """`herd serve` of the applied state on `port` with `workers` workers."""
+    return procs.start(
+        [
+            *pin.server_cmd(),
+            *HERD,
+            "serve",
+            "--state-dir",
+            str(state),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+
+
 def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     pin = choose_pinning(args.pin, args.workers)
     mode = pin.describe(args.workers)
@@ -519,7 +556,9 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         # This script (the stream client, psutil polling) stays off the
         # router's core too.
         os.sched_setaffinity(0, set(pin.load))
-    ports = {name: free_port() for name in ("nginx", "sim", "router", "floor")}
+    ports = {
+        name: free_port() for name in ("nginx", "sim", "router", "router1", "floor")
+    }
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
     # 1. the zero-cost node
     (tmp / "nginx.conf").write_text(
@@ -571,21 +610,8 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         env=env,
         timeout=60,
     )
-    router_proc = procs.start(
-        [
-            *pin.server_cmd(),
-            *HERD,
-            "serve",
-            "--state-dir",
-            str(state),
-            "--bind",
-            f"127.0.0.1:{ports['router']}",
-            "--workers",
-            str(args.workers),
-        ],
-        stdout=log,
-        stderr=log,
-        env=env,
+    router_proc = start_router(
+        procs, state, ports["router"], args.workers, pin, log, env
     )
     routed = f"http://127.0.0.1:{ports['router']}"
     wait_http(routed + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
@@ -627,13 +653,21 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     )
     wait_http(floor + "/api/chat", body=CHAT_BODY.encode())
     run_wrk(floor + "/api/chat", lua, 16, 2, pin=load)  # warm-up
-    targets = (
-        ("direct", direct, nginx.pid),
-        ("floor", floor, floor_proc.pid),
-        ("router", routed, router_proc.pid),
-    )
+    targets = [
+        ("direct", direct, nginx.pid, (1, 16, 64)),
+        ("floor", floor, floor_proc.pid, (1, 16, 64)),
+        ("router", routed, router_proc.pid, (1, 16, 64)),
+    ]
+    if args.workers > 1:
+        # The same state served by one worker: the scaling baseline.
+        single = start_router(procs, state, ports["router1"], 1, pin, log, env)
+        single_url = f"http://127.0.0.1:{ports['router1']}"
+        wait_http(single_url + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
+        run_wrk(single_url + "/api/chat", lua, 16, 2, pin=load)  # warm-up
+        targets.append(("router1", single_url, single.pid, (16, 64)))
     for conns in (1, 16, 64):
-        for _, (name, url, pid) in itertools.product(range(args.repeat), targets):
+        runs = [(n, u, p) for n, u, p, conc in targets if conns in conc]
+        for _, (name, url, pid) in itertools.product(range(args.repeat), runs):
             res = run_wrk(
                 url + "/api/chat", lua, conns, args.duration, server=pid, pin=load
             )
@@ -644,8 +678,9 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
                 results[name, conns] = res
             errors[name] = errors.get(name, 0) + res.non2xx + res.errors
             print(
-                f"  {name:6} c{conns:<3} {res.rps:9.0f} req/s  p50 "
+                f"  {name:7} c{conns:<3} {res.rps:9.0f} req/s  p50 "
                 f"{res.p50_us / 1000:7.3f} ms  p99 {res.p99_us / 1000:7.3f} ms  "
+                f"p99.9 {res.p999_us / 1000:7.3f} ms  "
                 f"cpu {res.cpu_us:6.0f} us/req {100 * res.cpu_share:4.0f}%  "
                 f"steal {100 * res.steal:3.0f}%  "
                 f"non2xx {res.non2xx} errors {res.errors}",
@@ -653,24 +688,40 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
             )
     if args.profile:
         profile(router_proc.pid, routed + "/api/chat", lua, args.duration, tmp, pin)
-    # After the load runs the health poller may have marked the slow node down
-    # (its polls wait behind the load): wait until a short stream gets through.
-    probe = {
-        "model": STREAM_MODEL,
-        "messages": [{"role": "user", "content": "x"}],
-        "stream": False,
-        "options": {"num_predict": 1},
-    }
-    wait_http(routed + "/api/chat", body=json.dumps(probe).encode(), timeout=60)
+    streams: dict = {"ok": 0, "peak": 0, "errors": [], "rss_peak": 0.0}
     idle_rss = rss_mb(router_proc.pid)
-    print(
-        f"holding {args.streams} streams (2 tokens/s, {args.stream_tokens} tokens)…",
-        flush=True,
-    )
-    streams = asyncio.run(
-        hold_streams(ports["router"], args.streams, args.stream_tokens, router_proc.pid)
-    )
-    return report(results, streams, idle_rss, args.streams, sum(errors.values()), mode)
+    if args.streams > 0:
+        # After the load runs the health poller may have marked the slow node
+        # down (its polls wait behind the load): wait until a short stream
+        # gets through.
+        probe = {
+            "model": STREAM_MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+        wait_http(routed + "/api/chat", body=json.dumps(probe).encode(), timeout=60)
+        idle_rss = rss_mb(router_proc.pid)
+        print(
+            f"holding {args.streams} streams (2 tokens/s, "
+            f"{args.stream_tokens} tokens)…",
+            flush=True,
+        )
+        streams = asyncio.run(
+            hold_streams(
+                ports["router"], args.streams, args.stream_tokens, router_proc.pid
+            )
+        )
+    return report(results, streams, idle_rss, args, sum(errors.values()), mode, pin)
+
+
+def _worker_pid(master: int) -> int:
+    """The (first) gunicorn worker under `herd serve`: a process without children
+    (herd serve -> gunicorn master -> workers)."""
+    leaves = [
+        p for p in psutil.Process(master).children(recursive=True) if not p.children()
+    ]
+    return leaves[0].pid
 
 
 def profile(
@@ -681,7 +732,7 @@ def profile(
     if not Path(spy).exists():
         print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return
-    worker = psutil.Process(master).children()[0].pid
+    worker = _worker_pid(master)
     raw = tmp / "profile.txt"
     spy_proc = subprocess.Popen(
         [
@@ -730,14 +781,41 @@ def profile(
         print(f"  {100 * n / total:5.1f}  {frame}")
 
 
+def _ms(res: Wrk) -> str:
+    return (
+        f"{res.p50_us / 1000:.3f} / {res.p99_us / 1000:.3f} / {res.p999_us / 1000:.3f}"
+    )
+
+
 def report(
-    results: dict, streams: dict, idle_rss: float, count: int, errors: int, mode: str
+    results: dict,
+    streams: dict,
+    idle_rss: float,
+    args: argparse.Namespace,
+    errors: int,
+    mode: str,
+    pin: Pinning,
 ) -> int:
-    d1, r1 = results["direct", 1], results["router", 1]
-    r16, r64 = results["router", 16], results["router", 64]
+    d1, f1, r1 = (results[name, 1] for name in ("direct", "floor", "router"))
+    f16, r16, r64 = results["floor", 16], results["router", 16], results["router", 64]
     added_p50 = (r1.p50_us - d1.p50_us) / 1000
+    tail = (r1.p99_us - r1.p50_us) / 1000
+    cpu_ratio = r16.cpu_us / max(f16.cpu_us, 1e-9)
+    count = args.streams
     checks = [
         ("added p50 at c1", f"{added_p50:.3f} ms", "<= 0.5 ms", added_p50 <= 0.5),
+        (
+            "p99 - p50 at c1 (flat tail)",
+            f"{tail:.3f} ms (floor {(f1.p99_us - f1.p50_us) / 1000:.3f})",
+            "<= 1 ms",
+            tail <= 1.0,
+        ),
+        (
+            "router / floor CPU per request at c16",
+            f"{cpu_ratio:.2f}x ({r16.cpu_us:.0f} / {f16.cpu_us:.0f} us)",
+            "<= 2.5x",
+            cpu_ratio <= 2.5,
+        ),
         ("router req/s at c16", f"{r16.rps:.0f}", ">= 3000", r16.rps >= 3000),
         (
             "router p99 at c64",
@@ -745,45 +823,71 @@ def report(
             "<= 25 ms",
             r64.p99_us / 1000 <= 25,
         ),
-        (
-            f"{count} streams: completed",
-            f"{streams['ok']} (peak open {streams['peak']})",
-            f"{count}",
-            streams["ok"] == count,
-        ),
-        (
-            "streams: router RSS peak",
-            f"{streams['rss_peak']:.0f} MB (idle {idle_rss:.0f})",
-            "<= 300 MB",
-            0 < streams["rss_peak"] <= 300,
-        ),
+    ]
+    if count > 0:
+        checks += [
+            (
+                f"{count} streams: completed",
+                f"{streams['ok']} (peak open {streams['peak']})",
+                f"{count}",
+                streams["ok"] == count,
+            ),
+            (
+                "streams: router RSS peak",
+                f"{streams['rss_peak']:.0f} MB (idle {idle_rss:.0f})",
+                "<= 300 MB",
+                0 < streams["rss_peak"] <= 300,
+            ),
+        ]
+    checks.append(
         (
             "errors (wrk + streams)",
             f"{errors + len(streams['errors'])}",
             "0",
             errors + len(streams["errors"]) == 0,
-        ),
-    ]
+        )
+    )
     print(f"\n{mode}\n")
     print(
         "| conc | direct req/s | floor req/s | router req/s | router/floor | "
-        "direct p50/p99 ms | floor p50/p99 ms | router p50/p99 ms | "
+        "floor p50 / p99 / p99.9 ms | router p50 / p99 / p99.9 ms | "
         "CPU us/req floor | CPU us/req router | router - floor | "
         "router / floor CPU | CPU % floor / router |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16, 64):
         d, f, r = (results[name, conns] for name in ("direct", "floor", "router"))
         print(
             f"| {conns} | {d.rps:.0f} | {f.rps:.0f} | {r.rps:.0f} | "
-            f"{r.rps / f.rps:.2f} | "
-            f"{d.p50_us / 1000:.3f} / {d.p99_us / 1000:.3f} | "
-            f"{f.p50_us / 1000:.3f} / {f.p99_us / 1000:.3f} | "
-            f"{r.p50_us / 1000:.3f} / {r.p99_us / 1000:.3f} | "
+            f"{r.rps / f.rps:.2f} | {_ms(f)} | {_ms(r)} | "
             f"{f.cpu_us:.0f} | {r.cpu_us:.0f} | {r.cpu_us - f.cpu_us:.0f} | "
-            f"{r.cpu_us / max(f.cpu_us, 1e-9):.1f} | "
+            f"{r.cpu_us / max(f.cpu_us, 1e-9):.2f} | "
             f"{100 * f.cpu_share:.0f} / {100 * r.cpu_share:.0f} |"
         )
+    if args.workers > 1:
+        print(
+            f"\nscaling, 1 -> {args.workers} workers (same manifest, same cores: "
+            f"{mode})"
+        )
+        if not pin.on or len(pin.server) < args.workers:
+            print(
+                f"(the workers do not have {args.workers} cores of their own here: "
+                "they share with each other or with the load generator, so "
+                "req/s cannot scale fully; CPU per request still shows the cost "
+                "of the shared fleet state)"
+            )
+        print(
+            "\n| conc | 1 worker req/s | N workers req/s | scaling | "
+            "CPU us/req 1 / N | p99 ms 1 / N |"
+        )
+        print("|---|---|---|---|---|---|")
+        for conns in (16, 64):
+            one, many = results["router1", conns], results["router", conns]
+            print(
+                f"| {conns} | {one.rps:.0f} | {many.rps:.0f} | "
+                f"{many.rps / one.rps:.2f}x | {one.cpu_us:.0f} / {many.cpu_us:.0f} "
+                f"| {one.p99_us / 1000:.2f} / {many.p99_us / 1000:.2f} |"
+            )
     steal = max(res.steal for res in results.values())
     print(
         f"\n(VM steal: up to {100 * steal:.0f} % of CPU time in a kept run; "
@@ -794,8 +898,7 @@ def report(
     print(
         f"(c64 closed loop: p99 <= 25 ms needs >= {floor64:.0f} req/s even with "
         "zero jitter; router CPU at 100 % of a core caps req/s at "
-        f"1e6 / {results['router', 16].cpu_us:.0f} us = "
-        f"{1e6 / max(results['router', 16].cpu_us, 1):.0f})"
+        f"1e6 / {r16.cpu_us:.0f} us = {1e6 / max(r16.cpu_us, 1):.0f})"
     )
     print()
     print("| target | measured | goal | met |")

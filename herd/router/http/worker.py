@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import gevent
+from gevent.pywsgi import format_date_time
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 from herd.router.http.frontdoor import FrontDoor, RouterServer
@@ -355,6 +356,10 @@ class LeanHandler(PyWSGIHandler):
             super().log_request()
 
     def finalize_headers(self) -> None:
+        if self.provided_date is None:
+            # pywsgi formats the Date header anew for every response.
+            self.response_headers.append((b"Date", _http_date()))
+            self.provided_date = True
         super().finalize_headers()
         if self.server.closing:
             self.close_connection = True
@@ -401,6 +406,18 @@ class LeanHandler(PyWSGIHandler):
             else:
                 out += data
         self._sendall(out)
+
+
+_date: tuple[int, bytes] = (-1, b"")
+
+
+def _http_date() -> bytes:
+    """The Date header's value, formatted once per second."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_date_time(second))
+    return _date[1]
 
 
 def _tokens(value: str) -> list[str]:

@@ -14,6 +14,7 @@ token, so no caller-chosen text (a model name with a line break, a NUL, a
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -60,9 +61,16 @@ class AccessLog:
             self.flush()
 
     def flush(self) -> None:
-        if not self._lines:
+        """Write the queued lines now, on the calling thread."""
+        self._write(self._take())
+
+    def _take(self) -> str:
+        lines, self._lines = self._lines, []
+        return "".join(lines)
+
+    def _write(self, text: str) -> None:
+        if not text:
             return
-        text, self._lines = "".join(self._lines), []
         stream = self._stream or sys.stderr
         try:
             stream.write(text)
@@ -70,11 +78,45 @@ class AccessLog:
         except (OSError, ValueError):
             pass  # a closed or broken stderr must not break request handling
 
-    def run(self, stopped: Callable[[], bool]) -> None:
-        """Flush every FLUSH_S until `stopped()` (a background greenlet)."""
-        import gevent
+    def _write_fd(self, text: str) -> None:
+        """`_write` from the writer thread: straight to the stream's file
+        descriptor when it has one (a text stream is not safe to share with
+        the event loop's own logging; whole lines go out in each write)."""
+        stream = self._stream or sys.stderr
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        if fd < 0:
+            self._write(text)
+            return
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            pass  # as in _write
 
-        while not stopped():
-            gevent.sleep(FLUSH_S)
-            self.flush()
+    def run(self, stopped: Callable[[], bool]) -> None:
+        """Flush every FLUSH_S until `stopped()` (a background greenlet).
+
+        The lines are taken on the event loop, but written by a native thread
+        of its own (a one-thread gevent ThreadPool): stderr is a pipe to
+        journald or a terminal, and when its reader falls behind, a write
+        blocks. On the event loop every request would wait for it; on the
+        thread only the next flush does (lines keep queueing, bounded by
+        BUFFER_MAX).
+        """
+        import gevent
+        from gevent.threadpool import ThreadPool
+
+        pool = ThreadPool(1)
+        try:
+            while not stopped():
+                gevent.sleep(FLUSH_S)
+                text = self._take()
+                if text:
+                    pool.apply(self._write_fd, (text,))
+        finally:
+            pool.kill()
         self.flush()

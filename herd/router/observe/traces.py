@@ -1,9 +1,10 @@
 """One trace row per request, written in batches off the request path.
 
 A request appends a `Trace` (numbers and names only: never prompt or response
-text) to an in-memory buffer; a background greenlet flushes the buffer to
-`STATE_DIR/traces.db` every `FLUSH_S` in one transaction, and prunes rows older
-than `audit.retention_days`. The buffer is bounded: if the disk stalls, the
+text) to an in-memory buffer; every `FLUSH_S` a native writer thread (see
+`TraceLog.run`) writes the buffer to `STATE_DIR/traces.db` in transactions of
+up to BATCH_MAX rows, and prunes rows older than `audit.retention_days`: no
+request ever waits on SQLite. The buffer is bounded: if the disk stalls, the
 oldest unwritten traces are dropped and counted rather than growing memory.
 A batch whose write fails (disk full, I/O error) goes back to the front of the
 buffer and is retried on the next flush, so every recorded trace is always
@@ -31,8 +32,8 @@ FLUSH_S = 1.0
 PRUNE_S = 3600.0
 BUFFER_MAX = 100_000
 BATCH_MAX = 500
-#: Rows inserted between two yields to the event loop inside a transaction
-#: (~0.3 ms of work: a flush never holds up requests for longer).
+#: Rows per INSERT statement; a caller flushing on the event loop itself
+#: (`flush(between=...)`) gets `between()` between two of them.
 SLICE_ROWS = 64
 
 
@@ -109,6 +110,39 @@ _INSERT = (
 )
 
 
+def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    """(True, fn(*args)), or (False, the exception it raised)."""
+    try:
+        return True, fn(*args)
+    except Exception as ex:  # noqa: BLE001 - re-raised by the caller
+        return False, ex
+
+
+_WIDTH = len(COLUMNS)
+_INSERTS: dict[int, str] = {}
+
+
+def _insert_rows(count: int) -> str:
+    """One INSERT of `count` rows (parameters row after row).
+
+    Rows go in one statement, not `executemany`'s one per row: `sqlite3` takes
+    the GIL back after every statement it runs, and on the writer thread each
+    of those waits for the event loop to let go of it (a context switch and
+    more CPU per request than the insert itself)."""
+    sql = _INSERTS.get(count)
+    if sql is None:
+        values = ", ".join(
+            f"(strftime('%Y-%m-%dT%H:%M:%fZ', ?{base + 1}, 'unixepoch'), "
+            + ", ".join(f"?{base + i + 1}" for i in range(_WIDTH))
+            + ")"
+            for base in range(0, count * _WIDTH, _WIDTH)
+        )
+        sql = _INSERTS[count] = (
+            f"INSERT INTO traces (time, {', '.join(COLUMNS)}) VALUES {values}"
+        )
+    return sql
+
+
 #: Errors that come from a row's values, not from the disk: retrying won't help.
 _UNWRITABLE_ROW = (ValueError, OverflowError, sqlite3.ProgrammingError)
 
@@ -134,6 +168,8 @@ class TraceLog:
         self.write_failures = 0
         self.write_error: str | None = None
         self._last_prune = float("-inf")
+        #: Rows taken from the buffer by the flush under way.
+        self._writing = 0
 
     def record(self, trace: Trace) -> None:
         if len(self._buffer) == BUFFER_MAX:
@@ -142,7 +178,8 @@ class TraceLog:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Rows not written yet: buffered, or in the transaction being written."""
+        return len(self._buffer) + self._writing
 
     def _db(self) -> Store | None:
         if self._store is None and self._state_dir is not None:
@@ -156,45 +193,63 @@ class TraceLog:
         return self._store
 
     def flush(
-        self, limit: int | None = None, between: Callable[[], Any] | None = None
+        self,
+        limit: int | None = None,
+        between: Callable[[], Any] | None = None,
+        write: Callable[..., Any] | None = None,
     ) -> int:
         """Write buffered traces (at most `limit`) in one transaction; returns
         how many. With `between`, rows go in slices of SLICE_ROWS and
-        `between()` (a yield to the event loop) runs between slices."""
+        `between()` (a yield to the event loop) runs between slices.
+
+        `write(fn, *args)` runs the SQLite work (`run` passes the writer
+        thread's); the batch is taken and accounted for here, by the caller,
+        so `written`, `pending` and `dropped` only change on its thread: rows
+        being written count as pending until the write is done."""
         if not self._buffer:
             return 0
-        try:
-            store = self._db()
-        except Exception as ex:
-            self._failed(ex)
-            raise
-        if store is None:
+        if self._state_dir is None:
             return 0
         take = len(self._buffer) if limit is None else min(limit, len(self._buffer))
         popleft = self._buffer.popleft
         batch = [popleft() for _ in range(take)]
+        self._writing = len(batch)
+        try:
+            if write is None:
+                bad = self._write(batch, between)
+            else:
+                bad = write(self._write, batch, between)
+        except BaseException as ex:
+            self._writing = 0
+            self._requeue(batch)
+            if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
+                self._failed(ex)
+            raise
+        self._writing = 0
+        if bad:
+            log.error("dropped %d trace rows with values SQLite cannot store", bad)
+        self.dropped += bad
+        self._wrote(len(batch) - bad)
+        return len(batch)
+
+    def _write(self, batch: list[Trace], between: Callable[[], Any] | None) -> int:
+        """Insert `batch` in one transaction; returns how many rows were bad."""
+        store = self._db()
+        assert store is not None
         try:
             with store.transaction() as db:
-                insert = db.conn.executemany
-                if between is None:
-                    insert(_INSERT, batch)
-                else:
-                    for start in range(0, len(batch), SLICE_ROWS):
-                        if start:
-                            between()
-                        insert(_INSERT, batch[start : start + SLICE_ROWS])
+                execute = db.conn.execute
+                for start in range(0, len(batch), SLICE_ROWS):
+                    if start and between is not None:
+                        between()
+                    rows = batch[start : start + SLICE_ROWS]
+                    execute(_insert_rows(len(rows)), [v for row in rows for v in row])
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,
             # so one poison row never blocks the buffer.
             return self._write_each(store, batch)
-        except BaseException as ex:
-            self._requeue(batch)
-            if isinstance(ex, Exception):  # not a greenlet kill or Ctrl-C
-                self._failed(ex)
-            raise
-        self._wrote(len(batch))
-        return len(batch)
+        return 0
 
     def _wrote(self, count: int) -> None:
         self.written += count
@@ -202,26 +257,18 @@ class TraceLog:
             log.warning("writing traces works again (%d pending)", self.pending)
             self.write_error = None
 
-    def _write_each(self, store: Store, batch: list[Trace]) -> int:
-        """Write `batch` row by row in one transaction, skipping bad rows."""
+    @staticmethod
+    def _write_each(store: Store, batch: list[Trace]) -> int:
+        """Write `batch` row by row in one transaction, skipping bad rows;
+        returns how many were bad."""
         bad = 0
-        try:
-            with store.transaction() as db:
-                for row in batch:
-                    try:
-                        db.conn.execute(_INSERT, row)
-                    except _UNWRITABLE_ROW:
-                        bad += 1
-        except BaseException as ex:
-            self._requeue(batch)
-            if isinstance(ex, Exception):
-                self._failed(ex)
-            raise
-        if bad:
-            log.error("dropped %d trace rows with values SQLite cannot store", bad)
-        self.dropped += bad
-        self._wrote(len(batch) - bad)
-        return len(batch)
+        with store.transaction() as db:
+            for row in batch:
+                try:
+                    db.conn.execute(_INSERT, row)
+                except _UNWRITABLE_ROW:
+                    bad += 1
+        return bad
 
     def _requeue(self, batch: list[Trace]) -> None:
         """Put an unwritten batch back in front of what arrived meanwhile;
@@ -254,35 +301,64 @@ class TraceLog:
     def run(self, stopped: Callable[[], bool]) -> None:
         """Flush every FLUSH_S and prune every PRUNE_S until `stopped()`.
 
-        Runs in the worker's event loop. (A native writer thread was tried:
-        contention for the GIL cost more CPU per request than the inserts.)
-        Transactions of up to BATCH_MAX rows are written in slices of
-        SLICE_ROWS with a yield between them, so a flush never holds the loop
-        for long (500 rows at once held it ~3 ms: the p99 of a lone client).
+        The writing happens on a native thread of its own (a one-thread
+        gevent ThreadPool; this greenlet only waits for it), never on the
+        worker's event loop. Inserts are cheap, but a commit can wait for
+        another worker's write lock (busy timeout), and every ~1000 pages
+        SQLite checkpoints the WAL, which fsyncs the database: tens of
+        milliseconds on a busy disk. On the event loop, every request arriving
+        meanwhile waited too (the p99 of a lone client was 14 ms). `sqlite3`
+        releases the GIL inside SQLite (each row's step, the commit, the
+        checkpoint), so the loop keeps serving; the thread needs the GIL only
+        to bind each row's values, a few microseconds per request. (A writer
+        process would take the binding off the worker too, but the rows would
+        then be pickled through a pipe, costing about as much, and the
+        written/pending/dropped accounting would span two processes.)
+        One thread, always the same one: the SQLite connection is opened,
+        used and closed there.
         """
         import gevent
+        from gevent.threadpool import ThreadPool
 
-        while not stopped():
-            gevent.sleep(FLUSH_S)
-            self.tick(pause=gevent.sleep, between=gevent.sleep)
-        self.close()
+        pool = ThreadPool(1)
+
+        def on_thread(fn: Callable[..., Any], *args: Any) -> Any:
+            # An exception is carried back and raised here: raised in the
+            # pool, gevent would also print its traceback to stderr.
+            ok, value = pool.apply(_outcome, (fn, *args))
+            if not ok:
+                raise value
+            return value
+
+        try:
+            while not stopped():
+                gevent.sleep(FLUSH_S)
+                self.tick(pause=gevent.sleep, write=on_thread)
+            pool.apply(_outcome, (self.close,))
+        finally:
+            pool.kill()
 
     def tick(
         self,
         pause: Callable[[], Any] | None = None,
         between: Callable[[], Any] | None = None,
+        write: Callable[..., Any] | None = None,
     ) -> None:
         """Flush everything (`pause()` between transactions, `between()`
-        between slices of one), and prune when PRUNE_S has passed."""
+        between slices of one, `write` as in `flush`), and prune when PRUNE_S
+        has passed."""
         try:
-            while self.flush(BATCH_MAX, between) == BATCH_MAX:
+            while self.flush(BATCH_MAX, between, write) == BATCH_MAX:
                 if pause is not None:
                     pause()
         except Exception:  # noqa: BLE001 - tracing must never take the router down
             return  # logged by flush; the batch waits in the buffer for the next tick
         try:
             if time.monotonic() - self._last_prune >= PRUNE_S:
-                self.prune()
+                if write is None:
+                    self.prune()
+                else:
+                    write(self.prune)
         except Exception:  # noqa: BLE001
             log.exception("pruning traces failed")
 
@@ -295,5 +371,8 @@ class TraceLog:
             self.dropped += len(self._buffer)
             self._buffer.clear()
         if self._store is not None:
-            self._store.close()
-            self._store = None
+            store, self._store = self._store, None
+            try:
+                store.close()
+            except sqlite3.ProgrammingError:
+                pass  # opened by the writer thread, which is gone (worker exit)

@@ -8,6 +8,15 @@ router app stays free of side effects before gevent patches the process.
 Every call has a connect timeout and a network timeout that bounds both the
 wait for the first byte and each idle gap while streaming. Only URLs the
 `allow` callable accepts (the manifest's nodes) are ever connected to.
+
+In the router's gunicorn worker (`Upstream(swept=True)`) the network timeout is
+not a socket timeout: gevent starts and stops a timer for every blocking read
+on a socket with a timeout (about 3 % of the worker's CPU per proxied
+request). Instead the reading greenlet enters itself with its deadline in a
+`Deadlines` table (herd.router.http.deadlines: two dict operations) and one
+sweeping greenlet ends the reads that overran, within its SWEEP_S. Elsewhere
+(tests driving the app in-process, from any thread) plain socket timeouts
+apply.
 """
 
 from __future__ import annotations
@@ -84,11 +93,33 @@ class StreamBroken(Exception):
     """A node failed after its answer started (idle timeout, reset, garbage)."""
 
 
+class _Swept:
+    """A greenlet's reads on node sockets, each bounded by `network_s`, kept by
+    a `Deadlines` sweeper (see the module docstring)."""
+
+    __slots__ = ("deadlines", "network_s", "current", "monotonic")
+
+    def __init__(self, deadlines: Any, network_s: float, current: Any, clock: Any):
+        self.deadlines = deadlines
+        self.network_s = network_s
+        self.current = current
+        self.monotonic = clock
+
+    def enter(self) -> Any:
+        greenlet = self.current()
+        self.deadlines.enter(greenlet, self.monotonic() + self.network_s)
+        return greenlet
+
+    def leave(self, greenlet: Any) -> None:
+        self.deadlines.leave(greenlet)
+
+
 class Reply:
     """One node's answer: status and headers read, body still on the socket."""
 
-    def __init__(self, response: Any):
+    def __init__(self, response: Any, swept: _Swept | None = None):
         self._response = response
+        self._swept = swept
         self.status: int = response.status_code
         self.content_type: str = response.get("content-type") or ""
 
@@ -98,19 +129,32 @@ class Reply:
 
     def read(self) -> bytes:
         """The whole body (non-streaming answers)."""
+        swept = self._swept
+        greenlet = swept.enter() if swept is not None else None
         try:
             return bytes(self._response.read())
         except Exception as ex:  # noqa: BLE001 - any socket/parse failure
             self.close()
             raise StreamBroken(_describe(ex)) from ex
+        finally:
+            if swept is not None:
+                swept.leave(greenlet)
 
     def lines(self) -> Iterator[bytes]:
         """The body line by line (`\\n` kept), as soon as each line arrives."""
         response = self._response
         readline = response.readline
+        swept = self._swept
         try:
             while True:
-                line = readline(b"\n")
+                if swept is None:
+                    line = readline(b"\n")
+                else:
+                    greenlet = swept.enter()
+                    try:
+                        line = readline(b"\n")
+                    finally:
+                        swept.leave(greenlet)
                 if not line:
                     # A last line without "\n" (a plain JSON body) stays in
                     # the parser's buffer; hand it out too.
@@ -164,11 +208,23 @@ def _describe(ex: BaseException) -> str:
 
 
 class Upstream:
-    """Keep-alive pools to node URLs, one per (URL, timeouts)."""
+    """Keep-alive pools to node URLs, one per (URL, timeouts).
 
-    def __init__(self, allow: Callable[[str], bool] | None = None):
+    `swept`: network timeouts are kept by a deadline sweeper instead of socket
+    timeouts (the router's gevent worker: see the module docstring). Only
+    for one thread's event loop.
+    """
+
+    def __init__(
+        self, allow: Callable[[str], bool] | None = None, *, swept: bool = False
+    ):
         self._allow = allow or (lambda url: True)
         self._clients: dict[tuple[str, float, float], Any] = {}
+        self._swept = swept
+        #: The sweeper and its clocks, made on first use (imports gevent).
+        self._deadlines: Any = None
+        self._current: Any = None
+        self._monotonic: Any = None
 
     def set_allow(self, allow: Callable[[str], bool]) -> None:
         self._allow = allow
@@ -192,7 +248,7 @@ class Upstream:
                 port=parts.port or (443 if parts.scheme == "https" else 80),
                 ssl=parts.scheme == "https",
                 connection_timeout=connect_s,
-                network_timeout=network_s,
+                network_timeout=None if self._swept else network_s,
                 # The router bounds concurrency per node itself (queues.py).
                 concurrency=65536,
                 headers={"User-Agent": "herd-router"},
@@ -228,6 +284,8 @@ class Upstream:
         if not self._allow(url):
             raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
         client = self._client(url, connect_s, network_s)
+        swept = self._sweeper(network_s) if self._swept else None
+        greenlet = swept.enter() if swept is not None else None
         try:
             response = self._exchange(client, method, path, body, headers)
         except TimeoutError as ex:
@@ -239,7 +297,23 @@ class Upstream:
             raise UpstreamFailure(kind, f"{url}: {_describe(ex)}") from ex
         except Exception as ex:  # noqa: BLE001 - parse errors, closed connections
             raise UpstreamFailure("protocol", f"{url}: {_describe(ex)}") from ex
-        return Reply(response)
+        finally:
+            if swept is not None:
+                swept.leave(greenlet)
+        return Reply(response, swept)
+
+    def _sweeper(self, network_s: float) -> _Swept:
+        deadlines = self._deadlines
+        if deadlines is None:
+            import time
+
+            from greenlet import getcurrent
+
+            from herd.router.http.deadlines import Deadlines
+
+            deadlines = self._deadlines = Deadlines()
+            self._current, self._monotonic = getcurrent, time.monotonic
+        return _Swept(deadlines, network_s, self._current, self._monotonic)
 
     def _exchange(
         self,
