@@ -161,17 +161,19 @@
   // -- traffic: charts and usage -----------------------------------------------
 
   function chartSize(div) {
-    return { width: Math.max(200, div.clientWidth), height: div.clientHeight || 190 };
+    return { width: Math.max(200, div.clientWidth), height: 170 };
   }
 
-  function makeChart(id, series, data) {
+  function makeChart(id, series, data, points) {
     const div = $(id);
     const opts = {
       ...chartSize(div),
-      series: [{}, ...series],
+      // Points as well as lines where a lone busy minute between idle (empty)
+      // ones would otherwise not show at all.
+      series: [{}, ...series.map((s) => ({ points: { show: points, size: 4 }, ...s }))],
       axes: [{}, { size: 50 }],
-      scales: { x: { time: true } },
-      legend: { live: true },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      legend: { live: false },
       cursor: { drag: { x: false, y: false } },
     };
     return new uPlot(opts, data, div);
@@ -189,13 +191,13 @@
       state.charts.rpm = makeChart("chart-rpm", [
         { label: "requests/min", stroke: "#2b5797", fill: "rgba(43,87,151,0.12)", width: 1.5 },
         { label: "errors/min", stroke: "#b3261e", width: 1.5 },
-      ], rpm);
+      ], rpm, false);
       state.charts.latency = makeChart("chart-latency", [
         { label: "TTFT p50", stroke: "#1f7a3a", width: 1.5 },
         { label: "TTFT p95", stroke: "#1f7a3a", dash: [4, 3], width: 1.5 },
         { label: "duration p50", stroke: "#a15c00", width: 1.5 },
         { label: "duration p95", stroke: "#a15c00", dash: [4, 3], width: 1.5 },
-      ], latency);
+      ], latency, true);
     } else {
       state.charts.rpm.setData(rpm);
       state.charts.latency.setData(latency);
