@@ -5,93 +5,149 @@ time to first token and duration in time buckets (one minute over the hour,
 fifteen minutes over the day), plus usage per client group, tag and model.
 "Model requests" are the traces that name a model (chat, generate, embed,
 OpenAI completions...); probes, /fleet/status and the dashboard's own polling
-are not counted. The file is opened read-only and rows are read newest
-first up to `ROWS_MAX`, so a huge day is summarized from its newest part
-(`truncated` says so) instead of taking unbounded memory.
+are not counted.
+
+A window costs two queries whatever its size. Counts, errors and tokens are
+exact: SQLite groups the window by (bucket, group, model, tags), which leaves
+a few hundred rows for Python to fold into each dimension. Percentiles
+(nearest rank) come from at most `SAMPLE_MAX` traces: every trace when the
+window holds fewer, else every n-th by id (`sampled_every` says which), so a
+busy day never turns into a Python loop over millions of rows. The file is
+opened read-only.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import NONE_KEY, UNTAGGED, Bucket, has_tags
+from herd.ops.tracequery import NONE_KEY, UNTAGGED, has_tags, percentile
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
 
 #: name -> (seconds covered, seconds per bucket)
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900)}
-ROWS_MAX = 200_000
 #: Keys listed per dimension (the busiest first).
 KEYS_MAX = 20
+#: Per-bucket figures charted besides the request count.
+SERIES = (
+    "errors",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "duration_p50_ms",
+    "duration_p95_ms",
+)
+#: Traces read for the percentiles of one window, at most.
+SAMPLE_MAX = 50_000
 
-_MODEL_ROWS = "(requested_model IS NOT NULL OR served_model IS NOT NULL)"
+_WHERE = (
+    "ts >= :since AND ts <= :now"
+    " AND (requested_model IS NOT NULL OR served_model IS NOT NULL)"
+)
+_MODEL = f"coalesce(served_model, requested_model, '{NONE_KEY}')"
+_CLIENT = f"coalesce(client, '{NONE_KEY}')"
+
+
+@dataclass
+class Figures:
+    """Running figures for one bucket or key."""
+
+    count: int = 0
+    errors: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    ttft: list[float] = field(default_factory=list)
+    duration: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        self.ttft.sort()
+        self.duration.sort()
+        return {
+            "count": self.count,
+            "errors": self.errors,
+            "error_rate": round(self.errors / self.count, 4) if self.count else 0.0,
+            "ttft_p50_ms": percentile(self.ttft, 50),
+            "ttft_p95_ms": percentile(self.ttft, 95),
+            "duration_p50_ms": percentile(self.duration, 50),
+            "duration_p95_ms": percentile(self.duration, 95),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+        }
 
 
 class _Window:
-    def __init__(self, now: float, span: int, step: int):
-        self.since = now - span
-        self.step = step
-        self.count = span // step
-        #: Bucket i covers [start + i*step, start + (i+1)*step); the last one ends now.
-        self.start = now - self.count * step
-        self.buckets = [Bucket() for _ in range(self.count)]
-        self.total = Bucket()
-        self.by: dict[str, dict[str, Bucket]] = {"group": {}, "tag": {}, "model": {}}
+    def __init__(self, count: int):
+        self.buckets = [Figures() for _ in range(count)]
+        self.total = Figures()
+        self.by: dict[str, dict[str, Figures]] = {"group": {}, "tag": {}, "model": {}}
 
-    def add(self, row: sqlite3.Row, tags: list[str]) -> None:
-        ts = row["ts"]
-        if ts < self.since:
-            return
-        index = min(self.count - 1, int((ts - self.start) // self.step))
-        self.buckets[index].add(row)
-        self.total.add(row)
-        keys = {
-            "group": [row["client"] or NONE_KEY],
-            "tag": tags or [UNTAGGED],
-            "model": [row["served_model"] or row["requested_model"] or NONE_KEY],
-        }
-        for dimension, names in keys.items():
-            for name in names:
-                self.by[dimension].setdefault(name, Bucket()).add(row)
+    def targets(self, bucket: int, client: str, model: str, tags: str | None):
+        """Every Figures a trace of this bucket, group, model and tags counts in."""
+        yield self.buckets[bucket]
+        yield self.total
+        by = self.by
+        yield by["group"].setdefault(client, Figures())
+        yield by["model"].setdefault(model, Figures())
+        for tag in split(tags) or [UNTAGGED]:
+            yield by["tag"].setdefault(tag, Figures())
 
-    def summary(self) -> dict[str, Any]:
-        per_minute = 60.0 / self.step
-        series: dict[str, list[Any]] = {
-            "t": [round(self.start + i * self.step, 3) for i in range(self.count)],
-            "requests": [],
-            "errors": [],
-            "rpm": [],
-            "ttft_p50_ms": [],
-            "ttft_p95_ms": [],
-            "duration_p50_ms": [],
-            "duration_p95_ms": [],
-        }
-        for bucket in self.buckets:
-            figures = bucket.summary()
-            series["requests"].append(figures["count"])
-            series["errors"].append(figures["errors"])
-            series["rpm"].append(round(figures["count"] * per_minute, 3))
-            for key in ("ttft_p50_ms", "ttft_p95_ms"):
-                series[key].append(figures[key])
-            for key in ("duration_p50_ms", "duration_p95_ms"):
-                series[key].append(figures[key])
-        return {
-            "since": round(self.since, 3),
-            "bucket_s": self.step,
-            "series": series,
-            "total": self.total.summary(),
-            **{
-                f"by_{dimension}": [
-                    {"key": key, **bucket.summary()}
-                    for key, bucket in sorted(
-                        buckets.items(), key=lambda kv: (-kv[1].count, kv[0])
-                    )[:KEYS_MAX]
-                ]
-                for dimension, buckets in self.by.items()
-            },
-        }
+
+def _ranked(by: dict[str, Figures]) -> list[dict[str, Any]]:
+    ordered = sorted(by.items(), key=lambda kv: (-kv[1].count, kv[0]))
+    return [{"key": k, **figures.summary()} for k, figures in ordered[:KEYS_MAX]]
+
+
+def window(conn: sqlite3.Connection, now: float, span: int, step: int) -> dict:
+    """One window: its bucket series, totals, and usage per group, tag, model."""
+    count = span // step
+    start = now - count * step  # bucket i: [start + i*step, start + (i+1)*step)
+    params: dict[str, Any] = {"since": now - span, "now": now, "start": start}
+    keys = (
+        f"min({count - 1}, CAST((ts - :start) / {step} AS INTEGER)), {_CLIENT},"
+        f" {_MODEL}, {'tags' if has_tags(conn) else 'NULL'}"
+    )
+    figures = _Window(count)
+    for bucket, client, model, tags, n, errors, tokens_in, tokens_out in conn.execute(
+        f"SELECT {keys}, count(*), sum(status >= 400 OR error_class IS NOT NULL),"
+        " coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0)"
+        f" FROM traces WHERE {_WHERE} GROUP BY 1, 2, 3, 4",
+        params,
+    ):
+        for target in figures.targets(bucket, client, model, tags):
+            target.count += n
+            target.errors += errors
+            target.tokens_in += tokens_in
+            target.tokens_out += tokens_out
+    every = max(1, math.ceil(figures.total.count / SAMPLE_MAX))
+    for bucket, client, model, tags, ttft, duration in conn.execute(
+        f"SELECT {keys}, ttft_ms, duration_ms FROM traces WHERE {_WHERE}"
+        " AND (ttft_ms IS NOT NULL OR duration_ms IS NOT NULL) AND id % :every = 0",
+        {**params, "every": every},
+    ):
+        for target in figures.targets(bucket, client, model, tags):
+            if ttft is not None:
+                target.ttft.append(ttft)
+            if duration is not None:
+                target.duration.append(duration)
+    series: dict[str, list[Any]] = {
+        "t": [round(start + i * step, 3) for i in range(count)]
+    }
+    summaries = [b.summary() for b in figures.buckets]
+    series["requests"] = [s["count"] for s in summaries]
+    for name in SERIES:
+        series[name] = [s[name] for s in summaries]
+    series["rpm"] = [round(c * 60.0 / step, 3) for c in series["requests"]]
+    return {
+        "since": round(now - span, 3),
+        "bucket_s": step,
+        "sampled_every": every,
+        "series": series,
+        "total": figures.total.summary(),
+        **{f"by_{d}": _ranked(by) for d, by in figures.by.items()},
+    }
 
 
 def empty(now: float, reason: str) -> dict[str, Any]:
@@ -99,8 +155,10 @@ def empty(now: float, reason: str) -> dict[str, Any]:
     return {"generated_at": now, "available": False, "reason": reason}
 
 
-def traffic(state_dir: str | Path, now: float) -> dict[str, Any]:
-    """Series and usage for every window in WINDOWS (see the module docstring)."""
+def traffic(
+    state_dir: str | Path, now: float, names: tuple[str, ...] = tuple(WINDOWS)
+) -> dict[str, Any]:
+    """The windows `names` of WINDOWS (see the module docstring)."""
     path = Path(state_dir) / DB_NAME
     if not path.exists():
         return empty(now, f"no traces yet ({path} does not exist)")
@@ -109,39 +167,13 @@ def traffic(state_dir: str | Path, now: float) -> dict[str, Any]:
     except sqlite3.Error as ex:
         return empty(now, f"cannot read {path}: {ex}")
     try:
-        conn.row_factory = sqlite3.Row
-        return _aggregate(conn, now)
+        return {
+            "generated_at": now,
+            "available": True,
+            "counted": "model requests (traces naming a model)",
+            "windows": {n: window(conn, now, *WINDOWS[n]) for n in names},
+        }
     except sqlite3.Error as ex:
         return empty(now, f"cannot read {path}: {ex}")
     finally:
         conn.close()
-
-
-def _aggregate(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
-    windows = {name: _Window(now, *spec) for name, spec in WINDOWS.items()}
-    since = min(w.since for w in windows.values())
-    tagged = has_tags(conn)
-    columns = (
-        "ts, client, requested_model, served_model, status, error_class, "
-        "tokens_in, tokens_out, ttft_ms, duration_ms" + (", tags" if tagged else "")
-    )
-    read = 0
-    oldest = None
-    for row in conn.execute(
-        f"SELECT {columns} FROM traces WHERE ts >= ? AND ts <= ? AND {_MODEL_ROWS}"
-        " ORDER BY ts DESC LIMIT ?",
-        (since, now, ROWS_MAX),
-    ):
-        read += 1
-        oldest = row["ts"]
-        tags = split(row["tags"]) if tagged else []
-        for window in windows.values():
-            window.add(row, tags)
-    return {
-        "generated_at": now,
-        "available": True,
-        "counted": "model requests (traces naming a model)",
-        "truncated": read >= ROWS_MAX,
-        "oldest_counted": oldest,
-        "windows": {name: w.summary() for name, w in windows.items()},
-    }

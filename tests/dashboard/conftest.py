@@ -4,6 +4,7 @@ tests know (`SENT`)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -51,6 +52,30 @@ def send_traffic(fleet: Fleet) -> None:
                 assert reply.status_code == status, reply.text
 
 
+def written(router: Router, count: int, timeout: float = 20) -> None:
+    """Wait until traces.db holds `count` model requests (the router writes
+    traces about a second after the request), so that the dashboard's first,
+    cached, look at the day already sees them all."""
+    path = router.state_dir / "traces.db"
+    deadline = time.monotonic() + timeout
+    found = 0
+    while time.monotonic() < deadline:
+        if path.exists():
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                (found,) = conn.execute(
+                    "SELECT count(*) FROM traces WHERE requested_model IS NOT NULL"
+                ).fetchone()
+            except sqlite3.OperationalError:
+                found = 0  # the table is not there yet
+            finally:
+                conn.close()
+            if found >= count:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{found} of {count} traces written")
+
+
 @pytest.fixture(scope="package")
 def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -62,6 +87,7 @@ def fleet(tmp_path_factory):
         router.wait_nodes_up(2)
         fleet = Fleet(router, time.time())
         send_traffic(fleet)
+        written(router, sum(SENT.values()))
         yield fleet
     finally:
         router.stop()

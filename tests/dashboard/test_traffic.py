@@ -43,7 +43,7 @@ def test_buckets_percentiles_groups_and_tags(tmp_path):
     write(tmp_path, rows)
 
     body = traffic(tmp_path, NOW)
-    assert body["available"] and not body["truncated"]
+    assert body["available"]
     hour, day = body["windows"]["hour"], body["windows"]["day"]
     assert hour["bucket_s"] == 60 and len(hour["series"]["t"]) == 60
     assert day["bucket_s"] == 900 and len(day["series"]["t"]) == 96
@@ -68,3 +68,17 @@ def test_buckets_percentiles_groups_and_tags(tmp_path):
     assert tags == {"app:wiki": 3, "team/ops": 3, "(untagged)": 11}
     assert {t["key"]: t["count"] for t in day["by_tag"]}["app:wiki"] == 5
     assert [m["key"] for m in hour["by_model"]] == ["m"]
+
+
+def test_a_big_window_samples_percentiles_but_counts_exactly(tmp_path, monkeypatch):
+    from herd.dashboard import traffic as module
+
+    write(tmp_path, [trace(NOW - 10 - i % 50, ttft=float(i)) for i in range(400)])
+    monkeypatch.setattr(module, "SAMPLE_MAX", 100)
+    hour = traffic(tmp_path, NOW)["windows"]["hour"]
+    assert hour["sampled_every"] == 4
+    assert hour["total"]["count"] == 400 and hour["total"]["tokens_in"] == 1200
+    assert sum(hour["series"]["requests"]) == 400
+    # A sample of every 4th trace by id still spans the whole range.
+    assert 180 <= hour["total"]["ttft_p50_ms"] <= 220
+    assert hour["total"]["ttft_p95_ms"] >= 370

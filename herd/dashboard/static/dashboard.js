@@ -231,9 +231,9 @@
     $("traffic-total").textContent = total.count + " model requests, " + pct(total.error_rate) +
       " errors, TTFT p50 " + ms(total.ttft_p50_ms) + " / p95 " + ms(total.ttft_p95_ms) +
       ", duration p95 " + ms(total.duration_p95_ms);
-    $("traffic-note").textContent = (t.truncated ? "Only the newest traces were counted (oldest at " +
-      new Date(t.oldest_counted * 1000).toLocaleString() + "). " : "") +
-      "Buckets of " + (w.bucket_s / 60) + " min; counted: " + t.counted + ".";
+    $("traffic-note").textContent = "Buckets of " + (w.bucket_s / 60) + " min; counted: " +
+      t.counted + (w.sampled_every > 1 ? "; percentiles from every " + w.sampled_every +
+      "th trace (counts are exact)" : "") + ".";
     fill("by-group", usageRows(w.by_group), "no requests in this window", 6);
     fill("by-tag", usageRows(w.by_tag), "no requests in this window", 6);
     renderCharts();
