@@ -4,6 +4,8 @@ content types and CSP, and JSON whose aggregates match the traffic sent."""
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import time
 from collections import Counter
 from typing import Any
@@ -115,6 +117,32 @@ def test_traffic_matches_what_was_sent(fleet):
         assert models == {"llama3.2:3b": 7, "qwen3:0.6b": 2, "no-such-model": 1}
         ok = [g for g in window["by_group"] if g["key"] == "ops"][0]
         assert ok["ttft_p95_ms"] is not None and ok["duration_p95_ms"] > 0
+
+
+def test_percentiles_match_the_stored_traces(fleet):
+    """p50/p95 per group equal the nearest-rank percentiles of the rows in
+    traces.db, computed here independently."""
+    path = fleet.router.state_dir / "traces.db"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT client, ttft_ms, duration_ms FROM traces"
+            " WHERE requested_model IS NOT NULL"
+        ).fetchall()
+    finally:
+        conn.close()
+    window = get(fleet, "/dashboard/api/traffic").json()["windows"]["hour"]
+    for group in window["by_group"]:
+        for column, name in ((1, "ttft"), (2, "duration")):
+            values = sorted(
+                r[column]
+                for r in rows
+                if r[0] == group["key"] and r[column] is not None
+            )
+            for p in (50, 95):
+                rank = max(1, math.ceil(p / 100 * len(values)))
+                expected = round(values[rank - 1], 3) if values else None
+                assert group[f"{name}_p{p}_ms"] == expected, (group, name, p)
 
 
 def test_audit_lists_the_apply_with_an_intact_chain(fleet):
