@@ -18,7 +18,6 @@ import sqlite_utils
 from herd.ops import auditlog
 from herd.ops.chain import verify
 from herd.reconcile.actions import Imported
-from herd.reconcile.session import catalog
 from herd.store import DB_NAME
 
 AUDIT_ROWS = 50
@@ -85,6 +84,9 @@ def bundle_catalog(state_dir: str | Path) -> tuple[dict[str, Imported], set[str]
         return {}, set()
     if db is None:
         return {}, set()
+    # Imported here: the planner's I/O module is not needed until a dashboard asks.
+    from herd.reconcile.session import catalog
+
     try:
         return catalog(SimpleNamespace(db=db))  # type: ignore[arg-type]
     finally:
