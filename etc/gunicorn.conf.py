@@ -1,8 +1,10 @@
 """gunicorn settings for the herd router (`herd serve` uses this file by default).
 
 One gevent worker serves thousands of concurrent streams; add workers (`herd
-serve --workers N`) only to use more CPU cores. Never `preload_app` with
-gevent: the app must be imported after the worker monkey-patches. The bind
+serve --workers N`) only to use more CPU cores: the manifest's limits hold for
+the router as a whole whatever N is (herd/router/fleetstate.py). Never
+`preload_app` with gevent: the app must be imported after the worker
+monkey-patches. The bind
 address comes from the manifest's `router.listen` (passed by `herd serve`) or
 HERD_BIND. gunicorn's access log stays off (herd logs one line per request,
 never bodies); HERD_ACCESS_LOG=0 silences herd's own access lines too.
@@ -96,24 +98,33 @@ def worker_exit(server, worker):
 
 
 def on_starting(server):
-    """Before any worker exists: a private, empty metrics directory."""
+    """Before any worker exists: a private, empty metrics directory, and the
+    fleet state every worker shares (slots, queues, rate limits, counters,
+    health: herd/router/fleetstate.py)."""
+    from herd.router import fleetstate
     from herd.router.observe import multiproc
 
     multiproc.prepare()
+    fleetstate.prepare()
 
 
 def child_exit(server, worker):
-    """A worker is gone: its live gauges stop counting (its counters stay)."""
+    """A worker is gone: its live gauges stop counting (its counters stay),
+    and the slots and queue places it held are free again."""
+    from herd.router import fleetstate
     from herd.router.observe import multiproc
 
     multiproc.worker_gone(worker.pid)
+    fleetstate.worker_gone(worker.pid)
 
 
 def on_exit(server):
-    """The router stops: remove the metrics directory it made."""
+    """The router stops: remove the metrics directory and fleet state it made."""
+    from herd.router import fleetstate
     from herd.router.observe import multiproc
 
     multiproc.cleanup()
+    fleetstate.cleanup()
 
 
 # -- systemd (Type=notify): readiness, reload, stop; see herd/router/readiness.py --

@@ -116,7 +116,8 @@ WORKERS = Setting(
     flag="--workers",
     env="HERD_WORKERS",
     help="`herd serve`: gunicorn gevent workers; one holds thousands of streams, add "
-    "more only to use more CPU cores (default 1)",
+    "more only to use more CPU cores: the manifest's limits, the counters and the "
+    "node polls are the router's whatever the number (default 1, at most 128)",
     default=lambda: 1,
     type=int,
     metavar="N",

@@ -9,6 +9,7 @@ also heartbeats keeps being polled and gains the agent's metrics.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,6 +72,7 @@ class AgentAwareHealth(StaticPoller):
         self._refused: dict[str, NodeHealth] = {}
         self._by_static: tuple[int, dict[str, Member]] = (-1, {})
         self._memory: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._kept = float("-inf")
 
     def member(self, node: Node) -> Member | None:
         """The agent reporting for `node` (a discovered node, or a static one
@@ -141,17 +143,29 @@ class AgentAwareHealth(StaticPoller):
         import gevent
 
         fleet = self._static_fleet()
-        # Also when no request comes: flush heartbeats for the other workers,
-        # expire silent members.
-        self.membership.check(fleet.discovery.heartbeat_timeout_s)
+        self._housekeeping(fleet)
         known = {n.name for n in fleet.nodes}
         for name in [n for n in self.health if n not in known]:
             del self.health[name]
-        live = self.membership.members
-        for name in [n for n in self._agent if n not in live]:
-            del self._agent[name]
-            self._refused.pop(name, None)
         jobs = [gevent.spawn(self.poll_node, node) for node in fleet.nodes]
         gevent.joinall(jobs, timeout=self.timeout * 3 + 1)
         for job in jobs:
             job.kill(block=False)
+
+    def follow_once(self) -> None:
+        """A worker that does not poll still keeps the members current."""
+        fleet = self._static_fleet()
+        now = time.monotonic()
+        if now - self._kept >= self.interval:
+            self._kept = now
+            self._housekeeping(fleet)
+        self.follow()
+
+    def _housekeeping(self, fleet: Fleet) -> None:
+        # Also when no request comes: flush heartbeats for the other workers,
+        # expire silent members.
+        self.membership.check(fleet.discovery.heartbeat_timeout_s)
+        live = self.membership.members
+        for name in [n for n in self._agent if n not in live]:
+            del self._agent[name]
+            self._refused.pop(name, None)

@@ -137,7 +137,7 @@ class RouterMdns:
                     host,
                     port,
                     txt,
-                    (iface.address,),
+                    iface.addresses,
                 )
             ]
 

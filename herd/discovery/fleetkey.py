@@ -98,7 +98,8 @@ def load(path: str | os.PathLike[str]) -> tuple[FleetKey, ...]:
 
 def mac(key: FleetKey, timestamp: str, nonce: str, body: bytes) -> str:
     message = CONTEXT + timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body
-    return SCHEME + hmac.new(key.secret, message, hashlib.sha256).hexdigest()
+    # hmac.digest: one OpenSSL call, no Python HMAC object (cheaper per beat).
+    return SCHEME + hmac.digest(key.secret, message, "sha256").hex()
 
 
 def sign(key: FleetKey, body: bytes, now: float) -> dict[str, str]:

@@ -84,6 +84,44 @@ class NodeHealth:
         }
 
 
+def health_doc(health: NodeHealth) -> dict[str, Any]:
+    """`health` as plain JSON values (what one worker's poll tells the others)."""
+    return {
+        "name": health.name,
+        "url": health.url,
+        "up": health.up,
+        "version": health.version,
+        "on_disk": sorted(health.on_disk),
+        "loaded": sorted(health.loaded),
+        "details": dict(health.details),
+        "ps": list(health.ps),
+        "failures": health.failures,
+        "last_ok": health.last_ok,
+        "last_poll": health.last_poll,
+        "last_error": health.last_error,
+        "poll_ms": health.poll_ms,
+    }
+
+
+def health_from_doc(doc: Mapping[str, Any]) -> NodeHealth:
+    """The inverse of `health_doc`."""
+    return NodeHealth(
+        name=doc["name"],
+        url=doc["url"],
+        up=doc["up"],
+        version=doc["version"],
+        on_disk=frozenset(doc["on_disk"]),
+        loaded=frozenset(doc["loaded"]),
+        details=MappingProxyType(dict(doc["details"])),
+        ps=tuple(doc["ps"]),
+        failures=doc["failures"],
+        last_ok=doc["last_ok"],
+        last_poll=doc["last_poll"],
+        last_error=doc["last_error"],
+        poll_ms=doc["poll_ms"],
+    )
+
+
 def _keys(entries: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     out: dict[str, Mapping[str, Any]] = {}
     for entry in entries:

@@ -6,12 +6,19 @@ in. A heartbeat is a JSON object:
 
     {"name": "gpu-d", "url": "http://10.20.2.7:11434", "interval_s": 5,
      "goodbye": false, "version": "0.12.3",
-     "models": [...Ollama /api/tags entries...], "loaded": [...ps entries...],
+     "inventory": "9f2c...", "models": [...Ollama /api/tags entries...],
+     "loaded": [...ps entries...],
      "metrics": {"cpu_percent": 7.5, "memory": {"total": ..., "available": ...},
                  "swap": {...}, "disk": {...}, "gpus": [...], ...}}
 
 Every field is checked here, so a malformed heartbeat is a 400 naming the
 field, never an exception deeper in the router.
+
+`inventory` is the agent's digest of version, models and loaded models. Once
+the router has taken an inventory, the agent leaves those fields out until
+they change (a beat is then a third of the size, and cheaper to check); a
+router that does not hold that inventory answers `"resend": true` and the
+agent sends everything again.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ MAX_BODY = 256 * 1024
 MAX_MODELS = 1000
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 NONCE = re.compile(r"^[0-9a-f]{16,64}$")
+INVENTORY = NONCE
+#: The reason given to an admitted heartbeat from a discovered node.
+ADMITTED = "signed heartbeat from an admitted network"
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,11 @@ class Heartbeat:
     models: tuple[Mapping[str, Any], ...] = ()
     loaded: tuple[Mapping[str, Any], ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Digest of (version, ollama_error, models, loaded), as the agent computed it.
+    inventory: str | None = None
+    #: The agent left those out: unchanged since the router last took them
+    #: (Membership.complete fills them in from what it holds).
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,12 @@ def parse(doc: Any) -> Heartbeat:
     metrics = doc.get("metrics", {})
     if not isinstance(metrics, dict):
         raise InvalidRequest("metrics must be an object")
+    inventory = doc.get("inventory")
+    if inventory is not None and (
+        not isinstance(inventory, str) or not INVENTORY.match(inventory)
+    ):
+        raise InvalidRequest("inventory must be 16-64 lowercase hex digits")
+    partial = not goodbye and inventory is not None and "models" not in doc
     return Heartbeat(
         name=name,
         url=url.rstrip("/"),
@@ -113,6 +134,8 @@ def parse(doc: Any) -> Heartbeat:
         models=_entries(doc, "models"),
         loaded=_entries(doc, "loaded"),
         metrics=MappingProxyType(metrics),
+        inventory=inventory,
+        partial=partial,
     )
 
 
@@ -191,4 +214,4 @@ def admit(
     other = url_holder(hb.url)
     if other is not None and other != hb.name:
         return Verdict(False, f"url {hb.url} is held by node {other}", 409)
-    return Verdict(True, "signed heartbeat from an admitted network")
+    return Verdict(True, ADMITTED)

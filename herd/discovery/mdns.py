@@ -3,7 +3,8 @@
 Pure functions, no sockets (the sockets are in herd.discovery.mdnsnet):
 
 - `announcement(services)` / `announcement(services, goodbye=True)`: an
-  unsolicited response with PTR, SRV, TXT and A records (TTL 0 says goodbye);
+  unsolicited response with PTR, SRV, TXT and A/AAAA records (TTL 0 says
+  goodbye);
 - `query(kind, cache)`: a PTR question carrying the answers we already hold
   (known-answer suppression, RFC 6762 section 7.1);
 - `answer(message, services, ...)`: our reply to someone's question, leaving
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from herd.discovery.mdnscache import Cache
 
 GROUP_V4 = "224.0.0.251"
+GROUP_V6 = "ff02::fb"
 PORT = 5353
 ROUTER_TYPE = "_herd._tcp.local."
 NODE_TYPE = "_herd-node._tcp.local."
@@ -192,7 +194,8 @@ def _quoted(value: str) -> str:
 def records(
     service: Service, ttl_scale: float = 1.0, *, cap: int | None = None
 ) -> dict[str, list[dns.rrset.RRset]]:
-    """The PTR, SRV, TXT and A record sets of a service (TTLs scaled: 0 = goodbye)."""
+    """The PTR, SRV, TXT and A/AAAA record sets of a service (TTLs scaled: 0 =
+    goodbye)."""
 
     def ttl(base: int) -> int:
         value = int(base * ttl_scale)
@@ -213,12 +216,16 @@ def records(
         " ".join(_quoted(s) for s in _txt_strings(service.txt)),
     )
     hosts = []
-    if service.addresses:
-        hosts.append(
-            dns.rrset.from_text(
-                service.host, ttl(HOST_TTL), "IN", "A", *service.addresses
+    for rdtype, addresses in (
+        ("A", [a for a in service.addresses if ":" not in a]),
+        ("AAAA", [a for a in service.addresses if ":" in a]),
+    ):
+        if addresses:
+            hosts.append(
+                dns.rrset.from_text(
+                    service.host, ttl(HOST_TTL), "IN", rdtype, *addresses
+                )
             )
-        )
     return {"ptr": [ptr], "srv": [srv], "txt": [txt], "a": hosts}
 
 
@@ -319,11 +326,10 @@ def answer(
                         answers += sets[key]
                 if qtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
                     additional += sets["a"]
-            elif qname == dns.name.from_text(service.host) and qtype in (
-                dns.rdatatype.A,
-                dns.rdatatype.ANY,
-            ):
-                answers += sets["a"]
+            elif qname == dns.name.from_text(service.host) and qtype in _HOST_TYPES:
+                answers += [
+                    r for r in sets["a"] if qtype in (r.rdtype, dns.rdatatype.ANY)
+                ]
     answers = _suppress(answers, known)
     if not answers:
         return None
@@ -335,6 +341,9 @@ def answer(
         questions=message.question if legacy else (),
         flush=not legacy,
     )
+
+
+_HOST_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.ANY)
 
 
 def _suppress(

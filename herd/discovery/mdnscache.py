@@ -36,6 +36,7 @@ class Cache:
                 dns.rdatatype.SRV,
                 dns.rdatatype.TXT,
                 dns.rdatatype.A,
+                dns.rdatatype.AAAA,
             ):
                 continue
             slot = self._records.setdefault((rrset.name, rrset.rdtype), {})
@@ -99,8 +100,16 @@ class Cache:
                     key, _, value = raw.decode("utf-8", "replace").partition("=")
                     if key:
                         txt.setdefault(key.lower(), value)
+            # IPv4 first (sorted), then IPv6: a URL is built from the first.
             addresses = tuple(
-                sorted(rd.address for rd, _, _ in self._live(srv.target, 1, now))
+                sorted(
+                    (
+                        rd.address
+                        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+                        for rd, _, _ in self._live(srv.target, rdtype, now)
+                    ),
+                    key=lambda a: (":" in a, a),
+                )
             )
             out.append(
                 Found(

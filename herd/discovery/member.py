@@ -35,11 +35,21 @@ class Member:
     models: tuple[Mapping[str, Any], ...] = ()
     loaded: tuple[Mapping[str, Any], ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The agent's digest of version, models and loaded (None: it sends none).
+    inventory: str | None = None
+    #: The JSON text of the last heartbeat that carried the whole inventory
+    #: (a row for a later beat that left it out is built from it, see `row_doc`).
+    source: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_row(cls, row: tuple) -> Member:
         name, address, url, static_name, via, first, last, seq, doc = row
         body = json.loads(doc)
+        source = None
+        if "whole" in body and "beat" in body:  # see `row_doc`
+            whole, beat = body["whole"], body["beat"]
+            body = {**whole, **beat}
+            source = json.dumps(whole)
         return cls(
             name=name,
             url=url,
@@ -55,6 +65,8 @@ class Member:
             models=tuple(body.get("models") or ()),
             loaded=tuple(body.get("loaded") or ()),
             metrics=MappingProxyType(body.get("metrics") or {}),
+            inventory=body.get("inventory"),
+            source=source if source is not None else doc,
         )
 
 
@@ -66,4 +78,33 @@ def doc_of(hb: Heartbeat) -> dict[str, Any]:
         "models": list(hb.models),
         "loaded": list(hb.loaded),
         "metrics": dict(hb.metrics),
+        "inventory": hb.inventory,
     }
+
+
+def row_doc(raw: str, source: str | None) -> str:
+    """What a member row stores for a heartbeat whose JSON text is `raw`: the
+    text itself, or, when it left the unchanged models out, both it and the
+    last whole heartbeat's text `source` (joined as text: nothing is parsed
+    or serialized again on the hot path). `Member.from_row` reads both."""
+    if source is None:
+        return raw
+    return '{"whole":' + source + ',"beat":' + raw + "}"
+
+
+def beat_changes(prev: Member | None, hb: Heartbeat, static_name: str | None) -> bool:
+    """Whether `hb` says more than new metrics (then its row is written now)."""
+    if prev is None or (prev.url, prev.static_name, prev.inventory) != (
+        hb.url,
+        static_name,
+        hb.inventory,
+    ):
+        return True
+    if hb.inventory is not None:
+        return False  # the same digest: the same version and models
+    return (prev.version, prev.ollama_error, prev.models, prev.loaded) != (
+        hb.version,
+        hb.ollama_error,
+        hb.models,
+        hb.loaded,
+    )

@@ -13,6 +13,7 @@ A member leaves on its goodbye, or when it has been silent for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -21,8 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from herd.discovery import candidates
 from herd.discovery.heartbeat import Heartbeat
-from herd.discovery.member import Member, doc_of
+from herd.discovery.member import Member, beat_changes, doc_of, row_doc
 
 log = logging.getLogger("herd.audit")
 
@@ -30,6 +32,11 @@ log = logging.getLogger("herd.audit")
 CHECK_S = 0.25
 #: Refusals kept for `herd status` (older ones are only in the log).
 KEEP_REFUSALS = 200
+#: A member whose models, version and URL did not change has its row
+#: rewritten at most this often (and at least three times per heartbeat
+#: timeout, so other workers never expire it): its metrics reach the other
+#: workers up to this late, its changes at once.
+ROW_REFRESH_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -78,6 +85,8 @@ class Membership:
         self.members: dict[str, Member] = {}
         self._by_url: dict[str, str] = {}
         self._pending: dict[str, tuple] = {}
+        #: When each member's row was last queued for writing.
+        self._written: dict[str, float] = {}
         #: Bumps whenever a member leaves (the fleet must drop it at once).
         self.departures = 0
         #: Bumps whenever the set of nodes (names, URLs) changes.
@@ -122,6 +131,21 @@ class Membership:
         """Record a nonce on its own; False if it was seen already (a replay)."""
         return self._nonce(nonce, skew_s)
 
+    def complete(self, hb: Heartbeat, address: str) -> Heartbeat | None:
+        """A partial heartbeat (models left out) with the version and models
+        of the inventory it names; None when no member from `address` holds
+        that inventory (the agent is then asked to send all of it)."""
+        held = self.members.get(hb.name)
+        if held is None or (held.inventory, held.address) != (hb.inventory, address):
+            return None
+        return dataclasses.replace(
+            hb,
+            version=held.version,
+            ollama_error=held.ollama_error,
+            models=held.models,
+            loaded=held.loaded,
+        )  # (still `partial`: its raw body lacks these, see `beat`)
+
     def beat(
         self,
         hb: Heartbeat,
@@ -139,14 +163,26 @@ class Membership:
         workers, so it is not serialized again)."""
         now = self.clock()
         prev = self.members.get(hb.name)
-        doc = raw.decode() if raw is not None else json.dumps(doc_of(hb))
         first = prev.first_seen if prev and prev.url == hb.url else now
+        text = raw.decode() if raw is not None else json.dumps(doc_of(hb))
+        # The text of the last beat that carried the whole inventory (for the
+        # rows of later beats that leave it out).
+        source = prev.source if hb.partial and prev is not None else text
+        if source is None:
+            source = json.dumps(doc_of(hb))
         seq = time.time_ns()
-        row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
         if nonce is not None and not self._nonce(nonce, skew_s):
             return None  # (one autocommit INSERT: atomic across workers)
-        # Member rows reach the other workers in batches (see `flush`).
-        self._pending[hb.name] = row
+        # Member rows reach the other workers in batches (see `flush`), and
+        # only when something besides the metrics changed or the row is old.
+        written = self._written.get(hb.name, float("-inf"))
+        old_row = now - written >= min(ROW_REFRESH_S, self.timeout_s / 3)
+        if old_row or beat_changes(prev, hb, static_name):
+            # A partial beat's body lacks the models: the row gets them all.
+            doc = row_doc(text, source if hb.partial else None)
+            row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
+            self._pending[hb.name] = row
+            self._written[hb.name] = now
         member = Member(
             name=hb.name,
             url=hb.url,
@@ -162,6 +198,8 @@ class Membership:
             models=hb.models,
             loaded=hb.loaded,
             metrics=hb.metrics,
+            inventory=hb.inventory,
+            source=source,
         )
         self._put(member)
         if prev is None or (prev.url, prev.static_name) != (hb.url, static_name):
@@ -264,6 +302,7 @@ class Membership:
 
     def _drop(self, name: str) -> Member | None:
         gone = self.members.pop(name, None)
+        self._written.pop(name, None)
         if gone is not None:
             self.generation += 1
             if self._by_url.get(gone.url) == name:
@@ -300,42 +339,11 @@ class Membership:
 
     def set_candidates(self, found: list[Any]) -> None:
         """Agents currently announced over mDNS (herd.discovery.mdns.Found)."""
-        now = self.clock()
-        rows = [
-            (
-                f.instance,
-                ",".join(f.addresses),
-                f.port,
-                json.dumps(dict(f.txt), sort_keys=True),
-                now,
-            )
-            for f in found
-        ]
-        self.db.execute("BEGIN")
-        try:
-            self.db.execute("DELETE FROM candidates")
-            self.db.executemany("INSERT INTO candidates VALUES (?, ?, ?, ?, ?)", rows)
-        finally:
-            self.db.execute("COMMIT")
+        candidates.store(self.db, found, self.clock())
 
     def candidates(self) -> list[dict[str, Any]]:
-        """Announced agents, each marked admitted or not (and why not)."""
-        rows = self.db.execute(
-            "SELECT instance, address, port, txt FROM candidates ORDER BY instance"
-        ).fetchall()
-        out = []
-        for instance, address, port, txt in rows:
-            member = self.members.get(instance)
-            out.append(
-                {
-                    "name": instance,
-                    "addresses": address.split(",") if address else [],
-                    "port": port,
-                    "txt": json.loads(txt),
-                    "admitted": member is not None,
-                }
-            )
-        return out
+        """Announced agents, each marked admitted or not."""
+        return candidates.listing(self.db, self.members)
 
     def close(self) -> None:
         self.flush()
@@ -352,8 +360,8 @@ class Membership:
             self.departures += 1
         for name, seq in seen.items():
             known = self.members.get(name)
-            if known is not None and known.seq == seq:
-                continue
+            if known is not None and known.seq >= seq:
+                continue  # (this worker heard a later beat than the row holds)
             row = self.db.execute(
                 "SELECT * FROM members WHERE name = ?", (name,)
             ).fetchone()

@@ -16,7 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from herd.discovery.membership import Membership
-from herd.manifest.model import Fleet, Node
+from herd.discovery.roster import with_discovered
+from herd.manifest.model import Fleet
 from herd.router.reload import Served
 
 #: Nodes joining within this window are merged in one rebuild (a restart of
@@ -26,22 +27,7 @@ JOIN_BATCH_S = 0.2
 
 def merge(fleet: Fleet, membership: Membership) -> Fleet:
     """`fleet` with the live discovered (non-static) members appended."""
-    extra = []
-    for member in sorted(membership.members.values(), key=lambda m: m.name):
-        if member.static_name is not None or fleet.node(member.name) is not None:
-            continue
-        labels, concurrency = fleet.discovery.node_settings(member.name)
-        extra.append(
-            Node(
-                name=member.name,
-                url=member.url,
-                labels=labels,
-                max_concurrency=concurrency,
-            )
-        )
-    if not extra:
-        return fleet
-    return replace(fleet, nodes=fleet.nodes + tuple(extra))
+    return with_discovered(fleet, membership.members.values())
 
 
 class DiscoveredSource:

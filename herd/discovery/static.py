@@ -5,22 +5,40 @@ Every `interval` seconds each node is asked, in parallel, for /api/version,
 timeout. Two failed polls in a row mark a node down (so within ~2 intervals
 plus one timeout, under 5 s with the defaults); the next good poll brings it
 back. The poller only ever contacts URLs that the current manifest declares.
+
+With several router workers, one of them polls (`share()`: the worker the
+shared fleet state elects, herd.router.fleetstate) and publishes each round;
+the others adopt it within FOLLOW_S, so every node is polled once per
+interval however many workers there are. What a worker sees on its own
+(a connection refused, a good answer) is shared too, so the polling worker
+decides as if it had seen it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from herd.discovery.health import NodeHealth, PollResult, connection_refused, observe
+from herd.discovery.health import (
+    NodeHealth,
+    PollResult,
+    connection_refused,
+    health_doc,
+    health_from_doc,
+    observe,
+)
 from herd.manifest.model import Fleet, Node
 
 log = logging.getLogger("herd.discovery")
 
 INTERVAL_S = 1.0
 TIMEOUT_S = 1.5
+#: How often a worker that does not poll looks for the polling worker's news.
+FOLLOW_S = 0.25
 
 
 class StaticPoller:
@@ -43,6 +61,14 @@ class StaticPoller:
         self.health: dict[str, NodeHealth] = {}
         #: When each node last answered a proxied request well (passive health).
         self.served_at: dict[str, float] = {}
+        #: The fleet state shared with the other workers (None: poll alone).
+        self._state: Any = None
+        self._seen = 0
+        self.leading = True
+
+    def share(self, state: Any) -> None:
+        """Poll only when elected by `state`; otherwise adopt its polls."""
+        self._state = state
 
     def get(self, node: Node) -> NodeHealth:
         """The node's health; a node new to the manifest (or moved) is unknown."""
@@ -55,21 +81,34 @@ class StaticPoller:
         """Poll one node now and record the result."""
         start = time.monotonic()
         try:
-            get = self._upstream.get_json
-            version = get(node.url, "/api/version", self.timeout)
-            tags = get(node.url, "/api/tags", self.timeout)
-            ps = get(node.url, "/api/ps", self.timeout)
-            result = PollResult(
-                ok=True,
-                version=str((version or {}).get("version") or "") or None,
-                tags=tuple(_models(tags)),
-                ps=tuple(_models(ps)),
-                latency_ms=(time.monotonic() - start) * 1000.0,
-            )
+            if node.api == "openai":
+                result = self._poll_openai(node)
+            else:
+                get = self._upstream.get_json
+                auth = node.auth
+                version = get(node.url, "/api/version", self.timeout, auth)
+                tags = get(node.url, "/api/tags", self.timeout, auth)
+                ps = get(node.url, "/api/ps", self.timeout, auth)
+                result = PollResult(
+                    ok=True,
+                    version=str((version or {}).get("version") or "") or None,
+                    tags=tuple(_models(tags)),
+                    ps=tuple(_models(ps)),
+                )
+            result = replace(result, latency_ms=(time.monotonic() - start) * 1000.0)
         except Exception as ex:  # noqa: BLE001 - any failure means "not healthy"
             result = PollResult(ok=False, error=str(ex) or type(ex).__name__)
         prev = self.get(node)
-        health = observe(prev, result, self._clock(), self.served_at.get(node.name))
+        served_at = self.served_at.get(node.name)
+        state = self._state
+        if state is not None:
+            elsewhere = state.served_at(node.name)
+            if elsewhere and (served_at is None or elsewhere > served_at):
+                served_at = elsewhere
+            refused = state.refused_at(node.name)
+            if refused > (prev.last_poll or 0.0):
+                prev = connection_refused(prev, "connection refused", refused)
+        health = observe(prev, result, self._clock(), served_at)
         if health.up != prev.up and prev.up is not None:
             log.warning(
                 "node %s is %s%s",
@@ -79,6 +118,29 @@ class StaticPoller:
             )
         self.health[node.name] = health
         return health
+
+    def _poll_openai(self, node: Node) -> PollResult:
+        """An OpenAI-compatible node: its models are what /v1/models lists
+        (all of them count as loaded: such servers hold what they serve).
+        /health, where the server has one, must answer 200; a 404 means it
+        has none."""
+        upstream = self._upstream
+        listing = upstream.get_json(node.url, "/v1/models", self.timeout, node.auth)
+        reply = upstream.open(
+            node.url,
+            "GET",
+            "/health",
+            connect_s=self.timeout,
+            network_s=self.timeout,
+            headers=node.auth,
+        )
+        status = reply.status
+        reply.read()
+        reply.close()
+        if status not in (200, 404, 405):
+            raise RuntimeError(f"{node.url}/health: HTTP {status}")
+        models = openai_models(listing)
+        return PollResult(ok=True, version=None, tags=models, ps=models)
 
     def poll_once(self) -> None:
         """Poll every node of the current manifest in parallel, then return."""
@@ -95,25 +157,71 @@ class StaticPoller:
 
     def report_served(self, name: str) -> None:
         """The proxy got a good answer from the node (cheap: one dict write)."""
-        self.served_at[name] = self._clock()
+        now = self.served_at[name] = self._clock()
+        if self._state is not None:
+            self._state.served(name, now)
 
     def report_refused(self, node: Node, error: str) -> None:
         """The proxy saw the node refuse a connection: mark it down at once."""
-        self.health[node.name] = connection_refused(
-            self.get(node), error, self._clock()
-        )
+        now = self._clock()
+        self.health[node.name] = connection_refused(self.get(node), error, now)
+        if self._state is not None:
+            self._state.refused(node.name, now)
+
+    def publish(self) -> None:
+        """This worker's poll, for the workers that do not poll."""
+        data = json.dumps([health_doc(h) for h in self.health.values()])
+        if not self._state.publish(data.encode("utf-8")):
+            log.error("node health is too large to share with the other workers")
+
+    def follow(self) -> None:
+        """Adopt the polling worker's latest poll. A node this worker saw
+        refuse a connection after that poll stays as this worker saw it."""
+        news = self._state.published(self._seen)
+        if news is None:
+            return
+        self._seen, data = news
+        for doc in json.loads(data):
+            polled = health_from_doc(doc)
+            mine = self.health.get(polled.name)
+            if mine is None or (mine.last_poll or 0.0) <= (polled.last_poll or 0.0):
+                self.health[polled.name] = polled
 
     def run(self, stopped: Callable[[], bool]) -> None:
-        """Poll forever (a background greenlet) until `stopped()`."""
+        """Poll forever (a background greenlet) until `stopped()`; with a
+        shared state, only while this worker is the one elected to poll."""
         import gevent
 
         while not stopped():
             began = time.monotonic()
+            state = self._state
+            self.leading = state is None or state.lead_polls()
             try:
-                self.poll_once()
+                if self.leading:
+                    self.poll_once()
+                    if state is not None and state.rows > 1:
+                        self.publish()  # someone to tell
+                else:
+                    self.follow_once()
             except Exception:  # noqa: BLE001 - the poller must never die
                 log.exception("health poll failed")
-            gevent.sleep(max(0.05, self.interval - (time.monotonic() - began)))
+            pause = self.interval if self.leading else min(FOLLOW_S, self.interval)
+            gevent.sleep(max(0.05, pause - (time.monotonic() - began)))
+
+    def follow_once(self) -> None:
+        """One round of a worker that does not poll (subclasses add chores)."""
+        self.follow()
+
+
+def openai_models(doc: Any) -> tuple[dict[str, Any], ...]:
+    """/v1/models `data` entries as /api/tags-like entries: `model` is the id
+    exactly as the node spells it (it is sent back to the node as is)."""
+    data = (doc or {}).get("data") if isinstance(doc, dict) else None
+    out = []
+    for entry in data or ():
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            out.append({"name": entry["id"], "model": entry["id"]})
+    return tuple(out)
 
 
 def _models(doc: Any) -> list[dict[str, Any]]:

@@ -242,7 +242,11 @@ def load_bytes(
     ]
     if problems:
         raise ManifestError(source, problems)
-    return build_fleet(_resolve_paths(doc, base_dir))
+    doc = _resolve_paths(doc, base_dir)
+    tokens, problems = read_tokens(doc, lines)
+    if problems:
+        raise ManifestError(source, problems)
+    return build_fleet(doc, tokens)
 
 
 def load_file(path: str | Path) -> Fleet:
@@ -269,9 +273,62 @@ _PATH_FIELDS = (
 )
 
 
+#: A bearer token file is one short line; anything larger is the wrong file.
+TOKEN_MAX_BYTES = 4096
+
+
+def read_tokens(
+    doc: dict[str, Any], lines: LineMap
+) -> tuple[dict[str, str], list[Problem]]:
+    """Each node's bearer token from its `token_file`, by node name.
+
+    A token file must be private (no group or other permission bits), hold
+    one non-empty line of printable ASCII, and be small. Problems name the
+    file but never show its content.
+    """
+    tokens: dict[str, str] = {}
+    problems: list[Problem] = []
+    for i, node in enumerate(doc.get("nodes") or ()):
+        name = node.get("token_file")
+        if not name:
+            continue
+        path = ("nodes", i, "token_file")
+
+        def fail(message: str, path: tuple[Any, ...] = path) -> None:
+            problems.append(Problem(lines.line(path), format_path(path), message))
+
+        try:
+            info = Path(name).stat()
+            if info.st_mode & 0o077:
+                fail(
+                    f"{name} is readable or writable by group or others "
+                    f"(mode {info.st_mode & 0o777:o}); run: chmod 600 {name}"
+                )
+                continue
+            with open(name, "rb") as fh:
+                data = fh.read(TOKEN_MAX_BYTES + 1)
+        except OSError as ex:
+            fail(f"cannot read {name}: {ex.strerror or ex}")
+            continue
+        token = data.strip()
+        if len(data) > TOKEN_MAX_BYTES:
+            fail(f"{name} is larger than {TOKEN_MAX_BYTES} bytes: not a token file")
+        elif not token:
+            fail(f"{name} is empty")
+        elif not all(0x21 <= b < 0x7F for b in token):
+            fail(f"{name} must hold one token of printable ASCII without spaces")
+        else:
+            tokens[node["name"]] = token.decode("ascii")
+    return tokens, problems
+
+
 def _resolve_paths(doc: dict[str, Any], base_dir: str | None) -> dict[str, Any]:
     if base_dir is None:
         return doc
+    for node in doc.get("nodes") or ():
+        value = node.get("token_file")
+        if value and not Path(value).is_absolute():
+            node["token_file"] = str(Path(base_dir) / value)
     for section, key in _PATH_FIELDS:
         value = (doc.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():

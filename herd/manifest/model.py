@@ -63,6 +63,8 @@ class Client:
 @dataclass(frozen=True)
 class Limits:
     max_body_mb: float = 32.0
+    #: Largest transcription upload, in MiB (streamed, or held in memory).
+    max_audio_mb: float = 200.0
     request_timeout_s: float = 600.0
     queue_timeout_s: float = 30.0
     #: Requests allowed to wait per node when every slot is busy.
@@ -87,6 +89,18 @@ class Node:
     url: str
     labels: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
     max_concurrency: int = 4
+    #: The API the node speaks: "ollama" or "openai" (OpenAI-compatible).
+    api: str = "ollama"
+    #: Where the node's bearer token is read from (shown in plans, status).
+    token_file: str | None = None
+    #: The token itself, read at load. The leading underscore keeps it out of
+    #: plans and every other rendering of the manifest (and repr=False).
+    _token: str | None = field(default=None, repr=False)
+
+    @property
+    def auth(self) -> dict[str, str] | None:
+        """The request headers that authenticate to the node, if it needs any."""
+        return {"Authorization": f"Bearer {self._token}"} if self._token else None
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,19 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """`models[].thinking`: how the router budgets a thinking model's tokens.
+
+    With `inflate`, a request that caps its output (`num_predict`,
+    `max_tokens`) while thinking is on gets `budget_tokens` more, so the
+    thinking does not eat the whole cap and leave the answer empty.
+    """
+
+    budget_tokens: int = 1024
+    inflate: bool = True
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     aliases: tuple[str, ...] = ()
@@ -145,6 +172,28 @@ class Model:
     #: Ollama keep_alive to send with requests: "5m", "-1" (forever), "0"...
     keep_loaded: str | None = None
     bundle: str | None = None
+    #: Declared thinking budget (None: detected from the node or the name).
+    thinking: Thinking | None = None
+    #: "chat", "embed", "image" or "transcribe" (declared, else inferred).
+    kind: str = "chat"
+
+
+#: Name fragments that tell a model's kind when the manifest does not.
+_KIND_HINTS = (
+    ("embed", ("embed",)),
+    ("transcribe", ("whisper", "asr")),
+    ("image", ("flux", "stable-diffusion", "sdxl", "z-image")),
+)
+
+
+def infer_kind(name: str) -> str:
+    """A model's kind from its name: `nomic-embed-text` is embed, `whisper`
+    transcribe, `flux` image; anything else chat."""
+    lowered = name.lower()
+    for kind, hints in _KIND_HINTS:
+        if any(hint in lowered for hint in hints):
+            return kind
+    return "chat"
 
 
 @dataclass(frozen=True)
@@ -178,6 +227,9 @@ class Fleet:
     _placed: Mapping[str, tuple[Node, ...]] = field(
         default_factory=lambda: _frozen({}), repr=False, compare=False
     )
+    _nodes: Mapping[str, Node] = field(
+        default_factory=lambda: _frozen({}), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         names: dict[str, Model] = {}
@@ -188,6 +240,12 @@ class Fleet:
                 names.setdefault(normalize_model_name(alias), model)
         object.__setattr__(self, "_names", MappingProxyType(names))
         object.__setattr__(self, "_placed", MappingProxyType(self._placements()))
+        # First of a name wins, as the old linear search did (names are unique
+        # once validated; discovered nodes are appended after static ones).
+        by_name: dict[str, Node] = {}
+        for node in self.nodes:
+            by_name.setdefault(node.name, node)
+        object.__setattr__(self, "_nodes", MappingProxyType(by_name))
 
     def _placements(self) -> dict[str, tuple[Node, ...]]:
         """Every model's nodes, resolved once: label selectors intersect an index
@@ -214,7 +272,7 @@ class Fleet:
         return self._names.get(key) or self._names.get(normalize_model_name(key))
 
     def node(self, name: str) -> Node | None:
-        return next((n for n in self.nodes if n.name == name), None)
+        return self._nodes.get(name)
 
     def nodes_for(self, model: Model) -> tuple[Node, ...]:
         """Nodes the manifest places `model` on, in manifest order."""
@@ -234,12 +292,15 @@ def _networks(values: list[str] | None) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values or ())
 
 
-def build_fleet(doc: Mapping[str, Any]) -> Fleet:
+def build_fleet(
+    doc: Mapping[str, Any], tokens: Mapping[str, str] | None = None
+) -> Fleet:
     """Turn a schema-valid manifest document into a `Fleet`.
 
     Assumes `herd.manifest.schema` validation has passed: missing optional keys
     take the dataclass defaults (which mirror the schema's `default`s; a test
-    keeps the two in step).
+    keeps the two in step). `tokens` are the nodes' bearer tokens by node
+    name, read by the loader from their `token_file`s.
     """
     router_doc = doc.get("router") or {}
     limits = Limits(**(router_doc.get("limits") or {}))
@@ -249,6 +310,9 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
             url=n["url"].rstrip("/"),
             labels=_frozen(n.get("labels")),
             max_concurrency=n.get("max_concurrency", Node.max_concurrency),
+            api=n.get("api", Node.api),
+            token_file=n.get("token_file"),
+            _token=(tokens or {}).get(n["name"]),
         )
         for n in doc.get("nodes") or ()
     )
@@ -264,6 +328,8 @@ def build_fleet(doc: Mapping[str, Any]) -> Fleet:
             ),
             keep_loaded=_keep_alive(m.get("keep_loaded")),
             bundle=m.get("bundle"),
+            kind=m.get("kind") or infer_kind(m["name"]),
+            thinking=_thinking(m.get("thinking")),
         )
         for m in doc.get("models") or ()
     )
@@ -340,6 +406,15 @@ def _rate_limit(doc: Mapping[str, Any] | None) -> RateLimit | None:
         return None
     rpm = doc["requests_per_minute"]
     return RateLimit(requests_per_minute=rpm, burst=doc.get("burst", rpm))
+
+
+def _thinking(doc: Mapping[str, Any] | None) -> Thinking | None:
+    if doc is None:
+        return None
+    return Thinking(
+        budget_tokens=doc.get("budget_tokens", Thinking.budget_tokens),
+        inflate=doc.get("inflate", Thinking.inflate),
+    )
 
 
 def _keep_alive(value: Any) -> str | None:

@@ -13,6 +13,7 @@ optional LAN proxy (herd.node.lanproxy) and mDNS as greenlets beside it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -104,7 +105,16 @@ def _netloc(host: str, port: int) -> str:
 
 
 class Http:
-    """Tiny JSON-over-HTTP helper on geventhttpclient (timeouts always set)."""
+    """Tiny JSON-over-HTTP helper on geventhttpclient: one keep-alive
+    connection per server (the router, the local Ollama), reused beat after
+    beat, with connect and read timeouts on every call.
+
+    A request that fails on a reused connection (the server closed it while
+    idle) is not retried here: a heartbeat is signed with a fresh nonce per
+    attempt, so the caller retries (`Agent.send`)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, int, float], Any] = {}
 
     def request(
         self,
@@ -115,22 +125,41 @@ class Http:
         body: bytes = b"",
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        from geventhttpclient import HTTPClient
-
         host, port = http_url(url, "url")
-        client = HTTPClient(
-            host, port, connection_timeout=timeout, network_timeout=timeout
-        )
+        key = (host, port, timeout)
+        client = self._clients.get(key)
+        if client is None:
+            from geventhttpclient import HTTPClient
+
+            client = HTTPClient(
+                host,
+                port,
+                connection_timeout=timeout,
+                network_timeout=timeout,
+                concurrency=1,
+            )
+            self._clients[key] = client
         try:
             response = client.request(method, path, body=body, headers=headers or {})
-            data = response.read()
-            status = response.status_code
-        finally:
+            try:
+                data = response.read()
+                status = response.status_code
+            finally:
+                response.release()
+        except BaseException:
+            # A broken connection must not be reused: start afresh next time.
+            self._clients.pop(key, None)
             client.close()
+            raise
         try:
             return status, json.loads(data) if data else None
         except ValueError:
             return status, None
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
 
 class Agent:
@@ -153,6 +182,10 @@ class Agent:
         self.router: str | None = config.router.rstrip("/") if config.router else None
         self.via = "router-flag" if config.router else "mdns"
         self.state: str | None = None  # last thing the router said, for logging
+        #: Digest of the inventory the router last took (version, models,
+        #: loaded); while it holds, beats leave those out.
+        self._taken: str | None = None
+        self._inventory: str | None = None
 
     def ollama_report(self) -> dict[str, Any]:
         """Version, models on disk and loaded, from the local Ollama."""
@@ -182,10 +215,17 @@ class Agent:
             "interval_s": self.config.interval_s,
             "via": self.via,
         }
+        self._inventory = None
         if goodbye:
             doc["goodbye"] = True
         else:
-            doc.update(self.ollama_report())
+            report = self.ollama_report()
+            digest = hashlib.sha256(
+                json.dumps(report, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()[:32]
+            doc["inventory"] = self._inventory = digest
+            if digest != self._taken:
+                doc.update(report)  # else left out: the router holds it already
             doc["metrics"] = self.metrics.sample()
             # The agent's wall clock as it sends: the router's health engine
             # compares it with its own on arrival (clock skew).
@@ -193,28 +233,47 @@ class Agent:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def send(self, goodbye: bool = False) -> tuple[int, Any]:
-        """One signed heartbeat (or goodbye); logs when the router's answer changes."""
+        """One signed heartbeat (or goodbye); logs when the router's answer
+        changes. Sends everything again when the router asks (`resend`)."""
+        status, doc = self._send(goodbye)
+        if status == 200 and isinstance(doc, dict) and doc.get("resend"):
+            status, doc = self._send(goodbye)  # (`_taken` was reset: all of it)
+        return status, doc
+
+    def _send(self, goodbye: bool) -> tuple[int, Any]:
         assert self.router is not None
         body = self.body(goodbye)
         headers = fleetkey.sign(self.key, body, self.clock())
-        headers["Content-Type"] = "application/json"
         try:
-            status, doc = self.http.request(
-                self.router,
-                "POST",
-                "/fleet/heartbeat",
-                ROUTER_TIMEOUT_S,
-                body=body,
-                headers=headers,
-            )
-        except Exception as ex:  # noqa: BLE001 - the router may be restarting
-            status, doc = 0, {"error": f"router unreachable: {ex}"}
+            status, doc = self._post(body, headers)
+        except Exception:  # noqa: BLE001 - the kept-alive connection went stale
+            # Once more on a new connection, signed anew (a nonce is single-use).
+            try:
+                status, doc = self._post(
+                    body, fleetkey.sign(self.key, body, self.clock())
+                )
+            except Exception as ex:  # noqa: BLE001 - the router may be restarting
+                status, doc = 0, {"error": f"router unreachable: {ex}"}
+        admitted = status == 200 and isinstance(doc, dict) and doc.get("admitted")
+        self._taken = self._inventory if admitted else None
         said = (doc or {}).get("reason") or (doc or {}).get("error") or str(status)
         if said != self.state:
             self.state = said
             level = logging.INFO if status == 200 else logging.WARNING
             log.log(level, "router %s: %s %s", self.router, status, said)
         return status, doc
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        assert self.router is not None
+        headers["Content-Type"] = "application/json"
+        return self.http.request(
+            self.router,
+            "POST",
+            "/fleet/heartbeat",
+            ROUTER_TIMEOUT_S,
+            body=body,
+            headers=headers,
+        )
 
     def run(self, stopped: Callable[[], bool], sleep: Callable[[float], Any]) -> None:
         """Heartbeat every interval until `stopped()`, then say goodbye."""
@@ -227,6 +286,7 @@ class Agent:
         if self.router is not None:
             status, _ = self.send(goodbye=True)
             log.info("goodbye sent to %s (%s)", self.router, status)
+        self.http.close()
 
 
 def _model_entries(models: Any) -> list[dict[str, Any]]:

@@ -69,10 +69,13 @@ class RouterFinder:
             prints = set(router.txt.get("fp", "").split(","))
             if not prints & self.fingerprints:
                 continue
-            for address in router.addresses:
+            for address in router.addresses:  # IPv4 first
                 ip = ipaddress.ip_address(address)
-                if any(ip in iface.network for iface in self.chosen):
-                    return f"http://{address}:{router.port}"
+                if ip.is_link_local:
+                    continue  # (needs a zone: not a URL an agent can give)
+                if any(ip in net for iface in self.chosen for net in iface.networks):
+                    host = f"[{address}]" if ip.version == 6 else address
+                    return f"http://{host}:{router.port}"
         return None
 
     def _watch(self) -> None:
@@ -101,6 +104,6 @@ class RouterFinder:
                 f"{name.replace('.', '-').replace('_', '-')}.local.",
                 port,
                 {"v": "1", "url": url, "fp": ",".join(sorted(self.fingerprints))},
-                (iface.address,),
+                iface.addresses,
             )
         ]

@@ -79,6 +79,11 @@ class FleetPlan:
     prune: bool = False
     #: Model name → the chosen nodes (shows the replica choice).
     placed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Nodes that joined by signed heartbeat (not in the manifest) → how
+    #: they were found; they are planned like the manifest's own.
+    discovered: Mapping[str, str] = field(default_factory=dict)
+    #: The fleet planned for: the manifest's, plus the discovered nodes.
+    fleet: Fleet | None = field(default=None, compare=False, repr=False)
 
     @property
     def changes(self) -> int:
@@ -93,6 +98,7 @@ class FleetPlan:
             "errors": list(self.errors),
             "prune": self.prune,
             "placement": {m: list(n) for m, n in self.placed.items()},
+            "discovered": dict(self.discovered),
             "nodes": [n.as_json() for n in self.nodes],
         }
 
@@ -153,6 +159,13 @@ def build(
                     warms.append(name)
                 continue
             source = catalog.get(name)
+            if node.api == "openai":
+                errors.append(
+                    f"{name}: node {node.name} is an OpenAI-compatible server that "
+                    "does not list it: herd cannot place weights there (load the "
+                    "model on that server, or place it elsewhere)"
+                )
+                continue
             if model.bundle is None:
                 errors.append(
                     f"{name}: has no bundle and is not on node {node.name}: the "
@@ -173,8 +186,8 @@ def build(
                 present=tuple(present),
                 loaded=tuple(sorted(m for m in inv.loaded if m in inv.models)),
                 undeclared=tuple(undeclared),
-                prunes=tuple(undeclared) if prune else (),
-                warms=tuple(warms),
+                prunes=tuple(undeclared) if prune and node.api != "openai" else (),
+                warms=tuple(warms) if node.api != "openai" else (),
             )
         )
     placed = {m: tuple(n.name for n in nodes) for m, nodes in chosen.items()}

@@ -4,11 +4,14 @@ calls these). Kept apart so the revision commands stay small."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import sys
+import time
 from typing import Any
 
+from herd.discovery import roster
 from herd.errors import ConfigError
 from herd.manifest.model import Fleet
 from herd.reconcile import render, session
@@ -45,7 +48,26 @@ def live_plan(
     """The per-node plan, or None when HERD_APPLY_NODES=0 (revisions only)."""
     if not APPLY_NODES.resolve():
         return None
-    return session.plan_live(store, fleet, prune=getattr(args, "prune", False))
+    # Nodes that joined by heartbeat are planned for too, as the router
+    # serves them (herd.discovery.roster reads what its workers recorded).
+    members = roster.live_members(
+        store.dir if store is not None else None,
+        fleet.discovery.heartbeat_timeout_s,
+    )
+    planned = roster.with_discovered(fleet, members)
+    fleet_plan = session.plan_live(
+        store,
+        planned,
+        prune=getattr(args, "prune", False),
+        free_bytes=roster.disk_free(members),
+    )
+    now = time.time()
+    discovered = {
+        m.name: roster.describe(m, now)
+        for m in members
+        if planned is not fleet and fleet.node(m.name) is None and not m.static_name
+    }
+    return dataclasses.replace(fleet_plan, discovered=discovered, fleet=planned)
 
 
 def registry_address(fleet: Fleet, cli_value: str | None) -> str:
@@ -114,7 +136,7 @@ def act(
     session.apply_live(
         store,
         fleet_plan,
-        fleet,
+        fleet_plan.fleet or fleet,
         registry,
         report,
         revision=revision,

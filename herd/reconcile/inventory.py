@@ -43,9 +43,13 @@ class NodeInventory:
         return normalize_model_name(model) in self.models
 
 
-def http_get_json(url: str, timeout: float) -> Any:
+def http_get_json(
+    url: str, timeout: float, headers: Mapping[str, str] | None = None
+) -> Any:
     """GET `url` and parse its JSON body (raises OSError/ValueError on failure)."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", **(headers or {})}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310
         return json.loads(reply.read())
 
@@ -59,6 +63,8 @@ def read_node(
     node: Node, get_json: GetJson = http_get_json, timeout: float = TIMEOUT_S
 ) -> NodeInventory:
     """Ask one node for its models; never raises."""
+    if node.api == "openai":
+        return _read_openai(node, get_json, timeout)
     try:
         tags = _entries(get_json(node.url + "/api/tags", timeout))
         ps = _entries(get_json(node.url + "/api/ps", timeout))
@@ -79,6 +85,25 @@ def read_node(
         True,
         models=models,
         loaded=loaded,
+    )
+
+
+def _read_openai(node: Node, get_json: GetJson, timeout: float) -> NodeInventory:
+    """An OpenAI-compatible node: what /v1/models lists is on it and loaded."""
+    url = node.url + "/v1/models"
+    try:
+        if node.auth:
+            doc = http_get_json(url, timeout, node.auth)
+        else:
+            doc = get_json(url, timeout)
+    except (OSError, ValueError, urllib.error.URLError) as ex:
+        reason = getattr(ex, "reason", None) or ex
+        return NodeInventory(node.name, node.url, False, error=str(reason))
+    data = doc.get("data") if isinstance(doc, dict) else None
+    ids = [e["id"] for e in data or () if isinstance(e, dict) and "id" in e]
+    models = {model_key(str(i)): "" for i in ids}
+    return NodeInventory(
+        node.name, node.url, True, models=models, loaded=frozenset(models)
     )
 
 

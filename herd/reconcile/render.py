@@ -9,12 +9,19 @@ from herd.reconcile.actions import FleetPlan
 
 def table(plan: FleetPlan, fleet: Fleet) -> str:
     """A readable per-node listing, ending in a one-line summary."""
+    fleet = plan.fleet or fleet
     lines = ["Nodes (live):"]
     for node in plan.nodes:
         if not node.reachable:
-            lines.append(f"  {node.node}  unreachable: {node.error} (not planned)")
+            found = plan.discovered.get(node.node)
+            note = f" (discovered: {found})" if found else ""
+            lines.append(
+                f"  {node.node}  unreachable: {node.error} (not planned){note}"
+            )
             continue
-        lines.append(f"  {node.node}  {node.url}")
+        found = plan.discovered.get(node.node)
+        note = f"  (discovered: {found})" if found else ""
+        lines.append(f"  {node.node}  {node.url}{note}")
         rows: list[tuple[str, str, str]] = []
         for pull in node.pulls:
             size = human_bytes(pull.size)

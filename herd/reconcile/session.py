@@ -8,8 +8,9 @@ outcome. Both are called from the CLI (herd.manifest.commands).
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from herd.manifest.model import Fleet, normalize_model_name
@@ -45,10 +46,15 @@ def plan_live(
     *,
     prune: bool = False,
     get_json: inventory.GetJson = inventory.http_get_json,
+    free_bytes: Mapping[str, int] | None = None,
 ) -> FleetPlan:
-    """The per-node plan for `fleet` against the live nodes."""
+    """The per-node plan for `fleet` against the live nodes. `free_bytes`
+    (node name → disk free, as node agents report it) informs replica choice."""
     models, bundles = catalog(store)
     found = inventory.survey(fleet, get_json)
+    for name, free in (free_bytes or {}).items():
+        if name in found and found[name].reachable:
+            found[name] = dataclasses.replace(found[name], free_bytes=free)
     return actions.build(fleet, found, models, bundles, prune=prune)
 
 

@@ -25,7 +25,17 @@ from herd.health.gather import Monitor
 from herd.health.route import PATH as HEALTH_PATH
 from herd.health.route import Health
 from herd.health.scrub import Scrub
-from herd.router.api import failures, fleet, ollama, openai, ops, registry
+from herd.router.api import (
+    failures,
+    fleet,
+    images,
+    ollama,
+    openai,
+    ops,
+    registry,
+    transcribe,
+)
+from herd.router.api.heartbeat import PATH as HEARTBEAT_PATH
 from herd.router.api.heartbeat import HeartbeatResource
 from herd.router.gate import Gate
 from herd.router.observe.accesslog import AccessLog
@@ -35,9 +45,19 @@ from herd.router.runtime import Runtime
 
 
 class RouterApp(falcon.App):
-    """falcon.App plus the `Runtime` behind it (for tests and gunicorn hooks)."""
+    """falcon.App plus the `Runtime` behind it (for tests and gunicorn hooks).
 
-    __slots__ = ("herd_runtime",)
+    Signed heartbeats (POST /fleet/heartbeat) go straight to their endpoint,
+    a plain WSGI callable: they come by the hundred each second, answer no
+    client group, and need none of falcon's request objects or middleware.
+    """
+
+    __slots__ = ("herd_runtime", "herd_heartbeat")
+
+    def __call__(self, env: dict[str, Any], start_response: Any) -> Any:
+        if env.get("PATH_INFO") == HEARTBEAT_PATH and env["REQUEST_METHOD"] == "POST":
+            return self.herd_heartbeat(env, start_response)
+        return super().__call__(env, start_response)
 
 
 #: Set to 0 to drop the one line per request herd writes to stderr.
@@ -115,11 +135,16 @@ def create_app(
 
     for path, resource in openai.resources(runtime).items():
         app.add_route(path, resource)
+    for path in ("/api/generate-image", "/v1/images/generations"):
+        app.add_route(path, images.Generate(runtime, path))
+    for path in transcribe.ROUTES:
+        app.add_route(path, transcribe.Transcribe(runtime, path))
 
     app.add_route("/fleet/status", fleet.Status(runtime))
     app.add_route("/fleet/nodes", fleet.Nodes(runtime))
     heartbeat = HeartbeatResource(runtime, membership)
-    app.add_route("/fleet/heartbeat", heartbeat)
+    app.add_route(HEARTBEAT_PATH, heartbeat)
+    app.herd_heartbeat = heartbeat
     announcer = RouterMdns(
         lambda: source.static().fleet,
         membership,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from herd import hosts
 from herd.errors import ConfigError
+from herd.router.fleetstate import ROWS
 
 #: Signals `herd serve` passes on to gunicorn (its master acts on each).
 FORWARDED = (
@@ -82,6 +83,11 @@ def parse_bind(text: str, what: str = "--bind") -> Bind:
 def check_workers(workers: int, what: str = "--workers") -> int:
     if workers < 1:
         raise ConfigError(f"{what} must be 1 or more (got {workers})")
+    if workers > ROWS:
+        raise ConfigError(
+            f"{what} must be at most {ROWS} (got {workers}): the workers share "
+            "one fleet state with that many rows"
+        )
     return workers
 
 

@@ -19,12 +19,12 @@ import hmac
 import ipaddress
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from herd import hosts
 from herd.errors import Forbidden, ModelNotAllowed, RateLimited, Unauthorized
-from herd.manifest.model import Client, Fleet, Model, RateLimit
+from herd.manifest.model import Client, Fleet, Model
+from herd.router.fleetstate import FleetState
 from herd.router.http.peer import peer_address
 
 _CACHE_MAX = 4096
@@ -131,38 +131,28 @@ def _node_addresses(fleet: Fleet) -> list[str]:
     return out
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-    rate: RateLimit
-
-
 class RateLimiter:
-    """Token buckets per client group; state survives manifest reloads."""
+    """Token buckets per client group, fleet-wide: the buckets live in the
+    shared fleet state (herd.router.fleetstate), so a group's rate holds
+    across every worker. State survives manifest reloads; a changed rate
+    starts a full bucket."""
 
-    def __init__(self, clock: Callable[[], float]):
+    def __init__(self, clock: Callable[[], float], state: FleetState | None = None):
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._state = state if state is not None else FleetState()
 
     def take(self, client: Client) -> None:
         """Spend one token of `client`'s bucket or raise RateLimited."""
         rate = client.rate_limit
         if rate is None:
             return
-        now = self._clock()
-        bucket = self._buckets.get(client.name)
-        if bucket is None or bucket.rate != rate:
-            bucket = self._buckets[client.name] = _Bucket(float(rate.burst), now, rate)
-        per_second = rate.requests_per_minute / 60.0
-        bucket.tokens = min(
-            float(rate.burst), bucket.tokens + (now - bucket.stamp) * per_second
+        left = self._state.spend(
+            client.name, self._clock(), rate.requests_per_minute, float(rate.burst)
         )
-        bucket.stamp = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        if left is None:
             return
-        wait = (1.0 - bucket.tokens) / per_second if per_second > 0 else 60.0
+        per_second = rate.requests_per_minute / 60.0
+        wait = (1.0 - left) / per_second if per_second > 0 else 60.0
         raise RateLimited(
             f"client group {client.name} is over its rate limit of "
             f"{rate.requests_per_minute} requests per minute",

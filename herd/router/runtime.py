@@ -18,6 +18,14 @@ from herd.discovery.static import StaticPoller
 from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
 from herd.router.api.body import parse_object
+from herd.router.fleetstate import (
+    TRACES_DROPPED,
+    TRACES_PENDING,
+    TRACES_WRITTEN,
+    UNRECORDED,
+    WRITE_FAILURES,
+    FleetState,
+)
 from herd.router.observe.accesslog import AccessLog
 from herd.router.observe.metrics import Metrics, node_families
 from herd.router.observe.traces import TraceLog
@@ -96,7 +104,10 @@ class Runtime:
         poller: StaticPoller | None = None,
         background: bool = True,
         access: AccessLog | None = None,
+        state: FleetState | None = None,
     ):
+        #: Slots, queues, buckets, counters and health shared by every worker.
+        self.state = state if state is not None else FleetState.attach()
         self.source = source
         self.traces = traces
         self.upstream = upstream
@@ -105,10 +116,13 @@ class Runtime:
         self.poller = poller or StaticPoller(
             lambda: self.source.current().fleet, upstream, clock
         )
-        self.queues = Queues(monotonic)
+        share = getattr(self.poller, "share", None)
+        if share is not None:
+            share(self.state)
+        self.queues = Queues(monotonic, self.state)
         self.metrics = Metrics()
-        self.stats = Stats(on_failure=self.metrics.upstream_failure)
-        self.limiter = RateLimiter(monotonic)
+        self.stats = Stats(on_failure=self.metrics.upstream_failure, state=self.state)
+        self.limiter = RateLimiter(monotonic, self.state)
         self.refusals = RefusalBudget()
         self.forwarder = Forwarder(
             health=self.poller,
@@ -214,13 +228,46 @@ class Runtime:
         self.metrics.sample(
             self.queues, self.traces, self.source, self.refusals.unrecorded
         )
+        self.share_counts()
+
+    def share_counts(self) -> None:
+        """This worker's trace counts into the fleet state (/fleet/status
+        shows every worker's)."""
+        state, traces = self.state, self.traces
+        state.set(TRACES_WRITTEN, traces.written)
+        state.set(TRACES_DROPPED, traces.dropped)
+        state.set(WRITE_FAILURES, traces.write_failures)
+        state.set(UNRECORDED, self.refusals.unrecorded)
+        state.set(TRACES_PENDING, traces.pending)
+
+    def shared_counts(self) -> dict[str, int]:
+        """Every worker's trace counts (this worker's as of now)."""
+        self.share_counts()
+        total = self.state.total
+        return {
+            "written": total(TRACES_WRITTEN),
+            "pending": total(TRACES_PENDING),
+            "dropped": total(TRACES_DROPPED),
+            "refusals_unrecorded": total(UNRECORDED),
+            "write_failures": total(WRITE_FAILURES),
+        }
 
     def metrics_text(self, fleet: Fleet) -> bytes:
         """The /metrics exposition: every worker's counts, this worker's view
         of node health."""
         self.sample_metrics()
         poller = self.poller
-        nodes = [(n.name, poller.get(n).up, n.max_concurrency) for n in fleet.nodes]
+        queues = self.queues
+        nodes = [
+            (
+                n.name,
+                poller.get(n).up,
+                n.max_concurrency,
+                queues.in_flight(n.name),
+                queues.waiting(n.name),
+            )
+            for n in fleet.nodes
+        ]
         return self.metrics.render(lambda: node_families(nodes))
 
     # -- request steps -------------------------------------------------------

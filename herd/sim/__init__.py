@@ -35,7 +35,18 @@ from herd.sim import models as sm
 from herd.sim.store import SimStore
 
 FAULTS = ("ok", "slow", "hang", "error", "cut-mid-stream", "garbage")
-INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
+INFERENCE = (
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+)
 VERSION = "0.33.0"
 _DURATION = re.compile(r"^(-?)((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+)$")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -222,9 +233,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--host: {hosts.unresolvable(args.host)}")
     # SERVER_NAME given, so gevent does not ask for the address's FQDN (a
     # reverse-DNS query at start-up: herd sends nothing to a resolver).
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip() or None
+        except OSError as ex:
+            raise ConfigError(f"--token-file: {ex.strerror or ex}") from ex
     server = WSGIServer(
         (host, args.port),
-        create_app(state),
+        create_app(state, api=args.api, token=token),
         log=None,
         backlog=4096,
         environ={"SERVER_NAME": host},
@@ -244,8 +261,9 @@ def run(args: argparse.Namespace) -> int:
     gevent.signal_handler(signal.SIGINT, stop.set)
     server.start()
     host, port = server.address[:2]
+    face = f"Ollama {VERSION}" if args.api == "ollama" else "OpenAI-compatible"
     print(
-        f"herd sim: Ollama {VERSION} simulation on http://{host}:{port} "
+        f"herd sim: {face} simulation on http://{host}:{port} "
         f"models={','.join(state.models)} tps={args.tps:g} fault={args.fault}",
         flush=True,
     )
@@ -276,11 +294,27 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
   herd sim --port 11500 --models qwen3:0.6b,llava:7b --tps 20
   herd sim --port 0 --fault cut-mid-stream   pick a free port, break every stream
   herd sim --models '' --store /tmp/node1    start empty; models arrive by /api/pull
+  herd sim --api openai --port 8000 --models qwen3-asr,flux-schnell,Qwen/Qwen3-8B
+                                             an OpenAI-compatible server (vLLM-like)
   curl -d '{"mode":"hang"}' localhost:11434/_sim/fault    switch fault at runtime
   curl localhost:11434/_sim/stats                         requests served""",
         parents=[common],
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--api",
+        choices=("ollama", "openai"),
+        default="ollama",
+        help="the API to speak: Ollama's (default) or an OpenAI-compatible "
+        "server's (/v1/models, /health, chat, completions, embeddings, images, "
+        "audio)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require `Authorization: Bearer TOKEN` (the file's content) on "
+        "the OpenAI routes",
+    )
     parser.add_argument(
         "--port", type=int, default=11434, help="port to bind (0: any free port)"
     )

@@ -19,7 +19,7 @@ import falcon
 import gevent
 
 from herd.router.http.peer import peer_address
-from herd.sim import VERSION, Fault, SimError, SimState
+from herd.sim import VERSION, Fault, SimError, SimState, openai_face
 from herd.sim import models as sm
 from herd.sim.inference import (
     JSON_TYPE,
@@ -233,10 +233,22 @@ def _not_found(req: falcon.Request, resp: falcon.Response, **kwargs: Any) -> Non
     resp.data = b"404 page not found"
 
 
-def create_app(state: SimState) -> falcon.App:
-    """The sim node's WSGI app over `state` (shared by every request)."""
+def create_app(
+    state: SimState, api: str = "ollama", token: str | None = None
+) -> falcon.App:
+    """The sim node's WSGI app over `state` (shared by every request):
+    Ollama's API, or with `api="openai"` an OpenAI-compatible server."""
     app = falcon.App(middleware=[Faults(state)], cors_enable=False)
     app.add_error_handler(SimError, _error)
+    if api == "openai":
+        openai_face.add_routes(app, state, token)
+        control = Control(state)
+        app.add_route("/_sim/fault", control, suffix="fault")
+        app.add_route("/_sim/stats", control, suffix="stats")
+        app.add_sink(_not_found, prefix="/")
+        return app
+    app.add_error_handler(openai_face.OpenAIError, openai_face.handle_error)
+    openai_face.add_media_routes(app, state, token)
     listing, control = Listing(state), Control(state)
     app.add_route("/", listing, suffix="root")
     app.add_route("/api/version", listing, suffix="version")

@@ -137,6 +137,7 @@ class SimModel:
             "size": self.size,
             "digest": self.digest,
             "details": self.details(),
+            "capabilities": self.capabilities,
         }
 
     def show(self) -> dict[str, Any]:
@@ -287,6 +288,10 @@ def count_tokens(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
+#: How many tokens a thinking model thinks before it answers.
+THINKING_TOKENS = 6
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the model says to one request, before it is streamed."""
@@ -317,13 +322,20 @@ def compose(
     """The deterministic reply to `prompt` (the conversation's text).
 
     `tool_turn` is true when the last message is the user's (a tool may be
-    called); `tokens` fixes the reply length (else 8..40 from the prompt);
-    `options.num_predict` cuts it (done_reason "length"), `options.stop` too.
+    called; not with a `format`, which constrains the whole answer); `tokens`
+    fixes the reply length (else 8..40 from the prompt); `options.num_predict`
+    cuts thinking plus answer (done_reason "length"), `options.stop` too.
     """
     seed = (salt, model.name, prompt, options.get("seed"))
     prompt_tokens = count_tokens(prompt) + 8
-    thinking = tuple(words(("think", *seed), 6)) if think else ()
-    call = tool_call(tools, prompt, seed) if tools and tool_turn else None
+    thinking = tuple(words(("think", *seed), THINKING_TOKENS)) if think else ()
+    limit = options.get("num_predict")
+    if isinstance(limit, int) and 0 <= limit <= len(thinking):
+        # Thinking counts against num_predict, as on Ollama: a small cap is
+        # spent before the answer starts, which is then empty.
+        return Reply(thinking[:limit], (), (), "length", prompt_tokens)
+    # A `format` constrains the whole answer, so it wins over tool calls.
+    call = tool_call(tools, prompt, seed) if tools and tool_turn and not fmt else None
     if call:
         return Reply(thinking, (), (call,), "stop", prompt_tokens)
     if fmt:
@@ -331,9 +343,8 @@ def compose(
     else:
         content = words(seed, tokens or reply_length(seed))
     reason = "stop"
-    limit = options.get("num_predict")
-    if isinstance(limit, int) and 0 <= limit < len(content):
-        content, reason = content[:limit], "length"
+    if isinstance(limit, int) and 0 <= limit - len(thinking) < len(content):
+        content, reason = content[: limit - len(thinking)], "length"
     stops = options.get("stop") or ()
     if isinstance(stops, str):
         stops = [stops]

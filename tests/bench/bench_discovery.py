@@ -10,8 +10,10 @@ the end; each run is bounded by --duration.
 A router (one gevent worker, pinned to its own core when there are two) serves
 /api/chat from an nginx node that answers at once. A generator process plays
 --agents agents, each sending one signed heartbeat every --interval seconds
-(a fresh connection each, ~2.5 KB with metrics and model lists, like the real
-agent), spread evenly over the interval. Phases, interleaved --repeat times:
+(~3 KB with metrics and model lists, then ~1 KB without the unchanged models,
+on a keep-alive connection from its own loopback address, like the real
+agent), spread evenly over the interval.
+Phases, interleaved --repeat times:
 
   idle       nothing: the router's own background cost (health poller);
   beats      heartbeats only: router CPU minus idle = the heartbeats' cost;
@@ -66,6 +68,7 @@ router:
   clients:
     - name: bench
       networks: [127.0.0.0/8]
+      operator: true
   limits:
     queue_depth: 100000
 nodes:
@@ -89,17 +92,19 @@ TARGET_CPU_SHARE = 0.10
 TARGET_P50_DELTA_MS = 0.2
 
 
-def agent_body(i: int) -> bytes:
-    """A heartbeat the size and shape of a real agent's."""
+def agent_body(i: int, partial: bool = False) -> bytes:
+    """A heartbeat the size and shape of a real agent's: all of it, or
+    (`partial`) with the unchanged version and models left out."""
     models = [
         {**TAG, "name": f"model-{j}:latest", "model": f"model-{j}:latest"}
         for j in range(6)
     ]
     doc = {
         "name": f"agent-{i:04d}",
-        "url": f"http://127.1.{i // 250}.{i % 250 + 1}:11434",
+        "url": f"http://{_source(i)}:11434",
         "interval_s": 2,
         "via": "router-flag",
+        "inventory": f"{i:032x}",
         "version": "0.12.3",
         "models": models,
         "loaded": models[:1],
@@ -124,52 +129,112 @@ def agent_body(i: int) -> bytes:
             ],  # fmt: skip
         },
     }
+    if partial:
+        for key in ("version", "models", "loaded"):
+            del doc[key]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-async def _beat(port: int, key: fleetkey.FleetKey, body: bytes, stats: dict) -> None:
-    headers = fleetkey.sign(key, body, time.time())
-    head = (
-        "POST /fleet/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Type: application/json\r\nConnection: close\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        + f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), 5
-        )
-        writer.write(head + body)
-        await writer.drain()
-        status = (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1]
-        await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-        stats["ok" if status == b"200" else "refused"] += 1
-    except (TimeoutError, OSError, IndexError):
-        stats["errors"] += 1
+class Link:
+    """One agent's keep-alive connection to the router (like `herd node`'s),
+    from the agent's own loopback address so each holds its name's address."""
+
+    def __init__(self, port: int, source: str):
+        self.port, self.source = port, source
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+        """Send one request; the status code and body. Reconnects once when
+        the router closed the idle connection."""
+        for attempt in (0, 1):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        "127.0.0.1", self.port, local_addr=(self.source, 0)
+                    ),
+                    5,
+                )
+            try:
+                self.writer.write(head + body)
+                reply = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+                length = 0
+                for line in reply.lower().split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line[15:])
+                data = await asyncio.wait_for(self.reader.readexactly(length), 5)
+                return reply.split(b" ", 2)[1], data
+            except (
+                ConnectionError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+            ):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _source(i: int) -> str:
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
+async def _agent(
+    i: int, link: Link, key: fleetkey.FleetKey, stats: dict, start: float,
+    interval: float, gap: float, duration: float,
+) -> None:  # fmt: skip
+    """One agent: a beat every `interval`, first at start + i * gap; all of
+    it, then (like `herd node`) without the unchanged models, or all again
+    when the router asks."""
+    full, partial = agent_body(i), agent_body(i, partial=True)
+    body = full
+    due = start + i * gap
+    while due - start < duration:  # bounded by duration
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        headers = fleetkey.sign(key, body, time.time())
+        head = (
+            "POST /fleet/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        stats["sent"] += 1
+        try:
+            status, reply = await link.post(head, body)
+            resend = b'"resend":true' in reply
+            stats["ok" if status == b"200" and not resend else "refused"] += 1
+            body = partial if status == b"200" and not resend else full
+        except (TimeoutError, OSError, IndexError, ValueError):
+            stats["errors"] += 1
+            link.close()
+            body = full
+        due += interval
 
 
 async def _heartbeats(
     port: int, key_path: str, agents: int, interval: float, duration: float
 ) -> dict:
     key = fleetkey.load(key_path)[0]
-    bodies = [agent_body(i) for i in range(agents)]
-    stats = {"ok": 0, "refused": 0, "errors": 0}
-    gap = interval / agents
+    stats = {"ok": 0, "refused": 0, "errors": 0, "sent": 0}
+    links = [Link(port, _source(i)) for i in range(agents)]
     start = time.monotonic()
-    tasks = set()
-    i = 0
-    while (now := time.monotonic()) - start < duration:  # bounded by duration
-        due = start + i * gap
-        if due > now:
-            await asyncio.sleep(due - now)
-        task = asyncio.create_task(_beat(port, key, bodies[i % agents], stats))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        i += 1
-    if tasks:
-        await asyncio.wait(tasks, timeout=10)
-    stats["sent"] = i
+    tasks = [
+        asyncio.create_task(
+            _agent(i, links[i], key, stats, start, interval, interval / agents,
+                   duration)
+        )
+        for i in range(agents)
+    ]  # fmt: skip
+    await asyncio.wait(tasks, timeout=duration + 10)
+    for link in links:
+        link.close()
     return stats
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 CLONE_NEWNET = 0x40000000
 A_ADDR, B_ADDR, SUBNET = "10.77.0.1", "10.77.0.2", "10.77.0.0/24"
+A6_ADDR, B6_ADDR, SUBNET6 = "fd77::1", "fd77::2", "fd77::/64"
 
 
 def _ip(*args: str) -> None:
@@ -73,6 +74,14 @@ class NetPair:
     def add_address(self, ns: str, address: str) -> None:
         dev = self.dev_a if ns == self.a else self.dev_b
         _ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+
+    def add_ipv6(self) -> None:
+        """Unique local IPv6 addresses on both ends (usable at once: no DAD)."""
+        for ns, dev, addr in (
+            (self.a, self.dev_a, A6_ADDR),
+            (self.b, self.dev_b, B6_ADDR),
+        ):
+            _ip("-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
 
     def popen(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)

@@ -201,3 +201,27 @@ def test_no_fleet_key_means_no_agent_joins(tmp_path, sims, router):
     status, doc = beat(r.url, key, body("gpu-d", static.url))
     assert status == 403 and "unreadable" in doc["error"]
     assert node_names(r) == {"static-a"}
+
+
+def test_beats_without_unchanged_models_keep_the_node_served(tmp_path, sims, router):
+    static, agent_sim = sims("static-a"), sims("agent-sim")
+    key = make_key(tmp_path)
+    r = router(discovery_manifest([static], tmp_path / "fleet.key", timeout_s=30))
+    models = sim_models(agent_sim)
+    full = body("gpu-f", agent_sim.url, inventory="ab" * 8, version="0.12.3", **models)
+    assert beat(r.url, key, full)[1]["admitted"]
+    # Same inventory, models left out: admitted, and the node keeps its models.
+    light = body("gpu-f", agent_sim.url, inventory="ab" * 8, metrics={"cpu": 1})
+    status, doc = beat(r.url, key, light)
+    assert (status, doc["admitted"], doc.get("resend")) == (200, True, None), doc
+    assert wait_for(lambda: "gpu-f" in node_names(r))
+    assert chat(r, "qwen3:0.6b") == (200, "gpu-f")
+    node = next(n for n in r.get("/fleet/nodes")[1]["nodes"] if n["name"] == "gpu-f")
+    assert node["metrics"] == {"cpu": 1} and node["version"] == "0.12.3"
+    assert "qwen3:0.6b" in node["models_on_disk"]
+    # An inventory the router never took: nothing recorded, asked for all of it.
+    other = body("gpu-f", agent_sim.url, inventory="cd" * 8, metrics={"cpu": 2})
+    status, doc = beat(r.url, key, other)
+    assert (status, doc["admitted"], doc["resend"]) == (200, False, True), doc
+    node = next(n for n in r.get("/fleet/nodes")[1]["nodes"] if n["name"] == "gpu-f")
+    assert node["metrics"] == {"cpu": 1}

@@ -184,3 +184,30 @@ def _raw_classes(wire: bytes) -> list[int]:
         classes.append(rclass)
         pos += 10 + rdlen
     return classes
+
+
+DUAL = mdns.Service(
+    mdns.ROUTER_TYPE,
+    "herd dual",
+    "herd-dual.local.",
+    11435,
+    {},
+    ("10.1.0.1", "fd77::1"),
+)
+
+
+def test_ipv6_addresses_are_aaaa_records_asked_for_by_type():
+    got = records_of(mdns.announcement([DUAL]))
+    assert [rd.address for rd in got[dns.rdatatype.A][0]] == ["10.1.0.1"]
+    assert [rd.address for rd in got[dns.rdatatype.AAAA][0]] == ["fd77::1"]
+    cache = Cache()
+    cache.add(mdns.parse(mdns.announcement([DUAL]))[0], now=1.0)
+    (found,) = cache.services(mdns.ROUTER_TYPE, now=2.0)
+    assert found.addresses == ("10.1.0.1", "fd77::1")  # IPv4 first
+    for qtype, want in (("AAAA", {dns.rdatatype.AAAA}), ("A", {dns.rdatatype.A})):
+        question = dns.message.make_query("herd-dual.local.", qtype)
+        question.flags = dns.flags.Flag(0)
+        reply = mdns.answer(question, [DUAL])
+        assert reply is not None
+        message, _ = mdns.parse(reply)
+        assert {r.rdtype for r in message.answer} == want

@@ -218,7 +218,10 @@ def start_router(
     host: str = "127.0.0.1",
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
+    timeout: float = 20,
 ) -> Router:
+    """`timeout`: seconds to wait for a worker to answer (several workers
+    import at once on a busy machine)."""
     apply(state_dir, text)
     port = free_port(host)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -248,7 +251,7 @@ def start_router(
         cwd=ROOT,
     )
     router = Router(proc, f"http://{netloc}", state_dir, log_path, env)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"herd serve exited: {log_path.read_text()}")

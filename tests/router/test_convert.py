@@ -103,9 +103,10 @@ def test_chat_request_carries_fields(fields: dict, native_part: dict) -> None:
         ({"tool_choice": "required"}, "'tool_choice'"),
         (
             {"tool_choice": {"type": "function", "function": {"name": "f"}}},
-            "'tool_choice'",
+            "'tool_choice.function.name'",
         ),
-        ({"parallel_tool_calls": False}, "'parallel_tool_calls'"),
+        ({"tool_choice": {"type": "allowed_tools"}}, "'tool_choice'"),
+        ({"parallel_tool_calls": "no"}, "'parallel_tool_calls'"),
         ({"audio": {"voice": "x"}}, "'audio'"),
         ({"modalities": ["text", "audio"]}, "'modalities'"),
         ({"prediction": {"type": "content"}}, "'prediction'"),
@@ -421,6 +422,7 @@ def test_chat_response_shape() -> None:
                     "role": "assistant",
                     "content": "Hello",
                     "reasoning": "let me think",
+                    "reasoning_content": "let me think",
                 },
                 "logprobs": None,
                 "finish_reason": "stop",
@@ -520,7 +522,12 @@ def test_chat_stream_with_usage() -> None:
     assert all(o["object"] == "chat.completion.chunk" for o in objs)
     assert all(o["system_fingerprint"] == "fp_ollama" for o in objs)
     deltas = [o["choices"][0]["delta"] for o in objs[:-1]]
-    assert deltas[0] == {"role": "assistant", "content": "", "reasoning": "hmm"}
+    assert deltas[0] == {
+        "role": "assistant",
+        "content": "",
+        "reasoning": "hmm",
+        "reasoning_content": "hmm",
+    }
     assert deltas[1:] == [{"content": "Hel"}, {"content": "lo"}, {}]
     assert [o["choices"][0]["finish_reason"] for o in objs[:-1]] == [None] * 3 + [
         "stop"

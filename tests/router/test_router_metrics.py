@@ -332,5 +332,4 @@ def test_fallbacks_retries_and_sampled_counters():
     assert values[("herd_traces_dropped_total", ())] == 1
     assert values[("herd_reload_errors_total", ())] == 1
     assert values[("herd_reload_failing", ())] == 1
-    assert values[("herd_node_in_flight", (("node", "node-a"),))] == 3
     assert values[("herd_traces_pending", ())] == 5

@@ -16,6 +16,7 @@ from typing import Any
 
 import falcon
 
+from herd.discovery.roster import disk_free_of
 from herd.manifest.model import Client, Fleet
 from herd.reconcile.inventory import NodeInventory
 from herd.reconcile.placement import choose
@@ -55,7 +56,11 @@ def discovery_view(runtime: Runtime, fleet: Fleet, node: Any) -> dict[str, Any]:
     static = getattr(runtime.source, "static", None)
     is_static = static is None or static().fleet.node(node.name) is not None
     if member is None:
-        return {"found": "static", "admission": "declared in the manifest"}
+        return {
+            "found": "static",
+            "admission": "declared in the manifest",
+            "disk_free_bytes": None,
+        }
     view = {
         "found": f"static+agent ({member.via})" if is_static else member.via,
         "admission": "declared in the manifest"
@@ -70,6 +75,8 @@ def discovery_view(runtime: Runtime, fleet: Fleet, node: Any) -> dict[str, Any]:
             "ollama_error": member.ollama_error,
         },
         "metrics": dict(member.metrics),
+        # Where the node's Ollama keeps models (replica choice prefers room).
+        "disk_free_bytes": disk_free_of(member.metrics),
     }
     return view
 
@@ -91,8 +98,19 @@ def models_view(runtime: Runtime, fleet: Fleet) -> list[dict[str, Any]]:
     """Per model: where the manifest places it (`replicas` resolved as `herd
     apply` does), where it is, and the drift between the two."""
     health = {n.name: runtime.poller.get(n) for n in fleet.nodes}
+    member_of = getattr(runtime.poller, "member", None)
+    free = {}
+    for node in fleet.nodes if member_of else ():
+        member = member_of(node)
+        free[node.name] = disk_free_of(member.metrics) if member else None
     held = {
-        name: NodeInventory(name, h.url, bool(h.up), models={k: "" for k in h.on_disk})
+        name: NodeInventory(
+            name,
+            h.url,
+            bool(h.up),
+            models={k: "" for k in h.on_disk},
+            free_bytes=free.get(name),
+        )
         for name, h in health.items()
     }
     out = []
@@ -155,11 +173,7 @@ def status(runtime: Runtime, served: Served | None = None) -> dict[str, Any]:
         "requests": runtime.stats.requests,
         "upstream_failures": runtime.stats.failures,
         "traces": {
-            "written": runtime.traces.written,
-            "pending": runtime.traces.pending,
-            "dropped": runtime.traces.dropped,
-            "refusals_unrecorded": runtime.refusals.unrecorded,
-            "write_failures": runtime.traces.write_failures,
+            **runtime.shared_counts(),
             "write_error": runtime.traces.write_error,
         },
     }

@@ -10,14 +10,19 @@ rules (`admit`). Heartbeats leave no trace row: they are not client requests.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
+from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import falcon
 
 from herd.discovery import fleetkey
 from herd.discovery.heartbeat import (
+    ADMITTED,
     MAX_BODY,
     NONCE,
     Verdict,
@@ -27,7 +32,11 @@ from herd.discovery.heartbeat import (
 )
 from herd.discovery.membership import Membership
 from herd.errors import HerdError
+from herd.router.http.peer import peer_address
 from herd.router.routing.forward import dumps
+
+PATH = "/fleet/heartbeat"
+RESEND = "models left out, but this router does not hold that inventory: send all"
 
 
 class Refused(Exception):
@@ -37,15 +46,29 @@ class Refused(Exception):
 
 
 class KeyCache:
-    """The fleet keys of `discovery.node_keys`, re-read when the file changes."""
+    """The fleet keys of `discovery.node_keys`, re-read when the file changes
+    (looked at no more than once every `STAT_S` seconds: hundreds of agents
+    beat each second)."""
 
-    def __init__(self) -> None:
+    STAT_S = 1.0
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._stamp: tuple[str, int, int] | None = None
         self._keys: tuple[fleetkey.FleetKey, ...] = ()
+        self._monotonic = monotonic
+        self._checked: tuple[str | None, float] = (None, float("-inf"))
 
     def keys(self, path: str | None) -> tuple[fleetkey.FleetKey, ...]:
         if not path:
             raise Refused(403, "discovery.node_keys is not set: no agent can join")
+        now = self._monotonic()
+        if (
+            self._checked[0] == path
+            and now - self._checked[1] < self.STAT_S
+            and self._keys
+        ):
+            return self._keys
+        self._checked = (None, now)
         try:
             st = os.stat(path)
         except OSError as ex:
@@ -57,11 +80,18 @@ class KeyCache:
             except HerdError as ex:
                 raise Refused(403, str(ex)) from ex
             self._stamp = stamp
+        self._checked = (path, now)
         return self._keys
 
 
 class HeartbeatResource:
-    """The endpoint; `membership` is shared by all workers (SQLite)."""
+    """The endpoint; `membership` is shared by all workers (SQLite).
+
+    Called as a plain WSGI app (`__call__`) for POST: the router's app hands
+    heartbeats over before falcon's request objects and admission middleware
+    (herd.router.app), since hundreds of agents beat every second and none
+    of that serves them. `on_post` is the same answer for a falcon app.
+    """
 
     def __init__(self, runtime: Any, membership: Membership):
         self.rt = runtime
@@ -75,37 +105,80 @@ class HeartbeatResource:
         except Refused:
             return []
 
+    def __call__(self, env: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.rt.ensure_started()
+        length = env.get("CONTENT_LENGTH")
+        status, data = self.answer(
+            peer_address(env.get("REMOTE_ADDR")),
+            lambda name: env.get(_WSGI_HEADERS[name]),
+            int(length) if length and length.isdigit() else None,
+            env["wsgi.input"].read,
+        )
+        start_response(
+            _STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+        )
+        return [data]
+
     def on_post(self, req: Any, resp: Any) -> None:
         req.context.deferred = True  # no trace row: not a client request
-        address = req.context.peer  # normalized once by the gate (::ffff:a.b.c.d)
+        status, data = self.answer(
+            req.context.peer,
+            req.get_header,
+            req.content_length,
+            req.bounded_stream.read,
+        )
+        resp.status = status
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = data
+
+    def answer(
+        self,
+        address: str,
+        header: Callable[[str], str | None],
+        length: int | None,
+        read: Callable[[int], bytes],
+    ) -> tuple[int, bytes]:
+        """Status and JSON body for one heartbeat from `address`."""
         fleet = self.rt.source.static().fleet
         try:
-            verdict, name = self._handle(req, fleet, address)
+            verdict, name = self._handle(fleet, address, header, length, read)
         except Refused as ex:
             self.membership.refuse(address, ex.name, ex.status, ex.reason)
-            resp.status = ex.status
-            resp.content_type = falcon.MEDIA_JSON
-            resp.data = dumps({"error": f"heartbeat refused: {ex.reason}"})
-            return
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps(
+            return ex.status, dumps({"error": f"heartbeat refused: {ex.reason}"})
+        except HerdError as ex:  # the body could not be read (timeout, framing)
+            self.membership.refuse(address, None, ex.status, ex.message)
+            return ex.status, dumps({"error": f"heartbeat refused: {ex.message}"})
+        if verdict.reason == ADMITTED:
+            return 200, _admitted_body(name)
+        if verdict.reason == RESEND:
+            return 200, dumps(
+                {"admitted": False, "name": name, "reason": RESEND, "resend": True}
+            )
+        return 200, dumps(
             {"admitted": verdict.admitted, "name": name, "reason": verdict.reason}
         )
 
-    def _handle(self, req: Any, fleet: Any, address: str) -> tuple[Verdict, str]:
-        length = req.content_length
+    def _handle(
+        self,
+        fleet: Any,
+        address: str,
+        header: Callable[[str], str | None],
+        length: int | None,
+        read: Callable[[int], bytes],
+    ) -> tuple[Verdict, str]:
         if length is not None and length > MAX_BODY:
             raise Refused(413, f"body of {length} bytes is over {MAX_BODY}")
-        body = req.bounded_stream.read(MAX_BODY + 1)
+        body = read(MAX_BODY + 1 if length is None else length)
         if len(body) > MAX_BODY:
             raise Refused(413, f"body is over {MAX_BODY} bytes")
         refused = check_source(fleet, address)
         if refused is not None:
             raise Refused(refused.status, refused.reason)
         keys = self.keys.keys(fleet.discovery.node_keys)
-        timestamp = req.get_header(fleetkey.HEADER_TIMESTAMP) or ""
-        nonce = req.get_header(fleetkey.HEADER_NONCE) or ""
-        signature = req.get_header(fleetkey.HEADER_SIGNATURE) or ""
+        timestamp = header(fleetkey.HEADER_TIMESTAMP) or ""
+        nonce = header(fleetkey.HEADER_NONCE) or ""
+        signature = header(fleetkey.HEADER_SIGNATURE) or ""
         if not (timestamp and nonce and signature):
             raise Refused(401, "unsigned (X-Herd-Timestamp/Nonce/Signature missing)")
         if not timestamp.isdigit() or len(timestamp) > 12:
@@ -128,6 +201,12 @@ class HeartbeatResource:
             raise Refused(ex.status, ex.message, _name(doc)) from ex
         members = self.membership
         members.check(fleet.discovery.heartbeat_timeout_s)
+        if hb.partial:
+            completed = members.complete(hb, address)
+            if completed is None:
+                # Not recorded: this worker does not hold that inventory.
+                return Verdict(False, RESEND), hb.name
+            hb = completed
         verdict = admit(fleet, hb, address, members.holder, members.url_holder)
         if not verdict.admitted:
             raise Refused(verdict.status, verdict.reason, hb.name)
@@ -146,6 +225,23 @@ class HeartbeatResource:
         if recorded is None:
             raise Refused(409, "replayed (nonce already used)", hb.name)
         return verdict, hb.name
+
+
+_STATUS_LINES = {200: "200 OK"}
+_WSGI_HEADERS = {
+    name: "HTTP_" + name.upper().replace("-", "_")
+    for name in (
+        fleetkey.HEADER_TIMESTAMP,
+        fleetkey.HEADER_NONCE,
+        fleetkey.HEADER_SIGNATURE,
+    )
+}
+
+
+@functools.lru_cache(maxsize=8192)
+def _admitted_body(name: str) -> bytes:
+    """The usual answer, made once per node (names are validated: no escaping)."""
+    return dumps({"admitted": True, "name": name, "reason": ADMITTED})
 
 
 def _name(doc: Any) -> str | None:

@@ -16,6 +16,8 @@ from herd.discovery.health import model_key
 from herd.errors import Forbidden, InvalidRequest
 from herd.manifest.model import Client, Fleet, Model, normalize_model_name
 from herd.router.api.body import check_lowercase_keys
+from herd.router.api.kinds import check_kind
+from herd.router.convert import thinking
 from herd.router.gate import decision_headers
 from herd.router.routing import relay
 from herd.router.routing.forward import Outcome, dumps
@@ -56,6 +58,41 @@ def check_fields(body: dict[str, Any]) -> None:
         raise InvalidRequest("'stream' must be true or false", param="stream")
 
 
+#: Routes whose output cap is raised for thinking models (convert.thinking).
+THINKING_PATHS = frozenset({"/api/chat", "/api/generate"})
+
+
+def node_capabilities(rt: Runtime, fleet: Fleet, model: Model) -> list[str] | None:
+    """The model's capabilities as a node lists them, if any node does."""
+    for node in fleet.nodes_for(model):
+        entry = rt.poller.get(node).details.get(model.name) or {}
+        caps = entry.get("capabilities")
+        if isinstance(caps, list):
+            return caps
+    return None
+
+
+def think_budget(
+    rt: Runtime,
+    fleet: Fleet,
+    models: tuple[Model, ...],
+    native: dict[str, Any],
+    resp: Any,
+) -> bool:
+    """Raise a thinking model's output cap in `native` (the first model's
+    policy); True, and the X-Herd-Thinking-Budget header set, when it did."""
+    if not models:
+        return False
+    model = models[0]
+    budget = thinking.inflate(
+        native, model, lambda: node_capabilities(rt, fleet, model)
+    )
+    if budget is None:
+        return False
+    resp.set_header(thinking.HEADER, budget.header())
+    return True
+
+
 class Forwarded:
     """POST /api/chat, /api/generate, /api/embed, /api/embeddings, /api/show."""
 
@@ -79,7 +116,10 @@ class Forwarded:
             raw = None
             body.pop("name", None)
         models = rt.models_for(fleet, ctx.client, name, extra)
+        check_kind(self.path, models[0])
         rt.limiter.take(ctx.client)
+        if self.path in THINKING_PATHS and think_budget(rt, fleet, models, body, resp):
+            raw = None
         stream = self.streams and body.get("stream", True) is not False
         opened = rt.forwarder.open(
             fleet, self.path, body, models, stream=stream, outcome=outcome, raw=raw

@@ -1,7 +1,9 @@
 """OpenAI ⇄ Ollama conversion for the router's /v1 routes: pure functions, no I/O.
 
 Modules: `request` (shared checks, completions, embeddings), `chat` (chat
-requests), `response` (replies, errors, SSE framing, models), `stream` (SSE streams).
+requests), `response` (replies, errors, SSE framing, models), `stream` (SSE streams),
+`toolchoice` (forced tool calls emulated), `responses`, `response_items` and
+`responses_stream` (the Responses API).
 
 Public interface (the /v1 resources code against these; all raise
 `herd.errors.InvalidRequest` naming the offending field):
@@ -9,12 +11,15 @@ Public interface (the /v1 resources code against these; all raise
     chat_request(body: dict) -> Converted             /v1/chat/completions -> /api/chat
     completion_request(body: dict) -> Converted       /v1/completions -> /api/generate
     embedding_request(body: dict) -> Converted        /v1/embeddings -> /api/embed
+    responses_request(body: dict) -> Converted        /v1/responses -> /api/chat
 
     chat_response(native, model, *, id=None, now=None) -> dict          non-streaming
     completion_response(native, model, *, id=None, now=None) -> dict
     embedding_response(native, model, encoding_format="float") -> dict
+    responses_reply(native, converted) -> dict                          `response`
     ChatStream(model, include_usage=False, *, id=None, now=None)        NDJSON -> SSE
     CompletionStream(model, include_usage=False, *, id=None, now=None)
+    ResponsesStream(model, include_usage=False, *, request=None)    typed events
         .feed(chunk: dict) -> bytes     SSE bytes for one native chunk (maybe b"");
                                         a native {"error": ...} line ends the stream
         .fail(message: str) -> bytes    SSE error event + [DONE] (node broke mid-stream)
@@ -58,6 +63,9 @@ from herd.router.convert.response import (
     sse_event,
     usage,
 )
+from herd.router.convert.response_items import responses_reply
+from herd.router.convert.responses import responses_request
+from herd.router.convert.responses_stream import ResponsesStream
 from herd.router.convert.stream import ChatStream, CompletionStream
 
 __all__ = [
@@ -66,6 +74,7 @@ __all__ = [
     "SSE_DONE",
     "ChatStream",
     "CompletionStream",
+    "ResponsesStream",
     "Converted",
     "chat_request",
     "chat_response",
@@ -78,6 +87,8 @@ __all__ = [
     "model_object",
     "models_list",
     "new_id",
+    "responses_reply",
+    "responses_request",
     "sse_event",
     "usage",
 ]

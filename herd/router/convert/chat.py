@@ -21,8 +21,9 @@ from herd.router.convert.request import (
     sampling_options,
     stream_flags,
 )
+from herd.router.convert.toolchoice import ToolPlan, constrain
 
-_EFFORT = {
+EFFORT = {
     "none": False,
     "minimal": "low",
     "low": "low",
@@ -86,8 +87,6 @@ def chat_request(body: Any) -> Converted:
     modalities = get_field(body, "modalities", (list,), where)
     if modalities and modalities != ["text"]:
         raise refuse(where, "modalities", "other than ['text'] is not supported")
-    if get_field(body, "parallel_tool_calls", (bool,), where) is False:
-        raise refuse(where, "parallel_tool_calls", "false cannot be honoured")
     stream, include_usage = stream_flags(body, where)
     messages = get_field(body, "messages", (list,), where)
     if not messages:
@@ -98,13 +97,20 @@ def chat_request(body: Any) -> Converted:
         "stream": stream,
         "options": sampling_options(body, where),
     }
-    tools = get_field(body, "tools", (list,), where)
-    send_tools = _tool_choice(body.get("tool_choice"), where)
-    if tools and send_tools:
-        native["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
+    tools = [
+        tool(t, i) for i, t in enumerate(get_field(body, "tools", (list,), where) or ())
+    ]
+    plan = tool_plan(body, tools, where)
+    if tools and body.get("tool_choice") != "none":
+        native["tools"] = tools
     fmt = _response_format(get_field(body, "response_format", (dict,), where), where)
     if fmt is not None:
+        if plan.forced:
+            raise refuse(
+                where, "response_format", "cannot be combined with a forced tool_choice"
+            )
         native["format"] = fmt
+    constrain(native, plan)
     think = _think(body, where)
     if think is not None:
         native["think"] = think
@@ -117,31 +123,54 @@ def chat_request(body: Any) -> Converted:
             native["top_logprobs"] = top
     elif top:
         raise refuse(where, "top_logprobs", "requires 'logprobs': true")
-    return Converted(native, body["model"], stream, include_usage)
+    return Converted(native, body["model"], stream, include_usage, plan=plan)
 
 
-def _tool_choice(choice: Any, where: str) -> bool:
-    """True when tools should be sent; 'none' drops them; forcing a call is refused."""
-    if choice is None or choice == "auto":
-        return True
-    if choice == "none":
-        return False
+def tool_plan(
+    body: Mapping[str, Any], tools: list[dict[str, Any]], where: str
+) -> ToolPlan:
+    """`tool_choice` and `parallel_tool_calls` as a ToolPlan (see toolchoice).
+
+    Accepts both the Chat Completions form of a named function
+    (`{"type": "function", "function": {"name": N}}`) and the Responses form
+    (`{"type": "function", "name": N}`).
+    """
+    single = get_field(body, "parallel_tool_calls", (bool,), where) is False
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("auto", "none"):
+        return ToolPlan((), single)
+    names = tuple(t["function"]["name"] for t in tools)
+    if choice == "required":
+        if not names:
+            raise refuse(where, "tool_choice", "'required' needs at least one tool")
+        return ToolPlan(names, True)
+    if isinstance(choice, Mapping) and choice.get("type") == "function":
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, Mapping) else choice.get("name")
+        key = "tool_choice.function" if isinstance(fn, Mapping) else "tool_choice"
+        if not isinstance(name, str) or name not in names:
+            raise refuse(
+                where,
+                f"{key}.name",
+                f"{json.dumps(name)[:60]} is not one of the offered tools",
+            )
+        return ToolPlan((name,), True)
     shown = json.dumps(choice)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     raise refuse(
         where,
         "tool_choice",
-        f"{shown} cannot be honoured by Ollama (only 'auto' and 'none')",
+        f"{shown} is not supported (auto, none, required, or one function)",
     )
 
 
-def _tool(tool: Any, index: int) -> dict[str, Any]:
+def tool(spec: Any, index: int) -> dict[str, Any]:
     where = f"tools[{index}]"
-    if not isinstance(tool, Mapping) or tool.get("type") != "function":
+    if not isinstance(spec, Mapping) or spec.get("type") != "function":
         raise InvalidRequest(
             f"{where}: only tools of type 'function' are supported", param=where
         )
-    fn = tool.get("function")
+    fn = spec.get("function")
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
         raise InvalidRequest(
             f"{where}.function.name is required", param=f"{where}.function.name"
@@ -186,9 +215,9 @@ def _think(body: Mapping[str, Any], where: str) -> Any:
         where, key = "reasoning", "effort"
     if effort is None:
         return None
-    if effort not in _EFFORT:
+    if effort not in EFFORT:
         raise refuse(where, key, f"{effort[:40]!r} is not valid")
-    return _EFFORT[effort]
+    return EFFORT[effort]
 
 
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:
@@ -218,7 +247,7 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
         get_field(msg, "refusal", (str,), where)
         calls = get_field(msg, "tool_calls", (list,), where)
         if calls:
-            native["tool_calls"] = _native_tool_calls(calls, where, names)
+            native["tool_calls"] = native_tool_calls(calls, where, names)
         call_id = get_field(msg, "tool_call_id", (str,), where)
         name = get_field(msg, "name", (str,), where)
         if role == "tool":
@@ -248,7 +277,7 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
             url = get_field(part, "image_url", (dict, str), at)
             if isinstance(url, Mapping):
                 url = get_field(url, "url", (str,), f"{at}.image_url")
-            images.append(_image(url or "", at))
+            images.append(image_data(url or "", at))
         else:
             shown = repr(kind)[:40]
             raise InvalidRequest(
@@ -257,7 +286,7 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def _image(url: str, where: str) -> str:
+def image_data(url: str, where: str) -> str:
     match = _DATA_URL.match(url)
     if not match:
         raise refuse(
@@ -274,7 +303,7 @@ def _image(url: str, where: str) -> str:
     return data
 
 
-def _native_tool_calls(
+def native_tool_calls(
     calls: Any, where: str, names: dict[str, str]
 ) -> list[dict[str, Any]]:
     out = []

@@ -33,10 +33,14 @@ class Converted:
     stream: bool = False
     include_usage: bool = False
     encoding_format: str = "float"
+    #: Tool-call demands enforced on the reply (herd.router.convert.toolchoice).
+    plan: Any = None
+    #: The request as the client sent it, for replies that echo it (Responses).
+    echo: Any = None
 
 
 #: The `where` of top-level checks (a route); nested checks pass a field path.
-ROUTES = frozenset({"chat.completions", "completions", "embeddings"})
+ROUTES = frozenset({"chat.completions", "completions", "embeddings", "responses"})
 
 _KIND_NAMES = {
     bool: "true or false",

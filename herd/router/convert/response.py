@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from herd.router.convert.toolchoice import ToolPlan, settle
+
 SSE_CONTENT_TYPE = "text/event-stream"
 SSE_DONE = b"data: [DONE]\n\n"
 FINGERPRINT = "fp_ollama"
@@ -83,12 +85,18 @@ def chat_response(
     *,
     id: str | None = None,
     now: float | None = None,
+    plan: ToolPlan | None = None,
 ) -> dict[str, Any]:
-    """A non-streaming /api/chat reply as a `chat.completion` object."""
+    """A non-streaming /api/chat reply as a `chat.completion` object (with
+    `plan`, the tool-call demands checked: see herd.router.convert.toolchoice)."""
     msg = native.get("message") or {}
+    if plan is not None and plan.active:
+        msg = settle(msg, native.get("done_reason"), plan)
     message: dict[str, Any] = {"role": "assistant", "content": msg.get("content", "")}
     if msg.get("thinking"):
-        message["reasoning"] = msg["thinking"]
+        # Ollama's /v1 says `reasoning`; DeepSeek-style clients read
+        # `reasoning_content`: both carry the thinking.
+        message["reasoning"] = message["reasoning_content"] = msg["thinking"]
     calls = msg.get("tool_calls") or []
     if calls:
         message["tool_calls"] = openai_tool_calls(calls)

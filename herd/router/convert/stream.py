@@ -17,6 +17,7 @@ from herd.router.convert.response import (
     sse_event,
     usage,
 )
+from herd.router.convert.toolchoice import NotACall, ToolPlan, settle
 
 
 class _Stream:
@@ -32,7 +33,10 @@ class _Stream:
         *,
         id: str | None = None,
         now: float | None = None,
+        request: Any = None,
     ) -> None:
+        #: The converted request (its `plan`: tool-call demands to enforce).
+        self.request = request
         self.model = model
         self.include_usage = include_usage
         self.id = id or new_id(self.prefix)
@@ -81,6 +85,8 @@ class ChatStream(_Stream):
         super().__init__(*args, **kwargs)
         self._role_sent = False
         self._tool_calls = 0
+        self._text = ""
+        self._calls: list[Any] = []
 
     def _delta(self, delta: dict[str, Any], logprobs: Any = None) -> bytes:
         if not self._role_sent:
@@ -96,9 +102,16 @@ class ChatStream(_Stream):
 
     def _feed(self, chunk: Mapping[str, Any]) -> bytes:
         msg = chunk.get("message") or {}
+        plan = getattr(self.request, "plan", None)
+        if plan is not None and plan.active:
+            msg = self._held(msg, chunk, plan)
+            if msg is None:
+                return self.fail(self._refusal)
         out = b""
         if msg.get("thinking"):
-            out += self._delta({"content": "", "reasoning": msg["thinking"]})
+            thought = msg["thinking"]
+            delta = {"content": "", "reasoning": thought, "reasoning_content": thought}
+            out += self._delta(delta)
         calls = msg.get("tool_calls") or []
         if msg.get("content") or calls:
             delta: dict[str, Any] = {"content": msg.get("content", "")}
@@ -116,6 +129,35 @@ class ChatStream(_Stream):
         reason = finish_reason(chunk, self._tool_calls > 0) or "stop"
         finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
         return out + self._chunk([finish]) + self._end(chunk)
+
+    _refusal = ""
+
+    def _held(
+        self, msg: Mapping[str, Any], chunk: Mapping[str, Any], plan: ToolPlan
+    ) -> dict[str, Any] | None:
+        """`msg` with the tool-call demands applied: a forced call's text is
+        held back until the end, then settled into the call; only the first
+        call passes when one is allowed. None: the reply broke the demand."""
+        out = {k: v for k, v in msg.items() if k not in ("content", "tool_calls")}
+        if plan.forced:
+            self._text += msg.get("content") or ""
+            self._calls += msg.get("tool_calls") or []
+            if not chunk.get("done"):
+                return out
+            held = {"content": self._text, "tool_calls": self._calls}
+            try:
+                settled = settle(held, chunk.get("done_reason"), plan)
+            except NotACall as ex:
+                self._refusal = ex.message
+                return None
+            return {**out, **settled}
+        calls = msg.get("tool_calls") or []
+        if self._tool_calls:
+            calls = []
+        out["content"] = msg.get("content") or ""
+        if calls:
+            out["tool_calls"] = calls[:1]
+        return out
 
 
 class CompletionStream(_Stream):

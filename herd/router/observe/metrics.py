@@ -7,9 +7,11 @@ included, is counted by route, model, node, client group and status, at once
 counts are kept in memory per label combination and written every SAMPLE_S
 (a scrape may see them up to a second late; writing each observation to the
 shared files would cost more than the rest of the counting). What a
-worker holds rather than counts (in-flight and waiting requests per node,
-traces not yet written, whether the last reload was refused) is sampled by a
-background greenlet every SAMPLE_S and again by the worker answering a scrape.
+worker holds rather than counts (traces not yet written, whether the last
+reload was refused) is sampled by a background greenlet every SAMPLE_S and
+again by the worker answering a scrape. In-flight and waiting requests per
+node are read at scrape time from the fleet state every worker shares
+(herd.router.fleetstate), like node health.
 
 Under gunicorn each worker writes its values to prometheus_client's
 multiprocess files (see herd.router.observe.multiproc), and a scrape adds up every
@@ -236,20 +238,6 @@ class Metrics:
             ("node",),
             registry=reg,
         )
-        self.in_flight = Gauge(
-            "herd_node_in_flight",
-            "Requests being served by a node (all workers).",
-            ("node",),
-            multiprocess_mode="livesum",
-            registry=reg,
-        )
-        self.waiting = Gauge(
-            "herd_node_waiting",
-            "Requests queued for a node's free slot (all workers).",
-            ("node",),
-            multiprocess_mode="livesum",
-            registry=reg,
-        )
         self.traces_written = Counter(
             "herd_traces_written_total",
             "Trace rows written to traces.db.",
@@ -389,9 +377,6 @@ class Metrics:
         """Copy this worker's gauges and the counters other modules keep, and
         write the batched values."""
         self.flush()
-        for node in self._nodes:
-            self.in_flight.labels(node).set(queues.in_flight(node))
-            self.waiting.labels(node).set(queues.waiting(node))
         self.traces_pending.set(traces.pending)
         self.reload_failing.set(1 if getattr(source, "last_error", None) else 0)
         self._advance("written", traces.written, self.traces_written)
@@ -459,12 +444,25 @@ class _Live:
         yield from self.live()
 
 
-def node_families(nodes: Iterable[tuple[str, bool, int]]) -> list[Metric]:
-    """herd_node_up and herd_node_slots from (name, up, max_concurrency)."""
+def node_families(
+    nodes: Iterable[tuple[str, bool, int, int, int]],
+) -> list[Metric]:
+    """herd_node_up, herd_node_slots, herd_node_in_flight and
+    herd_node_waiting from (name, up, max_concurrency, in_flight, waiting),
+    read from the fleet state every worker shares at scrape time."""
     up = GaugeMetricFamily(
         "herd_node_up",
-        "1 when the node answers its health checks (as the answering worker "
-        "sees it), else 0.",
+        "1 when the node answers its health checks, else 0.",
+        labels=("node",),
+    )
+    in_flight = GaugeMetricFamily(
+        "herd_node_in_flight",
+        "Requests being served by a node (all workers).",
+        labels=("node",),
+    )
+    waiting = GaugeMetricFamily(
+        "herd_node_waiting",
+        "Requests queued for a node's free slot (all workers).",
         labels=("node",),
     )
     slots = GaugeMetricFamily(
@@ -472,7 +470,9 @@ def node_families(nodes: Iterable[tuple[str, bool, int]]) -> list[Metric]:
         "Requests a node serves at once (max_concurrency in the manifest).",
         labels=("node",),
     )
-    for name, is_up, max_concurrency in nodes:
+    for name, is_up, max_concurrency, busy, queued in nodes:
         up.add_metric((name,), 1 if is_up else 0)
         slots.add_metric((name,), max_concurrency)
-    return [up, slots]
+        in_flight.add_metric((name,), busy)
+        waiting.add_metric((name,), queued)
+    return [up, slots, in_flight, waiting]

@@ -28,8 +28,11 @@ from herd.errors import (
 )
 from herd.manifest.model import Fleet, Model, Node
 from herd.router.api.aggregate import Fold
+from herd.router.convert import to_openai
 from herd.router.observe.logfield import logged, logged_or_none
 from herd.router.observe.traces import Trace
+from herd.router.routing import openaileg
+from herd.router.routing.openaileg import OpenAIForm
 from herd.router.routing.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
 from herd.router.routing.queues import Queues
 from herd.router.routing.scoring import Candidate, Decision, RouteRequest, choose_node
@@ -116,6 +119,9 @@ class Opened:
     sent_at: float = 0.0
     #: When the node's first line arrived (streams and folded streams).
     first_at: float = 0.0
+    #: An OpenAI node's own answer (JSON, or SSE events in `first`/`rest`)
+    #: to an OpenAI-API client, relayed as it came (herd.router.routing.openaileg).
+    passthrough: bool = False
     _release: Callable[[], None] | None = None
 
     def release(self) -> None:
@@ -188,9 +194,14 @@ class Forwarder:
         stream: bool,
         outcome: Outcome,
         raw: bytes | None = None,
+        openai: OpenAIForm | None = None,
     ) -> Opened:
         """The first good answer from the best node able to serve `models[0]`
-        (or, failing that, a fallback). Raises a HerdError when none can."""
+        (or, failing that, a fallback). Raises a HerdError when none can.
+
+        `openai` is the request as an OpenAI-API client sent it: an `api:
+        openai` node gets that body (model renamed) and its answer comes back
+        as is (`Opened.passthrough`); other nodes get the native `body`."""
         limits = fleet.router.limits
         deadline = self.clock() + limits.request_timeout_s
         attempts = limits.retries + 1
@@ -222,9 +233,14 @@ class Forwarder:
                 outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
                 node = fleet.node(name)
                 assert node is not None
-                result = self._attempt(
-                    node, model, path, body, raw, stream, limits, deadline
-                )
+                if node.api == "openai":
+                    result = self._attempt_openai(
+                        node, model, path, body, openai, stream, limits
+                    )
+                else:
+                    result = self._attempt(
+                        node, model, path, body, raw, stream, limits, deadline
+                    )
                 outcome.retries = limits.retries - attempts
                 if isinstance(result, Opened):
                     if result.status in _RETRY_STATUS:
@@ -287,6 +303,7 @@ class Forwarder:
                 data,
                 connect_s=limits.connect_timeout_s,
                 network_s=limits.first_byte_timeout_s,
+                headers=node.auth,
             )
         except UpstreamFailure as ex:
             release()
@@ -332,6 +349,72 @@ class Forwarder:
             self.stats.failure(node.name)
         return opened
 
+    def _attempt_openai(
+        self,
+        node: Node,
+        model: Model,
+        path: str,
+        body: dict[str, Any],
+        form: OpenAIForm | None,
+        stream: bool,
+        limits: Any,
+    ) -> Opened | HerdError:
+        """One try on an OpenAI-compatible node (slot already taken)."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.queues.release(node.name)
+
+        if path == "/api/show":
+            release()
+            shown = to_openai.show(model.name, model.kind)
+            return Opened(
+                node=node,
+                model=model,
+                status=200,
+                content_type="application/json; charset=utf-8",
+                body=dumps(shown),
+                first_obj=shown,
+            )
+        node_id = openaileg.node_model_id(self.health, node, model)
+        try:
+            target, payload = openaileg.outgoing(path, body, form, node_id)
+        except HerdError:
+            release()
+            raise
+        sent = self.clock()
+        try:
+            reply = openaileg.send(self.upstream, node, target, payload, limits)
+        except UpstreamFailure as ex:
+            release()
+            return self._failed(node, ex.kind, ex.message)
+        opened = Opened(
+            node=node,
+            model=model,
+            status=reply.status,
+            content_type=reply.content_type,
+            reply=reply,
+            sent_at=sent,
+            _release=release,
+        )
+        result = openaileg.commit(
+            opened,
+            reply,
+            path,
+            form,
+            stream,
+            lambda kind, message: self._failed(node, kind, message),
+        )
+        if isinstance(result, Opened):
+            if result.first is not None:
+                result.first_at = self.clock()
+            if result.status >= 500:
+                self.stats.failure(node.name)
+        return result
+
     def _fold(self, opened: Opened, path: str, deadline: float) -> bytes:
         """Read a whole node stream and fold it into one object (the answer
         to a non-streaming request). A node `{"error"}` line becomes a 500 the
@@ -361,6 +444,11 @@ class Forwarder:
         opened.content_type = "application/json; charset=utf-8"
         opened.first_obj = fold.result()
         return dumps(opened.first_obj)
+
+    def node_failed(self, node: Node, kind: str, message: str) -> HerdError:
+        """The error for a node that failed before answering, counted and
+        logged (for routes that send to nodes themselves, e.g. uploads)."""
+        return self._failed(node, kind, message)
 
     def _failed(self, node: Node, kind: str, message: str) -> HerdError:
         """The error for a node that failed before answering. Its message

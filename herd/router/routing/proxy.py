@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from herd import hosts
+from herd.errors import HerdError
 
 POLL_TIMEOUT_S = 1.5
 BLOCK_SIZE = 16 * 1024
@@ -73,6 +74,10 @@ class UpstreamFailure(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+class UploadBroken(Exception):
+    """Sending a streamed upload to a node failed after it began."""
 
 
 class StreamBroken(Exception):
@@ -299,11 +304,78 @@ class Upstream:
                 _drop_idle(pool)
         raise AssertionError("unreachable")
 
-    def get_json(self, url: str, path: str, timeout: float = POLL_TIMEOUT_S) -> Any:
+    def upload(
+        self,
+        url: str,
+        path: str,
+        content_type: str,
+        chunks: Iterator[bytes],
+        *,
+        connect_s: float = 3.0,
+        network_s: float = 120.0,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """POST a body produced as it streams (chunked transfer encoding);
+        return once the node's status and headers arrived.
+
+        The connection is never reused for the next request if sending
+        failed part-way. Raises UpstreamFailure before the body's first chunk
+        was taken (safe to retry elsewhere), else UploadBroken.
+        """
+        if not self._allow(url):
+            raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
+        client = self._client(url, connect_s, network_s)
+        _, response_type = _response_classes()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (
+            f"POST {client.path_prefix}{path} HTTP/1.1\r\n"
+            f"Host: {client.host_header}\r\nUser-Agent: herd-router\r\n"
+            f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
+            f"{extra}\r\n"
+        ).encode("latin-1")
+        pool = client._connection_pool
+        started = False
+        sock = None
+        try:
+            # A fresh connection (a pool slot all the same): an idle pooled
+            # one the node closed would fail after the upload began, when it
+            # can no longer be retried.
+            pool._semaphore.acquire()
+            try:
+                sock = pool._create_socket()
+            except BaseException:
+                pool._semaphore.release()
+                raise
+            sock.sendall(head)
+            for chunk in chunks:
+                started = True
+                if chunk:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sock.sendall(b"0\r\n\r\n")
+            return Reply(response_type(sock, pool, block_size=BLOCK_SIZE))
+        except Exception as ex:  # noqa: BLE001 - socket errors, the source's errors
+            if sock is not None:
+                pool.release_socket(sock)
+            if isinstance(ex, HerdError):
+                raise  # the source refused the client's body (e.g. bad multipart)
+            if not started:
+                kind = "timeout" if isinstance(ex, TimeoutError) else "connect"
+                raise UpstreamFailure(kind, f"{url}: {_describe(ex)}") from ex
+            raise UploadBroken(f"{url}: {_describe(ex)}") from ex
+
+    def get_json(
+        self,
+        url: str,
+        path: str,
+        timeout: float = POLL_TIMEOUT_S,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """GET a small JSON document (the health poller); raises UpstreamFailure."""
         import json
 
-        reply = self.open(url, "GET", path, connect_s=timeout, network_s=timeout)
+        reply = self.open(
+            url, "GET", path, connect_s=timeout, network_s=timeout, headers=headers
+        )
         try:
             data = reply.read()
         except StreamBroken as ex:

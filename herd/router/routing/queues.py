@@ -1,11 +1,16 @@
-"""Per-node bounded concurrency with a bounded wait queue.
+"""Per-node bounded concurrency with a bounded wait queue, fleet-wide.
 
 Each node has `max_concurrency` slots. A request takes a free slot at once, or
 waits (at most `depth` waiters per node, at most `queue_timeout_s`); a full
-queue is refused immediately, never piled up. Built on `threading` primitives,
-which gevent's monkey-patching makes cooperative inside the gunicorn worker.
-The fast paths (a free slot, a release with nobody waiting) take no lock:
-within one gevent worker nothing can run between a check and an update.
+queue is refused immediately, never piled up. The counts live in the shared
+fleet state (herd.router.fleetstate), so the limits hold across every
+gunicorn worker, not per worker. The limits themselves come from each
+worker's copy of the manifest and change with it.
+
+A waiter is woken at once by a release in its own worker (a gevent-aware
+condition) and otherwise looks again every few milliseconds (another
+worker's release), backing off to POLL_MAX_S: no lock is ever held while it
+waits.
 """
 
 from __future__ import annotations
@@ -15,58 +20,87 @@ import time
 from collections.abc import Callable, Iterable
 
 from herd.errors import QueueFull
+from herd.router.fleetstate import FleetState
+
+#: How often a waiter looks for a slot another worker freed (first, longest).
+POLL_S = 0.002
+POLL_MAX_S = 0.05
 
 
 class Slots:
     """The slots of one node. `acquire` / `release` must pair up."""
 
-    def __init__(self, limit: int, depth: int):
+    def __init__(
+        self,
+        limit: int,
+        depth: int,
+        state: FleetState | None = None,
+        index: int | None = None,
+    ):
         self.limit = max(int(limit), 1)
         self.depth = max(int(depth), 0)
-        self.in_flight = 0
-        self.waiting = 0
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._state = state if state is not None else FleetState()
+        self._index = index if index is not None else self._state.node("")
+        #: Waiters in this worker (woken at once by a release here).
+        self._local_waiters = 0
+        self._cond = threading.Condition(threading.Lock())
 
     def configure(self, limit: int, depth: int) -> None:
         """Apply new limits from a reloaded manifest (in-flight work is kept)."""
-        with self._cond:
-            self.limit = max(int(limit), 1)
-            self.depth = max(int(depth), 0)
-            self._cond.notify_all()
+        self.limit = max(int(limit), 1)
+        self.depth = max(int(depth), 0)
+        if self._local_waiters:
+            with self._cond:
+                self._cond.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests on this node now, in every worker."""
+        return self._state.in_flight(self._index)
+
+    @in_flight.setter
+    def in_flight(self, total: int) -> None:
+        # Tests and tools: make the fleet-wide count `total` (this worker's share).
+        self._state.adjust(self._index, in_flight=total - self.in_flight)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for this node now, in every worker."""
+        return self._state.waiting(self._index)
+
+    @waiting.setter
+    def waiting(self, total: int) -> None:
+        self._state.adjust(self._index, waiting=total - self.waiting)
 
     def try_acquire(self) -> bool:
-        # No lock: greenlets only switch on I/O, so nothing runs between the
-        # check and the increment (the router is one thread per worker).
-        if self.in_flight < self.limit and not self.waiting:
-            self.in_flight += 1
-            return True
-        return False
+        return self._state.take(self._index, self.limit, queued=False)
 
     def wait_acquire(self, timeout: float, clock: Callable[[], float]) -> bool:
         """Queue for a slot; False when the queue is full or `timeout` passed."""
+        state, index = self._state, self._index
+        if state.take(index, self.limit, queued=True):
+            return True
         deadline = clock() + timeout
-        with self._cond:
-            if self.in_flight < self.limit:
-                self.in_flight += 1
-                return True
-            if self.waiting >= self.depth:
-                return False
-            self.waiting += 1
-            try:
-                while self.in_flight >= self.limit:
-                    left = deadline - clock()
-                    if left <= 0:
-                        return False
-                    self._cond.wait(left)
-                self.in_flight += 1
-                return True
-            finally:
-                self.waiting -= 1
+        if not state.join(index, self.depth):
+            return False
+        self._local_waiters += 1
+        poll = POLL_S
+        try:
+            while not state.take(index, self.limit, queued=True):
+                left = deadline - clock()
+                if left <= 0:
+                    return False
+                with self._cond:
+                    self._cond.wait(min(left, poll))
+                poll = min(poll * 2, POLL_MAX_S)
+            return True
+        finally:
+            self._local_waiters -= 1
+            state.leave(index)
 
     def release(self) -> None:
-        self.in_flight -= 1
-        if self.waiting:
+        self._state.give(self._index)
+        if self._local_waiters:
             with self._cond:
                 self._cond.notify()
 
@@ -78,22 +112,30 @@ class Slots:
 class Queues:
     """The slots of every node, keyed by node name, kept across reloads."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        state: FleetState | None = None,
+    ):
         self._slots: dict[str, Slots] = {}
         self._clock = clock
+        self._state = state if state is not None else FleetState()
 
     def configure(self, nodes: Iterable[tuple[str, int]], depth: int) -> None:
         for name, limit in nodes:
             slots = self._slots.get(name)
             if slots is None:
-                self._slots[name] = Slots(limit, depth)
+                self._slots[name] = self._new(name, limit, depth)
             elif slots.limit != limit or slots.depth != depth:
                 slots.configure(limit, depth)
+
+    def _new(self, name: str, limit: int, depth: int) -> Slots:
+        return Slots(limit, depth, self._state, self._state.node(name))
 
     def slots(self, name: str) -> Slots:
         slots = self._slots.get(name)
         if slots is None:
-            slots = self._slots[name] = Slots(1, 0)
+            slots = self._slots[name] = self._new(name, 1, 0)
         return slots
 
     def in_flight(self, name: str) -> int:

@@ -164,3 +164,64 @@ def _sse(
         raise
     finally:
         finish(opened, outcome, error)
+
+
+def sse_passthrough(
+    opened: Opened,
+    outcome: Outcome,
+    finish: Finish,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Committed:
+    """An OpenAI node's SSE events relayed as they came (OpenAI-API client)."""
+    body = _sse_passthrough(opened, outcome, finish, deadline, clock)
+    return Committed(body, opened, outcome, finish)
+
+
+def _sse_passthrough(
+    opened: Opened,
+    outcome: Outcome,
+    finish: Finish,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Iterator[bytes]:
+    from herd.router.routing.openaileg import event_data
+
+    error: str | None = None
+    events = opened.rest or iter(())
+    event: bytes | None = opened.first
+    try:
+        while event is not None:
+            if outcome.ttft_ms is None:
+                outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
+            data = event_data(event)
+            if data and data != b"[DONE]" and b'"usage"' in data:
+                _usage(outcome, data)
+            yield event
+            if data == b"[DONE]":
+                return
+            if clock() > deadline:
+                raise StreamBroken("request timeout reached")
+            event = next(events, None)
+        raise StreamBroken("node ended the stream before [DONE]")
+    except StreamBroken as ex:
+        error = "stream_broken"
+        message = f"herd: node {opened.node.name} failed mid-stream: {ex}"
+        yield b"data: " + dumps({"error": {"message": message, "type": "server_error"}})
+        yield b"\n\ndata: [DONE]\n\n"
+    except GeneratorExit:
+        error = "client_gone"
+        raise
+    finally:
+        finish(opened, outcome, error)
+
+
+def _usage(outcome: Outcome, data: bytes) -> None:
+    """Token counts from an OpenAI chunk's `usage`, when it has one."""
+    try:
+        usage = json.loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return
+    if isinstance(usage, dict):
+        outcome.tokens_in = usage.get("prompt_tokens", outcome.tokens_in)
+        outcome.tokens_out = usage.get("completion_tokens", outcome.tokens_out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from herd.router.fleetstate import FAILURES, REQUESTS, FleetState
+
 ALPHA = 0.2
 
 
@@ -25,14 +27,29 @@ class _Perf:
 
 class Stats:
     """Mutable counters; one instance per router process. `on_failure(node)`
-    is told of every node failure (the Prometheus counter)."""
+    is told of every node failure (the Prometheus counter). The request and
+    failure totals are the fleet's (every worker's, herd.router.fleetstate);
+    the averages are this worker's own."""
 
-    def __init__(self, on_failure: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_failure: Callable[[str], None] | None = None,
+        state: FleetState | None = None,
+    ) -> None:
         self._on_failure = on_failure
         self._perf: dict[tuple[str, str], _Perf] = {}
         self._errors: dict[str, float] = {}
-        self.requests = 0
-        self.failures = 0
+        self._state = state if state is not None else FleetState()
+
+    @property
+    def requests(self) -> int:
+        """Requests served well, by every worker."""
+        return self._state.total(REQUESTS)
+
+    @property
+    def failures(self) -> int:
+        """Node failures seen by every worker."""
+        return self._state.total(FAILURES)
 
     def success(
         self,
@@ -42,7 +59,7 @@ class Stats:
         tokens_out: int | None,
         gen_seconds: float | None,
     ) -> None:
-        self.requests += 1
+        self._state.bump(REQUESTS)
         perf = self._perf.get((node, model))
         if perf is None:
             perf = self._perf[(node, model)] = _Perf()
@@ -55,7 +72,7 @@ class Stats:
             self._errors[node] = rate * (1 - ALPHA)
 
     def failure(self, node: str) -> None:
-        self.failures += 1
+        self._state.bump(FAILURES)
         if self._on_failure is not None:
             self._on_failure(node)
         self._errors[node] = _ewma(self._errors.get(node, 0.0), 1.0)

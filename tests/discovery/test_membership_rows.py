@@ -1,0 +1,82 @@
+"""Member rows in discovery.db (what other workers and `herd plan` read) are
+rewritten when a node's models, version or URL change, and otherwise at most
+every ROW_REFRESH_S: a beat that only brings new metrics costs no write."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from herd.discovery.heartbeat import parse
+from herd.discovery.member import Member
+from herd.discovery.membership import ROW_REFRESH_S, Membership
+
+URL = "http://127.0.0.1:11434"
+
+
+def stored(path) -> tuple:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT last_seen, doc FROM members").fetchone()
+
+
+def test_rows_are_written_on_change_or_when_old(tmp_path):
+    now = [1000.0]
+    path = tmp_path / "discovery.db"
+    members = Membership(path, clock=lambda: now[0], shared=True)
+    members.timeout_s = 60
+
+    def beat(**doc) -> None:
+        hb = parse({"name": "gpu-r", "url": URL, **doc})
+        if hb.partial:
+            hb = members.complete(hb, "127.0.0.1")
+        assert members.beat(hb, "127.0.0.1", None, "agent") is not None
+        members.flush()
+
+    beat(inventory="aa" * 8, models=[{"name": "m:1"}], metrics={"cpu": 1})
+    assert stored(path)[0] == 1000.0
+    now[0] += 1
+    beat(inventory="aa" * 8, metrics={"cpu": 2})  # only metrics: no write
+    assert stored(path)[0] == 1000.0
+    assert members.members["gpu-r"].metrics == {"cpu": 2}  # (this worker knows)
+    now[0] += 1
+    beat(inventory="bb" * 8, models=[{"name": "m:2"}], metrics={"cpu": 3})
+    assert stored(path)[0] == 1002.0 and '"m:2"' in stored(path)[1]
+    now[0] += ROW_REFRESH_S
+    beat(inventory="bb" * 8, metrics={"cpu": 4})  # old row: refreshed, whole
+    assert stored(path)[0] == now[0]
+    # What another worker reads back: the whole inventory and the new metrics.
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT * FROM members").fetchone()
+    back = Member.from_row(row)
+    assert [m["name"] for m in back.models] == ["m:2"]
+    assert back.metrics == {"cpu": 4} and back.inventory == "bb" * 8
+    members.close()
+
+
+def test_a_row_for_a_light_beat_carries_the_whole_inventory_as_received(tmp_path):
+    path = tmp_path / "discovery.db"
+    members = Membership(path, shared=True)
+    whole = (
+        b'{"name":"gpu-s","url":"%s","inventory":"%s","version":"0.9",'
+        % (
+            URL.encode(),
+            b"cc" * 8,
+        )
+        + b'"models":[{"name":"m:3"}],"metrics":{"cpu":1}}'
+    )
+    light = b'{"name":"gpu-s","url":"%s","inventory":"%s","metrics":{"cpu":9}}' % (
+        URL.encode(),
+        b"cc" * 8,
+    )
+    for raw in (whole, light):
+        hb = parse(json.loads(raw))
+        if hb.partial:
+            hb = members.complete(hb, "127.0.0.1")
+        assert members.beat(hb, "127.0.0.1", None, "agent", raw=raw) is not None
+        members._written.clear()  # (write every beat here)
+    members.flush()
+    with sqlite3.connect(path) as db:
+        back = Member.from_row(db.execute("SELECT * FROM members").fetchone())
+    assert back.version == "0.9" and [m["name"] for m in back.models] == ["m:3"]
+    assert back.metrics == {"cpu": 9}
+    members.close()
