@@ -15,6 +15,8 @@ from typing import Any
 
 import falcon
 
+from herd.dashboard.api import Dashboard
+from herd.dashboard.page import add_routes as add_dashboard
 from herd.discovery.agents import AgentAwareHealth
 from herd.discovery.announcer import RouterMdns, bind_port
 from herd.discovery.membership import Membership
@@ -161,6 +163,7 @@ def create_app(
     monitor = Monitor(runtime, state_dir, bundle_store)
     runtime.services.append(monitor.run)
     app.add_route(HEALTH_PATH, Health(monitor))
+    add_dashboard(app, Dashboard(runtime, state_dir))
     if scrub is not None and bundle_store is not None and state_dir is not None:
         _start_scrub(runtime, bundle_store, state_dir, *scrub)
     gate.find_route = app._router.find

@@ -1,0 +1,1 @@
+"""The operator dashboard: /dashboard (one page) and its JSON under /dashboard/api/."""
