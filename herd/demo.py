@@ -13,7 +13,6 @@ temporary state. Children also die with the demo if it is killed outright.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import selectors
@@ -69,14 +68,6 @@ class Child:
     url: str = ""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if `herd demo` itself dies (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Demo:
     """The demo's processes and state; `stop()` undoes everything `start()` did."""
 
@@ -123,7 +114,7 @@ class Demo:
 
         try:
             proc = launch.start(
-                gunicorn_conf(), sock, 1, env, preexec_fn=_die_with_parent
+                gunicorn_conf(), sock, 1, env, preexec_fn=launch.die_with_parent
             )
         finally:
             sock.close()
@@ -143,7 +134,7 @@ class Demo:
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=launch.die_with_parent,
         )
         child = Child(f"node {name}", proc)
         self.children.append(child)

@@ -12,6 +12,7 @@ could take it. The router counts as started only once a worker answers
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -141,14 +142,24 @@ def answers(url: str) -> bool:
         return False
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM if the parent dies (Linux), so a
+    killed `herd serve` or `herd demo` never leaves an orphan gunicorn serving."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start(
     conf: Path,
     sock: socket.socket,
     workers: int,
     env: Mapping[str, str],
-    preexec_fn: Callable[[], None] | None = None,
+    preexec_fn: Callable[[], None] | None = die_with_parent,
 ) -> subprocess.Popen:
-    """gunicorn as a child, holding the already bound socket."""
+    """gunicorn as a child, holding the already bound socket; it stops when
+    its parent dies (`preexec_fn`)."""
     return subprocess.Popen(
         gunicorn_argv(conf, sock, workers),
         env=dict(env),

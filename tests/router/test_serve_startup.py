@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -99,6 +100,33 @@ def test_the_banner_is_printed_only_once_a_worker_answers(applied):
     with socket.socket() as again:
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
+
+
+def test_a_killed_herd_serve_leaves_no_gunicorn_serving(applied):
+    """SIGKILL cannot be forwarded: gunicorn must notice its parent died."""
+    port = free_port()
+    proc = _serve(applied, "--bind", f"127.0.0.1:{port}")
+    try:
+        assert "router on" in proc.stdout.readline()
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        master = int(children.read_text().split()[0])
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{master}").exists() and _state(master) != "Z":
+            assert time.monotonic() < deadline, "gunicorn outlived herd serve"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def test_a_router_that_never_serves_prints_no_banner_and_exits_1(applied, tmp_path):
