@@ -76,6 +76,24 @@ def import_cmd(bundle: Path, state_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def _mid_copy(staging: Path) -> bool:
+    """A big blob already staged and another one's copy under way."""
+    if not staging.is_dir():
+        return False
+    big_staged = [p for p in staging.glob("sha256-*") if _size(p) > MIB]
+    temps = list(staging.glob(".herd-tmp-*"))
+    return bool(big_staged and temps and _size(temps[0]) > 0)
+
+
+def _wait_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("T", "t", "Z"):
+            return
+        time.sleep(0.001)
+
+
 def test_kill_9_mid_import_then_rerun_resumes_and_verifies(tmp_path):
     bundle = two_model_bundle(tmp_path, 100 * MIB, split=48 * MIB)
     state_dir = tmp_path / "state"
@@ -95,13 +113,16 @@ def test_kill_9_mid_import_then_rerun_resumes_and_verifies(tmp_path):
             if (store / "blobs").is_dir():
                 for blob in (store / "blobs").iterdir():
                     assert not blob.name.startswith(".herd-tmp"), blob
-            staged = list(staging.glob("sha256-*")) if staging.is_dir() else []
-            temps = list(staging.glob(".herd-tmp-*")) if staging.is_dir() else []
-            big_staged = [p for p in staged if _size(p) > MIB]
-            if big_staged and temps and _size(temps[0]) > 0:
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
+            if _mid_copy(staging):
+                # Freeze it, then look again: the copy may have finished (and
+                # renamed its temp file) between the look and the signal.
+                proc.send_signal(signal.SIGSTOP)
+                _wait_stopped(proc.pid)
+                if _mid_copy(staging):
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+                proc.send_signal(signal.SIGCONT)
             time.sleep(0.002)
     finally:
         if proc.poll() is None and not killed:
