@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import NONE_KEY, UNTAGGED, has_tags, percentile
+from herd.ops.tracequery import NONE_KEY, UNTAGGED, Bucket, has_tags
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
 
@@ -51,51 +50,24 @@ _MODEL = f"coalesce(served_model, requested_model, '{NONE_KEY}')"
 _CLIENT = f"coalesce(client, '{NONE_KEY}')"
 
 
-@dataclass
-class Figures:
-    """Running figures for one bucket or key."""
-
-    count: int = 0
-    errors: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    ttft: list[float] = field(default_factory=list)
-    duration: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        self.ttft.sort()
-        self.duration.sort()
-        return {
-            "count": self.count,
-            "errors": self.errors,
-            "error_rate": round(self.errors / self.count, 4) if self.count else 0.0,
-            "ttft_p50_ms": percentile(self.ttft, 50),
-            "ttft_p95_ms": percentile(self.ttft, 95),
-            "duration_p50_ms": percentile(self.duration, 50),
-            "duration_p95_ms": percentile(self.duration, 95),
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-        }
-
-
 class _Window:
     def __init__(self, count: int):
-        self.buckets = [Figures() for _ in range(count)]
-        self.total = Figures()
-        self.by: dict[str, dict[str, Figures]] = {"group": {}, "tag": {}, "model": {}}
+        self.buckets = [Bucket() for _ in range(count)]
+        self.total = Bucket()
+        self.by: dict[str, dict[str, Bucket]] = {"group": {}, "tag": {}, "model": {}}
 
     def targets(self, bucket: int, client: str, model: str, tags: str | None):
-        """Every Figures a trace of this bucket, group, model and tags counts in."""
+        """Every Bucket a trace of this time bucket, group, model and tags counts in."""
         yield self.buckets[bucket]
         yield self.total
         by = self.by
-        yield by["group"].setdefault(client, Figures())
-        yield by["model"].setdefault(model, Figures())
+        yield by["group"].setdefault(client, Bucket())
+        yield by["model"].setdefault(model, Bucket())
         for tag in split(tags) or [UNTAGGED]:
-            yield by["tag"].setdefault(tag, Figures())
+            yield by["tag"].setdefault(tag, Bucket())
 
 
-def _ranked(by: dict[str, Figures]) -> list[dict[str, Any]]:
+def _ranked(by: dict[str, Bucket]) -> list[dict[str, Any]]:
     ordered = sorted(by.items(), key=lambda kv: (-kv[1].count, kv[0]))
     return [{"key": k, **figures.summary()} for k, figures in ordered[:KEYS_MAX]]
 
