@@ -134,7 +134,7 @@ def test_queue_full(sims, router):
         busy = chat(r)
         assert busy.status_code == 503 and busy.headers["Retry-After"]
         assert "busy" in busy.json()["error"]
-        busy_ai = httpx.post(r.url + "/v1/chat/completions", json=HELLO, timeout=60)
+        busy_ai = httpx.post(r.url + "/v1/chat/completions", json=HELLO, timeout=30)
         assert busy_ai.status_code == 429 and busy_ai.headers["Retry-After"]
         assert busy_ai.json()["error"]["type"] == "rate_limit_error"
     # The router frees the slot when its next write to the gone client fails
