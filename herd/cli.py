@@ -33,6 +33,29 @@ COMMAND_MODULES = (
     "herd.wheelhouse",
 )
 
+#: The module that registers each subcommand, so that `herd sim` or `herd serve`
+#: imports only its own module, not every command's dependencies (jsonschema,
+#: the state store, ...): tests and scripts start hundreds of these processes.
+#: A command missing here still works (the full parser is built); tests/test_cli.py
+#: checks that the table matches what the modules register.
+COMMAND_OWNERS = {
+    **dict.fromkeys(
+        ("validate", "plan", "apply", "history", "show", "rollback"),
+        "herd.manifest.commands",
+    ),
+    "serve": "herd.router.commands",
+    "status": "herd.router.commands",
+    "sim": "herd.sim",
+    "bundle": "herd.bundle.commands",
+    "demo": "herd.demo",
+    "keygen": "herd.node.commands",
+    "node": "herd.node.commands",
+    "audit": "herd.ops.commands",
+    "traces": "herd.ops.commands",
+    "health": "herd.health.commands",
+    "wheelhouse": "herd.wheelhouse",
+}
+
 EPILOG = """\
 examples:
   herd demo                             try it: simulated nodes + router, Ctrl-C stops
@@ -88,7 +111,10 @@ def add_command(
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `command` (a name in COMMAND_OWNERS), one that knows
+    only the subcommands of the module owning it (same parsing, same help)."""
+    owner = COMMAND_OWNERS.get(command or "")
     parser = argparse.ArgumentParser(
         prog="herd",
         description="herd: a private, declarative inference fleet for air-gapped "
@@ -99,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"herd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = common_parser()
-    for module_name in COMMAND_MODULES:
+    for module_name in (owner,) if owner else COMMAND_MODULES:
         importlib.import_module(module_name).register(sub, common)
     return parser
 
@@ -110,7 +136,9 @@ def print_json(value: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `herd CMD ...` needs only CMD's module; `herd --help` needs them all.
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -226,3 +226,36 @@ def test_plan_of_a_broken_file_exits_1(herd, tmp_path: Path):
     out = herd("plan", str(bad))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"{bad}:1: (top): " in out.stderr
+
+
+def test_command_owners_table_matches_the_modules():
+    """`herd CMD` imports only COMMAND_OWNERS[CMD]: that module must register CMD
+    (and every command must be in the table, or it pays for every import)."""
+    import argparse
+    import importlib
+
+    from herd.cli import COMMAND_MODULES, COMMAND_OWNERS, common_parser
+
+    registered = {}
+    for module_name in COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module_name).register(sub, common_parser())
+        registered.update(dict.fromkeys(sub.choices, module_name))
+    assert registered == COMMAND_OWNERS
+
+
+def test_one_command_imports_only_its_own_module():
+    """`herd sim` does not import the manifest validator or the state store."""
+    code = (
+        "import sys\n"
+        "from herd.cli import main\n"
+        "try:\n"
+        "    main(['sim', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('jsonschema', 'herd.store') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip().endswith("[]"), out.stdout + out.stderr

@@ -126,7 +126,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _status_when_up(proc: subprocess.Popen, url: str, log: Path) -> dict:
-    deadline = time.monotonic() + 30
+    # A bound, not a sleep: with the suite on parallel workers a start took >30 s.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(

@@ -62,7 +62,7 @@ class NsRouter:
              "herd", "serve", "--bind", f"{A_ADDR}:{PORT}"],
             stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a bound: busy machines start slowly
         while time.monotonic() < deadline:
             try:
                 if self.get("/healthz")[0] == 200:

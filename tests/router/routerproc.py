@@ -189,7 +189,7 @@ class Router:
         except urllib.error.HTTPError as ex:
             return ex.code, json.loads(ex.read() or b"null")
 
-    def wait_nodes_up(self, count: int, timeout: float = 20) -> None:
+    def wait_nodes_up(self, count: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, body = self.get("/fleet/status")
@@ -218,10 +218,11 @@ def start_router(
     host: str = "127.0.0.1",
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
-    timeout: float = 20,
+    timeout: float = 90,
 ) -> Router:
     """`timeout`: seconds to wait for a worker to answer (several workers
-    import at once on a busy machine)."""
+    import at once on a busy machine, and the suite runs tests in parallel:
+    a start took 17 s with 2 cores shared by several test runs)."""
     apply(state_dir, text)
     port = free_port(host)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -209,7 +209,7 @@ def test_router_counts_every_trace_while_its_disk_refuses_writes(sims, tmp_path)
     r, output = _start_router(tmp_path / "state", manifest([node]))
     try:
         # Up, with a node, and traces.db open: the first rows are written.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
                 status = r.get("/fleet/status", timeout=2)[1]

@@ -45,7 +45,8 @@ class Notifications:
         self.messages.append(fields)
         return fields
 
-    def wait_for(self, key: str, timeout: float = 30) -> dict[str, str]:
+    def wait_for(self, key: str, timeout: float = 90) -> dict[str, str]:
+        # (A bound: READY took >30 s once, the suite on parallel workers.)
         deadline = time.monotonic() + timeout
         while True:
             fields = self.next(max(0.1, deadline - time.monotonic()))

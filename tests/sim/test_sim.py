@@ -67,7 +67,8 @@ def start_sim(*extra: str) -> tuple[subprocess.Popen, str]:
 def stop_sim(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
-        return proc.wait(timeout=10)
+        # (A bound: on a machine this busy the sim once took >10 s to exit.)
+        return proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
