@@ -25,9 +25,9 @@ import stat
 import string
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from herd.atomicfile import replace_file
 from herd.manifest.model import Fleet, HighAvailability
 from herd.settings import KEEPALIVED_CONF
 
@@ -266,18 +266,7 @@ def write_conf(target: Path, text: str) -> bool:
     if old is not None and _body(old) == _body(text):
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".herd-", suffix=".conf", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        config_test(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(target, text.encode(), mode=0o600, suffix=".conf", check=config_test)
     return True
 
 
