@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from herd.atomicfile import replace_file
 from herd.errors import StateError
 
 POINTER_NAME = "current.json"
@@ -111,18 +111,7 @@ def write_pointer(state_dir: str | os.PathLike[str], pointer: Pointer) -> None:
             "manifest": pointer.manifest,
         }
     ).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".current.", dir=state_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, Path(state_dir) / POINTER_NAME)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    replace_file(Path(state_dir) / POINTER_NAME, data, mode=0o640, prefix=".current.")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ import yaml
 from herd.bundle import transfer
 from herd.errors import BundleError, ManifestError
 from herd.manifest.loader import MAX_BYTES, parse_yaml
+from herd.manifest.schema import Validator
 
 FORMAT = "herd-bundle/v1"
 INDEX = "bundle.yaml"
@@ -105,9 +106,9 @@ def schema_path() -> Path:
 
 
 @functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator() -> Any:
     schema = json.loads(schema_path().read_text())
-    return jsonschema.Draft202012Validator(schema)
+    return Validator(schema)
 
 
 def _where(error: jsonschema.ValidationError) -> str:

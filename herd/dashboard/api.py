@@ -43,11 +43,33 @@ SECURITY_HEADERS = {
 }
 
 
-def send_json(resp: Any, body: Any) -> None:
-    resp.content_type = falcon.MEDIA_JSON
+def admit(req: Any, resp: Any, what: str) -> None:
+    """Headers first (so a refusal carries them too), then operators only."""
     resp.set_headers(SECURITY_HEADERS)
     resp.set_header("Cache-Control", "no-store")
+    require_operator(req.context.client, what)
+
+
+def send_json(req: Any, resp: Any, body: Any, runtime: Any) -> None:
+    """Answer an operator's poll with `body`, counted but not traced.
+
+    A dashboard left open polls every few seconds: as trace rows and access
+    log lines those polls would swamp the usage figures (`herd traces stats`,
+    the group's request count) with the operator's own page. So an answered
+    poll is counted in /metrics under its route, as every request is, and
+    then marked recorded (`deferred`, as a stream's relay does), so the
+    middleware writes no trace and no access log line for it. A refused or
+    failed poll is traced like any other request.
+    """
+    resp.content_type = falcon.MEDIA_JSON
     resp.data = dumps(body)
+    ctx = req.context
+    outcome = ctx.outcome
+    outcome.route = req.uri_template or req.path
+    outcome.status = 200
+    outcome.finished = True
+    ctx.deferred = True
+    runtime.metrics.request(outcome, runtime.monotonic() - outcome.started)
 
 
 def drift(runtime: Any, fleet: Any, catalog: tuple[dict, set]) -> dict[str, Any]:
@@ -135,8 +157,8 @@ class Overview:
         self.d = dashboard
 
     def on_get(self, req: Any, resp: Any) -> None:
-        require_operator(req.context.client, req.path)
-        send_json(resp, self.d.overview(req.context.served))
+        admit(req, resp, req.path)
+        send_json(req, resp, self.d.overview(req.context.served), self.d.rt)
 
 
 class Traffic:
@@ -146,8 +168,8 @@ class Traffic:
         self.d = dashboard
 
     def on_get(self, req: Any, resp: Any) -> None:
-        require_operator(req.context.client, req.path)
-        send_json(resp, self.d.traffic())
+        admit(req, resp, req.path)
+        send_json(req, resp, self.d.traffic(), self.d.rt)
 
 
 class Audit:
@@ -157,5 +179,5 @@ class Audit:
         self.d = dashboard
 
     def on_get(self, req: Any, resp: Any) -> None:
-        require_operator(req.context.client, req.path)
-        send_json(resp, self.d.audit.get())
+        admit(req, resp, req.path)
+        send_json(req, resp, self.d.audit.get(), self.d.rt)

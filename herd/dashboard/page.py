@@ -16,8 +16,7 @@ from typing import Any
 
 import falcon
 
-from herd.dashboard.api import SECURITY_HEADERS
-from herd.router.policy import require_operator
+from herd.dashboard.api import SECURITY_HEADERS, admit
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = "/dashboard"
@@ -53,7 +52,9 @@ def load(relative: str) -> Asset:
 
 def send(req: Any, resp: Any, asset: Asset) -> None:
     resp.set_headers(SECURITY_HEADERS)
-    # Revalidated on every load (cheap with the ETag): an upgrade shows at once.
+    # The page and its files hold no data (the JSON is no-store), so they may be
+    # cached, but are revalidated on every load (cheap with the ETag): an upgrade
+    # shows at once.
     resp.set_header("Cache-Control", "no-cache")
     resp.etag = asset.etag
     if req.if_none_match and any(tag in (asset.etag, "*") for tag in req.if_none_match):
@@ -70,7 +71,7 @@ class Page:
         self.asset = load("index.html")
 
     def on_get(self, req: Any, resp: Any) -> None:
-        require_operator(req.context.client, PAGE)
+        admit(req, resp, PAGE)
         send(req, resp, self.asset)
 
 
@@ -81,7 +82,7 @@ class Static:
         self.assets = {name: load(name) for name in ASSETS}
 
     def on_get(self, req: Any, resp: Any, name: str, folder: str = "") -> None:
-        require_operator(req.context.client, PAGE)
+        admit(req, resp, PAGE)
         asset = self.assets.get(f"{folder}/{name}" if folder else name)
         if asset is None:
             raise falcon.HTTPNotFound(

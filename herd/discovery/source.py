@@ -53,6 +53,11 @@ class DiscoveredSource:
     def last_error(self) -> str | None:
         return getattr(self.inner, "last_error", None)
 
+    @property
+    def refusals(self) -> int:
+        """The inner source's refused revisions (herd_reload_errors_total)."""
+        return getattr(self.inner, "refusals", 0)
+
     def static(self) -> Served:
         """The manifest's own revision (static nodes only)."""
         return self.inner.current()

@@ -2,9 +2,11 @@
 
 Every `interval` seconds each node is asked, in parallel, for /api/version,
 /api/tags (models on disk) and /api/ps (models loaded), each with a short
-timeout. Two failed polls in a row mark a node down (so within ~2 intervals
-plus one timeout, under 5 s with the defaults); the next good poll brings it
-back. The poller only ever contacts URLs that the current manifest declares.
+timeout, and, for a model whose /api/tags entry lists no capabilities, once
+per model digest for /api/show (herd.discovery.capabilities). Two failed
+polls in a row mark a node down (so within ~2 intervals plus one timeout,
+under 5 s with the defaults); the next good poll brings it back. The poller
+only ever contacts URLs that the current manifest declares.
 
 With several router workers, one of them polls (`share()`: the worker the
 shared fleet state elects, herd.router.fleetstate) and publishes each round;
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from herd.discovery.capabilities import ShowCache
 from herd.discovery.health import (
     NodeHealth,
     PollResult,
@@ -65,6 +68,8 @@ class StaticPoller:
         self._state: Any = None
         self._seen = 0
         self.leading = True
+        #: Capabilities from /api/show where /api/tags lists none.
+        self.shows = ShowCache(upstream)
 
     def share(self, state: Any) -> None:
         """Poll only when elected by `state`; otherwise adopt its polls."""
@@ -92,7 +97,9 @@ class StaticPoller:
                 result = PollResult(
                     ok=True,
                     version=str((version or {}).get("version") or "") or None,
-                    tags=tuple(_models(tags)),
+                    tags=self.shows.fill(
+                        node.url, tuple(_models(tags)), self.timeout, auth
+                    ),
                     ps=tuple(_models(ps)),
                 )
             result = replace(result, latency_ms=(time.monotonic() - start) * 1000.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herd.health.finding import SEVERITIES, Check, Finding, offline
+from herd.health.finding import SEVERITIES, Check, Finding, offline, unknown
 from herd.health.nodechecks import (
     agent_silent,
     clock_skew,
@@ -40,24 +40,21 @@ SCRUB_STALLED_S = 3600.0
 
 def model_nowhere(s: Snapshot) -> list[Finding]:
     if not s.live:
-        return [
-            Finding(
-                "model_nowhere",
-                "unknown",
-                "which node holds which model is unknown: the router did not answer",
-                "start the router, then run `herd health` again",
-            )
-        ]
+        return unknown(
+            "model_nowhere",
+            "which node holds which model is unknown: the router did not answer",
+            "start the router, then run `herd health` again",
+        )
     states = {n.name: n.state for n in s.nodes}
     out = []
     for m in s.models:
         if m.on_disk:
             continue
-        unknown = [n for n in m.placed_on if states.get(n) != "up"]
-        if unknown or not m.placed_on:
+        down = [n for n in m.placed_on if states.get(n) != "up"]
+        if down or not m.placed_on:
             why = (
-                f"its nodes ({', '.join(unknown)}) are not up"
-                if unknown
+                f"its nodes ({', '.join(down)}) are not up"
+                if down
                 else "no node is up to place it on"
             )
             out.append(
@@ -109,14 +106,11 @@ def keep_loaded(s: Snapshot) -> list[Finding]:
 def error_rate(s: Snapshot) -> list[Finding]:
     t = s.traces
     if t is None:
-        return [
-            Finding(
-                "error_rate",
-                "unknown",
-                "error rate unknown: no traces database yet",
-                "send some requests through the router",
-            )
-        ]
+        return unknown(
+            "error_rate",
+            "error rate unknown: no traces database yet",
+            "send some requests through the router",
+        )
     if t.recent_total < ERROR_MIN_REQUESTS:
         return []
     rate = t.recent_errors / t.recent_total
@@ -136,14 +130,11 @@ def error_rate(s: Snapshot) -> list[Finding]:
 
 def ttft(s: Snapshot) -> list[Finding]:
     if s.traces is None:
-        return [
-            Finding(
-                "ttft",
-                "unknown",
-                "time to first token unknown: no traces database yet",
-                "send some requests through the router",
-            )
-        ]
+        return unknown(
+            "ttft",
+            "time to first token unknown: no traces database yet",
+            "send some requests through the router",
+        )
     out = []
     for f in s.traces.ttft:
         if (
@@ -219,15 +210,12 @@ def revision(s: Snapshot) -> list[Finding]:
             )
         ]
     if s.revision_served is None:
-        return [
-            Finding(
-                "revision",
-                "unknown",
-                f"revision {s.revision_applied} is applied; whether the router "
-                "serves it is unknown (it did not answer)",
-                "start the router",
-            )
-        ]
+        return unknown(
+            "revision",
+            f"revision {s.revision_applied} is applied; whether the router "
+            "serves it is unknown (it did not answer)",
+            "start the router",
+        )
     if s.revision_served == s.revision_applied:
         return []
     age = s.applied_age_s
@@ -248,14 +236,11 @@ def revision(s: Snapshot) -> list[Finding]:
 def bundle_store(s: Snapshot) -> list[Finding]:
     sc = s.scrub
     if sc is None:
-        return [
-            Finding(
-                "bundle_store",
-                "unknown",
-                "bundle store not scrubbed yet",
-                "the router scrubs it in the background; check again later",
-            )
-        ]
+        return unknown(
+            "bundle_store",
+            "bundle store not scrubbed yet",
+            "the router scrubs it in the background; check again later",
+        )
     out = []
     if sc.mismatches:
         out.append(

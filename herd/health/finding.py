@@ -46,6 +46,11 @@ def no_agent(check: str, what: str, nodes: list[NodeFacts]) -> list[Finding]:
     ]
 
 
+def unknown(check: str, message: str, hint: str) -> list[Finding]:
+    """A check's one finding when it cannot tell (severity "unknown")."""
+    return [Finding(check, "unknown", message, hint)]
+
+
 def offline(check: str) -> list[Finding]:
     """The "unknown" finding of a check that needs the live router."""
     return [

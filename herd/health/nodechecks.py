@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herd.health.finding import Finding, no_agent, offline
+from herd.health.finding import Finding, no_agent, offline, unknown
 from herd.health.snapshot import Snapshot
 
 #: Heartbeats missed before an agent counts as silent.
@@ -27,14 +27,11 @@ SKEW_WARN_S = 5.0
 
 def node_down(s: Snapshot) -> list[Finding]:
     if not s.live:
-        return [
-            Finding(
-                "node_down",
-                "unknown",
-                "node states unknown: the router did not answer",
-                "start the router (`herd serve` or systemctl start herd-router)",
-            )
-        ]
+        return unknown(
+            "node_down",
+            "node states unknown: the router did not answer",
+            "start the router (`herd serve` or systemctl start herd-router)",
+        )
     out = []
     for n in s.nodes:
         if n.state == "down":

@@ -1,19 +1,18 @@
 """GET /dashboard/api/health: the health engine's findings (operator groups only).
 
 The findings name nodes, models and paths, so, like /fleet/nodes, only a
-client group with `operator: true` may read them.
+client group with `operator: true` may read them. It answers like the rest of
+/dashboard/api (herd.dashboard.api): the dashboard's headers, no caching, and
+an answered poll is counted in /metrics but not traced.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import falcon
-
+from herd.dashboard.api import admit, send_json
 from herd.health import checks
 from herd.health.gather import Monitor
-from herd.router.policy import require_operator
-from herd.router.routing.forward import dumps
 
 PATH = "/dashboard/api/health"
 
@@ -23,10 +22,9 @@ class Health:
         self.monitor = monitor
 
     def on_get(self, req: Any, resp: Any) -> None:
-        require_operator(req.context.client, PATH)
+        admit(req, resp, PATH)
         served = req.context.served
         body = checks.run(self.monitor.snapshot(served))
         body["revision"] = served.revision
         body["checked_at"] = self.monitor.rt.clock()
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps(body)
+        send_json(req, resp, body, self.monitor.rt)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from herd import hosts
+from herd.atomicfile import replace_file
 from herd.manifest.model import Fleet
 from herd.settings import FIREWALL_DROPIN
 
@@ -96,17 +96,7 @@ def write_dropin(directory: Path, text: str) -> Path:
     """Replace DIRECTORY/DROPIN_FILE atomically (temp file, fsync, rename)."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / DROPIN_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".herd-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(target, text.encode(), mode=0o644)
     return target
 
 

@@ -17,13 +17,23 @@ HA = ("router", "ha")
 #: Each router after the first gets this much less priority.
 PRIORITY_STEP = 10
 WILDCARDS = ("0.0.0.0", "[::]", "*", "")
+IPV6_REFUSED = (
+    "{} is an IPv6 address: router.ha moves an IPv4 address only (keepalived "
+    "VRRP v2 with PASS authentication, which IPv6 does not carry); use IPv4 "
+    "for router.ha.virtual_address and router.ha.peers"
+)
 
 
-def _address(path: FieldPath, text: str) -> Iterator[Finding | ipaddress.IPv4Address]:
+def _address(
+    path: FieldPath, text: str
+) -> Iterator[Finding | ipaddress.IPv4Address | ipaddress.IPv6Address]:
     try:
-        address = ipaddress.IPv4Address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         yield path, f"{text!r} is not an IPv4 address (router.ha is IPv4: VRRP v2)"
+        return
+    if address.version == 6:
+        yield path, IPV6_REFUSED.format(text)
         return
     if address.is_unspecified or address.is_multicast or address.is_loopback:
         yield path, f"{text} cannot be a router's or the virtual address"

@@ -16,16 +16,18 @@ that `keepalived -t` rejects, is a note on stderr.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
 import socket
 import stat
 import string
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from herd.atomicfile import replace_file
 from herd.manifest.model import Fleet, HighAvailability
 from herd.settings import KEEPALIVED_CONF
 
@@ -38,6 +40,9 @@ SECRET_MAX = 8
 #: Characters keepalived's parser would take as a comment, quote or block.
 SECRET_FORBIDDEN = set("#!\"'{}\\")
 CONFIG_TEST_TIMEOUT_S = 10.0
+#: An interface name keepalived reads as one word (no blank, quote, comment
+#: sign, brace or `$` substitution): the schema's pattern, checked again here.
+INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 
 
 class HaError(Exception):
@@ -131,6 +136,7 @@ def config_text(
     """keepalived.conf for the router at `own` (same inputs, same bytes)."""
     ha = fleet.router.ha
     assert ha is not None
+    words(ha, own)
     others = [p for p in ha.peers if p != own]
     interval = ha.check_interval_s
     check = (
@@ -184,6 +190,36 @@ def config_text(
     return "\n".join(lines) + "\n"
 
 
+def words(ha: HighAvailability, own: str) -> None:
+    """Refuse any manifest value that would not stay one word of its line.
+
+    keepalived.conf has no quoting for these fields: a newline, blank, `#`,
+    `!`, brace or `$` would start another statement, a comment or a
+    substitution. The schema and herd.manifest.hachecks refuse such values
+    already; this check keeps the writer safe on its own.
+    """
+    if not INTERFACE.fullmatch(ha.interface):
+        raise HaError(
+            f"router.ha.interface {ha.interface!r}: not an interface name (1-15 "
+            "letters, digits or _ . : @ -)"
+        )
+    named = [("router.ha.virtual_address", ha.virtual_address)]
+    named += [(f"router.ha.peers[{i}]", peer) for i, peer in enumerate(ha.peers)]
+    named.append(("this router's address", own))
+    for field, text in named:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            address = None
+        if address is None or str(address) != text:
+            raise HaError(f"{field} {text!r}: not an IPv4 address")
+        if address.version != 4:
+            raise HaError(
+                f"{field} {text}: IPv6 is not supported by router.ha "
+                "(keepalived VRRP v2 moves an IPv4 address)"
+            )
+
+
 def conf_path(configured: str | None = None) -> Path | None:
     """Where to write, or None to skip: HERD_KEEPALIVED_CONF, else
     /etc/keepalived/keepalived.conf when running as root."""
@@ -230,18 +266,7 @@ def write_conf(target: Path, text: str) -> bool:
     if old is not None and _body(old) == _body(text):
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".herd-", suffix=".conf", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        config_test(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(target, text.encode(), mode=0o600, suffix=".conf", check=config_test)
     return True
 
 

@@ -6,10 +6,18 @@ revision through the real manifest loader. A revision that fails to load never
 replaces a good one (the error is logged, the old fleet keeps serving).
 In-flight requests hold the `Fleet` they started with, so a reload never
 disturbs a running stream.
+
+Every gunicorn worker runs its own watcher and so refuses a bad revision on
+its own; `herd_reload_errors_total` (the workers' counts summed) would count
+one bad apply once per worker, and only in workers that had started. So a
+refusal is counted by the first worker to refuse that pointer: each writes
+the pointer's stamp to `STATE_DIR/reload-refused` under an exclusive lock and
+counts only when the stamp there was another (`_first_to_refuse`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -25,6 +33,8 @@ from herd.store import POINTER_NAME, read_pointer
 log = logging.getLogger("herd.router")
 
 CHECK_S = 0.5
+#: The stamp of the newest refused pointer (the workers count a refusal once).
+REFUSED_NAME = "reload-refused"
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,8 @@ class PointerSource:
         self._checked = float("-inf")
         self.listeners: list[Callable[[Served], None]] = []
         self.last_error: str | None = None
-        #: New revisions refused so far (herd_reload_errors_total).
+        #: New revisions refused so far that this worker was the first of the
+        #: router's workers to refuse (herd_reload_errors_total sums them).
         self.refusals = 0
         self.served = self._load_initial()
 
@@ -141,7 +152,34 @@ class PointerSource:
 
     def _refuse(self, error: str) -> None:
         self.last_error = error
-        self.refusals += 1
+        if self._first_to_refuse():
+            self.refusals += 1
         log.error(
             "kept revision %s: new manifest refused: %s", self.served.revision, error
         )
+
+    def _first_to_refuse(self) -> bool:
+        """True unless another worker already refused this very pointer.
+
+        The pointer's stamp (inode, size, mtime) names the attempt: every
+        worker stats the same file. Where the file cannot be used (a state
+        directory this user may not write), each worker counts its own.
+        """
+        key = " ".join(map(str, self._stamp)) if self._stamp else "missing"
+        path = Path(self._state_dir) / REFUSED_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for a read and a write
+            if os.read(fd, 64).decode("ascii", "replace") == key:
+                return False
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, key.encode("ascii"))
+            return True
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # releases the lock

@@ -120,6 +120,9 @@ class SimState:
     pull_rate: float | None = None
     #: Blob bytes all pulls have downloaded (a resumed pull adds only the rest).
     pulled_bytes: int = 0
+    #: List `capabilities` in /api/tags (older Ollama releases list them only
+    #: in /api/show).
+    tag_capabilities: bool = True
 
     def refresh(self) -> None:
         """Re-read the store: its models replace the stored entries in `models`."""
@@ -228,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in args.models.split(",") if n.strip()]
     state = SimState.from_names(names, tps=args.tps, tokens=args.tokens, seed=args.seed)
     state.fault = Fault(mode=args.fault)
+    state.tag_capabilities = not args.tags_without_capabilities
     if args.store:
         free = None if args.disk_free_mb is None else int(args.disk_free_mb * 1e6)
         state.store = SimStore(Path(args.store), free_bytes=free)
@@ -299,6 +303,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
   herd sim                                   llama3.2:3b + nomic-embed-text on :11434
   herd sim --port 11500 --models qwen3:0.6b,llava:7b --tps 20
   herd sim --port 0 --fault cut-mid-stream   pick a free port, break every stream
+  herd sim --tags-without-capabilities       older Ollama: capabilities in /api/show
   herd sim --models '' --store /tmp/node1    start empty; models arrive by /api/pull
   herd sim --api openai --port 8000 --models qwen3-asr,flux-schnell,Qwen/Qwen3-8B
                                              an OpenAI-compatible server (vLLM-like)
@@ -368,6 +373,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         metavar="MB",
         help="limit pulls to this many MB/s (a slow network; default no limit)",
+    )
+    parser.add_argument(
+        "--tags-without-capabilities",
+        action="store_true",
+        help="leave `capabilities` out of /api/tags, as older Ollama releases "
+        "do (/api/show still lists them)",
     )
     parser.add_argument(
         "--seed",

@@ -126,7 +126,11 @@ class Listing:
 
     def on_get_tags(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = JSON_TYPE
-        resp.data = dumps({"models": [m.tag() for m in self.state.models.values()]})
+        models = [m.tag() for m in self.state.models.values()]
+        if not self.state.tag_capabilities:
+            for entry in models:
+                del entry["capabilities"]
+        resp.data = dumps({"models": models})
 
     on_head_tags = on_get_tags
 

@@ -45,6 +45,55 @@ def test_non_operators_are_refused(fleet, path):
     assert reply.status_code == 403
     assert "operator" in reply.json()["error"]
     assert "node-a" not in reply.text
+    # A refusal carries the dashboard's headers too.
+    assert "default-src 'self'" in reply.headers["content-security-policy"]
+    assert reply.headers["cache-control"] == "no-store"
+
+
+def dashboard_rows(fleet, where: str, *args: Any) -> int:
+    path = fleet.router.state_dir / "traces.db"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        (found,) = conn.execute(
+            "SELECT count(*) FROM traces"
+            f" WHERE route LIKE '/dashboard/api/%' AND {where}",
+            args,
+        ).fetchone()
+    finally:
+        conn.close()
+    return found
+
+
+def test_json_is_never_cached_and_polls_are_counted_not_traced(fleet):
+    """Every /dashboard/api answer has the CSP and no-store; an operator's poll
+    is in /metrics but neither a trace row nor an access log line."""
+    for name in API:
+        for _ in range(2):
+            reply = get(fleet, f"/dashboard/api/{name}")
+            assert reply.status_code == 200, (name, reply.text)
+            assert "default-src 'self'" in reply.headers["content-security-policy"]
+            assert reply.headers["cache-control"] == "no-store", name
+    # The one worker writes traces in order, about a second late: once this
+    # tagged refusal's row is there, every poll before it would be too.
+    marker = get(fleet, "/dashboard/api/health", "apps", **{"X-Herd-Tag": "probe:po"})
+    assert marker.status_code == 403
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if dashboard_rows(fleet, "tags = ?", "probe:po"):
+            break
+        time.sleep(0.2)
+    assert dashboard_rows(fleet, "tags = ?", "probe:po") == 1
+    assert dashboard_rows(fleet, "status = 200") == 0
+    metrics = get(fleet, "/metrics").text
+    for name in API:
+        series = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("herd_requests_total{")
+            and f'route="/dashboard/api/{name}"' in line
+            and 'status="200"' in line
+        ]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in series) >= 2, name
 
 
 def test_page_and_assets_are_served_with_csp(fleet):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def test_a_valid_pair_loads():
         ({"auth_secret_file": "vrrp.secret"}, "router.ha.auth_secret_file"),
         ({"auth_pass": "inline"}, "auth_pass"),
         ({"interface": "eth0; rm -rf /"}, "router.ha.interface"),
+        # `$` in a schema pattern ends the text (ECMA-262), not a line.
+        ({"interface": "eth0\n"}, "router.ha.interface"),
+        ({"virtual_address": "fd00::10"}, "fd00::10 is an IPv6 address"),
+        ({"peers": ["10.20.0.11", "fd00::12"]}, "router.ha moves an IPv4 address"),
         ({"virtual_router_id": 0}, "router.ha.virtual_router_id"),
     ],
 )
@@ -103,6 +108,21 @@ def test_write_refuses_a_foreign_file_and_a_rejected_config(tmp_path):
     with pytest.raises(keepalived.HaError, match="keepalived -t rejected"):
         keepalived.write_conf(conf, keepalived.HEADER + "\nvrrp_instance x {\n")
     assert not conf.exists() and not list(tmp_path.glob(".herd-*"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("interface", "eth0\n}\nvrrp_script evil {"), ("interface", "eth0 #"),
+     ("virtual_address", "10.20.0.10\n"), ("virtual_address", "fd00::10"),
+     ("peers", ("10.20.0.11", "10.20.0.12 }"))],
+)  # fmt: skip
+def test_the_writer_refuses_a_value_that_would_leave_its_line(field, value):
+    """Even a model that bypassed validation cannot write a second statement."""
+    fleet = load(fleet_doc())
+    ha = dataclasses.replace(fleet.router.ha, **{field: value})
+    fleet = dataclasses.replace(fleet, router=dataclasses.replace(fleet.router, ha=ha))
+    with pytest.raises(keepalived.HaError, match=field):
+        keepalived.config_text(fleet, "10.20.0.11", "s3cr3t", 1)
 
 
 @pytest.mark.parametrize(

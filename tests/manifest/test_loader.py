@@ -143,6 +143,12 @@ BREAKAGES = {
         "router.clients[2].networks[0]",
         "operator group without a token",
     ),
+    # Python's `$` also matches before a final newline; a schema's does not.
+    "name with a trailing newline": (
+        ("  name: st-anna-radiology", '  name: "st-anna-radiology\\n"'),
+        "metadata.name",
+        "not in the expected form",
+    ),
     "wrong apiVersion": (
         ("apiVersion: herd/v1", "apiVersion: herd/v2"),
         "apiVersion",

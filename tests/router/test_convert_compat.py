@@ -308,6 +308,21 @@ def test_responses_store_is_accepted_and_nothing_is_kept():
     assert convert.responses_reply(native, c)["store"] is False
 
 
+def test_responses_reply_estimates_reasoning_tokens_by_share():
+    c = convert.responses_request({"model": "m", "input": "hi"})
+    native = {
+        "message": {"thinking": "t" * 300, "content": "a" * 100},
+        "done": True,
+        "eval_count": 40,
+    }
+    usage = convert.responses_reply(native, c)["usage"]
+    assert usage["output_tokens"] == 40
+    assert usage["output_tokens_details"]["reasoning_tokens"] == 30
+    native["message"] = {"content": "no thinking"}
+    usage = convert.responses_reply(native, c)["usage"]
+    assert usage["output_tokens_details"]["reasoning_tokens"] == 0
+
+
 def test_responses_stream_failure_ends_with_error_and_failed():
     c = convert.responses_request({"model": "m", "input": "hi", "stream": True})
     stream = convert.ResponsesStream("m", request=c)

@@ -333,3 +333,27 @@ def test_access_log_lines_are_batched(tmp_path):
         "1970-01-01T00:00:00Z herd.access 10.0.0.9 lan POST /api/chat 200 "
         "model=m:latest node=n1 retries=0 1.2ms\n"
     )
+
+
+def test_workers_count_one_refusal_per_bad_revision(tmp_path):
+    """Two sources on one state directory (two workers) count a bad revision
+    once between them; the next bad revision counts again."""
+    from herd.store import Store
+
+    node = type("N", (), {"name": "n1", "url": "http://127.0.0.1:9"})
+    state = tmp_path / "state"
+    apply(state, manifest([node]))
+    workers = [PointerSource(state), PointerSource(state)]
+    for head in (1, 2):
+        store = Store(state)
+        store.record(
+            f"kind: nonsense {head}\n".encode(),
+            expected_head=head,
+            summary="bad",
+            source="t",
+            base_dir=str(state),
+        )
+        store.close()
+        assert [w.check() for w in workers] == [False, False]
+        assert all(w.last_error for w in workers)
+        assert sum(w.refusals for w in workers) == head

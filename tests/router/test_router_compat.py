@@ -204,6 +204,9 @@ def test_responses_thinking_model_returns_reasoning_items(oai):
     assert kinds == ["reasoning", "message"]
     assert resp.output[0].content[0].type == "reasoning_text"
     assert resp.output[0].content[0].text.strip()
+    # Thinking and answer both count as output; the thinking part is its share.
+    usage = resp.usage
+    assert 0 < usage.output_tokens_details.reasoning_tokens < usage.output_tokens
     events = list(oai.responses.create(model="qwen3:0.6b", input="Why?", stream=True))
     kinds = [e.type for e in events]
     assert "response.reasoning_text.delta" in kinds

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from herd.router.observe.metrics import Metrics
 from herd.router.routing.forward import Outcome
+from herd.store import Store
 from tests.router.routerproc import TOKEN_SHA, manifest
 
 pytestmark = pytest.mark.e2e
@@ -224,6 +225,27 @@ def test_metrics_add_up_across_two_workers(sims, router, tmp_path: Path):
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
+    # A bad apply is one reload error however many workers refuse it.
+    store = Store(r.state_dir)
+    store.record(
+        b"kind: nonsense\n",
+        expected_head=store.head().id,
+        summary="bad",
+        source="test",
+        base_dir=str(r.state_dir),
+    )
+    store.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if r.log_path.read_text().count("new manifest refused") >= 2:
+            break
+        time.sleep(0.2)
+    assert r.log_path.read_text().count("new manifest refused") == 2, "both refused"
+    time.sleep(1.5)  # each worker copies its counts every second
+    _, families = scrape(r.url)
+    assert total(families, "herd_reload_failing") == 1
+    assert total(families, "herd_reload_errors", "herd_reload_errors_total") == 1
 
 
 def test_in_flight_streams_add_up_across_workers(sims, router):

@@ -6,6 +6,12 @@
 model's thinking as `reasoning_text`), `message` (`output_text`),
 `function_call` (arguments as a JSON string). A reply the node cut at the
 output cap is `status: "incomplete"`, reason `max_output_tokens`.
+
+`usage.output_tokens_details.reasoning_tokens`: Ollama reports one
+`eval_count` for thinking and answer together. A stream counts the thinking
+chunks (one token each); a whole reply has no chunks left to count, so its
+thinking tokens are estimated as the thinking text's share (in characters)
+of everything the model wrote (`thinking_share`).
 """
 
 from __future__ import annotations
@@ -79,6 +85,19 @@ def call_item(
         "arguments": arguments if status == "completed" else "",
         "status": status,
     }
+
+
+def thinking_share(msg: Mapping[str, Any], output_tokens: int) -> int:
+    """Estimated thinking tokens of a whole reply: `output_tokens` split in
+    proportion to the characters of the thinking and of the rest (answer text
+    and tool calls)."""
+    thinking = len(msg.get("thinking") or "")
+    if not thinking or output_tokens <= 0:
+        return 0
+    rest = len(msg.get("content") or "")
+    for call in msg.get("tool_calls") or ():
+        rest += len(json.dumps(call.get("function") or {}, **JSON_COMPACT))
+    return max(1, round(output_tokens * thinking / (thinking + rest)))
 
 
 def usage_of(native: Mapping[str, Any], reasoning_tokens: int = 0) -> dict[str, Any]:
@@ -170,7 +189,7 @@ def responses_reply(native: Mapping[str, Any], c: Converted) -> dict[str, Any]:
         created=created_of(native),
         status=status_of(native),
         output=output,
-        usage=usage_of(native),
+        usage=usage_of(native, thinking_share(msg, int(native.get("eval_count") or 0))),
     )
 
 
