@@ -182,12 +182,13 @@ def _check_source(networks: tuple, address: str | None) -> Verdict | None:
     return None
 
 
-def _in_networks(networks: tuple, host: Any) -> bool:
-    """Whether `host` is in one of `networks` (remembered per tuple)."""
+def _in_networks(networks: tuple, hb: Heartbeat) -> bool:
+    """Whether the host of `hb`'s URL is in one of `networks` (remembered per
+    tuple, by URL: an address object hashes in pure Python)."""
     known = _memo(networks)
-    inside = known.get(host)
+    inside = known.get(hb.url)
     if inside is None:
-        inside = known[host] = any(host in net for net in networks)
+        inside = known[hb.url] = any(hb.host in net for net in networks)
     return inside
 
 
@@ -226,7 +227,7 @@ def admit(
     only from the address that holds it, and its URL only under its name.
     """
     networks = fleet.router.node_networks
-    if networks and not _in_networks(networks, hb.host):
+    if networks and not _in_networks(networks, hb):
         return Verdict(False, f"url {hb.url} is outside router.node_networks", 403)
     static = next((n for n in fleet.nodes if n.url == hb.url), None)
     if static is not None:
