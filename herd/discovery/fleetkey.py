@@ -13,6 +13,7 @@ nonce, so a captured heartbeat cannot be replayed or altered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -20,6 +21,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from herd.errors import HerdError
 
@@ -97,9 +99,33 @@ def load(path: str | os.PathLike[str]) -> tuple[FleetKey, ...]:
 
 
 def mac(key: FleetKey, timestamp: str, nonce: str, body: bytes) -> str:
-    message = CONTEXT + timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body
-    # hmac.digest: one OpenSSL call, no Python HMAC object (cheaper per beat).
-    return SCHEME + hmac.digest(key.secret, message, "sha256").hex()
+    """HMAC-SHA256 (RFC 2104) of the context, timestamp, nonce and body."""
+    inner, outer = _pads(key.secret)
+    inner = inner.copy()
+    inner.update(CONTEXT + timestamp.encode() + b"\n" + nonce.encode() + b"\n")
+    inner.update(body)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return SCHEME + outer.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _pads(secret: bytes) -> tuple[Any, Any]:
+    """SHA-256 states that have taken the key's inner and outer pads: each MAC
+    then starts from copies (half the cost of `hmac.digest`, which sets the
+    key up anew every call)."""
+    if len(secret) > _BLOCK:
+        secret = hashlib.sha256(secret).digest()
+    secret = secret.ljust(_BLOCK, b"\0")
+    return (
+        hashlib.sha256(secret.translate(_IPAD)),
+        hashlib.sha256(secret.translate(_OPAD)),
+    )
+
+
+_BLOCK = 64  # SHA-256's block size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def sign(key: FleetKey, body: bytes, now: float) -> dict[str, str]:

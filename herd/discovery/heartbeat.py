@@ -160,10 +160,14 @@ def _url_host(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def check_source(fleet: Fleet, address: str | None) -> Verdict | None:
     """Refuse a sender outside `discovery.mdns.networks` (before any crypto)."""
-    return _check_source(fleet.discovery.mdns_networks, address)
+    networks = fleet.discovery.mdns_networks
+    known = _memo(networks)
+    verdict = known.get(address, _UNSEEN)
+    if verdict is _UNSEEN:
+        verdict = known[address] = _check_source(networks, address)
+    return verdict
 
 
-@functools.lru_cache(maxsize=4096)
 def _check_source(networks: tuple, address: str | None) -> Verdict | None:
     if not networks:
         return Verdict(False, "discovery.mdns.networks is empty", 403)
@@ -176,6 +180,34 @@ def _check_source(networks: tuple, address: str | None) -> Verdict | None:
     if not any(ip in net for net in networks):
         return Verdict(False, f"source {ip} is outside discovery.mdns.networks", 403)
     return None
+
+
+def _in_networks(networks: tuple, hb: Heartbeat) -> bool:
+    """Whether the host of `hb`'s URL is in one of `networks` (remembered per
+    tuple, by URL: an address object hashes in pure Python)."""
+    known = _memo(networks)
+    inside = known.get(hb.url)
+    if inside is None:
+        inside = known[hb.url] = any(hb.host in net for net in networks)
+    return inside
+
+
+_UNSEEN = object()
+_MEMO: dict[int, tuple[tuple, dict]] = {}
+_MEMO_KEYS = 4096
+
+
+def _memo(networks: tuple) -> dict:
+    """Answers remembered for one tuple of networks (a manifest's), by the
+    tuple's identity: hashing the networks themselves (pure-Python
+    `ipaddress`) would cost more than most answers. A reload brings new
+    tuples, so nothing outlives the manifest it was computed for."""
+    entry = _MEMO.get(id(networks))
+    if entry is None or entry[0] is not networks or len(entry[1]) > _MEMO_KEYS:
+        if len(_MEMO) > 16:
+            _MEMO.clear()
+        entry = _MEMO[id(networks)] = (networks, {})
+    return entry[1]
 
 
 def admit(
@@ -195,7 +227,7 @@ def admit(
     only from the address that holds it, and its URL only under its name.
     """
     networks = fleet.router.node_networks
-    if networks and not any(hb.host in net for net in networks):
+    if networks and not _in_networks(networks, hb):
         return Verdict(False, f"url {hb.url} is outside router.node_networks", 403)
     static = next((n for n in fleet.nodes if n.url == hb.url), None)
     if static is not None:

@@ -9,11 +9,14 @@ the end; each run is bounded by --duration.
 
 A router (one gevent worker, pinned to its own core when there are two) serves
 /api/chat from an nginx node that answers at once. A generator process plays
---agents agents, each sending one signed heartbeat every --interval seconds
-(~3 KB with metrics and model lists, then ~1 KB without the unchanged models,
-on a keep-alive connection from its own loopback address, like the real
-agent), spread evenly over the interval.
-Phases, interleaved --repeat times:
+--agents agents, each on a keep-alive connection from its own loopback
+address, like the real agent. First every agent joins: it connects and sends
+its whole heartbeat (~3 KB with metrics and model lists), as `herd node` does
+once when it starts; that is not in the measured window (its cost per agent
+is printed apart). Then, measured, each agent sends one signed heartbeat
+every --interval seconds, spread evenly over the interval, without the
+unchanged models (~0.8 KB), as `herd node` does from its second beat on for
+as long as it runs. Phases, interleaved --repeat times:
 
   idle       nothing: the router's own background cost (health poller);
   beats      heartbeats only: router CPU minus idle = the heartbeats' cost;
@@ -184,80 +187,152 @@ def _source(i: int) -> str:
     return f"127.1.{i // 250}.{i % 250 + 1}"
 
 
+async def _beat(link: Link, key: fleetkey.FleetKey, body: bytes, stats: dict) -> bool:
+    """Send one signed heartbeat; True when it was taken (the next may then
+    leave the unchanged models out). With `--floor`'s probe, GET /healthz
+    instead: the same connections and rate, next to no work in the app."""
+    if PROBE:
+        head, body = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b""
+        stats["sent"] += 1
+        try:
+            status, _ = await link.post(head, body)
+        except (TimeoutError, OSError, IndexError, ValueError):
+            stats["errors"] += 1
+            link.close()
+            return False
+        stats["ok" if status == b"200" else "refused"] += 1
+        return True
+    headers = fleetkey.sign(key, body, time.time())
+    head = (
+        "POST /fleet/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    stats["sent"] += 1
+    if link.writer is None:
+        stats["connects"] += 1
+    try:
+        status, reply = await link.post(head, body)
+    except (TimeoutError, OSError, IndexError, ValueError):
+        stats["errors"] += 1
+        link.close()
+        return False
+    taken = status == b"200" and b'"resend":true' not in reply
+    stats["ok" if taken else "refused"] += 1
+    return taken
+
+
 async def _agent(
     i: int, link: Link, key: fleetkey.FleetKey, stats: dict, start: float,
     interval: float, gap: float, duration: float,
 ) -> None:  # fmt: skip
-    """One agent: a beat every `interval`, first at start + i * gap; all of
-    it, then (like `herd node`) without the unchanged models, or all again
-    when the router asks."""
+    """One agent in the measured window: a beat every `interval`, first at
+    start + i * gap, without the unchanged models (like `herd node` once the
+    router holds them), or all again when the router asks."""
     full, partial = agent_body(i), agent_body(i, partial=True)
-    body = full
+    body = partial
     due = start + i * gap
     while due - start < duration:  # bounded by duration
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        headers = fleetkey.sign(key, body, time.time())
-        head = (
-            "POST /fleet/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: application/json\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        stats["sent"] += 1
-        try:
-            status, reply = await link.post(head, body)
-            resend = b'"resend":true' in reply
-            stats["ok" if status == b"200" and not resend else "refused"] += 1
-            body = partial if status == b"200" and not resend else full
-        except (TimeoutError, OSError, IndexError, ValueError):
-            stats["errors"] += 1
-            link.close()
-            body = full
+        body = partial if await _beat(link, key, body, stats) else full
         due += interval
+
+
+async def _join(
+    i: int, link: Link, key: fleetkey.FleetKey, stats: dict, start: float, gap: float
+) -> None:
+    """Before the measured window: connect and send the whole heartbeat, as
+    an agent does once when it starts (or when its connection broke)."""
+    delay = start + i * gap - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    await _beat(link, key, agent_body(i), stats)
 
 
 async def _heartbeats(
     port: int, key_path: str, agents: int, interval: float, duration: float
 ) -> dict:
+    """Join every agent (connection and whole heartbeat, not measured), print
+    `ready`, then `duration` seconds of steady heartbeats on the kept-alive
+    connections; the steady phase's counts."""
     key = fleetkey.load(key_path)[0]
-    stats = {"ok": 0, "refused": 0, "errors": 0, "sent": 0}
     links = [Link(port, _source(i)) for i in range(agents)]
+    joined = {"ok": 0, "refused": 0, "errors": 0, "sent": 0, "connects": 0}
     start = time.monotonic()
+    await asyncio.wait(
+        [
+            asyncio.create_task(_join(i, links[i], key, joined, start, 1 / agents))
+            for i in range(agents)
+        ],
+        timeout=30,
+    )
+    # The first steady beat of each agent comes one interval after its join.
+    start += interval
+    await asyncio.sleep(max(0.0, start - time.monotonic() - 0.2))
+    print(json.dumps({"ready": joined}), flush=True)
+    stats = {"ok": 0, "refused": 0, "errors": 0, "sent": 0, "connects": 0}
     tasks = [
         asyncio.create_task(
-            _agent(i, links[i], key, stats, start, interval, interval / agents,
-                   duration)
+            _agent(i, links[i], key, stats, start + i / agents, interval,
+                   interval / agents, duration)
         )
         for i in range(agents)
     ]  # fmt: skip
     await asyncio.wait(tasks, timeout=duration + 10)
+    print(json.dumps(stats), flush=True)  # (before the connections close)
     for link in links:
         link.close()
     return stats
 
 
+PROBE = False
+
+
 def generator_main(argv: list[str]) -> int:
-    port, key, agents, interval, duration = argv
-    stats = asyncio.run(
+    global PROBE
+    port, key, agents, interval, duration, probe = argv
+    PROBE = probe == "probe"
+    asyncio.run(
         _heartbeats(int(port), key, int(agents), float(interval), float(duration))
     )
-    print(json.dumps(stats), flush=True)
     return 0
 
 
-def start_beats(args, port: int, key: Path, load: list[str], duration: float):
-    return subprocess.Popen(
+def start_beats(
+    args, port: int, key: Path, load: list[str], duration: float, probe: bool = False
+):
+    """The generator process, once its agents have joined (see `_heartbeats`)."""
+    proc = subprocess.Popen(
         [*load, sys.executable, __file__, "--generate", str(port), str(key),
-         str(args.agents), str(args.interval), str(duration)],
+         str(args.agents), str(args.interval), str(duration),
+         "probe" if probe else "beat"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    line = proc.stdout.readline()
+    if not line.startswith('{"ready"'):
+        proc.kill()
+        raise SystemExit(f"heartbeat generator failed: {line!r}")
+    joined = json.loads(line)["ready"]
+    if joined["ok"] != args.agents:
+        proc.kill()
+        raise SystemExit(f"not every agent joined: {joined}")
+    return proc
 
 
 def finish_beats(proc: subprocess.Popen) -> dict:
-    out, _ = proc.communicate(timeout=60)
-    return json.loads(out.strip().splitlines()[-1])
+    """The steady phase's counts, as soon as it ends (the process then closes
+    its connections and exits)."""
+    line = proc.stdout.readline()
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise SystemExit(f"heartbeat generator failed: {line!r}") from None
+    finally:
+        proc.stdout.close()
+        proc.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pin", dest="pin", action="store_false")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure GET /healthz from the same agents' connections at the "
+        "same rate: what the HTTP server and falcon cost per request, whatever "
+        "the endpoint does",
+    )
     args = parser.parse_args(argv)
     procs = Procs()
     try:
@@ -326,26 +408,42 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     nodes = json.loads(urllib_get(url + "/fleet/nodes"))["nodes"]
     print(f"router sees {len(nodes)} nodes ({args.agents} agents + 1 static)")
 
-    rows: dict[str, list] = {"idle": [], "beats": [], "chat": [], "both": []}
+    rows: dict[str, list] = {
+        "idle": [],
+        "join": [],
+        "beats": [],
+        "floor": [],
+        "chat": [],
+        "both": [],
+    }
     for r in range(args.repeat):
         before = cpu_seconds(router.pid)
         time.sleep(args.duration)
         rows["idle"].append((cpu_seconds(router.pid) - before) / args.duration)
 
         before = cpu_seconds(router.pid)
+        gen = start_beats(args, ports["router"], key, load, args.duration)
+        joined = cpu_seconds(router.pid)
+        rows["join"].append((joined - before) / args.agents)
         began = time.monotonic()
-        beats = finish_beats(
-            start_beats(args, ports["router"], key, load, args.duration)
-        )
+        beats = finish_beats(gen)
         spent = time.monotonic() - began
-        rows["beats"].append((cpu_seconds(router.pid) - before) / spent)
+        rows["beats"].append((cpu_seconds(router.pid) - joined) / spent)
+
+        if args.floor:
+            gen = start_beats(args, ports["router"], key, load, args.duration, True)
+            before, began = cpu_seconds(router.pid), time.monotonic()
+            floor = finish_beats(gen)
+            spent = time.monotonic() - began
+            rows["floor"].append((cpu_seconds(router.pid) - before) / spent)
+            print(f"floor probes: {floor}", flush=True)
 
         rows["chat"].append(
             run_wrk(
                 url + "/api/chat", lua, 16, args.duration, server=router.pid, pin=load
             )
         )
-        gen = start_beats(args, ports["router"], key, load, args.duration)
+        gen = start_beats(args, ports["router"], key, load, args.duration + 1)
         rows["both"].append(
             run_wrk(
                 url + "/api/chat", lua, 16, args.duration, server=router.pid, pin=load
@@ -374,6 +472,18 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         f"router CPU for heartbeats: {beat_share:.1%} of one core "
         f"(busy {statistics.median(rows['beats']):.1%} minus idle {idle:.1%}); "
         f"{beat_share / rate * 1e6:.0f} us per heartbeat   target < 10%"
+    )
+    if rows["floor"]:
+        floor = statistics.median(rows["floor"]) - idle
+        print(
+            f"floor (GET /healthz, same connections and rate): {floor:.1%} of one "
+            f"core, {floor / rate * 1e6:.0f} us per request: the HTTP server and "
+            f"falcon, before any heartbeat work"
+        )
+    print(
+        f"joining, before each measured window: "
+        f"{statistics.median(rows['join']) * 1e6:.0f} us of router CPU per agent "
+        f"(new connection and whole heartbeat; once per agent start)"
     )
     chat_cpu = statistics.median(w.cpu_us for w in rows["chat"])
     print(

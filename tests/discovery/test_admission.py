@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import stat
@@ -51,6 +53,17 @@ def test_key_file_may_hold_several_keys_for_rotation(tmp_path):
             h[fleetkey.HEADER_SIGNATURE],
         )  # fmt: skip
         assert found == key
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 65, 100])
+def test_mac_is_rfc2104_hmac_sha256_for_any_key_length(size):
+    """mac() starts from cached pad states; it must stay plain HMAC-SHA256."""
+    key = fleetkey.FleetKey(os.urandom(size))
+    for body in (b"", b'{"name": "x"}', os.urandom(3000)):
+        message = fleetkey.CONTEXT + b"1700000000\n" + b"ab" * 16 + b"\n" + body
+        expected = hmac.new(key.secret, message, hashlib.sha256).hexdigest()
+        got = fleetkey.mac(key, "1700000000", "ab" * 16, body)
+        assert got == fleetkey.SCHEME + expected
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "zz\n", "abcd\n"])
@@ -123,6 +136,17 @@ def test_admission_rules(tmp_path):
     assert ok(hb(), held=held).admitted
     assert ok(hb(), "127.0.0.2", held).status == 409
     assert ok(hb(name="gpu-e"), "127.0.0.2", held).status == 409  # same URL
+
+
+def test_source_answers_follow_a_reloaded_manifest(tmp_path):
+    """Source checks are remembered per manifest: a new one is asked anew."""
+    wide = fleet(tmp_path, networks=["127.0.0.0/30"])
+    narrow = fleet(tmp_path, networks=["127.0.0.2/32"])
+    for _ in range(2):
+        assert check_source(wide, "127.0.0.1") is None
+        assert check_source(narrow, "127.0.0.1").status == 403
+        assert check_source(narrow, "127.0.0.2") is None
+        assert check_source(wide, None).status == 403
 
 
 def test_discovered_nodes_get_defaults_and_overrides(tmp_path):
