@@ -1,0 +1,156 @@
+"""A loop-stall probe for benchmarks: how long a worker's event loop goes deaf.
+
+With `HERD_STALL_PROBE=FILE` in its environment, a router worker runs one
+extra greenlet that sleeps PERIOD_S in a loop; a wake-up later than asked is
+a stall: for that long no ready greenlet could run, so a request arriving
+then waited too. Each stall is counted in a histogram of its overshoot, split
+by where the worker's CPU time went meanwhile (`time.thread_time` of the loop
+thread, `time.process_time` of the whole worker):
+
+- loop: the loop's thread ran for at least half the stall (other greenlets,
+  the loop's callbacks, the garbage collector): work on the loop;
+- thread: another thread of the worker did (a native writer thread holding
+  the GIL, such as the trace writer's);
+- off: neither: the process was not running (the OS gave the CPU to another
+  process: machine noise, not the router's doing).
+
+Garbage collections are timed too (`gc.callbacks`), per generation. Every
+DUMP_S the cumulative figures are written to FILE as JSON (replaced
+atomically, suffixed with the worker's pid), so a benchmark reads them before
+and after a run and keeps the difference (`diff`). The probe costs about
+PERIOD_S⁻¹ wake-ups a second (~1 % of a core): off unless asked for.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
+ENV = "HERD_STALL_PROBE"
+PERIOD_S = 0.001
+DUMP_S = 0.5
+#: Upper bounds of the histogram's buckets, in milliseconds (the last: more).
+EDGES_MS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+#: Where a stall's time went (see the module docstring).
+KINDS = ("loop", "thread", "off")
+LABELS = tuple(f"<={e:g}" for e in EDGES_MS) + (f">{EDGES_MS[-1]:g}",)
+
+
+def _histogram() -> list[int]:
+    return [0] * (len(EDGES_MS) + 1)
+
+
+class StallProbe:
+    """Counts loop stalls (overshoot of a PERIOD_S sleep) and GC pauses."""
+
+    def __init__(self, path: str | None = None, clock: Callable[[], float] = None):
+        self.path = path
+        self._clock = clock or time.perf_counter
+        self.wakeups = 0
+        self.loop = _histogram()
+        self.thread = _histogram()
+        self.off = _histogram()
+        self.overshoot_ms = 0.0
+        self.gc = {gen: _histogram() for gen in (0, 1, 2)}
+        self.gc_ms = [0.0, 0.0, 0.0]
+        self._gc_start = 0.0
+
+    def stall(self, overshoot_s: float, loop_cpu_s: float, other_cpu_s: float) -> None:
+        """One wake-up `overshoot_s` late; over the whole sleep the loop's
+        thread used `loop_cpu_s` of CPU and the worker's other threads
+        `other_cpu_s`."""
+        self.wakeups += 1
+        ms = overshoot_s * 1000.0
+        self.overshoot_ms += ms
+        slot = bisect_left(EDGES_MS, ms)
+        if other_cpu_s >= 0.5 * overshoot_s:
+            self.thread[slot] += 1
+        elif loop_cpu_s >= 0.5 * overshoot_s:
+            self.loop[slot] += 1
+        else:
+            self.off[slot] += 1
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """A `gc.callbacks` entry: time each collection."""
+        if phase == "start":
+            self._gc_start = self._clock()
+            return
+        ms = (self._clock() - self._gc_start) * 1000.0
+        gen = info.get("generation", 0)
+        self.gc[gen][bisect_left(EDGES_MS, ms)] += 1
+        self.gc_ms[gen] += ms
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "wakeups": self.wakeups,
+            **{key: list(getattr(self, key)) for key in KINDS},
+            "overshoot_ms": self.overshoot_ms,
+            "gc": {str(g): list(h) for g, h in self.gc.items()},
+            "gc_ms": list(self.gc_ms),
+        }
+
+    def dump(self) -> None:
+        if not self.path:
+            return
+        target = f"{self.path}.{os.getpid()}"
+        temp = target + ".tmp"
+        with open(temp, "w", encoding="utf-8") as fh:
+            json.dump(self.snapshot(), fh)
+        os.replace(temp, target)
+
+    def run(self, stopped: Callable[[], bool]) -> None:
+        """Sleep PERIOD_S in a loop and count the overshoots (a greenlet)."""
+        import gevent
+
+        gc.callbacks.append(self.on_gc)
+        clock, sleep = self._clock, gevent.sleep
+        mine, ours = time.thread_time, time.process_time
+        last_dump = clock()
+        try:
+            while not stopped():
+                began, loop0, all0 = clock(), mine(), ours()
+                sleep(PERIOD_S)
+                now, loop1, all1 = clock(), mine(), ours()
+                loop_cpu = loop1 - loop0
+                self.stall(
+                    max(0.0, now - began - PERIOD_S), loop_cpu, all1 - all0 - loop_cpu
+                )
+                if now - last_dump >= DUMP_S:
+                    last_dump = now
+                    self.dump()
+        finally:
+            gc.callbacks.remove(self.on_gc)
+            self.dump()
+
+
+def start_from_env(stopped: Callable[[], bool] = lambda: False) -> Any:
+    """In a worker: start the probe greenlet if HERD_STALL_PROBE names a file."""
+    path = os.environ.get(ENV)
+    if not path:
+        return None
+    import gevent
+
+    return gevent.spawn(StallProbe(path).run, stopped)
+
+
+def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    """What happened between two snapshots of the same worker."""
+    if not before or before.get("pid") != after.get("pid"):
+        return after
+    out = dict(after)
+    out["wakeups"] = after["wakeups"] - before["wakeups"]
+    for key in KINDS:
+        out[key] = [a - b for a, b in zip(after[key], before[key], strict=True)]
+    out["overshoot_ms"] = after["overshoot_ms"] - before["overshoot_ms"]
+    out["gc"] = {
+        g: [a - b for a, b in zip(after["gc"][g], before["gc"][g], strict=True)]
+        for g in after["gc"]
+    }
+    out["gc_ms"] = [a - b for a, b in zip(after["gc_ms"], before["gc_ms"], strict=True)]
+    return out
