@@ -310,6 +310,12 @@ def stalls_between(before: dict[str, dict], after: dict[str, dict]) -> dict | No
         total["gc_ms"] = [
             a + b for a, b in zip(total["gc_ms"], part["gc_ms"], strict=True)
         ]
+        for name, hist in part["runs"].items():
+            mine = total["runs"].setdefault(name, [0] * len(hist))
+            total["runs"][name] = [a + b for a, b in zip(mine, hist, strict=True)]
+            total["run_ms"][name] = (
+                total["run_ms"].get(name, 0.0) + part["run_ms"][name]
+            )
     return total
 
 
@@ -895,6 +901,7 @@ def stall_table(results: dict) -> None:
         "the process was off the CPU: machine noise); counts per run\n"
     )
     print("| target | wake-ups | " + " | ".join(LABELS[first:]) + " | GC n / ms |")
+    holders: list[str] = []
     print("|---|---|" + "---|" * (len(LABELS) - first) + "---|")
     for (name, conns), res in sorted(results.items(), key=lambda kv: kv[0][::-1]):
         st = res.stalls
@@ -909,6 +916,26 @@ def stall_table(results: dict) -> None:
             f"| {name} c{conns} | {st['wakeups']} | {' | '.join(cells)} | "
             f"{gcs} / {sum(st['gc_ms']):.1f} |"
         )
+        for who, hist in sorted(st["runs"].items()):
+            if sum(hist[first - 1 :]) and who != "StallProbe.run":
+                runs = " | ".join(str(n) for n in hist[first - 1 :])
+                holders.append(
+                    f"| {name} c{conns} | {who} | {sum(hist)} | "
+                    f"{st['run_ms'][who]:.0f} | {runs} |"
+                )
+    if holders:
+        print(
+            "\nwho held the loop: runs of a greenlet between two switches, by "
+            "CPU ms on the loop's thread (requests, background greenlets, "
+            "hub = the loop's own callbacks)\n"
+        )
+        print(
+            "| target | greenlet | runs | CPU ms | "
+            + " | ".join(LABELS[first - 1 :])
+            + " |"
+        )
+        print("|---|---|---|---|" + "---|" * (len(LABELS) - first + 1))
+        print(*holders, sep="\n")
 
 
 def report(

@@ -14,6 +14,11 @@ thread, `time.process_time` of the whole worker):
 - off: neither: the process was not running (the OS gave the CPU to another
   process: machine noise, not the router's doing).
 
+Who held the loop: every greenlet switch is traced (`greenlet.settrace`) and
+each run's CPU time on the loop's thread goes into a histogram under the name
+of the greenlet's function ("hub" for the loop's own callbacks: I/O, timers),
+so a long run is pinned on the poller, the trace writer, a request, etc.
+
 Garbage collections are timed too (`gc.callbacks`), per generation. Every
 DUMP_S the cumulative figures are written to FILE as JSON (replaced
 atomically, suffixed with the worker's pid), so a benchmark reads them before
@@ -27,6 +32,7 @@ import gc
 import json
 import os
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +65,11 @@ class StallProbe:
         self.gc = {gen: _histogram() for gen in (0, 1, 2)}
         self.gc_ms = [0.0, 0.0, 0.0]
         self._gc_start = 0.0
+        #: Greenlet name -> histogram of its runs' CPU time on the loop.
+        self.runs: dict[str, list[int]] = {}
+        self.run_ms: dict[str, float] = {}
+        self._switched = 0.0
+        self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     def stall(self, overshoot_s: float, loop_cpu_s: float, other_cpu_s: float) -> None:
         """One wake-up `overshoot_s` late; over the whole sleep the loop's
@@ -85,6 +96,26 @@ class StallProbe:
         self.gc[gen][bisect_left(EDGES_MS, ms)] += 1
         self.gc_ms[gen] += ms
 
+    def on_switch(self, event: str, args: Any) -> None:
+        """A `greenlet.settrace` entry: charge the CPU time since the last
+        switch to the greenlet switched away from."""
+        if event not in ("switch", "throw"):
+            return
+        now = time.thread_time()
+        ms = (now - self._switched) * 1000.0
+        self._switched = now
+        origin, target = args
+        names = self._names
+        if target not in names:  # named when first run: gevent drops `_run` at the end
+            names[target] = _name(target)
+        name = names.get(origin) or _name(origin)
+        hist = self.runs.get(name)
+        if hist is None:
+            hist = self.runs[name] = _histogram()
+            self.run_ms[name] = 0.0
+        hist[bisect_left(EDGES_MS, ms)] += 1
+        self.run_ms[name] += ms
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -93,6 +124,8 @@ class StallProbe:
             "overshoot_ms": self.overshoot_ms,
             "gc": {str(g): list(h) for g, h in self.gc.items()},
             "gc_ms": list(self.gc_ms),
+            "runs": {name: list(h) for name, h in self.runs.items()},
+            "run_ms": dict(self.run_ms),
         }
 
     def dump(self) -> None:
@@ -107,8 +140,11 @@ class StallProbe:
     def run(self, stopped: Callable[[], bool]) -> None:
         """Sleep PERIOD_S in a loop and count the overshoots (a greenlet)."""
         import gevent
+        import greenlet
 
         gc.callbacks.append(self.on_gc)
+        self._switched = time.thread_time()
+        previous = greenlet.settrace(self.on_switch)
         clock, sleep = self._clock, gevent.sleep
         mine, ours = time.thread_time, time.process_time
         last_dump = clock()
@@ -125,8 +161,22 @@ class StallProbe:
                     last_dump = now
                     self.dump()
         finally:
+            greenlet.settrace(previous)
             gc.callbacks.remove(self.on_gc)
             self.dump()
+
+
+def _name(glet: Any) -> str:
+    """A greenlet's kind: its function's qualified name, or "hub"."""
+    run = getattr(glet, "_run", None) or getattr(glet, "run", None)
+    if type(glet).__name__ == "Hub":
+        return "hub"
+    run = getattr(run, "__func__", run)
+    owner = getattr(getattr(glet, "_run", None), "__self__", None)
+    name = getattr(run, "__qualname__", None) or type(glet).__name__
+    if owner is not None and "." not in name:
+        name = f"{type(owner).__name__}.{name}"
+    return name
 
 
 def start_from_env(stopped: Callable[[], bool] = lambda: False) -> Any:
@@ -153,4 +203,13 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]
         for g in after["gc"]
     }
     out["gc_ms"] = [a - b for a, b in zip(after["gc_ms"], before["gc_ms"], strict=True)]
+    empty = _histogram()
+    out["runs"] = {
+        name: [a - b for a, b in zip(h, before["runs"].get(name, empty), strict=True)]
+        for name, h in after["runs"].items()
+    }
+    out["run_ms"] = {
+        name: ms - before["run_ms"].get(name, 0.0)
+        for name, ms in after["run_ms"].items()
+    }
     return out
