@@ -1,10 +1,15 @@
 """Agentless health polling of the manifest's static nodes.
 
-Every `interval` seconds each node is asked, in parallel, for /api/version,
-/api/tags (models on disk) and /api/ps (models loaded), each with a short
-timeout. Two failed polls in a row mark a node down (so within ~2 intervals
-plus one timeout, under 5 s with the defaults); the next good poll brings it
-back. The poller only ever contacts URLs that the current manifest declares.
+Every `interval` seconds each node is asked for /api/version, /api/tags
+(models on disk) and /api/ps (models loaded), each with a short timeout. The
+nodes' polls run in parallel, their starts spread over the first SPREAD of
+the interval: parsing the answers is work on the worker's event loop, and a
+fleet polled all at once would hold every request arriving meanwhile for the
+whole burst (tens of nodes: milliseconds), where spread polls cost any one
+request at most one node's parse. Two failed polls in a row mark a node down
+(so within ~2 intervals plus the spread and one timeout, under 5 s with the
+defaults); the next good poll brings it back. The poller only ever contacts
+URLs that the current manifest declares.
 
 With several router workers, one of them polls (`share()`: the worker the
 shared fleet state elects, herd.router.fleetstate) and publishes each round;
@@ -39,6 +44,8 @@ INTERVAL_S = 1.0
 TIMEOUT_S = 1.5
 #: How often a worker that does not poll looks for the polling worker's news.
 FOLLOW_S = 0.25
+#: Share of the interval over which a round's node polls start (see above).
+SPREAD = 0.5
 
 
 class StaticPoller:
@@ -142,15 +149,25 @@ class StaticPoller:
         models = openai_models(listing)
         return PollResult(ok=True, version=None, tags=models, ps=models)
 
-    def poll_once(self) -> None:
-        """Poll every node of the current manifest in parallel, then return."""
+    def poll_once(self, spread: float = 0.0) -> None:
+        """Poll every node of the current manifest in parallel, then return;
+        the polls start evenly over `spread` seconds (0: all at once)."""
+        self.poll_nodes(self._fleet(), spread)
+
+    def poll_nodes(self, fleet: Fleet, spread: float) -> None:
+        """Poll `fleet`'s nodes in parallel, starting one every spread / N
+        seconds; forget the health of nodes it no longer has."""
         import gevent
 
-        fleet = self._fleet()
         known = {n.name for n in fleet.nodes}
         for name in [n for n in self.health if n not in known]:
             del self.health[name]
-        jobs = [gevent.spawn(self.poll_node, node) for node in fleet.nodes]
+        gap = spread / len(fleet.nodes) if fleet.nodes else 0.0
+        jobs = []
+        for node in fleet.nodes:
+            if jobs and gap:
+                gevent.sleep(gap)  # one node's poll starts per wake-up
+            jobs.append(gevent.spawn(self.poll_node, node))
         gevent.joinall(jobs, timeout=self.timeout * 3 + 1)
         for job in jobs:
             job.kill(block=False)
@@ -198,7 +215,7 @@ class StaticPoller:
             self.leading = state is None or state.lead_polls()
             try:
                 if self.leading:
-                    self.poll_once()
+                    self.poll_once(spread=SPREAD * self.interval)
                     if state is not None and state.rows > 1:
                         self.publish()  # someone to tell
                 else:

@@ -327,13 +327,16 @@ def stall_line(stalls: dict | None) -> str:
 
     over = EDGES_MS.index(1.0) + 1  # buckets above 1 ms
     big = EDGES_MS.index(3.0) + 1
-    gcs = sum(sum(h) for h in stalls["gc"].values())
+    gcs = " ".join(
+        f"g{gen} {sum(hist)}x{stalls['gc_ms'][int(gen)]:.1f}ms"
+        for gen, hist in sorted(stalls["gc"].items())
+        if sum(hist)
+    )
     counts = " ".join(
         f"{kind} {sum(stalls[kind][over:])}/{sum(stalls[kind][big:])}" for kind in KINDS
     )
     return (
-        f"stalls >1/>3 ms: {counts} of {stalls['wakeups']} wake-ups; "
-        f"gc {gcs} x {sum(stalls['gc_ms']):.1f} ms"
+        f"stalls >1/>3 ms: {counts} of {stalls['wakeups']} wake-ups; gc {gcs or 'none'}"
     )
 
 
