@@ -307,9 +307,9 @@ def stalls_between(before: dict[str, dict], after: dict[str, dict]) -> dict | No
             total["gc"][gen] = [
                 a + b for a, b in zip(total["gc"][gen], part["gc"][gen], strict=True)
             ]
-        total["gc_ms"] = [
-            a + b for a, b in zip(total["gc_ms"], part["gc_ms"], strict=True)
-        ]
+        for key in ("gc_ms", "gc_cpu_ms"):
+            if key in total and key in part:
+                total[key] = [a + b for a, b in zip(total[key], part[key], strict=True)]
         for name, hist in part["runs"].items():
             mine = total["runs"].setdefault(name, [0] * len(hist))
             total["runs"][name] = [a + b for a, b in zip(mine, hist, strict=True)]
@@ -327,8 +327,10 @@ def stall_line(stalls: dict | None) -> str:
 
     over = EDGES_MS.index(1.0) + 1  # buckets above 1 ms
     big = EDGES_MS.index(3.0) + 1
+    cpu = stalls.get("gc_cpu_ms", stalls["gc_ms"])
     gcs = " ".join(
-        f"g{gen} {sum(hist)}x{stalls['gc_ms'][int(gen)]:.1f}ms"
+        f"g{gen} {sum(hist)}x {stalls['gc_ms'][int(gen)]:.1f} ms "
+        f"(cpu {cpu[int(gen)]:.1f})"
         for gen, hist in sorted(stalls["gc"].items())
         if sum(hist)
     )

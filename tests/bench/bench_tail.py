@@ -90,6 +90,9 @@ models:
       nodes: [{nodes}]
 """
 CONCURRENCY = (1, 16, 64)
+#: The idle phase's key in the results: no load, so every stall of the loop
+#: is background work (polls, trace flushes, timers) or the machine.
+IDLE = 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +219,8 @@ def measure(
     try:
         br.wait_http(url + "/api/chat", body=br.CHAT_BODY.encode(), timeout=60)
         br.run_wrk(url + "/api/chat", lua, 16, 2, pin=pin.load_cmd())  # warm-up
+        out[IDLE] = idle(router.pid, probe, args.duration)
+        print(f"  {name:8} idle  {br.stall_line(out[IDLE].stalls)}", flush=True)
         for conns in CONCURRENCY:
             res = br.run_wrk(
                 url + "/api/chat",
@@ -244,6 +249,27 @@ def measure(
     return out
 
 
+def idle(pid: int, probe: Path, duration: int) -> br.Wrk:
+    """The router's loop stalls and CPU over `duration` seconds without load."""
+    import time
+
+    stalls0, cpu0 = br.read_stalls(probe), br.cpu_seconds(pid)
+    time.sleep(duration)
+    cpu1 = br.cpu_seconds(pid)
+    time.sleep(2 * br.STALL_DUMP_S)
+    return br.Wrk(
+        requests=0,
+        duration_us=duration * 1_000_000,
+        p50_us=0.0,
+        p99_us=0.0,
+        p999_us=0.0,
+        non2xx=0,
+        errors=0,
+        cpu_s=cpu1 - cpu0,
+        stalls=br.stalls_between(stalls0, br.read_stalls(probe)),
+    )
+
+
 def report(
     results: dict[tuple[str, int], list[br.Wrk]],
     variants: list[tuple[str, Path | None]],
@@ -263,6 +289,23 @@ def report(
                     f"{(res.p99_us - res.p50_us) / 1000:.3f} | {res.cpu_us:.0f} | "
                     f"{_stalls(res)} | {_poll_ms(res, args.duration):.1f} |"
                 )
+    print(
+        "\nidle (no requests: every loop stall is background work or the "
+        "machine), one row per round\n"
+    )
+    print(
+        "| variant | router CPU ms/s | loop stalls > 0.5 ms (worst) | "
+        "stalls >1 ms loop / thread / off | poll CPU ms/s |"
+    )
+    print("|---|---|---|---|---|")
+    for name, _ in variants:
+        for res in results.get((name, IDLE), []):
+            print(
+                f"| {name} | {res.cpu_s * 1000 / args.duration:.1f} | "
+                f"{_loop_stalls(res)} | {_stalls(res)} | "
+                f"{_poll_ms(res, args.duration):.1f} |"
+            )
+    print("\n(c0 below: the idle phase)")
     kept = {key: runs for key, runs in results.items() if runs}
     br.stall_table({key: runs[-1] for key, runs in kept.items()})
 
@@ -274,6 +317,18 @@ def _stalls(res: br.Wrk) -> str:
         return "-"
     over = EDGES_MS.index(1.0) + 1
     return " / ".join(str(sum(res.stalls[kind][over:])) for kind in KINDS)
+
+
+def _loop_stalls(res: br.Wrk) -> str:
+    """Loop stalls over 0.5 ms: count and the longest bucket reached."""
+    from herd.router.observe.stallprobe import EDGES_MS, LABELS
+
+    if not res.stalls:
+        return "-"
+    loop = res.stalls["loop"]
+    first = EDGES_MS.index(0.5) + 1
+    worst = max((i for i, n in enumerate(loop) if n), default=0)
+    return f"{sum(loop[first:])} (worst {LABELS[worst]} ms)"
 
 
 def _poll_ms(res: br.Wrk, duration: int) -> float:

@@ -64,7 +64,11 @@ class StallProbe:
         self.overshoot_ms = 0.0
         self.gc = {gen: _histogram() for gen in (0, 1, 2)}
         self.gc_ms = [0.0, 0.0, 0.0]
-        self._gc_start = 0.0
+        self._gc_start = self._gc_cpu = 0.0
+        #: CPU time of the collections (wall time can include the OS's).
+        self.gc_cpu_ms = [0.0, 0.0, 0.0]
+        #: The most objects one collection of each generation freed.
+        self.gc_objects = [0, 0, 0]
         #: Greenlet name -> histogram of its runs' CPU time on the loop.
         self.runs: dict[str, list[int]] = {}
         self.run_ms: dict[str, float] = {}
@@ -89,12 +93,14 @@ class StallProbe:
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """A `gc.callbacks` entry: time each collection."""
         if phase == "start":
-            self._gc_start = self._clock()
+            self._gc_start, self._gc_cpu = self._clock(), time.thread_time()
             return
         ms = (self._clock() - self._gc_start) * 1000.0
         gen = info.get("generation", 0)
         self.gc[gen][bisect_left(EDGES_MS, ms)] += 1
         self.gc_ms[gen] += ms
+        self.gc_cpu_ms[gen] += (time.thread_time() - self._gc_cpu) * 1000.0
+        self.gc_objects[gen] = max(self.gc_objects[gen], info.get("collected", 0))
 
     def on_switch(self, event: str, args: Any) -> None:
         """A `greenlet.settrace` entry: charge the CPU time since the last
@@ -124,18 +130,24 @@ class StallProbe:
             "overshoot_ms": self.overshoot_ms,
             "gc": {str(g): list(h) for g, h in self.gc.items()},
             "gc_ms": list(self.gc_ms),
+            "gc_cpu_ms": list(self.gc_cpu_ms),
+            "gc_objects": list(self.gc_objects),
             "runs": {name: list(h) for name, h in self.runs.items()},
             "run_ms": dict(self.run_ms),
         }
 
-    def dump(self) -> None:
+    def dump(self, run: Callable[..., Any] | None = None) -> None:
+        """Write the snapshot to `path`.PID; `run(fn, args)` runs the file
+        work (the probe passes its hub's thread pool: a file write on the
+        loop would be a stall of the probe's own making)."""
         if not self.path:
             return
         target = f"{self.path}.{os.getpid()}"
-        temp = target + ".tmp"
-        with open(temp, "w", encoding="utf-8") as fh:
-            json.dump(self.snapshot(), fh)
-        os.replace(temp, target)
+        text = json.dumps(self.snapshot())
+        if run is None:
+            _replace(target, text)
+        else:
+            run(_replace, (target, text))
 
     def run(self, stopped: Callable[[], bool]) -> None:
         """Sleep PERIOD_S in a loop and count the overshoots (a greenlet)."""
@@ -159,11 +171,18 @@ class StallProbe:
                 )
                 if now - last_dump >= DUMP_S:
                     last_dump = now
-                    self.dump()
+                    self.dump(gevent.get_hub().threadpool.apply)
         finally:
             greenlet.settrace(previous)
             gc.callbacks.remove(self.on_gc)
             self.dump()
+
+
+def _replace(target: str, text: str) -> None:
+    temp = target + ".tmp"
+    with open(temp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(temp, target)
 
 
 def _name(glet: Any) -> str:
@@ -202,7 +221,9 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]
         g: [a - b for a, b in zip(after["gc"][g], before["gc"][g], strict=True)]
         for g in after["gc"]
     }
-    out["gc_ms"] = [a - b for a, b in zip(after["gc_ms"], before["gc_ms"], strict=True)]
+    for key in ("gc_ms", "gc_cpu_ms"):
+        if key in after and key in before:
+            out[key] = [a - b for a, b in zip(after[key], before[key], strict=True)]
     empty = _histogram()
     out["runs"] = {
         name: [a - b for a, b in zip(h, before["runs"].get(name, empty), strict=True)]
