@@ -37,7 +37,6 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-ENV = "HERD_STALL_PROBE"
 PERIOD_S = 0.001
 DUMP_S = 0.5
 #: Upper bounds of the histogram's buckets, in milliseconds (the last: more).
@@ -200,7 +199,9 @@ def _name(glet: Any) -> str:
 
 def start_from_env(stopped: Callable[[], bool] = lambda: False) -> Any:
     """In a worker: start the probe greenlet if HERD_STALL_PROBE names a file."""
-    path = os.environ.get(ENV)
+    from herd.settings import STALL_PROBE
+
+    path = STALL_PROBE.resolve()
     if not path:
         return None
     import gevent
