@@ -76,6 +76,9 @@ def post_worker_init(worker):
     rt = runtime()
     if rt is not None:
         rt.ensure_started()
+    from herd.router.observe import stallprobe
+
+    stallprobe.start_from_env()  # benchmarks only: HERD_STALL_PROBE=FILE
     if GC_TUNE.resolve():
         # Everything loaded so far lives as long as the worker: keep it out
         # of the collector, and collect young objects less often. Fewer and

@@ -211,6 +211,16 @@ GC_TUNE = Setting(
     default=lambda: True,
     type=parse_bool,
 )
+STALL_PROBE = Setting(
+    name="stall_probe",
+    flag=None,
+    env="HERD_STALL_PROBE",
+    help="router, benchmarks: count the event loop's stalls and GC pauses in each "
+    "worker and write them to FILE.PID every 0.5 s (herd.router.observe.stallprobe; "
+    "costs ~1% of a core; default off)",
+    default=_none,
+    metavar="FILE",
+)
 REGISTRY = Setting(
     name="registry",
     flag="--registry",
@@ -284,6 +294,7 @@ SETTINGS: tuple[Setting, ...] = (
     BODY_TIMEOUT,
     CLIENT_CONNECTIONS,
     GC_TUNE,
+    STALL_PROBE,
     REGISTRY,
     APPLY_NODES,
     SCRUB_INTERVAL,

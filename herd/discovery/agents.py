@@ -138,19 +138,11 @@ class AgentAwareHealth(StaticPoller):
             return
         super().report_refused(node, error)
 
-    def poll_once(self) -> None:
+    def poll_once(self, spread: float = 0.0) -> None:
         """Poll the manifest's own nodes; discovered ones report by heartbeat."""
-        import gevent
-
         fleet = self._static_fleet()
         self._housekeeping(fleet)
-        known = {n.name for n in fleet.nodes}
-        for name in [n for n in self.health if n not in known]:
-            del self.health[name]
-        jobs = [gevent.spawn(self.poll_node, node) for node in fleet.nodes]
-        gevent.joinall(jobs, timeout=self.timeout * 3 + 1)
-        for job in jobs:
-            job.kill(block=False)
+        self.poll_nodes(fleet, spread)
 
     def follow_once(self) -> None:
         """A worker that does not poll still keeps the members current."""

@@ -67,6 +67,8 @@ from pathlib import Path
 import psutil
 
 HERD = [sys.executable, "-m", "herd"]
+#: How often the stall probe writes its figures (herd.router.observe.stallprobe).
+STALL_DUMP_S = 0.5
 MODEL, STREAM_MODEL = "bench:latest", "stream:latest"
 CHAT_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -227,6 +229,8 @@ class Wrk:
     cpu_s: float = 0.0
     #: Share of the machine's CPU time the hypervisor stole during the run.
     steal: float = 0.0
+    #: The server's loop stalls during the run (--stalls; stallprobe.diff).
+    stalls: dict | None = None
 
     @property
     def rps(self) -> float:
@@ -270,6 +274,74 @@ def cpu_ticks() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
+def read_stalls(prefix: Path | None) -> dict[str, dict]:
+    """The stall probe's latest snapshot of every worker writing `prefix`.*"""
+    found: dict[str, dict] = {}
+    if prefix is None:
+        return found
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        if path.suffix == ".tmp":
+            continue
+        try:
+            found[path.name] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def stalls_between(before: dict[str, dict], after: dict[str, dict]) -> dict | None:
+    """The probe's figures for one run, summed over the server's workers."""
+    from herd.router.observe import stallprobe
+
+    total: dict | None = None
+    for name, snap in after.items():
+        part = stallprobe.diff(before.get(name), snap)
+        if total is None:
+            total = part
+            continue
+        for key in stallprobe.KINDS:
+            total[key] = [a + b for a, b in zip(total[key], part[key], strict=True)]
+        total["wakeups"] += part["wakeups"]
+        total["overshoot_ms"] += part["overshoot_ms"]
+        for gen in total["gc"]:
+            total["gc"][gen] = [
+                a + b for a, b in zip(total["gc"][gen], part["gc"][gen], strict=True)
+            ]
+        for key in ("gc_ms", "gc_cpu_ms"):
+            if key in total and key in part:
+                total[key] = [a + b for a, b in zip(total[key], part[key], strict=True)]
+        for name, hist in part["runs"].items():
+            mine = total["runs"].setdefault(name, [0] * len(hist))
+            total["runs"][name] = [a + b for a, b in zip(mine, hist, strict=True)]
+            total["run_ms"][name] = (
+                total["run_ms"].get(name, 0.0) + part["run_ms"][name]
+            )
+    return total
+
+
+def stall_line(stalls: dict | None) -> str:
+    """Wake-ups later than 1 and 3 ms by where the time went, and GC pauses."""
+    if not stalls:
+        return "stalls: no probe data"
+    from herd.router.observe.stallprobe import EDGES_MS, KINDS
+
+    over = EDGES_MS.index(1.0) + 1  # buckets above 1 ms
+    big = EDGES_MS.index(3.0) + 1
+    cpu = stalls.get("gc_cpu_ms", stalls["gc_ms"])
+    gcs = " ".join(
+        f"g{gen} {sum(hist)}x {stalls['gc_ms'][int(gen)]:.1f} ms "
+        f"(cpu {cpu[int(gen)]:.1f})"
+        for gen, hist in sorted(stalls["gc"].items())
+        if sum(hist)
+    )
+    counts = " ".join(
+        f"{kind} {sum(stalls[kind][over:])}/{sum(stalls[kind][big:])}" for kind in KINDS
+    )
+    return (
+        f"stalls >1/>3 ms: {counts} of {stalls['wakeups']} wake-ups; gc {gcs or 'none'}"
+    )
+
+
 def run_wrk(
     url: str,
     lua: Path,
@@ -278,8 +350,10 @@ def run_wrk(
     *,
     server: int | None = None,
     pin: list[str] | None = None,
+    probe: Path | None = None,
 ) -> Wrk:
-    """One bounded wrk run; `server` is the pid whose CPU time is measured."""
+    """One bounded wrk run; `server` is the pid whose CPU time is measured,
+    `probe` the prefix its stall probe writes to (HERD_STALL_PROBE)."""
     threads = 1 if conns == 1 else 2
     cmd = [
         *(pin or []),
@@ -294,17 +368,22 @@ def run_wrk(
         str(lua),
         url,
     ]
+    stalls0 = read_stalls(probe)
     before, ticks0 = (cpu_seconds(server) if server else 0.0), cpu_ticks()
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=duration + 60, check=True
     ).stdout
     after, ticks1 = (cpu_seconds(server) if server else 0.0), cpu_ticks()
+    if probe is not None:
+        time.sleep(2 * STALL_DUMP_S)  # the probe's next dump covers the run's end
+    stalls = stalls_between(stalls0, read_stalls(probe)) if probe else None
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     stolen, total = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
     return Wrk(
         **json.loads(line[len("RESULT ") :]),
         cpu_s=max(after - before, 0.0),
         steal=stolen / total if total > 0 else 0.0,
+        stalls=stalls,
     )
 
 
@@ -492,6 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument(
+        "--stalls",
+        action="store_true",
+        help="run the loop-stall probe in the floor and router workers and print "
+        "their stalls and GC pauses per run (costs ~1%% of a core)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the router worker during an extra c16 run; print hot spots",
@@ -603,6 +688,13 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     )
     state = tmp / "state"
     env = {**os.environ, "HERD_ACCESS_LOG": "0", "HERD_LOG_LEVEL": "warning"}
+    probes = {
+        name: (tmp / f"stalls-{name}" if args.stalls else None)
+        for name in ("direct", "floor", "router", "router1")
+    }
+    router_env = dict(env)
+    if args.stalls:
+        router_env["HERD_STALL_PROBE"] = str(probes["router"])
     subprocess.run(
         [*HERD, "apply", str(manifest), "--yes", "--state-dir", str(state)],
         check=True,
@@ -611,7 +703,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         timeout=60,
     )
     router_proc = start_router(
-        procs, state, ports["router"], args.workers, pin, log, env
+        procs, state, ports["router"], args.workers, pin, log, router_env
     )
     routed = f"http://127.0.0.1:{ports['router']}"
     wait_http(routed + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
@@ -649,7 +741,11 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         ],
         stdout=log,
         stderr=log,
-        env={**env, "HERD_WORKERS": str(args.workers)},
+        env={
+            **env,
+            "HERD_WORKERS": str(args.workers),
+            **({"HERD_STALL_PROBE": str(probes["floor"])} if args.stalls else {}),
+        },
     )
     wait_http(floor + "/api/chat", body=CHAT_BODY.encode())
     run_wrk(floor + "/api/chat", lua, 16, 2, pin=load)  # warm-up
@@ -660,7 +756,10 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     ]
     if args.workers > 1:
         # The same state served by one worker: the scaling baseline.
-        single = start_router(procs, state, ports["router1"], 1, pin, log, env)
+        single_env = dict(env)
+        if args.stalls:
+            single_env["HERD_STALL_PROBE"] = str(probes["router1"])
+        single = start_router(procs, state, ports["router1"], 1, pin, log, single_env)
         single_url = f"http://127.0.0.1:{ports['router1']}"
         wait_http(single_url + "/api/chat", body=CHAT_BODY.encode(), timeout=60)
         run_wrk(single_url + "/api/chat", lua, 16, 2, pin=load)  # warm-up
@@ -669,7 +768,13 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         runs = [(n, u, p) for n, u, p, conc in targets if conns in conc]
         for _, (name, url, pid) in itertools.product(range(args.repeat), runs):
             res = run_wrk(
-                url + "/api/chat", lua, conns, args.duration, server=pid, pin=load
+                url + "/api/chat",
+                lua,
+                conns,
+                args.duration,
+                server=pid,
+                pin=load,
+                probe=probes[name],
             )
             # Under noise (shared CPU) keep each target's best run: the runs are
             # interleaved, so every target had the same chances.
@@ -686,6 +791,8 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
                 f"non2xx {res.non2xx} errors {res.errors}",
                 flush=True,
             )
+            if res.stalls is not None:
+                print(f"          {stall_line(res.stalls)}", flush=True)
     if args.profile:
         profile(router_proc.pid, routed + "/api/chat", lua, args.duration, tmp, pin)
     streams: dict = {"ok": 0, "peak": 0, "errors": [], "rss_peak": 0.0}
@@ -785,6 +892,55 @@ def _ms(res: Wrk) -> str:
     return (
         f"{res.p50_us / 1000:.3f} / {res.p99_us / 1000:.3f} / {res.p999_us / 1000:.3f}"
     )
+
+
+def stall_table(results: dict) -> None:
+    """The stall probe's histograms: wake-ups of a 1 ms sleep that came late
+    by each bucket's overshoot, loop busy + thread waiting, and GC pauses."""
+    from herd.router.observe.stallprobe import KINDS, LABELS
+
+    first = LABELS.index("<=1")  # overshoots under 0.5 ms are the loop's normal
+    print(
+        "\nloop stalls: wake-ups of a 1 ms sleep, by overshoot in ms, as "
+        "loop+thread+off (the loop thread ran / another thread held the GIL / "
+        "the process was off the CPU: machine noise); counts per run\n"
+    )
+    print("| target | wake-ups | " + " | ".join(LABELS[first:]) + " | GC n / ms |")
+    holders: list[str] = []
+    print("|---|---|" + "---|" * (len(LABELS) - first) + "---|")
+    for (name, conns), res in sorted(results.items(), key=lambda kv: kv[0][::-1]):
+        st = res.stalls
+        if not st:
+            continue
+        cells = [
+            "+".join(str(n) for n in bucket)
+            for bucket in zip(*(st[kind][first:] for kind in KINDS), strict=True)
+        ]
+        gcs = sum(sum(h) for h in st["gc"].values())
+        print(
+            f"| {name} c{conns} | {st['wakeups']} | {' | '.join(cells)} | "
+            f"{gcs} / {sum(st['gc_ms']):.1f} |"
+        )
+        for who, hist in sorted(st["runs"].items()):
+            if sum(hist[first - 1 :]) and who != "StallProbe.run":
+                runs = " | ".join(str(n) for n in hist[first - 1 :])
+                holders.append(
+                    f"| {name} c{conns} | {who} | {sum(hist)} | "
+                    f"{st['run_ms'][who]:.0f} | {runs} |"
+                )
+    if holders:
+        print(
+            "\nwho held the loop: runs of a greenlet between two switches, by "
+            "CPU ms on the loop's thread (requests, background greenlets, "
+            "hub = the loop's own callbacks)\n"
+        )
+        print(
+            "| target | greenlet | runs | CPU ms | "
+            + " | ".join(LABELS[first - 1 :])
+            + " |"
+        )
+        print("|---|---|---|---|" + "---|" * (len(LABELS) - first + 1))
+        print(*holders, sep="\n")
 
 
 def report(
@@ -888,6 +1044,8 @@ def report(
                 f"{many.rps / one.rps:.2f}x | {one.cpu_us:.0f} / {many.cpu_us:.0f} "
                 f"| {one.p99_us / 1000:.2f} / {many.p99_us / 1000:.2f} |"
             )
+    if args.stalls:
+        stall_table(results)
     steal = max(res.steal for res in results.values())
     print(
         f"\n(VM steal: up to {100 * steal:.0f} % of CPU time in a kept run; "

@@ -46,7 +46,7 @@ CHAT = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}]}
 
 class GatedNode(RecordingNode):
     """Holds every chat until `gate` is set; counts chats held at once (at
-    the node) and health polls (/api/version)."""
+    the node) and health polls (/api/ps: asked on every poll)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,7 +57,7 @@ class GatedNode(RecordingNode):
         self.polls = 0
 
     def answer_get(self, h: BaseHTTPRequestHandler) -> None:
-        if h.path == "/api/version":
+        if h.path == "/api/ps":
             with self.lock:
                 self.polls += 1
         super().answer_get(h)
