@@ -21,7 +21,13 @@ from herd.router.http.blobsender import REPLY, REQUEST
 def sender():
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "herd.router.http.blobsender", str(theirs.fileno())],
+        [
+            sys.executable,
+            "-m",
+            "herd.router.http.blobsender",
+            str(theirs.fileno()),
+            "idle",
+        ],
         pass_fds=(theirs.fileno(),),
     )
     theirs.close()
@@ -97,6 +103,7 @@ def test_sends_exactly_the_slice_and_reports_it(sender, tmp_path):
     for server in servers:
         server.close()
     assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 19
+    assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
 
 
 def test_a_client_that_hangs_up_and_a_blob_that_shrank_are_errors(sender, tmp_path):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from herd.bundle.ollama import HOST, Manifest, parse_manifest
 from herd.bundle.scan import MANIFEST
 from herd.errors import BundleError
 from herd.router.http.blobsender import SenderClient, SenderUnavailable
+from herd.settings import BLOB_SENDER
 
 DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 #: One part of an Ollama model name (namespace, model or tag), no dots first.
@@ -180,7 +180,9 @@ def _sendfile(
         os.close(fd)
 
 
-def _handoff(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes]:
+def _handoff(
+    sender: SenderClient, sock: Any, path: Path, offset: int, length: int
+) -> Iterator[bytes]:
     """`length` bytes of `path` from `offset`, the bulk sent by the blob sender.
 
     The first bytes go through the server with the headers; the rest is sent
@@ -197,22 +199,23 @@ def _handoff(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes]
         yield head
         offset, left = offset + len(head), length - len(head)
         try:
-            _sender().send(sock, fd, offset, left)
+            sender.send(sock, fd, offset, left)
         except SenderUnavailable:
             yield from _sendfile(sock, path, offset, left, skip_head=True)
     finally:
         os.close(fd)
 
 
-_SENDER: SenderClient | None = None
+_SENDER: list[SenderClient | None] = []
 
 
-def _sender() -> SenderClient:
-    """This worker's blob sender client (its process starts on first use)."""
-    global _SENDER
-    if _SENDER is None:
-        _SENDER = SenderClient()
-    return _SENDER
+def _sender() -> SenderClient | None:
+    """This worker's blob sender client (its process starts on first use), or
+    None when HERD_BLOB_SENDER is `off`."""
+    if not _SENDER:
+        mode = BLOB_SENDER.resolve()
+        _SENDER.append(None if mode == "off" else SenderClient(mode))
+    return _SENDER[0]
 
 
 def _body(
@@ -222,8 +225,8 @@ def _body(
     sock = req.env.get("gunicorn.sock")
     if sock is None or length <= FIRST or not hasattr(os, "sendfile"):
         resp.stream = _chunks(path, offset, length)
-    elif length > HANDOFF_MIN and hasattr(socket, "send_fds"):
-        resp.stream = _handoff(sock, path, offset, length)
+    elif length > HANDOFF_MIN and (sender := _sender()) is not None:
+        resp.stream = _handoff(sender, sock, path, offset, length)
     else:
         resp.stream = _sendfile(sock, path, offset, length)
 

@@ -18,7 +18,8 @@ Wire format: worker -> sender, one SOCK_SEQPACKET message per transfer,
 descriptors (socket, blob); sender -> worker, `ID RESULT` (RESULT = bytes sent,
 or minus an errno). The sender exits when the worker's end closes.
 
-Run as `python -m herd.router.http.blobsender FD` (started by `SenderClient`).
+Run as `python -m herd.router.http.blobsender FD idle|nice` (started by
+`SenderClient`; HERD_BLOB_SENDER picks the priority, or `off` for none).
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ PIECE = 1 << 20
 TURN = 4 << 20
 #: A client that takes no bytes for this long is dropped.
 IDLE_S = 60.0
-#: SCHED_IDLE on top of nice 19: runs only when a CPU has nothing else to do.
-IDLE_CLASS = os.environ.get("HERD_SENDER_IDLE", "0") == "1"
 
 
-def lower_priority(idle: bool = IDLE_CLASS) -> None:
-    """Make this process yield the CPU to everything else on the host."""
+def lower_priority(idle: bool) -> None:
+    """Make this process yield the CPU to everything else on the host: nice 19,
+    and with `idle` SCHED_IDLE too (it runs only when a CPU has nothing else
+    to do; nice 19 still gets a small share under full load)."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 19)
         if idle:
@@ -154,10 +155,11 @@ class Sender:
 
 
 def main(argv: list[str]) -> int:
-    """Serve the control socket passed as file descriptor `argv[0]`."""
+    """Serve the control socket passed as file descriptor `argv[0]`, at the
+    priority `argv[1]` names (`idle` or `nice`)."""
     control = socket.socket(fileno=int(argv[0]))
     control.setblocking(True)
-    lower_priority()
+    lower_priority(argv[1:2] != ["nice"])
     try:
         Sender(control).run()
     except KeyboardInterrupt:
@@ -193,7 +195,8 @@ class SenderClient:
 
     RETRY_S = 30.0
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "idle") -> None:
+        self.mode = mode
         self._channel: _Channel | None = None
         self._failed_at = -self.RETRY_S
         self._next = 0
@@ -233,14 +236,14 @@ class SenderClient:
         if time.monotonic() - self._failed_at < self.RETRY_S:
             raise SenderUnavailable(errno.EAGAIN, "blob sender unavailable")
         try:
-            self._channel = channel = self._start()
+            self._channel = channel = self._start(self.mode)
         except OSError as ex:
             self._failed_at = time.monotonic()
             raise SenderUnavailable(ex.errno, f"blob sender: {ex}") from ex
         return channel
 
     @staticmethod
-    def _start() -> _Channel:
+    def _start(mode: str) -> _Channel:
         import subprocess
 
         import gevent
@@ -248,7 +251,7 @@ class SenderClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                [sys.executable, "-m", __name__, str(theirs.fileno()), mode],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
