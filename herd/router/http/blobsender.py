@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Any
 
 REQUEST = struct.Struct("!QQQ")
 REPLY = struct.Struct("!Qq")
@@ -200,6 +201,7 @@ class SenderClient:
         self._channel: _Channel | None = None
         self._failed_at = -self.RETRY_S
         self._next = 0
+        self._starting: Any = None
 
     def send(self, sock: socket.socket, blob: int, offset: int, length: int) -> None:
         """Send `length` bytes of the open file `blob` from `offset` on `sock`.
@@ -233,14 +235,22 @@ class SenderClient:
         channel = self._channel
         if channel is not None and channel.open:
             return channel
-        if time.monotonic() - self._failed_at < self.RETRY_S:
-            raise SenderUnavailable(errno.EAGAIN, "blob sender unavailable")
-        try:
-            self._channel = channel = self._start(self.mode)
-        except OSError as ex:
-            self._failed_at = time.monotonic()
-            raise SenderUnavailable(ex.errno, f"blob sender: {ex}") from ex
-        return channel
+        if self._starting is None:
+            from gevent.lock import Semaphore
+
+            self._starting = Semaphore()
+        with self._starting:  # one start, however many requests arrive meanwhile
+            channel = self._channel
+            if channel is not None and channel.open:
+                return channel
+            if time.monotonic() - self._failed_at < self.RETRY_S:
+                raise SenderUnavailable(errno.EAGAIN, "blob sender unavailable")
+            try:
+                self._channel = channel = self._start(self.mode)
+            except OSError as ex:
+                self._failed_at = time.monotonic()
+                raise SenderUnavailable(ex.errno, f"blob sender: {ex}") from ex
+            return channel
 
     @staticmethod
     def _start(mode: str) -> _Channel:
