@@ -47,10 +47,14 @@ def lower_priority(idle: bool) -> None:
     and with `idle` SCHED_IDLE too (it runs only when a CPU has nothing else
     to do; nice 19 still gets a small share under full load)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
-        if idle:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # Also drops a real-time policy inherited from a router run under one.
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
     except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    except OSError:
         pass
 
 
