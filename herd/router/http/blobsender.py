@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -162,18 +163,16 @@ class Sender:
 def main(argv: list[str]) -> int:
     """Serve the control socket passed as file descriptor `argv[0]`, at the
     priority `argv[1]` names (`idle` or `nice`)."""
+    # Its life is the worker's: a stop signal to the whole process group (^C,
+    # systemd) must not cut pulls that the stopping worker lets finish. The
+    # worker's end closing (however it ends) ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = socket.socket(fileno=int(argv[0]))
     control.setblocking(True)
     lower_priority(argv[1:2] != ["nice"])
-    try:
-        Sender(control).run()
-    except KeyboardInterrupt:
-        pass
+    Sender(control).run()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
 
 
 class SenderUnavailable(OSError):
@@ -309,3 +308,7 @@ class SenderClient:
             channel.proc.wait(5)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
