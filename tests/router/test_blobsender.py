@@ -131,3 +131,35 @@ def test_exits_when_the_worker_goes_away(sender):
     control, proc = sender
     control.close()
     assert proc.wait(10) == 0
+
+
+def test_a_sender_that_cannot_start_leaves_the_sending_to_the_worker(
+    tmp_path, monkeypatch
+):
+    """No sender (here: no Python to start it with): the worker sends the body
+    itself, exactly, and does not retry the start on every request."""
+    from herd.router.api import registry
+    from herd.router.http.blobsender import SenderClient, SenderUnavailable
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    client = SenderClient("idle")
+    blob = tmp_path / "blob"
+    data = os.urandom(3 << 20)
+    blob.write_bytes(data)
+    ours, theirs = socket.socketpair()
+    got = bytearray()
+
+    def read():
+        while chunk := theirs.recv(1 << 20):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    head = b"".join(registry._handoff(client, ours, blob, 5, len(data) - 5))
+    ours.shutdown(socket.SHUT_WR)
+    reader.join(30)
+    assert head + got == data[5:]
+    with pytest.raises(SenderUnavailable):  # not started again at once
+        client.send(ours, 0, 0, 1)
+    ours.close()
+    theirs.close()
