@@ -12,6 +12,7 @@ never bodies); HERD_ACCESS_LOG=0 silences herd's own access lines too.
 
 from herd.settings import (
     BIND,
+    BLOB_SENDER,
     BODY_TIMEOUT,
     CLIENT_CONNECTIONS,
     GC_TUNE,
@@ -40,6 +41,7 @@ keepalive = KEEPALIVE.resolve()
 HEADER_TIMEOUT.resolve()
 BODY_TIMEOUT.resolve()
 CLIENT_CONNECTIONS.resolve()
+BLOB_SENDER.resolve()
 timeout = 60
 graceful_timeout = 30
 accesslog = None

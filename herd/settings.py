@@ -221,6 +221,28 @@ STALL_PROBE = Setting(
     default=_none,
     metavar="FILE",
 )
+BLOB_SENDER_MODES = ("idle", "nice", "off")
+
+
+def blob_sender_mode(text: str) -> str:
+    """One of BLOB_SENDER_MODES."""
+    value = text.strip().lower()
+    if value not in BLOB_SENDER_MODES:
+        raise ValueError(f"expected one of {', '.join(BLOB_SENDER_MODES)}")
+    return value
+
+
+BLOB_SENDER = Setting(
+    name="blob_sender",
+    flag=None,
+    env="HERD_BLOB_SENDER",
+    help="router: who sends registry blob bodies over 1 MiB: a helper process at "
+    "the lowest CPU priority, `idle` (SCHED_IDLE: only CPU nothing else wants) or "
+    "`nice` (nice 19), so pulls never delay other requests; `off`: the worker "
+    "itself (default idle)",
+    default=lambda: "idle",
+    type=blob_sender_mode,
+)
 REGISTRY = Setting(
     name="registry",
     flag="--registry",
@@ -295,6 +317,7 @@ SETTINGS: tuple[Setting, ...] = (
     CLIENT_CONNECTIONS,
     GC_TUNE,
     STALL_PROBE,
+    BLOB_SENDER,
     REGISTRY,
     APPLY_NODES,
     SCRUB_INTERVAL,

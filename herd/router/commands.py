@@ -13,6 +13,7 @@ from herd.errors import ConfigError, StateError
 from herd.router import launch
 from herd.settings import (
     BIND,
+    BLOB_SENDER,
     GUNICORN_CONF,
     ROUTER_TOKEN,
     STATE_DIR,
@@ -92,6 +93,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     _repair_pointer(state_dir)
     fleet, _ = _served_fleet(state_dir)
+    BLOB_SENDER.resolve()  # a bad value: one line here, not a failed worker
     configured = BIND.resolve(args.bind)
     what = _named(BIND, args.bind) if configured else "router.listen"
     bind = launch.parse_bind(configured or fleet.router.listen, what)

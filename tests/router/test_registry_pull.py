@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import yaml
 
@@ -151,3 +152,30 @@ def test_odd_ranges_over_real_http(served):
     assert resp.status == 404
     resp, _ = request(router.url, "GET", "/v2/library/huge/manifests/2", Accept=ACCEPT)
     assert resp.status == 404
+
+
+def test_big_bodies_are_sent_by_the_idle_blob_sender(served):
+    """Past the first 1 MiB, a blob body is sent by the worker's blob sender
+    process at the lowest CPU priority, not by the worker's event loop; a body
+    up to 1 MiB by the worker itself (sendfile). Both exact."""
+    router, store = served
+    raw = (store / "manifests/registry.ollama.ai/library/huge/1").read_bytes()
+    layer = max(json.loads(raw)["layers"], key=lambda x: x["size"])
+    url = f"/v2/library/huge/blobs/{layer['digest']}"
+    blob = store / "blobs" / layer["digest"].replace(":", "-")
+    with open(blob, "rb") as fh:
+        fh.seek(1000)
+        want = fh.read(8 << 20)
+    for length in (300 << 10, 8 << 20):  # the worker / the sender
+        resp, body = request(
+            router.url, "GET", url, Range=f"bytes=1000-{1000 + length - 1}"
+        )
+        assert resp.status == 206 and body == want[:length]
+    procs = psutil.Process(router.proc.pid).children(recursive=True)
+    senders = [p for p in procs if "herd.router.http.blobsender" in p.cmdline()]
+    assert len(senders) == 1
+    sender = senders[0]
+    assert "blobsender" not in " ".join(sender.parent().cmdline())  # the worker's
+    assert sender.nice() == 19
+    assert os.sched_getscheduler(sender.pid) == os.SCHED_IDLE
+    assert sender.cpu_times().system + sender.cpu_times().user > 0

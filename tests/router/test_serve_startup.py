@@ -56,6 +56,7 @@ def one_line_refusal(out: subprocess.CompletedProcess, *needles: str) -> None:
         (["--bind", "unix:/tmp/herd.sock"], {}, ["HOST:PORT"]),
         (["--bind", "no-such-host.invalid:8000"], {}, ["/etc/hosts", "DNS"]),
         ([], {"HERD_BIND": "notaport"}, ["HERD_BIND", "'notaport'"]),
+        ([], {"HERD_BLOB_SENDER": "fast"}, ["HERD_BLOB_SENDER", "idle, nice, off"]),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_1(herd, applied, args, env, needles):

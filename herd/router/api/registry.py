@@ -28,6 +28,8 @@ import falcon
 from herd.bundle.ollama import HOST, Manifest, parse_manifest
 from herd.bundle.scan import MANIFEST
 from herd.errors import BundleError
+from herd.router.http.blobsender import SenderClient, SenderUnavailable
+from herd.settings import BLOB_SENDER
 
 DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 #: One part of an Ollama model name (namespace, model or tag), no dots first.
@@ -36,6 +38,8 @@ CHUNK = 1 << 20
 #: Sent through the server with the headers; the rest by sendfile, in pieces.
 FIRST = 64 << 10
 SENDFILE_CHUNK = 256 << 10
+#: Bodies larger than this are sent by the blob sender process, not the worker.
+HANDOFF_MIN = 1 << 20
 #: A client that takes no bytes for this long is dropped.
 IDLE_S = 60.0
 StoreRoot = Path | Callable[[], Path]
@@ -136,7 +140,9 @@ def _chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes]:
+def _sendfile(
+    sock: Any, path: Path, offset: int, length: int, skip_head: bool = False
+) -> Iterator[bytes]:
     """`length` bytes of `path` from `offset`, zero-copy with `os.sendfile`.
 
     For gunicorn's gevent worker, which hands the connection's socket to the
@@ -151,11 +157,14 @@ def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes
 
     fd = os.open(path, os.O_RDONLY)
     try:
-        head = os.pread(fd, min(FIRST, length), offset)
-        if not head:
-            raise _shrank(path)
-        yield head
-        offset, left, out = offset + len(head), length - len(head), sock.fileno()
+        if skip_head:  # the headers went out already
+            left, out = length, sock.fileno()
+        else:
+            head = os.pread(fd, min(FIRST, length), offset)
+            if not head:
+                raise _shrank(path)
+            yield head
+            offset, left, out = offset + len(head), length - len(head), sock.fileno()
         while left > 0:
             try:
                 sent = os.sendfile(out, fd, offset, min(left, SENDFILE_CHUNK))
@@ -171,15 +180,55 @@ def _sendfile(sock: Any, path: Path, offset: int, length: int) -> Iterator[bytes
         os.close(fd)
 
 
+def _handoff(
+    sender: SenderClient, sock: Any, path: Path, offset: int, length: int
+) -> Iterator[bytes]:
+    """`length` bytes of `path` from `offset`, the bulk sent by the blob sender.
+
+    The first bytes go through the server with the headers; the rest is sent
+    by the low-priority sender process (herd/router/http/blobsender.py) while
+    this greenlet waits at no CPU cost, so pulls never hold up the worker's
+    other requests. When the sender cannot be started, the worker sends the
+    rest itself (`_sendfile`).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = os.pread(fd, min(FIRST, length), offset)
+        if not head:
+            raise _shrank(path)
+        yield head
+        offset, left = offset + len(head), length - len(head)
+        try:
+            sender.send(sock, fd, offset, left)
+        except SenderUnavailable:
+            yield from _sendfile(sock, path, offset, left, skip_head=True)
+    finally:
+        os.close(fd)
+
+
+_SENDER: list[SenderClient | None] = []
+
+
+def _sender() -> SenderClient | None:
+    """This worker's blob sender client (its process starts on first use), or
+    None when HERD_BLOB_SENDER is `off`."""
+    if not _SENDER:
+        mode = BLOB_SENDER.resolve()
+        _SENDER.append(None if mode == "off" else SenderClient(mode))
+    return _SENDER[0]
+
+
 def _body(
     req: falcon.Request, resp: falcon.Response, path: Path, offset: int, length: int
 ) -> None:
     resp.content_length = length
     sock = req.env.get("gunicorn.sock")
-    if sock is not None and length > FIRST and hasattr(os, "sendfile"):
-        resp.stream = _sendfile(sock, path, offset, length)
-    else:
+    if sock is None or length <= FIRST or not hasattr(os, "sendfile"):
         resp.stream = _chunks(path, offset, length)
+    elif length > HANDOFF_MIN and (sender := _sender()) is not None:
+        resp.stream = _handoff(sender, sock, path, offset, length)
+    else:
+        resp.stream = _sendfile(sock, path, offset, length)
 
 
 class Base:
