@@ -10,14 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from herd.router import fleetstate
+from herd.router import fleetfile
 from herd.router.fleetstate import REQUESTS, FleetState
 
 
 @pytest.fixture
 def path() -> Iterator[str]:
-    yield fleetstate.prepare()
-    fleetstate.cleanup()
+    yield fleetfile.prepare()
+    fleetfile.cleanup()
 
 
 def holder(path: str) -> int:
@@ -81,3 +81,51 @@ def test_a_changed_rate_limit_starts_a_full_bucket():
     assert state.spend("g", 101.0, 60, 2) is None  # one a second
     assert state.spend("g", 101.0, 120, 3) is None  # reloaded: full again
     assert state.spend("g", 101.0, 120, 3) is None
+
+
+@pytest.fixture
+def solo() -> Iterator[str]:
+    yield fleetfile.prepare(workers=1)
+    fleetfile.cleanup()
+
+
+def test_one_worker_takes_no_lock_until_a_second_joins(solo):
+    """A one-worker router's file is SOLO: its worker never waits on the flock
+    (here held by someone else, so a lock would hang: SIGALRM ends that);
+    a second worker's claim ends SOLO and both lock from then on."""
+    import fcntl
+
+    fd = os.open(solo, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        alone = FleetState(solo)
+        node = alone.node("b")
+        assert alone.take(node, 1, queued=False)
+        assert not alone.take(node, 1, queued=False)
+        assert alone.spend("g", 100.0, 60, 1) is None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    pid = holder(solo)  # a second worker (takes both slots of node "a")
+    try:
+        assert alone.in_flight(alone.node("a")) == 2
+        fd = os.open(solo, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(TimeoutError):
+                signal.setitimer(signal.ITIMER_REAL, 0.3)
+                alone.take(node, 10, queued=False)  # now waits for the lock
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    finally:
+        kill(pid)
+
+
+def _timeout(signum: int, frame: object) -> None:
+    raise TimeoutError
