@@ -32,6 +32,10 @@ NODES = 4096
 GROUPS = 1024
 #: Bytes for the published health poll (sparse: only what is written is used).
 HEALTH_BYTES = 16 * 1024 * 1024
+#: Counted label combinations (herd.router.observe.counts) and the bytes of
+#: one's label values (every name a valid manifest allows fits).
+SERIES = 8192
+LABELS_BYTES = 2048
 
 #: Counters (per row; a gone row's values are kept in the retired totals).
 REQUESTS, FAILURES, TRACES_WRITTEN, TRACES_DROPPED, WRITE_FAILURES, UNRECORDED = range(
@@ -43,9 +47,10 @@ COUNTERS = 8
 GAUGES = (TRACES_PENDING,)
 
 # Header words: highest row in use + 1, nodes and groups known, health
-# generation and length, and SOLO: 1 while one worker at most uses the file
-# (set by `prepare(workers=1)`, cleared for good by a second worker's claim).
-HI, NODES_USED, GROUPS_USED, HEALTH_GEN, HEALTH_LEN, SOLO = range(6)
+# generation and length, SOLO: 1 while one worker at most uses the file
+# (set by `prepare(workers=1)`, cleared for good by a second worker's claim),
+# and the label combinations counted.
+HI, NODES_USED, GROUPS_USED, HEALTH_GEN, HEALTH_LEN, SOLO, SERIES_USED = range(7)
 KEY = 16  # bytes of a name's digest
 
 
@@ -64,6 +69,10 @@ def _layout() -> tuple[dict[str, int], int]:
         "served_at": 8 * NODES,
         "refused_at": 8 * NODES,
         "buckets": 8 * 4 * GROUPS,
+        "series_keys": KEY * SERIES,
+        "series_labels": LABELS_BYTES * SERIES,
+        "series": 8 * SERIES * ROWS,
+        "series_retired": 8 * SERIES,
         "health": HEALTH_BYTES,
     }
     offsets, at = {}, 0

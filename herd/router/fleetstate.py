@@ -40,10 +40,7 @@ A worker that dies holding slots: its row still counts until the master
 (which checks that the recorded pid is gone) zeroes it. Counters of a gone
 row are first added to the retired totals, so totals never go backwards.
 
-The health poll: exactly one worker (whoever holds `poller.lock`, an flock
-the kernel releases when that worker dies, so another takes over within a
-poll interval) polls the nodes and publishes the result here; the others
-adopt it (`herd.discovery.static`).
+The health poll is published here too (herd.router.fleethealth).
 
 Cost (tests/bench/bench_fleetstate.py, CPU per request on the shared 2-core
 test machine): about 5 µs for a group without a rate limit, 9 with one (an
@@ -66,17 +63,17 @@ from herd.router.fleetfile import (
     GAUGES,
     GROUPS,
     GROUPS_USED,
-    HEALTH_BYTES,
-    HEALTH_GEN,
-    HEALTH_LEN,
     HI,
     KEY,
+    LABELS_BYTES,
     MAGIC,
     NODES,
     NODES_USED,
     OFFSETS,
     REQUESTS,
     ROWS,
+    SERIES,
+    SERIES_USED,
     SIZE,
     SOLO,
     TRACES_DROPPED,
@@ -87,6 +84,7 @@ from herd.router.fleetfile import (
     alive,
     key,
 )
+from herd.router.fleethealth import HealthCells
 
 __all__ = [
     "FAILURES",
@@ -103,7 +101,7 @@ __all__ = [
 log = logging.getLogger("herd.router")
 
 
-class FleetState:
+class FleetState(HealthCells):
     """One process's view of the shared state (a worker's, or the master's)."""
 
     def __init__(self, path: str | None = None, *, claim: bool = True):
@@ -133,9 +131,13 @@ class FleetState:
         self._served_at = words("served_at", "d", NODES)
         self._refused_at = words("refused_at", "d", NODES)
         self._buckets = words("buckets", "d", 4 * GROUPS)
+        #: Counts per label combination and row (herd.router.observe.counts).
+        self.series_cells = words("series", "q", SERIES * ROWS)
+        self._series_retired = words("series_retired", "q", SERIES)
         self._buf = buf
         self._nodes: dict[str, int] = {}
         self._groups: dict[str, int] = {}
+        self._series: dict[str, int] = {}
         self._poll_fd: int | None = None
         self.row = self._claim() if claim else -1
 
@@ -200,6 +202,9 @@ class FleetState:
             if c not in GAUGES:
                 self._retired[c] += self._counters[cell]
             self._counters[cell] = 0
+        for i in range(self._header[SERIES_USED]):
+            self._series_retired[i] += self.series_cells[i * ROWS + row]
+            self.series_cells[i * ROWS + row] = 0
         self._pids[row] = 0
 
     @property
@@ -221,13 +226,20 @@ class FleetState:
 
     # -- names -----------------------------------------------------------------
 
-    def _index(self, name: str, cache: dict[str, int], region: str, used: int) -> int:
+    def _index(
+        self,
+        name: str,
+        cache: dict[str, int],
+        region: str,
+        used: int,
+        limit: int,
+        label: str | None = None,
+    ) -> int:
         found = cache.get(name)
         if found is not None:
             return found
         digest = key(name)
         start = OFFSETS[region]
-        limit = NODES if region == "node_keys" else GROUPS
         self._lock()
         try:
             count = self._header[used]
@@ -241,6 +253,10 @@ class FleetState:
                 if count >= limit:
                     raise RuntimeError(f"more than {limit} names in the fleet state")
                 index = count
+                if label is not None:  # written before any worker can find it
+                    at = OFFSETS[label] + LABELS_BYTES * index
+                    data = name.encode()
+                    self._buf[at : at + len(data)] = data
                 self._buf[start + KEY * index : start + KEY * (index + 1)] = digest
                 self._header[used] = count + 1
         finally:
@@ -250,10 +266,30 @@ class FleetState:
 
     def node(self, name: str) -> int:
         """The index of node `name` (the same in every worker)."""
-        return self._index(name, self._nodes, "node_keys", NODES_USED)
+        return self._index(name, self._nodes, "node_keys", NODES_USED, NODES)
 
     def group(self, name: str) -> int:
-        return self._index(name, self._groups, "group_keys", GROUPS_USED)
+        return self._index(name, self._groups, "group_keys", GROUPS_USED, GROUPS)
+
+    def series(self, labels: str) -> int:
+        """The index of a label combination (text of at most LABELS_BYTES
+        bytes in UTF-8); its counts are `series_cells[index * ROWS + row]`."""
+        if len(labels.encode()) > LABELS_BYTES:
+            raise ValueError("label values too long to count")
+        return self._index(
+            labels, self._series, "series_keys", SERIES_USED, SERIES, "series_labels"
+        )
+
+    def series_totals(self) -> list[tuple[str, int]]:
+        """(labels, every worker's count, gone ones' included) of each series."""
+        out, hi, cells = [], self._header[HI], self.series_cells
+        start = OFFSETS["series_labels"]
+        for i in range(self._header[SERIES_USED]):
+            raw = self._buf[start + LABELS_BYTES * i : start + LABELS_BYTES * (i + 1)]
+            labels = raw.tobytes().rstrip(b"\0").decode()
+            total = sum(cells[i * ROWS : i * ROWS + hi]) + self._series_retired[i]
+            out.append((labels, total))
+        return out
 
     # -- slots and queues ------------------------------------------------------
 
@@ -342,59 +378,3 @@ class FleetState:
         base = counter * ROWS
         live = sum(self._counters[base : base + self._header[HI]])
         return live + self._retired[counter]
-
-    # -- health ----------------------------------------------------------------
-
-    def lead_polls(self) -> bool:
-        """Whether this worker is (or now becomes) the one that polls nodes."""
-        if not self.shared:
-            return True
-        if self._poll_fd is None:
-            lock = os.path.join(os.path.dirname(self.path or ""), "poller.lock")
-            self._poll_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._poll_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def publish(self, data: bytes) -> bool:
-        """The latest poll of every node, for the other workers."""
-        if len(data) > HEALTH_BYTES:
-            return False
-        start = OFFSETS["health"]
-        self._lock()
-        try:
-            self._buf[start : start + len(data)] = data
-            self._header[HEALTH_LEN] = len(data)
-            self._header[HEALTH_GEN] += 1
-        finally:
-            self._unlock()
-        return True
-
-    def published(self, seen: int) -> tuple[int, bytes] | None:
-        """(generation, data) of the latest poll if newer than `seen`."""
-        if self._header[HEALTH_GEN] == seen:
-            return None
-        start = OFFSETS["health"]
-        self._lock()
-        try:
-            gen = self._header[HEALTH_GEN]
-            data = self._buf[start : start + self._header[HEALTH_LEN]].tobytes()
-        finally:
-            self._unlock()
-        return gen, data
-
-    def served(self, node: str, when: float) -> None:
-        """A worker got a good answer from `node` (passive health)."""
-        self._served_at[self.node(node)] = when
-
-    def served_at(self, node: str) -> float | None:
-        return self._served_at[self.node(node)] or None
-
-    def refused(self, node: str, when: float) -> None:
-        """A worker could not connect to `node` at all."""
-        self._refused_at[self.node(node)] = when
-
-    def refused_at(self, node: str) -> float:
-        return self._refused_at[self.node(node)]

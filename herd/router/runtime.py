@@ -120,7 +120,7 @@ class Runtime:
         if share is not None:
             share(self.state)
         self.queues = Queues(monotonic, self.state)
-        self.metrics = Metrics()
+        self.metrics = Metrics(state=self.state)
         self.stats = Stats(on_failure=self.metrics.upstream_failure, state=self.state)
         self.limiter = RateLimiter(monotonic, self.state)
         self.refusals = RefusalBudget()

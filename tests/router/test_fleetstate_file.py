@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from herd.router import fleetfile
-from herd.router.fleetstate import REQUESTS, FleetState
+from herd.router.fleetstate import REQUESTS, ROWS, FleetState
 
 
 @pytest.fixture
@@ -21,8 +21,9 @@ def path() -> Iterator[str]:
 
 
 def holder(path: str) -> int:
-    """A process that takes both slots of node "a", counts 5 requests and
-    waits to be killed; returns its pid once it holds them."""
+    """A process that takes both slots of node "a", counts 5 requests (and 3
+    of a herd_requests_total series) and waits to be killed; returns its pid
+    once it holds them."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -31,6 +32,7 @@ def holder(path: str) -> int:
             node = state.node("a")
             held = state.take(node, 2, queued=False) and state.take(node, 2, False)
             state.bump(REQUESTS, 5)
+            state.series_cells[state.series("a\x1f200") * ROWS + state.row] += 3
             os.write(write, b"1" if held else b"0")
             signal.pause()
         finally:
@@ -56,6 +58,7 @@ def test_the_master_frees_a_killed_workers_slots(path):
     assert master.release_worker(pid)
     assert master.in_flight(node) == 0
     assert master.total(REQUESTS) == 5  # counts never go backwards
+    assert master.series_totals() == [("a\x1f200", 3)]  # herd_requests_total
     me = FleetState(path)
     assert me.take(node, 2, queued=False) and me.take(node, 2, queued=False)
     assert not me.take(node, 2, queued=False)
