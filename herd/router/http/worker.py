@@ -355,6 +355,46 @@ class LeanHandler(PyWSGIHandler):
         if self.server.access_log_enabled:
             super().log_request()
 
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        """pywsgi's start_response in one pass over the headers, with the same
+        checks (native strings, no CR or LF, latin-1); anything unusual (an
+        error to raise, exc_info, HTTP/1.0) goes through pywsgi's own."""
+        if exc_info is not None or self.request_version != "HTTP/1.1":
+            return super().start_response(status, headers, exc_info)
+        out = []
+        connection = date = length = None
+        try:
+            for header, value in headers:
+                if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
+                    raise ValueError
+                lower = header.lower()
+                if lower == "content-length":
+                    length = value
+                elif lower == "date":
+                    date = value
+                elif lower == "connection":
+                    connection = value
+                out.append((header.encode("latin-1"), value.encode("latin-1")))
+            if "\r" in status or "\n" in status:
+                raise ValueError
+            code = int(status.split(" ", 1)[0])
+            encoded = status.encode("latin-1")
+        except (TypeError, ValueError, AttributeError, UnicodeError):
+            # Not str, CR/LF, not latin-1, a bad status: pywsgi raises the
+            # error that names what is wrong.
+            return super().start_response(status, headers, exc_info)
+        if code in (204, 304) and length not in (None, "0"):
+            return super().start_response(status, headers, exc_info)
+        self.status = encoded
+        self._orig_status = status
+        self.response_headers = out
+        self.code = code
+        self.provided_date = date
+        self.provided_content_length = length
+        if connection == "close":
+            self.close_connection = True
+        return self.write
+
     def process_result(self) -> None:
         """A whole response body in one piece (falcon's `resp.data`, `resp.media`,
         an error): status line, headers and body in one buffer, one `send`.
