@@ -106,30 +106,30 @@ def on_starting(server):
     """Before any worker exists: a private, empty metrics directory, and the
     fleet state every worker shares (slots, queues, rate limits, counters,
     health: herd/router/fleetstate.py)."""
-    from herd.router import fleetstate
+    from herd.router import fleetfile
     from herd.router.observe import multiproc
 
     multiproc.prepare()
-    fleetstate.prepare()
+    fleetfile.prepare(server.num_workers)
 
 
 def child_exit(server, worker):
     """A worker is gone: its live gauges stop counting (its counters stay),
     and the slots and queue places it held are free again."""
-    from herd.router import fleetstate
+    from herd.router import fleetfile
     from herd.router.observe import multiproc
 
     multiproc.worker_gone(worker.pid)
-    fleetstate.worker_gone(worker.pid)
+    fleetfile.worker_gone(worker.pid)
 
 
 def on_exit(server):
     """The router stops: remove the metrics directory and fleet state it made."""
-    from herd.router import fleetstate
+    from herd.router import fleetfile
     from herd.router.observe import multiproc
 
     multiproc.cleanup()
-    fleetstate.cleanup()
+    fleetfile.cleanup()
 
 
 # -- systemd (Type=notify): readiness, reload, stop; see herd/router/readiness.py --

@@ -5,10 +5,9 @@ With `herd serve --workers N` each gunicorn worker is its own process. The
 manifest's limits are fleet-wide (a node with `max_concurrency: 2` serves two
 requests, not two per worker), so the state they are checked against lives in
 one memory-mapped file that the gunicorn master creates before it forks any
-worker (`prepare()`, gunicorn's on_starting) and every worker maps
-(`FleetState.attach()`: the path is inherited across the fork). Without that
-file (the app built in-process, tests) the same layout lives in anonymous
-memory and nothing is shared.
+worker and every worker maps (herd.router.fleetfile: the layout and the
+master's hooks). Without that file (the app built in-process, tests) the same
+layout lives in anonymous memory and nothing is shared.
 
 Why a mapped file with an flock, rather than the alternatives:
 
@@ -31,105 +30,78 @@ row, publishing a health poll. Releasing a slot, leaving a queue and counting
 need no lock: every worker owns one *row* and writes only its own cells
 (aligned 8-byte words), and readers add the rows up.
 
+With one worker (`herd serve --workers 1`, the default) nothing else writes
+the file, so no lock is taken at all (the file is marked SOLO by the master);
+should gunicorn add a worker later (TTIN), the newcomer clears the mark as it
+claims its row and every worker locks from then on.
+
 A worker that dies holding slots: its row still counts until the master
-(gunicorn's child_exit, `worker_gone()`) or the next worker to claim a row
+(gunicorn's child_exit, `fleetfile.worker_gone()`) or the next worker to claim a row
 (which checks that the recorded pid is gone) zeroes it. Counters of a gone
 row are first added to the retired totals, so totals never go backwards.
 
-The health poll: exactly one worker (whoever holds `poller.lock`, an flock
-the kernel releases when that worker dies, so another takes over within a
-poll interval) polls the nodes and publishes the result here; the others
-adopt it (`herd.discovery.static`).
+The health poll is published here too (herd.router.fleethealth).
 
 Cost (tests/bench/bench_fleetstate.py, CPU per request on the shared 2-core
-test machine): 4-6 µs for a group without a rate limit (one flock pair to
-take the slot), 10-12 µs with one (a second pair for the bucket), the same
-with three processes contending, against about 1 µs for the per-process
-integers used before. A pair of flock calls is about 2 µs; a POSIX semaphore
-would be 0.2 µs but is never released by a killed holder. The router spends
-several hundred µs of CPU per request, so this is about 1 %, below the noise
-of tests/bench/bench_router.py on that machine.
+test machine): about 5 µs for a group without a rate limit, 9 with one (an
+flock pair each for the slot and the bucket, about 2 µs a pair; none with
+one worker), against about 1 µs for plain per-process integers. A POSIX
+semaphore would cost 0.2 µs but is never released by a killed holder.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import mmap
 import os
-import shutil
-import tempfile
-from pathlib import Path
+
+from herd.router import fleetfile
+from herd.router.fleetfile import (
+    COUNTERS,
+    FAILURES,
+    GAUGES,
+    GROUPS,
+    GROUPS_USED,
+    HI,
+    KEY,
+    LABELS_BYTES,
+    MAGIC,
+    NODES,
+    NODES_USED,
+    OFFSETS,
+    REQUESTS,
+    ROWS,
+    SERIES,
+    SERIES_USED,
+    SIZE,
+    SOLO,
+    TRACES_DROPPED,
+    TRACES_PENDING,
+    TRACES_WRITTEN,
+    UNRECORDED,
+    WRITE_FAILURES,
+    alive,
+    key,
+)
+from herd.router.fleethealth import HealthCells
+
+__all__ = [
+    "FAILURES",
+    "REQUESTS",
+    "ROWS",
+    "TRACES_DROPPED",
+    "TRACES_PENDING",
+    "TRACES_WRITTEN",
+    "UNRECORDED",
+    "WRITE_FAILURES",
+    "FleetState",
+]
 
 log = logging.getLogger("herd.router")
 
-MAGIC = b"HERDFS01"
-#: Worker rows (at most this many workers at once; rows of gone workers are reused).
-ROWS = 128
-#: Distinct node names and client groups the file can hold.
-NODES = 4096
-GROUPS = 1024
-#: Bytes for the published health poll (sparse: only what is written is used).
-HEALTH_BYTES = 16 * 1024 * 1024
 
-#: Counters (per row; a gone row's values are kept in the retired totals).
-REQUESTS, FAILURES, TRACES_WRITTEN, TRACES_DROPPED, WRITE_FAILURES, UNRECORDED = range(
-    6
-)
-#: Gauges (per row; a gone row's values are dropped).
-TRACES_PENDING = 6
-COUNTERS = 8
-_GAUGES = (TRACES_PENDING,)
-
-# Header words: highest row in use + 1, nodes and groups known, health
-# generation and length.
-_HI, _NODES_USED, _GROUPS_USED, _HEALTH_GEN, _HEALTH_LEN = range(5)
-_KEY = 16  # bytes of a name's digest
-
-
-def _layout() -> tuple[dict[str, int], int]:
-    """Byte offsets of every region (8-byte aligned) and the total size."""
-    sizes = {
-        "magic": 8,
-        "header": 8 * 8,
-        "pids": 8 * ROWS,
-        "node_keys": _KEY * NODES,
-        "group_keys": _KEY * GROUPS,
-        "in_flight": 8 * NODES * ROWS,
-        "waiting": 8 * NODES * ROWS,
-        "counters": 8 * COUNTERS * ROWS,
-        "retired": 8 * COUNTERS,
-        "served_at": 8 * NODES,
-        "refused_at": 8 * NODES,
-        "buckets": 8 * 4 * GROUPS,
-        "health": HEALTH_BYTES,
-    }
-    offsets, at = {}, 0
-    for name, size in sizes.items():
-        offsets[name] = at
-        at += (size + 7) // 8 * 8
-    return offsets, at
-
-
-OFFSETS, SIZE = _layout()
-
-
-def _key(name: str) -> bytes:
-    return hashlib.blake2b(name.encode("utf-8"), digest_size=_KEY).digest()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class FleetState:
+class FleetState(HealthCells):
     """One process's view of the shared state (a worker's, or the master's)."""
 
     def __init__(self, path: str | None = None, *, claim: bool = True):
@@ -159,9 +131,13 @@ class FleetState:
         self._served_at = words("served_at", "d", NODES)
         self._refused_at = words("refused_at", "d", NODES)
         self._buckets = words("buckets", "d", 4 * GROUPS)
+        #: Counts per label combination and row (herd.router.observe.counts).
+        self.series_cells = words("series", "q", SERIES * ROWS)
+        self._series_retired = words("series_retired", "q", SERIES)
         self._buf = buf
         self._nodes: dict[str, int] = {}
         self._groups: dict[str, int] = {}
+        self._series: dict[str, int] = {}
         self._poll_fd: int | None = None
         self.row = self._claim() if claim else -1
 
@@ -170,18 +146,22 @@ class FleetState:
         """The state the gunicorn master prepared before forking this worker
         (`prepare()`; a worker inherits the master's memory), else a private
         one (the app built in-process)."""
-        if _path is not None and os.path.exists(_path):
-            return cls(_path)
+        path = fleetfile.path()
+        if path is not None and os.path.exists(path):
+            return cls(path)
         return cls(None)
 
     # -- the lock --------------------------------------------------------------
 
     def _lock(self) -> None:
-        if self._fd >= 0:
+        # No lock for a private state or a one-worker router's file (SOLO).
+        if self._fd >= 0 and not self._header[SOLO]:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def _unlock(self) -> None:
-        if self._fd >= 0:
+        # SOLO only ever goes from 1 to 0: a lock taken is always released
+        # (at worst an unheld lock is released, which is harmless).
+        if self._fd >= 0 and not self._header[SOLO]:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # -- rows ------------------------------------------------------------------
@@ -192,14 +172,20 @@ class FleetState:
         self._lock()
         try:
             pids = self._pids
+            if self._header[SOLO] and any(
+                pid not in (0, me) and alive(pid) for pid in pids[: self._header[HI]]
+            ):
+                # A second worker after all (gunicorn's TTIN): lock from now on.
+                self._header[SOLO] = 0
+                log.warning("a second router worker joined: the fleet state locks")
             for row in range(ROWS):
                 pid = pids[row]
-                if pid == me or pid == 0 or not _alive(pid):
+                if pid == me or pid == 0 or not alive(pid):
                     if pid not in (0, me):
                         self._retire(row)
                     pids[row] = me
-                    if row >= self._header[_HI]:
-                        self._header[_HI] = row + 1
+                    if row >= self._header[HI]:
+                        self._header[HI] = row + 1
                     return row
         finally:
             self._unlock()
@@ -208,26 +194,29 @@ class FleetState:
     def _retire(self, row: int) -> None:
         """Zero a gone worker's row (under the lock): its slots and places in
         queues are free again, its counts move to the retired totals."""
-        for i in range(self._header[_NODES_USED]):
+        for i in range(self._header[NODES_USED]):
             self._in_flight[i * ROWS + row] = 0
             self._waiting[i * ROWS + row] = 0
         for c in range(COUNTERS):
             cell = c * ROWS + row
-            if c not in _GAUGES:
+            if c not in GAUGES:
                 self._retired[c] += self._counters[cell]
             self._counters[cell] = 0
+        for i in range(self._header[SERIES_USED]):
+            self._series_retired[i] += self.series_cells[i * ROWS + row]
+            self.series_cells[i * ROWS + row] = 0
         self._pids[row] = 0
 
     @property
     def rows(self) -> int:
         """Rows ever in use at once (1: this worker has always been alone)."""
-        return self._header[_HI]
+        return self._header[HI]
 
     def release_worker(self, pid: int) -> bool:
         """A worker exited (the master's child_exit): free its row."""
         self._lock()
         try:
-            for row in range(self._header[_HI]):
+            for row in range(self._header[HI]):
                 if self._pids[row] == pid:
                     self._retire(row)
                     return True
@@ -237,27 +226,38 @@ class FleetState:
 
     # -- names -----------------------------------------------------------------
 
-    def _index(self, name: str, cache: dict[str, int], region: str, used: int) -> int:
+    def _index(
+        self,
+        name: str,
+        cache: dict[str, int],
+        region: str,
+        used: int,
+        limit: int,
+        label: str | None = None,
+    ) -> int:
         found = cache.get(name)
         if found is not None:
             return found
-        key = _key(name)
+        digest = key(name)
         start = OFFSETS[region]
-        limit = NODES if region == "node_keys" else GROUPS
         self._lock()
         try:
             count = self._header[used]
-            keys = self._buf[start : start + _KEY * count].tobytes()
-            at = keys.find(key)
-            while at >= 0 and at % _KEY:
-                at = keys.find(key, at + 1)
+            keys = self._buf[start : start + KEY * count].tobytes()
+            at = keys.find(digest)
+            while at >= 0 and at % KEY:
+                at = keys.find(digest, at + 1)
             if at >= 0:
-                index = at // _KEY
+                index = at // KEY
             else:
                 if count >= limit:
                     raise RuntimeError(f"more than {limit} names in the fleet state")
                 index = count
-                self._buf[start + _KEY * index : start + _KEY * (index + 1)] = key
+                if label is not None:  # written before any worker can find it
+                    at = OFFSETS[label] + LABELS_BYTES * index
+                    data = name.encode()
+                    self._buf[at : at + len(data)] = data
+                self._buf[start + KEY * index : start + KEY * (index + 1)] = digest
                 self._header[used] = count + 1
         finally:
             self._unlock()
@@ -266,20 +266,40 @@ class FleetState:
 
     def node(self, name: str) -> int:
         """The index of node `name` (the same in every worker)."""
-        return self._index(name, self._nodes, "node_keys", _NODES_USED)
+        return self._index(name, self._nodes, "node_keys", NODES_USED, NODES)
 
     def group(self, name: str) -> int:
-        return self._index(name, self._groups, "group_keys", _GROUPS_USED)
+        return self._index(name, self._groups, "group_keys", GROUPS_USED, GROUPS)
+
+    def series(self, labels: str) -> int:
+        """The index of a label combination (text of at most LABELS_BYTES
+        bytes in UTF-8); its counts are `series_cells[index * ROWS + row]`."""
+        if len(labels.encode()) > LABELS_BYTES:
+            raise ValueError("label values too long to count")
+        return self._index(
+            labels, self._series, "series_keys", SERIES_USED, SERIES, "series_labels"
+        )
+
+    def series_totals(self) -> list[tuple[str, int]]:
+        """(labels, every worker's count, gone ones' included) of each series."""
+        out, hi, cells = [], self._header[HI], self.series_cells
+        start = OFFSETS["series_labels"]
+        for i in range(self._header[SERIES_USED]):
+            raw = self._buf[start + LABELS_BYTES * i : start + LABELS_BYTES * (i + 1)]
+            labels = raw.tobytes().rstrip(b"\0").decode()
+            total = sum(cells[i * ROWS : i * ROWS + hi]) + self._series_retired[i]
+            out.append((labels, total))
+        return out
 
     # -- slots and queues ------------------------------------------------------
 
     def in_flight(self, node: int) -> int:
         base = node * ROWS
-        return sum(self._in_flight[base : base + self._header[_HI]])
+        return sum(self._in_flight[base : base + self._header[HI]])
 
     def waiting(self, node: int) -> int:
         base = node * ROWS
-        return sum(self._waiting[base : base + self._header[_HI]])
+        return sum(self._waiting[base : base + self._header[HI]])
 
     def take(self, node: int, limit: int, queued: bool) -> bool:
         """Take a slot if fewer than `limit` are taken fleet-wide. A newcomer
@@ -287,7 +307,7 @@ class FleetState:
         base = node * ROWS
         self._lock()
         try:
-            hi = self._header[_HI]
+            hi = self._header[HI]
             if sum(self._in_flight[base : base + hi]) >= limit:
                 return False
             if not queued and any(self._waiting[base : base + hi]):
@@ -306,7 +326,7 @@ class FleetState:
         base = node * ROWS
         self._lock()
         try:
-            if sum(self._waiting[base : base + self._header[_HI]]) >= depth:
+            if sum(self._waiting[base : base + self._header[HI]]) >= depth:
                 return False
             self._waiting[base + self.row] += 1
             return True
@@ -356,107 +376,5 @@ class FleetState:
 
     def total(self, counter: int) -> int:
         base = counter * ROWS
-        live = sum(self._counters[base : base + self._header[_HI]])
+        live = sum(self._counters[base : base + self._header[HI]])
         return live + self._retired[counter]
-
-    # -- health ----------------------------------------------------------------
-
-    def lead_polls(self) -> bool:
-        """Whether this worker is (or now becomes) the one that polls nodes."""
-        if not self.shared:
-            return True
-        if self._poll_fd is None:
-            lock = os.path.join(os.path.dirname(self.path or ""), "poller.lock")
-            self._poll_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._poll_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def publish(self, data: bytes) -> bool:
-        """The latest poll of every node, for the other workers."""
-        if len(data) > HEALTH_BYTES:
-            return False
-        start = OFFSETS["health"]
-        self._lock()
-        try:
-            self._buf[start : start + len(data)] = data
-            self._header[_HEALTH_LEN] = len(data)
-            self._header[_HEALTH_GEN] += 1
-        finally:
-            self._unlock()
-        return True
-
-    def published(self, seen: int) -> tuple[int, bytes] | None:
-        """(generation, data) of the latest poll if newer than `seen`."""
-        if self._header[_HEALTH_GEN] == seen:
-            return None
-        start = OFFSETS["health"]
-        self._lock()
-        try:
-            gen = self._header[_HEALTH_GEN]
-            data = self._buf[start : start + self._header[_HEALTH_LEN]].tobytes()
-        finally:
-            self._unlock()
-        return gen, data
-
-    def served(self, node: str, when: float) -> None:
-        """A worker got a good answer from `node` (passive health)."""
-        self._served_at[self.node(node)] = when
-
-    def served_at(self, node: str) -> float | None:
-        return self._served_at[self.node(node)] or None
-
-    def refused(self, node: str, when: float) -> None:
-        """A worker could not connect to `node` at all."""
-        self._refused_at[self.node(node)] = when
-
-    def refused_at(self, node: str) -> float:
-        return self._refused_at[self.node(node)]
-
-
-# -- the gunicorn master (etc/gunicorn.conf.py hooks) ---------------------------
-
-#: The directory `prepare()` created (and `cleanup()` removes), if any.
-_created: str | None = None
-#: The state file, set in the master before the workers are forked.
-_path: str | None = None
-_master: FleetState | None = None
-
-
-def prepare() -> str:
-    """A fresh state file in a private directory, for the workers to come
-    (on_starting: before any worker exists)."""
-    global _created, _master, _path
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    _created = tempfile.mkdtemp(prefix="herd-fleet-", dir=base)
-    path = os.path.join(_created, "state")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.ftruncate(fd, SIZE)
-        os.pwrite(fd, MAGIC, 0)
-    finally:
-        os.close(fd)
-    _path = path
-    _master = None
-    return path
-
-
-def worker_gone(pid: int) -> None:
-    """A worker exited (child_exit): its slots and queue places are free."""
-    global _master
-    if _path is None or not Path(_path).exists():
-        return
-    if _master is None:
-        _master = FleetState(_path, claim=False)
-    _master.release_worker(pid)
-
-
-def cleanup() -> None:
-    """The router stops (on_exit): remove what `prepare()` made."""
-    global _created, _path
-    _path = None
-    if _created is not None:
-        shutil.rmtree(_created, ignore_errors=True)
-        _created = None

@@ -120,7 +120,7 @@ class Runtime:
         if share is not None:
             share(self.state)
         self.queues = Queues(monotonic, self.state)
-        self.metrics = Metrics()
+        self.metrics = Metrics(state=self.state)
         self.stats = Stats(on_failure=self.metrics.upstream_failure, state=self.state)
         self.limiter = RateLimiter(monotonic, self.state)
         self.refusals = RefusalBudget()
@@ -282,10 +282,11 @@ class Runtime:
                 f"request body of {length} bytes is over the limit of "
                 f"{fleet.router.limits.max_body_mb:g} MB"
             )
-        # A chunked body has no Content-Length; the server's input stream
-        # then ends where the body does (the router's worker de-chunks it).
-        chunked = length is None and req.env.get("wsgi.input_terminated")
-        raw = (req.stream if chunked else req.bounded_stream).read(limit + 1)
+        # A server that sets wsgi.input_terminated (the router's worker, which
+        # also de-chunks) ends its input stream where the body ends: read it
+        # directly, without falcon's bounding wrapper.
+        terminated = req.env.get("wsgi.input_terminated")
+        raw = (req.stream if terminated else req.bounded_stream).read(limit + 1)
         if len(raw) > limit:
             raise BodyTooLarge(
                 "request body is over the limit of "

@@ -13,8 +13,10 @@ request (time.process_time), in the same run:
    and a token bucket in a dict), re-created here as the baseline;
 2. private: the fleet state in anonymous memory (no lock: one process);
 3. shared: the fleet state in a mapped file with its flock (what every
-   gunicorn worker uses, also with --workers 1);
-4. shared x N: N processes doing (3) at once on the same node and group
+   gunicorn worker uses with --workers 2 or more);
+4. shared, one worker: the mapped file of a one-worker router (marked SOLO
+   by the master: no flock);
+5. shared x N: N processes doing (3) at once on the same node and group
    (lock contention; on a machine with fewer cores than N the processes also
    take turns on the CPU, which process_time does not count).
 
@@ -29,7 +31,7 @@ import multiprocessing
 import time
 
 from herd.manifest.model import Client, RateLimit
-from herd.router import fleetstate
+from herd.router import fleetfile
 from herd.router.fleetstate import REQUESTS, FleetState
 from herd.router.policy import RateLimiter
 from herd.router.routing.queues import Queues
@@ -89,7 +91,12 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=3)
     args = parser.parse_args()
     n = args.requests
-    path = fleetstate.prepare()
+    solo = fleetfile.prepare(workers=1)
+    try:
+        alone = herd_loop(FleetState(solo), n) / n
+    finally:
+        fleetfile.cleanup()
+    path = fleetfile.prepare()
     try:
         rows = [
             ("before (per-process ints)", before(n) / n),
@@ -99,6 +106,7 @@ def main() -> None:
                 "shared, group without rate limit",
                 herd_loop(FleetState(path), n, limited=False) / n,
             ),
+            ("shared, one worker (no flock)", alone),
         ]
         out: multiprocessing.Queue = multiprocessing.Queue()
         procs = [
@@ -114,7 +122,7 @@ def main() -> None:
         total = FleetState(path, claim=False).total(REQUESTS)
         assert total == n * (len(procs) + 2), total  # every count landed
     finally:
-        fleetstate.cleanup()
+        fleetfile.cleanup()
     base = rows[0][1]
     print(f"{n} requests per run; CPU per request (time.process_time)")
     print("| bookkeeping | µs/request | × before |")

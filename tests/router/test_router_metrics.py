@@ -175,8 +175,10 @@ def test_metrics_add_up_across_two_workers(sims, router, tmp_path: Path):
     assert total(families, *duration, route="/api/chat") == chats
 
     f = families
-    # Both workers wrote counts (one file per process and kind of value).
-    pids = {p.stem.rsplit("_", 1)[1] for p in multiproc.glob("counter_*.db")}
+    # Both workers wrote values (one file per process and kind of value; every
+    # request is observed in herd_request_duration_seconds, while the request
+    # counts themselves live in the fleet state the workers share).
+    pids = {p.stem.rsplit("_", 1)[1] for p in multiproc.glob("histogram_*.db")}
     assert len(pids) == 2, pids
 
     requests = ("herd_requests", "herd_requests_total")

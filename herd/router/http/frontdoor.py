@@ -60,6 +60,9 @@ class RouterServer(PyWSGIServer):
         self._refused = 0
         self._refused_logged = 0.0
         super().__init__(*args, **kwargs)
+        #: Whether gunicorn's own access log is on (read once: a property of
+        #: gunicorn's logger behind pywsgi's adapter, costly per request).
+        self.access_log_enabled = bool(getattr(self.log, "access_log_enabled", True))
 
     def update_environ(self) -> None:
         """SERVER_NAME and SERVER_PORT from the bind address, with no lookup."""

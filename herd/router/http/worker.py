@@ -352,8 +352,88 @@ class LeanHandler(PyWSGIHandler):
     def log_request(self) -> None:
         """gunicorn's access line, not even built while gunicorn's access log
         is off (herd writes its own: herd.router.observe.accesslog)."""
-        if getattr(self.server.log, "access_log_enabled", True):
+        if self.server.access_log_enabled:
             super().log_request()
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        """pywsgi's start_response in one pass over the headers, with the same
+        checks (native strings, no CR or LF, latin-1); anything unusual (an
+        error to raise, exc_info, HTTP/1.0) goes through pywsgi's own."""
+        if exc_info is not None or self.request_version != "HTTP/1.1":
+            return super().start_response(status, headers, exc_info)
+        out = []
+        connection = date = length = None
+        try:
+            for header, value in headers:
+                if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
+                    raise ValueError
+                lower = header.lower()
+                if lower == "content-length":
+                    length = value
+                elif lower == "date":
+                    date = value
+                elif lower == "connection":
+                    connection = value
+                out.append((header.encode("latin-1"), value.encode("latin-1")))
+            if "\r" in status or "\n" in status:
+                raise ValueError
+            code = int(status.split(" ", 1)[0])
+            encoded = status.encode("latin-1")
+        except (TypeError, ValueError, AttributeError, UnicodeError):
+            # Not str, CR/LF, not latin-1, a bad status: pywsgi raises the
+            # error that names what is wrong.
+            return super().start_response(status, headers, exc_info)
+        if code in (204, 304) and length not in (None, "0"):
+            return super().start_response(status, headers, exc_info)
+        self.status = encoded
+        self._orig_status = status
+        self.response_headers = out
+        self.code = code
+        self.provided_date = date
+        self.provided_content_length = length
+        if connection == "close":
+            self.close_connection = True
+        return self.write
+
+    def process_result(self) -> None:
+        """A whole response body in one piece (falcon's `resp.data`, `resp.media`,
+        an error): status line, headers and body in one buffer, one `send`.
+        Anything else (streams, empty or large bodies) takes pywsgi's path."""
+        result = self.result
+        if (
+            type(result) is list
+            and len(result) == 1
+            and self.status
+            and not self.headers_sent
+            and self.code not in (204, 304)
+        ):
+            data = result[0]
+            if 0 < len(data) <= MERGE_MAX and type(data) is bytes:
+                self._write_whole(data)
+                return
+        super().process_result()
+
+    def _write_whole(self, data: bytes) -> None:
+        """pywsgi's finalize_headers + _write_with_headers for a body known in
+        full: Date, Content-Length (unless given), Connection: close when
+        closing, then one write."""
+        self.headers_sent = True
+        headers = self.response_headers
+        if self.provided_date is None:
+            headers.append((b"Date", _http_date()))
+            self.provided_date = True
+        if self.provided_content_length is None:
+            headers.append((b"Content-Length", b"%d" % len(data)))
+        if self.server.closing:
+            self.close_connection = True
+        if self.close_connection and self.request_version == "HTTP/1.1":
+            if not any(h.lower() == b"connection" for h, _ in headers):
+                headers.append((b"Connection", b"close"))
+        parts = [b"HTTP/1.1 ", self.status, b"\r\n"]
+        for header, value in headers:
+            parts += (header, b": ", value, b"\r\n")
+        parts += (b"\r\n", data)
+        self._sendall(b"".join(parts))
 
     def finalize_headers(self) -> None:
         if self.provided_date is None:

@@ -3,10 +3,14 @@
 Counting happens at one place, when a request finishes (`Metrics.request`,
 called with the request's trace and access line): every request, refused ones
 included, is counted by route, model, node, client group and status, at once
-(every scrape sees every finished request). Histogram observations and token
-counts are kept in memory per label combination and written every SAMPLE_S
-(a scrape may see them up to a second late; writing each observation to the
-shared files would cost more than the rest of the counting). What a
+(every scrape sees every finished request). That count lives in the fleet
+state every worker maps (herd.router.fleetstate, one word per label
+combination and worker: adding one is a memory write, where
+prometheus_client's multiprocess value takes a lock, a getpid and a struct
+write) and is read back into `herd_requests_total` at scrape time.
+Histogram observations and token counts are kept in memory per label
+combination and written every SAMPLE_S (herd.router.observe.batched: a scrape
+may see them up to a second late). What a
 worker holds rather than counts (traces not yet written, whether the last
 reload was refused) is sampled by a background greenlet every SAMPLE_S and
 again by the worker answering a scrape. In-flight and waiting requests per
@@ -23,15 +27,14 @@ Label values are bounded by the manifest: `model` is a declared model's name
 name, `group` a client group ("node" for nodes pulling from the registry,
 empty when the caller was refused before a group was known), `route` a
 route template or "(unrouted)". Per request the cost is a dict lookup, one
-write to the shared file and a few in-memory additions.
+write to the fleet state and a few in-memory additions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -42,10 +45,21 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from herd.router.fleetstate import ROWS, FleetState
+from herd.router.observe.batched import Batched, BatchedCount
+from herd.router.observe.exposition import (
+    SEP,
+    Filtered,
+    Live,
+    node_families,
+    requests_family,
+)
 from herd.router.observe.multiproc import ENV
+
+__all__ = ["CONTENT_TYPE", "Metrics", "node_families"]
 
 log = logging.getLogger("herd.router")
 
@@ -80,86 +94,30 @@ ACL_REFUSALS = {
     "Unauthorized": "unauthorized",
     "ModelNotAllowed": "model_not_allowed",
 }
-#: Families whose samples carry a `node` label and are filtered to the
-#: nodes of the served manifest at scrape time.
-_NODE_GAUGES = ("herd_node_in_flight", "herd_node_waiting")
 
 # `_created` series double every counter and histogram and no dashboard uses them.
 disable_created_metrics()
-
-
-class _Batched:
-    """Observations of one histogram child kept in memory, added to it by
-    `flush` (bucket counts and sum in one write each, not per request)."""
-
-    __slots__ = ("child", "bounds", "counts", "sum", "dirty")
-
-    def __init__(self, child: Any, bounds: tuple[float, ...]):
-        self.child = child
-        self.bounds = (*bounds, float("inf"))
-        self.counts = [0] * len(self.bounds)
-        self.sum = 0.0
-        self.dirty = False
-
-    def observe(self, value: float, dirty: list[Any]) -> None:
-        # The first bucket whose upper bound is >= value (Prometheus' `le`).
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        if not self.dirty:
-            self.dirty = True
-            dirty.append(self)
-
-    def flush(self) -> None:
-        # prometheus_client has no bulk observe: add to the child's bucket and
-        # sum values directly (what Histogram.observe does one at a time).
-        buckets = self.child._buckets
-        for i, count in enumerate(self.counts):
-            if count:
-                buckets[i].inc(count)
-                self.counts[i] = 0
-        self.child._sum.inc(self.sum)
-        self.sum = 0.0
-        self.dirty = False
-
-
-class _BatchedCount:
-    """Increments of one counter child kept in memory until `flush`."""
-
-    __slots__ = ("child", "total", "dirty")
-
-    def __init__(self, child: Any):
-        self.child = child
-        self.total = 0
-        self.dirty = False
-
-    def inc(self, amount: int, dirty: list[Any]) -> None:
-        self.total += amount
-        if not self.dirty:
-            self.dirty = True
-            dirty.append(self)
-
-    def flush(self) -> None:
-        self.child.inc(self.total)
-        self.total = 0
-        self.dirty = False
 
 
 class _Children:
     """What one label combination updates: the request counter at once, the
     histograms and token counters in memory (flushed every SAMPLE_S)."""
 
-    __slots__ = ("requests", "duration", "ttft", "tokens_in", "tokens_out", "extra")
+    __slots__ = ("cell", "duration", "ttft", "tokens_in", "tokens_out", "extra")
 
     def __init__(self, metrics: Metrics, key: tuple[str, str, str, str, str, int]):
         route, requested, model, node, group, status = key
         m = metrics
-        self.requests = m.requests.labels(route, model, node, group, str(status))
-        self.duration = _Batched(m.duration.labels(route, model), DURATION_BUCKETS)
+        state = m.state
+        labels = SEP.join((route, model, node, group, str(status)))
+        #: This worker's count of the combination in the fleet state.
+        self.cell = state.series(labels) * ROWS + state.row
+        self.duration = Batched(m.duration.labels(route, model), DURATION_BUCKETS)
         self.ttft = self.tokens_in = self.tokens_out = None
         if node:
-            self.ttft = _Batched(m.ttft.labels(model, node), TTFT_BUCKETS)
-            self.tokens_in = _BatchedCount(m.tokens_in.labels(model, node, group))
-            self.tokens_out = _BatchedCount(m.tokens_out.labels(model, node, group))
+            self.ttft = Batched(m.ttft.labels(model, node), TTFT_BUCKETS)
+            self.tokens_in = BatchedCount(m.tokens_in.labels(model, node, group))
+            self.tokens_out = BatchedCount(m.tokens_out.labels(model, node, group))
         #: Counters that go up by one per request of this combination.
         extra = []
         if requested and model and requested != model:
@@ -170,16 +128,14 @@ class _Children:
 class Metrics:
     """The router's metric families (one instance per Runtime)."""
 
-    def __init__(self, multiproc_dir: str | None = None) -> None:
+    def __init__(
+        self, multiproc_dir: str | None = None, state: FleetState | None = None
+    ) -> None:
         self.dir = multiproc_dir if multiproc_dir is not None else os.environ.get(ENV)
+        #: Where herd_requests_total is counted (every worker's, when shared).
+        self.state = state if state is not None else FleetState()
+        self._cells = self.state.series_cells
         self.registry = reg = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "herd_requests_total",
-            "Requests answered, by route, model, node, client group and HTTP "
-            "status (refusals included).",
-            ("route", "model", "node", "group", "status"),
-            registry=reg,
-        )
         self.duration = Histogram(
             "herd_request_duration_seconds",
             "Time from a request's arrival to its last byte, by route and model.",
@@ -329,7 +285,7 @@ class Metrics:
         children = self._children.get(key)
         if children is None:
             children = self._add(key)
-        children.requests.inc()
+        self._cells[children.cell] += 1
         dirty = self._dirty
         children.duration.observe(duration_s, dirty)
         for counter in children.extra:
@@ -410,69 +366,7 @@ class Metrics:
         (what the answering worker knows first-hand, such as node health)."""
         self.flush()
         registry = CollectorRegistry(auto_describe=False)
-        if self.dir:
-            registry.register(_Filtered(MultiProcessCollector(None, self.dir), self))
-        else:
-            registry.register(_Filtered(self.registry, self))
-        registry.register(_Live(live))
+        inner = MultiProcessCollector(None, self.dir) if self.dir else self.registry
+        registry.register(Filtered(inner, lambda: self._nodes))
+        registry.register(Live(lambda: [requests_family(self.state), *live()]))
         return generate_latest(registry)
-
-
-class _Filtered:
-    """A collector passing through another's families, minus node gauges of
-    nodes no longer in the manifest (a worker's file keeps them otherwise)."""
-
-    def __init__(self, inner: Any, metrics: Metrics):
-        self.inner = inner
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        nodes = self.metrics._nodes
-        for family in self.inner.collect():
-            if family.name in _NODE_GAUGES:
-                family.samples = [
-                    s for s in family.samples if s.labels["node"] in nodes
-                ]
-            yield family
-
-
-class _Live:
-    def __init__(self, live: Callable[[], Iterable[Metric]]):
-        self.live = live
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.live()
-
-
-def node_families(
-    nodes: Iterable[tuple[str, bool, int, int, int]],
-) -> list[Metric]:
-    """herd_node_up, herd_node_slots, herd_node_in_flight and
-    herd_node_waiting from (name, up, max_concurrency, in_flight, waiting),
-    read from the fleet state every worker shares at scrape time."""
-    up = GaugeMetricFamily(
-        "herd_node_up",
-        "1 when the node answers its health checks, else 0.",
-        labels=("node",),
-    )
-    in_flight = GaugeMetricFamily(
-        "herd_node_in_flight",
-        "Requests being served by a node (all workers).",
-        labels=("node",),
-    )
-    waiting = GaugeMetricFamily(
-        "herd_node_waiting",
-        "Requests queued for a node's free slot (all workers).",
-        labels=("node",),
-    )
-    slots = GaugeMetricFamily(
-        "herd_node_slots",
-        "Requests a node serves at once (max_concurrency in the manifest).",
-        labels=("node",),
-    )
-    for name, is_up, max_concurrency, busy, queued in nodes:
-        up.add_metric((name,), 1 if is_up else 0)
-        slots.add_metric((name,), max_concurrency)
-        in_flight.add_metric((name,), busy)
-        waiting.add_metric((name,), queued)
-    return [up, slots, in_flight, waiting]
