@@ -211,3 +211,21 @@ def test_silent_node_times_out(node):
     with pytest.raises(UpstreamFailure) as failure:
         Upstream().open(n.url, "GET", "/", network_s=0.3)
     assert failure.value.kind == "timeout"
+
+
+def test_connection_given_back_after_forget_is_closed(node):
+    # A node dropped from the fleet mid-request: its connection is closed
+    # when the answer ends, never kept (nor reused by a later pool).
+    n = node(_sized(b"{}"), _sized(b"{}"))
+    up = Upstream()
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    up.forget(lambda url: False)
+    assert reply.read() == b"{}"
+    reply.close()
+    # The node serves one connection at a time: a kept first one would hold
+    # the second request unanswered.
+    reply = up.open(n.url, "GET", "/", network_s=2)
+    assert reply.read() == b"{}"
+    reply.close()
+    assert n.connections == 2
+    up.close()

@@ -96,6 +96,8 @@ class Pool:
         self.timeout = timeout
         self.tls_hostname = tls_hostname
         self.idle: list[Conn] = []
+        #: Set by close(): connections given back afterwards are closed.
+        self.closed = False
         self._tls: Any = None
 
     def get(self) -> Conn:
@@ -139,7 +141,7 @@ class Pool:
 
     def put(self, conn: Conn) -> None:
         """Keep a connection whose last answer was read to its end."""
-        if len(self.idle) < MAX_IDLE:
+        if not self.closed and len(self.idle) < MAX_IDLE:
             self.idle.append(conn)
         else:
             conn.close()
@@ -150,7 +152,11 @@ class Pool:
         for conn in idle:
             conn.close()
 
-    close = drop_idle
+    def close(self) -> None:
+        """Close the idle connections, and each busy one when it is given back
+        (the node left the fleet, or the router stops)."""
+        self.closed = True
+        self.drop_idle()
 
 
 class Answer:
