@@ -3,9 +3,8 @@
 The router sends every request to a node as one write it built itself
 (proxy.py) and reads the answer here: the status line, the header fields,
 then the body, framed by `Content-Length`, by chunked transfer coding, or by
-the end of the connection. This is the whole of HTTP the router needs from a
-node, and reading it directly off the socket costs a fraction of a general
-client's parser (measured by tests/bench/bench_upstream.py).
+the end of the connection: all the HTTP the router needs from a node, read
+off the socket for a fraction of a general client's cost (bench_upstream.py).
 
 Strict where a lax reader could be steered or held:
 
@@ -217,10 +216,6 @@ class Answer:
             self._mode = _CLOSE
             self.keep = False
         self.done = self._mode == _NONE or (self._mode == _LENGTH and not self._left)
-
-    def get(self, name: str) -> str | None:
-        """A header field's value (lower-case `name`), first one if repeated."""
-        return self.fields.get(name)
 
     def piece(self) -> bytes:
         """The body's next bytes (blocking for them), b"" once it ended."""
