@@ -1,9 +1,9 @@
 """The upstream HTTP client: pooled keep-alive connections to nodes, made for gevent.
 
-Built on geventhttpclient (a C HTTP parser over gevent sockets with a
-connection pool per host), which costs a fraction of urllib3/http.client per
-request. It is imported on first use, never at module import, so importing the
-router app stays free of side effects before gevent patches the process.
+Requests are built here (a cached head prefix per route, the body appended)
+and go out in one write; answers are read by herd.router.routing.nodewire, a
+strict HTTP/1.1 reader straight off gevent sockets that costs a fraction of
+a general client library per request.
 
 Every call has a connect timeout and a network timeout that bounds both the
 wait for the first byte and each idle gap while streaming. Only URLs the
@@ -29,47 +29,11 @@ from urllib.parse import urlsplit
 
 from herd import hosts
 from herd.errors import HerdError
+from herd.router.routing.nodewire import Answer, Closed, Pool
 
 POLL_TIMEOUT_S = 1.5
-BLOCK_SIZE = 16 * 1024
 #: How long closing a finished stream waits for the end of the HTTP body.
 DRAIN_S = 0.05
-
-
-_RESPONSE_CLASSES: tuple[Any, Any] | None = None
-
-
-def _response_classes() -> tuple[Any, Any]:
-    """geventhttpclient's (HTTPConnectionClosed, HTTPSocketPoolResponse), imported
-    on first use (never at module import: see the module docstring)."""
-    global _RESPONSE_CLASSES
-    if _RESPONSE_CLASSES is None:
-        from geventhttpclient.response import (
-            HTTPConnectionClosed,
-            HTTPSocketPoolResponse,
-        )
-
-        _RESPONSE_CLASSES = (HTTPConnectionClosed, HTTPSocketPoolResponse)
-    return _RESPONSE_CLASSES
-
-
-def _open(sock: Any) -> bool:
-    return sock is not None and sock.fileno() >= 0
-
-
-def _drop_idle(pool: Any) -> None:
-    """Close every idle pooled connection (the node restarted or closed them)."""
-    queue = pool._socket_queue
-    while not queue.empty():
-        try:
-            queue.get(block=False).close()
-        except Exception:  # noqa: BLE001 - empty queue or already closed
-            return
-
-
-def _no_delay(sock: Any) -> None:
-    """Requests go out in one write; never let Nagle hold a small one back."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class UpstreamFailure(Exception):
@@ -117,87 +81,88 @@ class _Swept:
 class Reply:
     """One node's answer: status and headers read, body still on the socket."""
 
-    def __init__(self, response: Any, swept: _Swept | None = None):
-        self._response = response
+    def __init__(self, answer: Answer, pool: Pool, swept: _Swept | None = None):
+        self._answer: Answer | None = answer
+        self._pool = pool
         self._swept = swept
-        self.status: int = response.status_code
-        self.content_type: str = response.get("content-type") or ""
+        self._fields = answer.fields
+        self.status: int = answer.status
+        self.content_type: str = answer.fields.get("content-type") or ""
 
     def header(self, name: str) -> str | None:
-        value = self._response.get(name)
-        return value if isinstance(value, str) or value is None else value[0]
+        return self._fields.get(name.lower())
 
     def read(self) -> bytes:
         """The whole body (non-streaming answers)."""
+        answer = self._answer
+        if answer is None:
+            return b""
         swept = self._swept
         greenlet = swept.enter() if swept is not None else None
         try:
-            return bytes(self._response.read())
+            return answer.read()
         except Exception as ex:  # noqa: BLE001 - any socket/parse failure
-            self.close()
+            self._drop()
             raise StreamBroken(_describe(ex)) from ex
         finally:
             if swept is not None:
                 swept.leave(greenlet)
 
     def lines(self) -> Iterator[bytes]:
-        """The body line by line (`\\n` kept), as soon as each line arrives."""
-        response = self._response
-        readline = response.readline
+        """The body line by line (`\\n` kept), as soon as each line arrives;
+        the last line may lack its `\\n` (a plain JSON body)."""
+        answer = self._answer
+        if answer is None:
+            return
+        readline = answer.readline
         swept = self._swept
         try:
             while True:
                 if swept is None:
-                    line = readline(b"\n")
+                    line = readline()
                 else:
                     greenlet = swept.enter()
                     try:
-                        line = readline(b"\n")
+                        line = readline()
                     finally:
                         swept.leave(greenlet)
                 if not line:
-                    # A last line without "\n" (a plain JSON body) stays in
-                    # the parser's buffer; hand it out too.
-                    rest = bytes(response._body_buffer)
-                    del response._body_buffer[:]
-                    if rest:
-                        yield rest
                     return
                 yield line
         except Exception as ex:  # noqa: BLE001 - any socket/parse failure
-            self.close()
+            self._drop()
             raise StreamBroken(_describe(ex)) from ex
 
+    def _drop(self) -> None:
+        """Close the connection: its answer failed part-way."""
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.conn.close()
+
     def close(self) -> None:
-        """Give the connection back to the pool, or drop it if unfinished.
+        """Give the connection back to the pool, or close it if unfinished.
 
         After a stream's last line the end of the body (the chunked
-        terminator) is normally already in flight: wait for it briefly so the
-        kept-alive connection can be reused.
+        terminator) is normally already in flight: wait for it briefly (at
+        most DRAIN_S, 64 KiB) so the kept-alive connection can be reused.
         """
-        response = self._response
-        sock = response._sock
-        if sock is not None and not response.message_complete:
+        answer, self._answer = self._answer, None
+        if answer is None:
+            return
+        if not answer.done and answer.keep:
+            sock = answer.conn.sock
             try:
                 sock.settimeout(DRAIN_S)
-                while (
-                    not response.message_complete and len(response._body_buffer) < 65536
-                ):
-                    if not response.readline(b"\n"):
-                        break
-                sock.settimeout(
-                    response._pool.network_timeout if response._pool else None
-                )
-            except Exception:  # noqa: BLE001 - not finished in time: drop it
+                drained = 0
+                while not answer.done and drained < 65536:
+                    drained += len(answer.piece())
+                sock.settimeout(self._pool.timeout)
+            except Exception:  # noqa: BLE001 - not finished in time: close it
                 pass
-        if response._sock is not None and not response.message_complete:
-            # An unfinished body cannot be reused: close instead of returning.
-            pool, sock = response._pool, response._sock
-            response._sock = response._pool = None
-            if pool is not None:
-                pool.release_socket(sock)
-            return
-        response.release()
+        if answer.reusable:
+            self._pool.put(answer.conn)
+        else:
+            answer.conn.close()
 
 
 def _describe(ex: BaseException) -> str:
@@ -205,6 +170,29 @@ def _describe(ex: BaseException) -> str:
         return "node stopped sending (idle timeout)"
     text = str(ex) or type(ex).__name__
     return f"{type(ex).__name__}: {text}"
+
+
+class _Target:
+    """A node URL's pool and the cached request-head prefixes for it."""
+
+    __slots__ = ("pool", "path_prefix", "host_header", "heads")
+
+    def __init__(self, pool: Pool, path_prefix: str, host_header: str):
+        self.pool = pool
+        self.path_prefix = path_prefix
+        self.host_header = host_header
+        #: (method, path) -> the request head's first lines, encoded.
+        self.heads: dict[tuple[str, str], bytes] = {}
+
+    def head(self, method: str, path: str) -> bytes:
+        key = (method, path)
+        prefix = self.heads.get(key)
+        if prefix is None:
+            prefix = self.heads[key] = (
+                f"{method} {self.path_prefix}{path} HTTP/1.1\r\n"
+                f"Host: {self.host_header}\r\nUser-Agent: herd-router\r\n"
+            ).encode("latin-1")
+        return prefix
 
 
 class Upstream:
@@ -219,7 +207,7 @@ class Upstream:
         self, allow: Callable[[str], bool] | None = None, *, swept: bool = False
     ):
         self._allow = allow or (lambda url: True)
-        self._clients: dict[tuple[str, float, float], Any] = {}
+        self._targets: dict[tuple[str, float, float], _Target] = {}
         self._swept = swept
         #: The sweeper and its clocks, made on first use (imports gevent).
         self._deadlines: Any = None
@@ -229,12 +217,10 @@ class Upstream:
     def set_allow(self, allow: Callable[[str], bool]) -> None:
         self._allow = allow
 
-    def _client(self, url: str, connect_s: float, network_s: float) -> Any:
+    def _target(self, url: str, connect_s: float, network_s: float) -> _Target:
         key = (url, connect_s, network_s)
-        client = self._clients.get(key)
-        if client is None:
-            from geventhttpclient import HTTPClient
-
+        target = self._targets.get(key)
+        if target is None:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UpstreamFailure("connect", f"bad node URL {url!r}")
@@ -243,28 +229,18 @@ class Upstream:
             address = hosts.lookup(parts.hostname)
             if address is None:
                 raise UpstreamFailure("connect", hosts.unresolvable(parts.hostname))
-            client = HTTPClient(
+            tls = parts.scheme == "https"
+            pool = Pool(
                 address,
-                port=parts.port or (443 if parts.scheme == "https" else 80),
-                ssl=parts.scheme == "https",
-                connection_timeout=connect_s,
-                network_timeout=None if self._swept else network_s,
-                # The router bounds concurrency per node itself (queues.py).
-                concurrency=65536,
-                headers={"User-Agent": "herd-router"},
+                parts.port or (443 if tls else 80),
+                connect_s=connect_s,
+                timeout=None if self._swept else network_s,
+                tls_hostname=parts.hostname if tls else None,
             )
-            client.path_prefix = parts.path.rstrip("/")
-            client.host_header = parts.netloc
-            client.heads = {}
-            pool = client._connection_pool
-            pool.after_connect = _no_delay
-            # geventhttpclient select()s every pooled socket before reuse; a
-            # node that closed an idle connection is caught by the retry in
-            # `_exchange` instead, which saves a syscall and a greenlet
-            # switch per request.
-            pool._is_socket_alive = _open
-            self._clients[key] = client
-        return client
+            target = self._targets[key] = _Target(
+                pool, parts.path.rstrip("/"), parts.netloc
+            )
+        return target
 
     def open(
         self,
@@ -283,11 +259,11 @@ class Upstream:
         """
         if not self._allow(url):
             raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
-        client = self._client(url, connect_s, network_s)
+        target = self._target(url, connect_s, network_s)
         swept = self._sweeper(network_s) if self._swept else None
         greenlet = swept.enter() if swept is not None else None
         try:
-            response = self._exchange(client, method, path, body, headers)
+            answer = self._exchange(target, method, path, body, headers)
         except TimeoutError as ex:
             raise UpstreamFailure("timeout", f"{url}: no answer in time") from ex
         except ConnectionRefusedError as ex:
@@ -295,12 +271,12 @@ class Upstream:
         except OSError as ex:
             kind = "connect" if ex.errno in _CONNECT_ERRNOS else "protocol"
             raise UpstreamFailure(kind, f"{url}: {_describe(ex)}") from ex
-        except Exception as ex:  # noqa: BLE001 - parse errors, closed connections
+        except Exception as ex:  # noqa: BLE001 - malformed answers, closed connections
             raise UpstreamFailure("protocol", f"{url}: {_describe(ex)}") from ex
         finally:
             if swept is not None:
                 swept.leave(greenlet)
-        return Reply(response, swept)
+        return Reply(answer, target.pool, swept)
 
     def _sweeper(self, network_s: float) -> _Swept:
         deadlines = self._deadlines
@@ -317,66 +293,53 @@ class Upstream:
 
     def _exchange(
         self,
-        client: Any,
+        target: _Target,
         method: str,
         path: str,
         body: bytes | None,
         headers: dict[str, str] | None,
-    ) -> Any:
-        """Send one request on a pooled connection and read the response head.
+    ) -> Answer:
+        """Send one request on a kept-alive connection and read the answer's head.
 
         The request head is built from a cached prefix (method, path, Host,
-        User-Agent) and sent with the body in one write. A kept-alive
-        connection the node closed while idle gives "connection closed" before
-        any byte: that request was never processed, so it is sent once more
-        on a fresh connection.
+        User-Agent) and goes out with the body in one write. A kept-alive
+        connection the node closed while idle fails before any byte of an
+        answer: that request was never processed, so it is sent once more on
+        a fresh connection.
         """
-        closed, response_type = _response_classes()
-        key = (method, path)
-        prefix = client.heads.get(key)
-        if prefix is None:
-            prefix = client.heads[key] = (
-                f"{method} {client.path_prefix}{path} HTTP/1.1\r\n"
-                f"Host: {client.host_header}\r\nUser-Agent: herd-router\r\n"
-            ).encode("latin-1")
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        prefix = target.head(method, path)
+        if headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            prefix += extra.encode("latin-1")
         if body:
-            data = (
-                b"%sContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
-                % (
-                    prefix,
-                    extra.encode("latin-1"),
-                    len(body),
-                    body,
-                )
+            data = _POST_HEAD % (
+                prefix,
+                len(body),
+                body,
             )
         else:
-            data = prefix + extra.encode("latin-1") + b"\r\n"
-        pool = client._connection_pool
-        for attempt in (1, 2):
-            sock = pool.get_socket()
+            data = prefix + b"\r\n"
+        pool = target.pool
+        conn = pool.get()
+        while True:
             try:
                 # One plain send takes a request this small; gevent's sendall
                 # would first ask the kernel for the buffer size (a syscall).
-                sent = sock.send(data)
+                sent = conn.sock.send(data)
                 if sent < len(data):
-                    sock.sendall(memoryview(data)[sent:])
-            except OSError as ex:
-                pool.release_socket(sock)
-                if attempt == 2 or ex.errno not in _STALE_ERRNOS:
+                    conn.sock.sendall(memoryview(data)[sent:])
+                return Answer(conn, method)
+            except (Closed, OSError) as ex:
+                conn.close()
+                stale = isinstance(ex, Closed) or ex.errno in _STALE_ERRNOS
+                if not (conn.reused and stale):
                     raise
-                _drop_idle(pool)
-                continue
-            try:
-                return response_type(sock, pool, block_size=BLOCK_SIZE, method=method)
-            except closed:
-                # Closed before any byte of an answer: the node never took
-                # the request (an idle connection it had closed). The
-                # response released the socket already.
-                if attempt == 2:
-                    raise
-                _drop_idle(pool)
-        raise AssertionError("unreachable")
+            except BaseException:
+                conn.close()
+                raise
+            # An idle connection the node had closed: so may the others be.
+            pool.drop_idle()
+            conn = pool.connect()
 
     def upload(
         self,
@@ -398,38 +361,36 @@ class Upstream:
         """
         if not self._allow(url):
             raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
-        client = self._client(url, connect_s, network_s)
-        _, response_type = _response_classes()
+        target = self._target(url, connect_s, network_s)
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        head = (
-            f"POST {client.path_prefix}{path} HTTP/1.1\r\n"
-            f"Host: {client.host_header}\r\nUser-Agent: herd-router\r\n"
-            f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
-            f"{extra}\r\n"
+        head = target.head("POST", path) + (
+            f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n{extra}\r\n"
         ).encode("latin-1")
-        pool = client._connection_pool
+        pool = target.pool
         started = False
-        sock = None
+        conn = None
         try:
-            # A fresh connection (a pool slot all the same): an idle pooled
-            # one the node closed would fail after the upload began, when it
-            # can no longer be retried.
-            pool._semaphore.acquire()
-            try:
-                sock = pool._create_socket()
-            except BaseException:
-                pool._semaphore.release()
-                raise
+            # A fresh connection: an idle pooled one the node closed would
+            # fail after the upload began, when it can no longer be retried.
+            conn = pool.connect()
+            sock = conn.sock
             sock.sendall(head)
             for chunk in chunks:
                 started = True
                 if chunk:
                     sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             sock.sendall(b"0\r\n\r\n")
-            return Reply(response_type(sock, pool, block_size=BLOCK_SIZE))
+            swept = self._sweeper(network_s) if self._swept else None
+            greenlet = swept.enter() if swept is not None else None
+            try:
+                answer = Answer(conn, "POST")
+            finally:
+                if swept is not None:
+                    swept.leave(greenlet)
+            return Reply(answer, pool, swept)
         except Exception as ex:  # noqa: BLE001 - socket errors, the source's errors
-            if sock is not None:
-                pool.release_socket(sock)
+            if conn is not None:
+                conn.close()
             if isinstance(ex, HerdError):
                 raise  # the source refused the client's body (e.g. bad multipart)
             if not started:
@@ -454,6 +415,8 @@ class Upstream:
             data = reply.read()
         except StreamBroken as ex:
             raise UpstreamFailure("protocol", f"{url}{path}: {ex}") from ex
+        finally:
+            reply.close()
         if reply.status != 200:
             raise UpstreamFailure("protocol", f"{url}{path}: HTTP {reply.status}")
         try:
@@ -463,15 +426,17 @@ class Upstream:
 
     def forget(self, keep: Callable[[str], bool]) -> None:
         """Close pools to URLs that are no longer nodes (after a reload)."""
-        for key in [k for k in self._clients if not keep(k[0])]:
-            self._clients.pop(key).close()
+        for key in [k for k in self._targets if not keep(k[0])]:
+            self._targets.pop(key).pool.close()
 
     def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
+        for target in self._targets.values():
+            target.pool.close()
+        self._targets.clear()
 
 
+#: The rest of a request head with a JSON body, then the body.
+_POST_HEAD = b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
 _STALE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED})
 _CONNECT_ERRNOS = frozenset(
     {

@@ -1,0 +1,400 @@
+"""HTTP/1.1 to a node: kept-alive connections and a strict, lean answer reader.
+
+The router sends every request to a node as one write it built itself
+(proxy.py) and reads the answer here: the status line, the header fields,
+then the body, framed by `Content-Length`, by chunked transfer coding, or by
+the end of the connection: all the HTTP the router needs from a node, read
+off the socket for a fraction of a general client's cost (bench_upstream.py).
+
+Strict where a lax reader could be steered or held:
+
+- the head (status line and fields) is at most MAX_HEAD bytes and
+  MAX_FIELDS fields; a field name with white space, an obs-folded line, a
+  malformed or conflicting `Content-Length`, `Content-Length` together with
+  `Transfer-Encoding`, or any transfer coding but a single `chunked` are
+  refused (ProtocolError), as is a chunk-size line over MAX_LINE bytes;
+- interim 1xx answers are skipped (at most MAX_INTERIM of them);
+- a connection is reused only after its answer was read to the exact end,
+  with nothing after it, and only when the node did not ask to close it.
+
+Time limits are the caller's: every blocking read is on a socket whose timeout
+(or the deadline sweeper, see proxy.py) bounds it. Sockets are gevent's, so
+the reader cooperates with the router's event loop whether or not the
+process is monkey-patched. gevent is imported on first connect, never at
+module import.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+#: Status line plus header fields, bytes.
+MAX_HEAD = 64 * 1024
+#: Header fields in one answer.
+MAX_FIELDS = 100
+#: A chunk-size line (with extensions) or a trailer field, bytes.
+MAX_LINE = 8 * 1024
+#: Trailer section after the last chunk, bytes.
+MAX_TRAILERS = 64 * 1024
+#: Interim (1xx) answers skipped before the final one.
+MAX_INTERIM = 8
+#: One recv.
+BLOCK = 64 * 1024
+#: Idle connections kept per node pool (more are closed when released).
+MAX_IDLE = 256
+
+_NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
+
+
+class ProtocolError(Exception):
+    """The node's answer is not HTTP/1.1 as the router reads it."""
+
+
+class Closed(ProtocolError):
+    """The connection ended before the first byte of an answer."""
+
+
+class Conn:
+    """One connection to a node: its socket and the bytes read but not used."""
+
+    __slots__ = ("sock", "buf", "reused")
+
+    def __init__(self, sock: Any):
+        self.sock = sock
+        self.buf = b""
+        #: True once taken from the idle pool (the node may have closed it).
+        self.reused = False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Pool:
+    """Idle kept-alive connections to one node address, reused last-in first-out.
+
+    `timeout` is every socket's read timeout (None: the caller's sweeper
+    bounds reads instead); `connect_s` bounds the TCP (and TLS) handshake.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        *,
+        connect_s: float,
+        timeout: float | None,
+        tls_hostname: str | None = None,
+    ):
+        self.address = address
+        self.port = port
+        self.connect_s = connect_s
+        self.timeout = timeout
+        self.tls_hostname = tls_hostname
+        self.idle: list[Conn] = []
+        #: Set by close(): connections given back afterwards are closed.
+        self.closed = False
+        self._tls: Any = None
+
+    def get(self) -> Conn:
+        """An idle connection (marked `reused`), else a new one."""
+        idle = self.idle
+        if idle:
+            conn = idle.pop()
+            conn.reused = True
+            return conn
+        return self.connect()
+
+    def connect(self) -> Conn:
+        """A new connection; raises OSError (refused, unreachable, timeout)."""
+        from gevent import socket as gsocket
+
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.connect_s)
+            sock.connect((self.address, self.port))
+            # Requests go out in one write; never let Nagle hold one back.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_hostname is not None:
+                sock = self._tls_context().wrap_socket(
+                    sock, server_hostname=self.tls_hostname
+                )
+            sock.settimeout(self.timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return Conn(sock)
+
+    def _tls_context(self) -> Any:
+        if self._tls is None:
+            from gevent import ssl as gssl
+
+            # The system's trust store (where a site installs its own CA),
+            # host name checked.
+            self._tls = gssl.create_default_context()
+        return self._tls
+
+    def put(self, conn: Conn) -> None:
+        """Keep a connection whose last answer was read to its end."""
+        if not self.closed and len(self.idle) < MAX_IDLE:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def drop_idle(self) -> None:
+        """Close every idle connection (the node closed or restarted)."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections, and each busy one when it is given back
+        (the node left the fleet, or the router stops)."""
+        self.closed = True
+        self.drop_idle()
+
+
+class Answer:
+    """A node's answer on `conn`: head parsed, body read on demand.
+
+    `piece()` returns the body's next bytes as they arrive (b"" at its end),
+    `readline()` the next line (`\\n` kept; the last one may lack it),
+    `read()` the rest. `done` is True once the body was read to its end.
+    """
+
+    __slots__ = (
+        "conn",
+        "status",
+        "fields",
+        "keep",
+        "done",
+        "_mode",
+        "_left",
+        "_crlf",
+        "_pending",
+    )
+
+    def __init__(self, conn: Conn, method: str):
+        self.conn = conn
+        self._pending = b""
+        self._crlf = False
+        for _ in range(MAX_INTERIM + 1):
+            version, status, fields = _read_head(conn)
+            if not 100 <= status < 200:
+                break
+            if status == 101:
+                raise ProtocolError("node switched protocols")
+        else:
+            raise ProtocolError("too many interim (1xx) answers")
+        self.status = status
+        self.fields = fields
+        connection = fields.get("connection", "").lower()
+        self.keep = (
+            "close" not in connection
+            if version == b"HTTP/1.1"
+            else "keep-alive" in connection
+        )
+        coding = fields.get("transfer-encoding")
+        length = fields.get("content-length")
+        self._left = 0
+        if method == "HEAD" or status in (204, 304):
+            self._mode = _NONE
+        elif coding is not None:
+            if length is not None:
+                raise ProtocolError("answer has both Content-Length and chunked")
+            if coding.strip().lower() != "chunked":
+                raise ProtocolError(f"unsupported transfer coding {coding[:40]!r}")
+            self._mode = _CHUNKED
+        elif length is not None:
+            self._mode = _LENGTH
+            self._left = _content_length(length)
+        else:
+            self._mode = _CLOSE
+            self.keep = False
+        self.done = self._mode == _NONE or (self._mode == _LENGTH and not self._left)
+
+    def piece(self) -> bytes:
+        """The body's next bytes (blocking for them), b"" once it ended."""
+        if self._pending:
+            out, self._pending = self._pending, b""
+            return out
+        if self.done:
+            return b""
+        mode = self._mode
+        conn = self.conn
+        if mode == _LENGTH:
+            buf = conn.buf or _recv(conn, "the body")
+            left = self._left
+            if len(buf) >= left:
+                conn.buf = buf[left:]
+                self._left = 0
+                self.done = True
+                return buf[:left]
+            conn.buf = b""
+            self._left = left - len(buf)
+            return buf
+        if mode == _CLOSE:
+            buf = conn.buf or conn.sock.recv(BLOCK)
+            conn.buf = b""
+            if not buf:
+                self.done = True
+            return buf
+        return self._chunk()
+
+    def _chunk(self) -> bytes:
+        conn = self.conn
+        while not self._left:
+            if self._crlf:
+                if _line(conn, MAX_LINE, "a chunk"):
+                    raise ProtocolError("chunk data longer than its size")
+                self._crlf = False
+            size = _chunk_size(_line(conn, MAX_LINE, "a chunk size"))
+            if size == 0:
+                _trailers(conn)
+                self.done = True
+                return b""
+            self._left = size
+            self._crlf = True
+        buf = conn.buf or _recv(conn, "a chunk")
+        left = self._left
+        if len(buf) > left:
+            conn.buf = buf[left:]
+            self._left = 0
+            return buf[:left]
+        conn.buf = b""
+        self._left = left - len(buf)
+        return buf
+
+    def readline(self) -> bytes:
+        """The next body line with its `\\n`; the last may lack one; b"" at the end."""
+        pending = self._pending
+        at = pending.find(b"\n")
+        if at >= 0:
+            self._pending = pending[at + 1 :]
+            return pending[: at + 1]
+        self._pending = b""
+        parts = [pending] if pending else []
+        while True:
+            piece = self.piece()
+            if not piece:
+                return b"".join(parts)
+            at = piece.find(b"\n")
+            if at >= 0:
+                self._pending = piece[at + 1 :]
+                parts.append(piece[: at + 1])
+                return b"".join(parts)
+            parts.append(piece)
+
+    def read(self) -> bytes:
+        """The rest of the body."""
+        parts = []
+        while True:
+            piece = self.piece()
+            if not piece:
+                return b"".join(parts)
+            parts.append(piece)
+
+    @property
+    def reusable(self) -> bool:
+        """Read to its exact end, nothing after it, and the node keeps it open."""
+        return self.done and self.keep and not self.conn.buf
+
+
+def _recv(conn: Conn, what: str) -> bytes:
+    data = conn.sock.recv(BLOCK)
+    if not data:
+        raise ProtocolError(f"node closed the connection in {what}")
+    return data
+
+
+def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
+    buf = conn.buf
+    end = buf.find(b"\r\n\r\n")
+    while end < 0:
+        if len(buf) > MAX_HEAD:
+            raise ProtocolError(f"answer head over {MAX_HEAD} bytes")
+        data = conn.sock.recv(BLOCK)
+        if not data:
+            if buf:
+                raise ProtocolError("node closed the connection in the answer head")
+            raise Closed("node closed the connection before answering")
+        # Search only where the terminator can newly appear.
+        start = max(len(buf) - 3, 0)
+        buf += data
+        end = buf.find(b"\r\n\r\n", start)
+    if end > MAX_HEAD:
+        raise ProtocolError(f"answer head over {MAX_HEAD} bytes")
+    conn.buf = buf[end + 4 :]
+    lines = buf[:end].split(b"\r\n")
+    if len(lines) > MAX_FIELDS + 1:
+        raise ProtocolError(f"answer has over {MAX_FIELDS} header fields")
+    parts = lines[0].split(b" ", 2)
+    version = parts[0]
+    if (
+        len(parts) < 2
+        or version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()
+    ):
+        raise ProtocolError(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or b" " in name:
+            raise ProtocolError(f"malformed header field {line[:60]!r}")
+        key = name.decode("latin-1").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        seen = fields.get(key)
+        if seen is None:
+            fields[key] = text
+        elif key == "content-length":
+            if seen != text:
+                raise ProtocolError("answer has conflicting Content-Length fields")
+        elif key == "transfer-encoding":
+            fields[key] = f"{seen}, {text}"
+    return version, int(parts[1]), fields
+
+
+def _content_length(text: str) -> int:
+    if not text.isdigit() or not text.isascii() or len(text) > 18:
+        raise ProtocolError(f"malformed Content-Length {text[:40]!r}")
+    return int(text)
+
+
+def _line(conn: Conn, limit: int, what: str) -> bytes:
+    """The next CRLF-ended line off the connection (without its CRLF)."""
+    buf = conn.buf
+    end = buf.find(b"\r\n")
+    while end < 0:
+        if len(buf) > limit:
+            raise ProtocolError(f"{what} line over {limit} bytes")
+        start = max(len(buf) - 1, 0)
+        buf += _recv(conn, what)
+        end = buf.find(b"\r\n", start)
+    if end > limit:
+        raise ProtocolError(f"{what} line over {limit} bytes")
+    conn.buf = buf[end + 2 :]
+    return buf[:end]
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip(b" \t")
+    if not size or len(size) > 15 or size.strip(b"0123456789abcdefABCDEF"):
+        raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+    return int(size, 16)
+
+
+def _trailers(conn: Conn) -> None:
+    """Skip the trailer section after the last chunk (up to its blank line)."""
+    total = 0
+    while True:
+        line = _line(conn, MAX_LINE, "a trailer")
+        if not line:
+            return
+        total += len(line) + 2
+        if total > MAX_TRAILERS:
+            raise ProtocolError(f"trailers over {MAX_TRAILERS} bytes")
