@@ -31,6 +31,10 @@ _PARAM = re.compile(
 )
 
 
+#: Characters no part header may carry (tab aside); CRLF ends each line.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class MultipartError(InvalidRequest):
     """The body is not a well-formed multipart/form-data form (400)."""
 
@@ -170,6 +174,10 @@ class MultipartReader:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
             raise MultipartError("multipart part headers are not UTF-8") from None
+        if _CONTROL.search(text.replace("\r\n", "")):
+            # A bare CR or LF, NUL, ...: what a node's parser would take for a
+            # line break or an end must not be passed on in a part header.
+            raise MultipartError("multipart part headers contain control characters")
         headers: dict[str, str] = {}
         for line in text.split("\r\n"):
             name, colon, value = line.partition(":")
@@ -250,7 +258,7 @@ def file_head(
             boundary,
             _quote(name),
             _quote(filename),
-            (content_type or "application/octet-stream").encode("latin-1", "replace"),
+            _CONTROL.sub(" ", content_type or "application/octet-stream").encode(),
         )
     )
 
@@ -260,7 +268,7 @@ def closing(boundary: bytes) -> bytes:
 
 
 def _quote(text: str) -> bytes:
-    """A header parameter value: quotes, backslashes and line breaks escaped."""
+    """A header parameter value: quotes and backslashes escaped, control
+    characters (line breaks, NUL, ...) blanked."""
     cleaned = text.replace("\\", "\\\\").replace('"', '\\"')
-    cleaned = cleaned.replace("\r", " ").replace("\n", " ")
-    return cleaned.encode("utf-8")
+    return _CONTROL.sub(" ", cleaned).encode("utf-8")

@@ -36,12 +36,24 @@ BLOCK_SIZE = 16 * 1024
 DRAIN_S = 0.05
 
 
+#: Most bytes of a node's response head (its header names and values).
+MAX_HEAD_BYTES = 64 * 1024
+#: Most bytes of a node's answer the router holds at once: a whole answer read
+#: in one piece, or one line or event of a stream (a generated image in base64
+#: fits). A node sending more (a hostile or broken one) gets a protocol error.
+MAX_HELD_BYTES = 128 * 1024 * 1024
+
 _RESPONSE_CLASSES: tuple[Any, Any] | None = None
 
 
+class NodeAnswerTooLarge(Exception):
+    """A node's response head or held body went past MAX_HEAD/HELD_BYTES."""
+
+
 def _response_classes() -> tuple[Any, Any]:
-    """geventhttpclient's (HTTPConnectionClosed, HTTPSocketPoolResponse), imported
-    on first use (never at module import: see the module docstring)."""
+    """geventhttpclient's HTTPConnectionClosed and its pooled response class
+    bounded by MAX_HEAD_BYTES and MAX_HELD_BYTES, imported on first use (never
+    at module import: see the module docstring)."""
     global _RESPONSE_CLASSES
     if _RESPONSE_CLASSES is None:
         from geventhttpclient.response import (
@@ -49,7 +61,56 @@ def _response_classes() -> tuple[Any, Any]:
             HTTPSocketPoolResponse,
         )
 
-        _RESPONSE_CLASSES = (HTTPConnectionClosed, HTTPSocketPoolResponse)
+        class Bounded(HTTPSocketPoolResponse):  # type: ignore[misc]
+            _head_bytes = 0
+
+            def _on_header_field(self, string: str) -> None:
+                self._count_head(string)
+                super()._on_header_field(string)
+
+            def _on_header_value(self, string: str) -> None:
+                self._count_head(string)
+                super()._on_header_value(string)
+
+            def _count_head(self, string: str) -> None:
+                self._head_bytes += len(string)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    raise NodeAnswerTooLarge(
+                        f"response headers over {MAX_HEAD_BYTES // 1024} KiB"
+                    )
+
+            def readline(self, sep: bytes = b"\n") -> bytes:
+                """The next line (`sep`, one byte, kept), b"" at the end. Unlike
+                the base class it scans each byte once: a line that never ends
+                costs linear time up to MAX_HELD_BYTES, not quadratic."""
+                start = 0
+                while True:
+                    buf = self._body_buffer
+                    at = buf.find(sep, start)
+                    if at >= 0:
+                        line = bytes(buf[: at + 1])
+                        del buf[: at + 1]
+                        return line
+                    start = len(buf)
+                    if self.message_complete:
+                        return b""
+                    sock = self._sock
+                    if sock is None:
+                        raise HTTPConnectionClosed("connection closed.")
+                    try:
+                        self.feed(sock.recv(self.block_size))
+                    except BaseException:
+                        self.release()
+                        raise
+
+            def _on_body(self, buf: bytearray) -> None:
+                self._body_buffer += buf
+                if len(self._body_buffer) > MAX_HELD_BYTES:
+                    raise NodeAnswerTooLarge(
+                        f"answer (or one line of it) over {MAX_HELD_BYTES >> 20} MiB"
+                    )
+
+        _RESPONSE_CLASSES = (HTTPConnectionClosed, Bounded)
     return _RESPONSE_CLASSES
 
 
@@ -117,11 +178,19 @@ class _Swept:
 class Reply:
     """One node's answer: status and headers read, body still on the socket."""
 
-    def __init__(self, response: Any, swept: _Swept | None = None):
+    def __init__(
+        self,
+        response: Any,
+        swept: _Swept | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         self._response = response
         self._swept = swept
         self.status: int = response.status_code
         self.content_type: str = response.get("content-type") or ""
+        #: The node's credentials (`Authorization: Bearer TOKEN`), never to be
+        #: passed on: a node echoing a refused token in its error body.
+        self._secrets = _secrets(headers) if headers and self.status >= 400 else ()
 
     def header(self, name: str) -> str | None:
         value = self._response.get(name)
@@ -132,7 +201,10 @@ class Reply:
         swept = self._swept
         greenlet = swept.enter() if swept is not None else None
         try:
-            return bytes(self._response.read())
+            data = bytes(self._response.read())
+            for secret in self._secrets:
+                data = data.replace(secret, b"[redacted]")
+            return data
         except Exception as ex:  # noqa: BLE001 - any socket/parse failure
             self.close()
             raise StreamBroken(_describe(ex)) from ex
@@ -198,6 +270,12 @@ class Reply:
                 pool.release_socket(sock)
             return
         response.release()
+
+
+def _secrets(headers: dict[str, str]) -> tuple[bytes, ...]:
+    """The secret part of each credential header (the token after `Bearer`)."""
+    found = (value.split()[-1] for value in headers.values() if value.strip())
+    return tuple(secret.encode("latin-1") for secret in found if len(secret) >= 4)
 
 
 def _describe(ex: BaseException) -> str:
@@ -300,7 +378,7 @@ class Upstream:
         finally:
             if swept is not None:
                 swept.leave(greenlet)
-        return Reply(response, swept)
+        return Reply(response, swept, headers)
 
     def _sweeper(self, network_s: float) -> _Swept:
         deadlines = self._deadlines
@@ -426,7 +504,9 @@ class Upstream:
                 if chunk:
                     sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             sock.sendall(b"0\r\n\r\n")
-            return Reply(response_type(sock, pool, block_size=BLOCK_SIZE))
+            return Reply(
+                response_type(sock, pool, block_size=BLOCK_SIZE), None, headers
+            )
         except Exception as ex:  # noqa: BLE001 - socket errors, the source's errors
             if sock is not None:
                 pool.release_socket(sock)
