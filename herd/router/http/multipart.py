@@ -7,8 +7,9 @@ parser would guess about is refused with `MultipartError` (a 400): a missing
 or malformed boundary, a body that does not start with it, part headers over
 `MAX_HEADER_BYTES`, with control characters (a bare CR or LF would become a
 line break in the form sent on to the node) or without a `form-data`
-Content-Disposition naming the field, a field given twice, more than `MAX_PARTS` parts, and a body that ends
-before the closing boundary (a truncated upload).
+Content-Disposition naming the field, a field given twice, more than
+`MAX_PARTS` parts, and a body that ends before the closing boundary (a
+truncated upload).
 """
 
 from __future__ import annotations
