@@ -69,6 +69,12 @@ class HostileNode:
             return _send(conn, 200, '{"text":"hi"}')
         if mode == "ok":
             return _send(conn, 200, json.dumps(_completion()))
+        if mode == "html":
+            page = b"<script>fetch('/dashboard/api/overview')</script>"
+            return conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(page), page)
+            )
         if mode == "echo_token":
             message = f"Incorrect API key provided: {TOKEN}"
             return _send(conn, 401, json.dumps({"error": {"message": message}}))
@@ -311,6 +317,24 @@ def test_forwarded_part_headers_carry_no_control_characters() -> None:
     assert head.count(b"\n") == head.count(b"\r\n") == 4  # its own line ends
     assert b"audio/wav X-Injected: 1\r\n" in head
     assert b'filename="a\\" .wav"' in head
+
+
+def test_transcription_is_never_relayed_as_a_page(
+    lab: tuple[Router, HostileNode],
+) -> None:
+    """A node's text/html answer made the router's origin serve its page (a
+    form POST from any site could then read the operator's dashboard API)."""
+    router, node = lab
+    node.mode = "html"
+    req = urllib.request.Request(
+        router.url + "/v1/audio/transcriptions",
+        data=_form(_field("model", "evil-whisper"), _file()),
+        method="POST",
+    )
+    req.add_header("Content-Type", "multipart/form-data; boundary=XyZ")
+    with urllib.request.urlopen(req, timeout=30) as reply:
+        assert reply.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert reply.headers["X-Content-Type-Options"] == "nosniff"
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,10 @@ _FIELDS = {
     "/v1/audio/translations": frozenset({"prompt", "response_format", "temperature"}),
 }
 ROUTES = tuple(_FIELDS)
+#: Content types a node's transcription is relayed with as they are.
+_ANSWER_TYPES = frozenset(
+    {"application/json", "text/plain", "text/vtt", "text/srt", "application/x-subrip"}
+)
 #: Form overhead allowed beyond the audio itself (field values, part headers).
 FORM_SLACK = 1024 * 1024
 
@@ -299,11 +303,22 @@ class Transcribe:
                 resp.data = dumps(error_body(message, kind))
             return
         if not self.native:
-            resp.content_type = opened.content_type or falcon.MEDIA_JSON
+            resp.content_type = relayed_type(opened.content_type)
+            resp.set_header("X-Content-Type-Options", "nosniff")
             resp.data = body
             return
         resp.content_type = falcon.MEDIA_JSON
         resp.data = dumps(native_answer(body))
+
+
+def relayed_type(content_type: str | None) -> str:
+    """The node's Content-Type if it is one a transcription comes in (json,
+    text, srt, vtt), else plain text: a node's `text/html` must not make the
+    router's origin serve a page."""
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    if kind in _ANSWER_TYPES:
+        return content_type or falcon.MEDIA_JSON
+    return "text/plain; charset=utf-8" if kind else falcon.MEDIA_JSON
 
 
 def check_field(name: str, value: str) -> str:
