@@ -36,6 +36,8 @@ class HostileNode:
     def __init__(self) -> None:
         self.mode = "ok"
         self.last = b""
+        #: Set to let a stalled answer go (at teardown).
+        self.stalled = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -52,6 +54,10 @@ class HostileNode:
         with conn:
             try:
                 conn.settimeout(10)
+                if self.mode == "stall_upload":  # reads the head, then nothing
+                    conn.recv(512)
+                    self.stalled.wait(15)
+                    return
                 path, raw = _read_request(conn)
                 self._answer(conn, path, raw)
             except OSError:
@@ -69,6 +75,8 @@ class HostileNode:
             return _send(conn, 200, '{"text":"hi"}')
         if mode == "ok":
             return _send(conn, 200, json.dumps(_completion()))
+        if mode in ("stall_upload", "never_answer"):
+            return self.stalled.wait(15)  # (the request was read, or not)
         if mode == "html":
             page = b"<script>fetch('/dashboard/api/overview')</script>"
             return conn.sendall(
@@ -188,6 +196,7 @@ def lab(
         yield router, node
     finally:
         router.stop()
+        node.stalled.set()
         node.sock.close()
 
 
@@ -378,3 +387,36 @@ def test_responses_include_entry_of_any_type_is_a_400(
 def test_router_log_has_no_traceback(lab: tuple[Router, HostileNode]) -> None:
     router, _ = lab
     assert "Traceback" not in router.log()
+
+
+@pytest.mark.parametrize(
+    ("mode", "size"), [("stall_upload", 32 << 20), ("never_answer", 1000)]
+)
+def test_upload_to_a_stalled_node_ends(mode: str, size: int) -> None:
+    """The upload's sends and the wait for the node's answer had no deadline
+    in the router's worker: a node that stopped reading (or never answered)
+    held the request and its node slot for ever."""
+    import gevent
+
+    from herd.router.routing.proxy import UploadBroken, Upstream
+
+    node = HostileNode()
+    node.mode = mode
+    upstream = Upstream(swept=True)
+    block = b"a" * (1 << 20)
+    try:
+        task = gevent.spawn(
+            upstream.upload,
+            node.url,
+            "/v1/audio/transcriptions",
+            "multipart/form-data; boundary=B",
+            iter([block] * (size >> 20) or [b"a" * size]),
+            network_s=0.5,
+        )
+        task.join(10)
+        assert task.ready(), "the upload still hangs"
+        assert isinstance(task.exception, UploadBroken)
+    finally:
+        node.stalled.set()
+        node.sock.close()
+        upstream.close()

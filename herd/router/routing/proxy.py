@@ -486,8 +486,23 @@ class Upstream:
             f"{extra}\r\n"
         ).encode("latin-1")
         pool = client._connection_pool
-        started = False
+        started = handed = False
         sock = None
+        # Every send and the wait for the answer's head end by `network_s`
+        # (a node that stops reading the upload, or never answers, would
+        # otherwise hold the request and its node slot for ever). Not the
+        # reads of `chunks`: the client's body has its own deadline.
+        swept = self._sweeper(network_s) if self._swept else None
+
+        def bounded(call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+            if swept is None:
+                return call(*args, **kw)
+            greenlet = swept.enter()
+            try:
+                return call(*args, **kw)
+            finally:
+                swept.leave(greenlet)
+
         try:
             # A fresh connection (a pool slot all the same): an idle pooled
             # one the node closed would fail after the upload began, when it
@@ -498,17 +513,19 @@ class Upstream:
             except BaseException:
                 pool._semaphore.release()
                 raise
-            sock.sendall(head)
+            bounded(sock.sendall, head)
             for chunk in chunks:
                 started = True
                 if chunk:
-                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            sock.sendall(b"0\r\n\r\n")
-            return Reply(
-                response_type(sock, pool, block_size=BLOCK_SIZE), None, headers
-            )
+                    bounded(sock.sendall, b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            bounded(sock.sendall, b"0\r\n\r\n")
+            handed = True  # a failing response gives the socket back itself
+            response = bounded(response_type, sock, pool, block_size=BLOCK_SIZE)
+            return Reply(response, swept, headers)
         except Exception as ex:  # noqa: BLE001 - socket errors, the source's errors
-            if sock is not None:
+            if handed and sock is not None:
+                sock.close()  # never reused: it may have gone back to the pool
+            elif sock is not None:
                 pool.release_socket(sock)
             if isinstance(ex, HerdError):
                 raise  # the source refused the client's body (e.g. bad multipart)
