@@ -77,6 +77,15 @@ class HostileNode:
             return _send(conn, 200, json.dumps(_completion()))
         if mode in ("stall_upload", "never_answer"):
             return self.stalled.wait(15)  # (the request was read, or not)
+        if mode == "bad_types":
+            chunk = _completion()
+            chunk["choices"][0] = {"index": 0, "delta": {"content": 1}}
+            chunk["usage"] = {"prompt_tokens": "x", "completion_tokens": 1e308}
+            events = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+            return conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Connection: close\r\n\r\n" + events
+            )
         if mode == "html":
             page = b"<script>fetch('/dashboard/api/overview')</script>"
             return conn.sendall(
@@ -382,6 +391,32 @@ def test_responses_include_entry_of_any_type_is_a_400(
     status, answer = _post(router, "/v1/responses", body)
     assert status == 400, answer
     assert json.loads(answer)["error"]["param"] == "include[0]"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/responses", "/v1/chat/completions", "/api/chat", "/api/generate"]
+)
+def test_node_chunk_of_the_wrong_shape_ends_the_stream_cleanly(
+    lab: tuple[Router, HostileNode], path: str
+) -> None:
+    """`"content": 1` broke the /v1/responses converter (a traceback, the
+    stream cut without an error event); `"prompt_tokens": "x"` broke the
+    token metrics. Both are the node's to get wrong, never a crash."""
+    router, node = lab
+    node.mode = "bad_types"
+    body: dict[str, Any] = {"model": "evil-chat", "stream": True}
+    if path == "/v1/responses":
+        body["input"] = "hi"
+    elif path == "/api/generate":
+        body["prompt"] = "hi"
+    else:
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    status, answer = _post(router, path, body)
+    assert status == 200, answer
+    if path == "/v1/responses":
+        assert b"event: response.failed" in answer
+        assert b"malformed chunk" in answer
+    assert "Traceback" not in router.log()
 
 
 def test_router_log_has_no_traceback(lab: tuple[Router, HostileNode]) -> None:
