@@ -199,9 +199,10 @@ def lab(
         ],
         "models": [{"name": m, "place": {"nodes": ["evil"]}} for m in MODELS],
     }
-    router = start_router(state, yaml.safe_dump(doc), state / "router.log")
+    # Generous waits: only a busy machine makes them matter.
+    router = start_router(state, yaml.safe_dump(doc), state / "router.log", timeout=60)
     try:
-        router.wait_nodes_up(1)
+        router.wait_nodes_up(1, timeout=60)
         yield router, node
     finally:
         router.stop()
