@@ -345,6 +345,9 @@ class Runtime:
         if outcome.finished:
             return
         now = self.monotonic()
+        # Token counts come from the node's answer: only counts are kept.
+        outcome.tokens_in = _count(outcome.tokens_in)
+        outcome.tokens_out = _count(outcome.tokens_out)
         if error in ("stream_broken", "node_error"):
             self.stats.failure(opened.node.name)
         elif outcome.status < 500:
@@ -377,3 +380,8 @@ class Runtime:
         self.traces.record(trace)
         if self.access is not None:
             self.access.request(trace)
+
+
+def _count(value: Any) -> int | None:
+    """A token count a node reported, or None for anything that is not one."""
+    return value if type(value) is int and value >= 0 else None

@@ -16,6 +16,7 @@ node for verbose_json); the /v1 routes answer what the node answered, in the
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -49,6 +50,10 @@ _FIELDS = {
     "/v1/audio/translations": frozenset({"prompt", "response_format", "temperature"}),
 }
 ROUTES = tuple(_FIELDS)
+#: Content types a node's transcription is relayed with as they are.
+_ANSWER_TYPES = frozenset(
+    {"application/json", "text/plain", "text/vtt", "text/srt", "application/x-subrip"}
+)
 #: Form overhead allowed beyond the audio itself (field values, part headers).
 FORM_SLACK = 1024 * 1024
 
@@ -79,7 +84,9 @@ class Upload:
                 self.held = list(self._counted(chunks))
                 self.chunks = None
                 continue
-            self.fields[part.name] = mp.read_text(chunks, part.name)
+            self.fields[part.name] = check_field(
+                part.name, mp.read_text(chunks, part.name)
+            )
             if part.name == "model" and self.file is not None:
                 return
         if self.file is None:
@@ -134,7 +141,7 @@ class Upload:
         yield b"\r\n"
         for part, chunks in self.parts:
             self._check(part)
-            value = mp.read_text(chunks, part.name)
+            value = check_field(part.name, mp.read_text(chunks, part.name))
             if part.name == "model" or part.name in extra:
                 continue
             yield mp.encode_field(boundary, part.name, value)
@@ -189,27 +196,8 @@ class Transcribe:
             rt.finish(opened, outcome, error)
 
     def _check_fields(self, fields: dict[str, str]) -> dict[str, str]:
-        """Validate the optional fields; the ones herd adds for the node."""
-        fmt = fields.get("response_format")
-        if fmt is not None and fmt not in RESPONSE_FORMATS:
-            raise InvalidRequest(
-                f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
-                param="response_format",
-            )
-        if "temperature" in fields:
-            try:
-                float(fields["temperature"])
-            except ValueError:
-                raise InvalidRequest(
-                    "temperature must be a number", param="temperature"
-                ) from None
-        language = fields.get("language")
-        if language is not None and not (
-            0 < len(language) <= 16 and language.isalpha()
-        ):
-            raise InvalidRequest(
-                "language must be a language code such as 'en'", param="language"
-            )
+        """The fields herd adds for the node (each client field was checked
+        as it was read, by `check_field`)."""
         return {"response_format": "verbose_json"} if self.native else {}
 
     def _send(
@@ -315,11 +303,46 @@ class Transcribe:
                 resp.data = dumps(error_body(message, kind))
             return
         if not self.native:
-            resp.content_type = opened.content_type or falcon.MEDIA_JSON
+            resp.content_type = relayed_type(opened.content_type)
+            resp.set_header("X-Content-Type-Options", "nosniff")
             resp.data = body
             return
         resp.content_type = falcon.MEDIA_JSON
         resp.data = dumps(native_answer(body))
+
+
+def relayed_type(content_type: str | None) -> str:
+    """The node's Content-Type if it is one a transcription comes in (json,
+    text, srt, vtt), else plain text: a node's `text/html` must not make the
+    router's origin serve a page."""
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    if kind in _ANSWER_TYPES:
+        return content_type or falcon.MEDIA_JSON
+    return "text/plain; charset=utf-8" if kind else falcon.MEDIA_JSON
+
+
+def check_field(name: str, value: str) -> str:
+    """An optional form field's value, checked wherever in the form it came
+    (before the file or after it, when the audio already streams); 400 else."""
+    if name == "response_format" and value not in RESPONSE_FORMATS:
+        raise InvalidRequest(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
+            param="response_format",
+        )
+    if name == "temperature":
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise InvalidRequest(
+                "temperature must be a finite number", param="temperature"
+            )
+    if name == "language" and not (0 < len(value) <= 16 and value.isalpha()):
+        raise InvalidRequest(
+            "language must be a language code such as 'en'", param="language"
+        )
+    return value
 
 
 def native_answer(body: bytes) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def responses_request(body: Any) -> Converted:
     get_field(body, "max_tool_calls", (int,), WHERE)
     include = get_field(body, "include", (list,), WHERE) or []
     for i, item in enumerate(include):
-        if item not in _INCLUDABLE:
+        if not isinstance(item, str) or item not in _INCLUDABLE:
             raise refuse(WHERE, f"include[{i}]", f"{str(item)[:60]!r} is not supported")
     limits = {"max_tokens": get_field(body, "max_output_tokens", (int,), WHERE)}
     options = sampling_options(

@@ -5,9 +5,11 @@ iterator of byte chunks read from the socket as the caller consumes them, so
 an upload of any size passes through a bounded buffer. Anything a lenient
 parser would guess about is refused with `MultipartError` (a 400): a missing
 or malformed boundary, a body that does not start with it, part headers over
-`MAX_HEADER_BYTES` or without a `form-data` Content-Disposition naming the
-field, a field given twice, more than `MAX_PARTS` parts, and a body that ends
-before the closing boundary (a truncated upload).
+`MAX_HEADER_BYTES`, with control characters (a bare CR or LF would become a
+line break in the form sent on to the node) or without a `form-data`
+Content-Disposition naming the field, a field given twice, more than
+`MAX_PARTS` parts, and a body that ends before the closing boundary (a
+truncated upload).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?
 _PARAM = re.compile(
     r';\s*([A-Za-z0-9_*.-]+)\s*=\s*(?:"((?:[^"\\\r\n]|\\.)*)"|([^;\s"]+))\s*'
 )
+
+
+#: Characters no part header may carry (tab aside); CRLF ends each line.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class MultipartError(InvalidRequest):
@@ -170,6 +176,10 @@ class MultipartReader:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
             raise MultipartError("multipart part headers are not UTF-8") from None
+        if _CONTROL.search(text.replace("\r\n", "")):
+            # A bare CR or LF, NUL, ...: what a node's parser would take for a
+            # line break or an end must not be passed on in a part header.
+            raise MultipartError("multipart part headers contain control characters")
         headers: dict[str, str] = {}
         for line in text.split("\r\n"):
             name, colon, value = line.partition(":")
@@ -250,7 +260,7 @@ def file_head(
             boundary,
             _quote(name),
             _quote(filename),
-            (content_type or "application/octet-stream").encode("latin-1", "replace"),
+            _CONTROL.sub(" ", content_type or "application/octet-stream").encode(),
         )
     )
 
@@ -260,7 +270,7 @@ def closing(boundary: bytes) -> bytes:
 
 
 def _quote(text: str) -> bytes:
-    """A header parameter value: quotes, backslashes and line breaks escaped."""
+    """A header parameter value: quotes and backslashes escaped, control
+    characters (line breaks, NUL, ...) blanked."""
     cleaned = text.replace("\\", "\\\\").replace('"', '\\"')
-    cleaned = cleaned.replace("\r", " ").replace("\n", " ")
-    return cleaned.encode("utf-8")
+    return _CONTROL.sub(" ", cleaned).encode("utf-8")

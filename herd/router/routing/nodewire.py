@@ -39,6 +39,10 @@ MAX_LINE = 8 * 1024
 MAX_TRAILERS = 64 * 1024
 #: Interim (1xx) answers skipped before the final one.
 MAX_INTERIM = 8
+#: Most bytes of a node's answer the router holds at once: a whole answer read
+#: in one piece, or one line or event of a stream (a generated image in base64
+#: fits). A node sending more (a hostile or broken one) gets TooLarge.
+MAX_HELD = 128 * 1024 * 1024
 #: One recv.
 BLOCK = 64 * 1024
 #: Idle connections kept per node pool (more are closed when released).
@@ -49,6 +53,10 @@ _NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 
 class ProtocolError(Exception):
     """The node's answer is not HTTP/1.1 as the router reads it."""
+
+
+class TooLarge(ProtocolError):
+    """An answer read whole, or one line of a stream, went past MAX_HELD."""
 
 
 class Closed(ProtocolError):
@@ -278,6 +286,7 @@ class Answer:
             return pending[: at + 1]
         self._pending = b""
         parts = [pending] if pending else []
+        held = len(pending)
         while True:
             piece = self.piece()
             if not piece:
@@ -288,15 +297,22 @@ class Answer:
                 parts.append(piece[: at + 1])
                 return b"".join(parts)
             parts.append(piece)
+            held += len(piece)
+            if held > MAX_HELD:
+                raise TooLarge(f"one line of the answer over {MAX_HELD >> 20} MiB")
 
     def read(self) -> bytes:
         """The rest of the body."""
         parts = []
+        held = 0
         while True:
             piece = self.piece()
             if not piece:
                 return b"".join(parts)
             parts.append(piece)
+            held += len(piece)
+            if held > MAX_HELD:
+                raise TooLarge(f"answer over {MAX_HELD >> 20} MiB")
 
     @property
     def reusable(self) -> bool:

@@ -19,7 +19,12 @@ from herd.errors import HerdError
 from herd.manifest.model import Model, Node
 from herd.router.convert import to_openai
 from herd.router.convert.response import error_body
-from herd.router.routing.proxy import Reply, StreamBroken, UpstreamFailure
+from herd.router.routing.proxy import (
+    NodeAnswerTooLarge,
+    Reply,
+    StreamBroken,
+    UpstreamFailure,
+)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,8 @@ def commit(
         return opened
     except StreamBroken as ex:
         opened.release()
-        return failed("timeout", f"{opened.node.url}: {ex}")
+        kind = "protocol" if isinstance(ex.__cause__, NodeAnswerTooLarge) else "timeout"
+        return failed(kind, f"{opened.node.url}: {ex}")
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         opened.release()
         return failed("protocol", f"{opened.node.url}: answer is not OpenAI JSON")

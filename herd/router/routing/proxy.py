@@ -29,7 +29,11 @@ from urllib.parse import urlsplit
 
 from herd import hosts
 from herd.errors import HerdError
-from herd.router.routing.nodewire import Answer, Closed, Pool
+from herd.router.routing.nodewire import Answer, Closed, Pool, TooLarge
+
+#: A node's answer (read whole) or one line of its stream went past
+#: nodewire.MAX_HELD: a protocol failure, never a timeout.
+NodeAnswerTooLarge = TooLarge
 
 POLL_TIMEOUT_S = 1.5
 #: How long closing a finished stream waits for the end of the HTTP body.
@@ -81,13 +85,22 @@ class _Swept:
 class Reply:
     """One node's answer: status and headers read, body still on the socket."""
 
-    def __init__(self, answer: Answer, pool: Pool, swept: _Swept | None = None):
+    def __init__(
+        self,
+        answer: Answer,
+        pool: Pool,
+        swept: _Swept | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         self._answer: Answer | None = answer
         self._pool = pool
         self._swept = swept
         self._fields = answer.fields
         self.status: int = answer.status
         self.content_type: str = answer.fields.get("content-type") or ""
+        #: The node's credentials (`Authorization: Bearer TOKEN`), never to be
+        #: passed on: a node echoing a refused token in its error body.
+        self._secrets = _secrets(headers) if headers and self.status >= 400 else ()
 
     def header(self, name: str) -> str | None:
         return self._fields.get(name.lower())
@@ -100,7 +113,10 @@ class Reply:
         swept = self._swept
         greenlet = swept.enter() if swept is not None else None
         try:
-            return answer.read()
+            data = answer.read()
+            for secret in self._secrets:
+                data = data.replace(secret, b"[redacted]")
+            return data
         except Exception as ex:  # noqa: BLE001 - any socket/parse failure
             self._drop()
             raise StreamBroken(_describe(ex)) from ex
@@ -163,6 +179,12 @@ class Reply:
             self._pool.put(answer.conn)
         else:
             answer.conn.close()
+
+
+def _secrets(headers: dict[str, str]) -> tuple[bytes, ...]:
+    """The secret part of each credential header (the token after `Bearer`)."""
+    found = (value.split()[-1] for value in headers.values() if value.strip())
+    return tuple(secret.encode("latin-1") for secret in found if len(secret) >= 4)
 
 
 def _describe(ex: BaseException) -> str:
@@ -276,7 +298,7 @@ class Upstream:
         finally:
             if swept is not None:
                 swept.leave(greenlet)
-        return Reply(answer, target.pool, swept)
+        return Reply(answer, target.pool, swept, headers)
 
     def _sweeper(self, network_s: float) -> _Swept:
         deadlines = self._deadlines
@@ -369,25 +391,34 @@ class Upstream:
         pool = target.pool
         started = False
         conn = None
+        # Every send and the wait for the answer's head end by `network_s`
+        # (a node that stops reading the upload, or never answers, would
+        # otherwise hold the request and its node slot for ever). Not the
+        # reads of `chunks`: the client's body has its own deadline.
+        swept = self._sweeper(network_s) if self._swept else None
+
+        def bounded(call: Callable[..., Any], *args: Any) -> Any:
+            if swept is None:
+                return call(*args)
+            greenlet = swept.enter()
+            try:
+                return call(*args)
+            finally:
+                swept.leave(greenlet)
+
         try:
             # A fresh connection: an idle pooled one the node closed would
             # fail after the upload began, when it can no longer be retried.
             conn = pool.connect()
             sock = conn.sock
-            sock.sendall(head)
+            bounded(sock.sendall, head)
             for chunk in chunks:
                 started = True
                 if chunk:
-                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            sock.sendall(b"0\r\n\r\n")
-            swept = self._sweeper(network_s) if self._swept else None
-            greenlet = swept.enter() if swept is not None else None
-            try:
-                answer = Answer(conn, "POST")
-            finally:
-                if swept is not None:
-                    swept.leave(greenlet)
-            return Reply(answer, pool, swept)
+                    bounded(sock.sendall, b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            bounded(sock.sendall, b"0\r\n\r\n")
+            answer = bounded(Answer, conn, "POST")
+            return Reply(answer, pool, swept, headers)
         except Exception as ex:  # noqa: BLE001 - socket errors, the source's errors
             if conn is not None:
                 conn.close()

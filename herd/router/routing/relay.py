@@ -159,6 +159,10 @@ def _sse(
     except StreamBroken as ex:
         error = "stream_broken"
         yield converter.fail(f"herd: node {opened.node.name} failed mid-stream: {ex}")
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+        # JSON of the wrong shape from the node (`"content": 1`, ...).
+        error = "stream_broken"
+        yield converter.fail(f"herd: node {opened.node.name} sent a malformed chunk")
     except GeneratorExit:
         error = "client_gone"
         raise
