@@ -241,7 +241,7 @@ def test_node_head_without_end_is_a_clean_502(lab: tuple[Router, HostileNode]) -
     node.mode = "huge_head"
     status, body = _post(router, "/v1/chat/completions", _chat())
     assert status == 502, body
-    assert b"headers over 64 KiB" in body
+    assert b"answer head over 65536 bytes" in body
     _healthy_after(router, node)
 
 
