@@ -54,7 +54,8 @@ control_socket_disable = True
 
 def post_fork(server, worker):
     """herd's log lines go to stderr like gunicorn's. (The one line per request
-    is written by herd.router.observe.accesslog, in batches; HERD_ACCESS_LOG=0 drops it.)"""
+    is written by herd.router.observe.accesslog, in batches; HERD_ACCESS_LOG=0
+    drops it.)"""
     import logging
 
     handler = logging.StreamHandler()
