@@ -46,16 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from herd.discovery import fleetkey  # noqa: E402
 from tests.bench.bench_router import (  # noqa: E402
     CHAT_BODY,
-    FIXED_REPLY,
     HERD,
     MODEL,
-    NGINX_CONF,
     TAG,
     WRK_LUA,
     Procs,
     choose_pinning,
     cpu_seconds,
     free_port,
+    nginx_conf,
     run_wrk,
     wait_http,
 )
@@ -369,13 +368,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     load = pin.load_cmd()
     ports = {"nginx": free_port(), "router": free_port()}
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
-    (tmp / "nginx.conf").write_text(
-        NGINX_CONF.format(
-            tmp=tmp, port=ports["nginx"], chat=FIXED_REPLY,
-            tags=json.dumps({"models": [TAG]}, separators=(",", ":")),
-            ps=json.dumps({"models": []}),
-        )
-    )  # fmt: skip
+    (tmp / "nginx.conf").write_text(nginx_conf(tmp, ports["nginx"]))
     procs.start(
         [*load, "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
         stdout=log,

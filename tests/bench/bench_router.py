@@ -120,7 +120,7 @@ http {{
   keepalive_requests 10000000;
   keepalive_timeout 120s;
   server {{
-    listen 127.0.0.1:{port};
+{listen}
     default_type "application/json; charset=utf-8";
     location = /api/chat {{ return 200 '{chat}'; }}
     location = /api/version {{ return 200 '{{"version":"0.33.0"}}'; }}
@@ -130,6 +130,19 @@ http {{
   }}
 }}
 """
+
+
+def nginx_conf(tmp: Path, *ports: int) -> str:
+    """NGINX_CONF for a zero-cost node listening on each of `ports` (loopback)."""
+    return NGINX_CONF.format(
+        tmp=tmp,
+        listen="\n".join(f"    listen 127.0.0.1:{port};" for port in ports),
+        chat=FIXED_REPLY,
+        tags=json.dumps({"models": [TAG]}, separators=(",", ":")),
+        ps=json.dumps({"models": []}),
+    )
+
+
 WRK_LUA = """\
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -646,15 +659,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     }
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
     # 1. the zero-cost node
-    (tmp / "nginx.conf").write_text(
-        NGINX_CONF.format(
-            tmp=tmp,
-            port=ports["nginx"],
-            chat=FIXED_REPLY,
-            tags=json.dumps({"models": [TAG]}, separators=(",", ":")),
-            ps=json.dumps({"models": []}),
-        )
-    )
+    (tmp / "nginx.conf").write_text(nginx_conf(tmp, ports["nginx"]))
     nginx = procs.start(
         [*pin.load_cmd(), "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
         stdout=log,

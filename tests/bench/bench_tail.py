@@ -23,7 +23,6 @@ each node's answers are parsed on the loop every second.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -36,32 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench import bench_router as br  # noqa: E402
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  server {{
-{listen}
-    default_type "application/json; charset=utf-8";
-    location = /api/chat {{ return 200 '{chat}'; }}
-    location = /api/version {{ return 200 '{{"version":"0.33.0"}}'; }}
-    location = /api/tags {{ return 200 '{tags}'; }}
-    location = /api/ps {{ return 200 '{ps}'; }}
-    location = / {{ default_type text/plain; return 200 'Ollama is running'; }}
-  }}
-}}
-"""
 MANIFEST_HEAD = """\
 apiVersion: herd/v1
 kind: Fleet
@@ -145,15 +118,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: br.Procs) -> int:
         os.sched_setaffinity(0, set(pin.load))
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed at exit
     ports = [br.free_port() for _ in range(args.nodes)]
-    (tmp / "nginx.conf").write_text(
-        NGINX_CONF.format(
-            tmp=tmp,
-            listen="\n".join(f"    listen 127.0.0.1:{p};" for p in ports),
-            chat=br.FIXED_REPLY,
-            tags=json.dumps({"models": [br.TAG]}, separators=(",", ":")),
-            ps=json.dumps({"models": []}),
-        )
-    )
+    (tmp / "nginx.conf").write_text(br.nginx_conf(tmp, *ports))
     procs.start(
         [*pin.load_cmd(), "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
         stdout=log,

@@ -38,10 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_router import (  # noqa: E402
     CHAT_BODY,
-    FIXED_REPLY,
-    NGINX_CONF,
-    TAG,
     free_port,
+    nginx_conf,
     wait_http,
 )
 
@@ -56,15 +54,7 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen, int]:
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / sub).mkdir(exist_ok=True)
     conf = tmp / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            tmp=tmp,
-            port=port,
-            chat=FIXED_REPLY,
-            tags=json.dumps({"models": [TAG]}),
-            ps=json.dumps({"models": []}),
-        )
-    )
+    conf.write_text(nginx_conf(tmp, port))
     proc = subprocess.Popen(
         ["nginx", "-c", str(conf), "-p", str(tmp)],
         stdout=subprocess.DEVNULL,
