@@ -223,7 +223,7 @@ class Metrics:
         )
         self.reload_errors = Counter(
             "herd_reload_errors_total",
-            "New manifest revisions refused on reload (each worker counts its own).",
+            "Manifest revisions refused on reload (once per revision, all workers).",
             registry=reg,
         )
         self.reload_failing = Gauge(

@@ -19,12 +19,8 @@ from herd.errors import HerdError
 from herd.manifest.model import Model, Node
 from herd.router.convert import to_openai
 from herd.router.convert.response import error_body
-from herd.router.routing.proxy import (
-    NodeAnswerTooLarge,
-    Reply,
-    StreamBroken,
-    UpstreamFailure,
-)
+from herd.router.routing.nodewire import TooLarge
+from herd.router.routing.proxy import Reply, StreamBroken, UpstreamFailure
 
 
 @dataclass(frozen=True)
@@ -167,7 +163,8 @@ def commit(
         return opened
     except StreamBroken as ex:
         opened.release()
-        kind = "protocol" if isinstance(ex.__cause__, NodeAnswerTooLarge) else "timeout"
+        # An answer past nodewire.MAX_HELD is the node's fault, not a timeout.
+        kind = "protocol" if isinstance(ex.__cause__, TooLarge) else "timeout"
         return failed(kind, f"{opened.node.url}: {ex}")
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         opened.release()

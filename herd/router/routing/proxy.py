@@ -29,11 +29,7 @@ from urllib.parse import urlsplit
 
 from herd import hosts
 from herd.errors import HerdError
-from herd.router.routing.nodewire import Answer, Closed, Pool, TooLarge
-
-#: A node's answer (read whole) or one line of its stream went past
-#: nodewire.MAX_HELD: a protocol failure, never a timeout.
-NodeAnswerTooLarge = TooLarge
+from herd.router.routing.nodewire import Answer, Closed, Pool
 
 POLL_TIMEOUT_S = 1.5
 #: How long closing a finished stream waits for the end of the HTTP body.
