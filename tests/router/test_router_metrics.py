@@ -146,6 +146,15 @@ def test_metrics_add_up_across_two_workers(sims, router, tmp_path: Path):
     )
     r.wait_nodes_up(1)
     assert not (multiproc / "counter_999999.db").exists(), "the directory was wiped"
+    # The kernel picks which worker accepts each connection: on a loaded
+    # machine one worker can take them all. Knock (on an ops route the counts
+    # below leave out) until both have served and written their values.
+    deadline = time.monotonic() + 30
+    while len(list(multiproc.glob("histogram_*.db"))) < 2:
+        assert time.monotonic() < deadline, "one worker took every connection"
+        for _ in range(10):
+            call(r.url, "/healthz")
+        time.sleep(0.2)
 
     sent: Counter = Counter()  # (route, status) -> requests
     kinds: Counter = Counter()  # (kind, status) -> requests
