@@ -63,6 +63,9 @@ class GatedNode(RecordingNode):
         super().answer_get(h)
 
     def answer_post(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        if h.path != "/api/chat":  # e.g. the poller's /api/show: not a chat
+            super().answer_post(h, raw)
+            return
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
