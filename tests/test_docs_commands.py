@@ -9,12 +9,16 @@ stated reason. Every `herd ...` line, run or not, must parse.
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -169,3 +173,35 @@ def test_make_example_rebuilds_the_example_bundle(tmp_path):
     assert files == sorted(p.relative_to(made) for p in made.rglob("*") if p.is_file())
     _, mismatch, errors = filecmp.cmpfiles(shipped, made, files, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
+
+
+def _parsers(parser: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_help_example_parses():
+    """The `examples:` of every `herd ... --help` are command lines that parse."""
+    parser = build_parser()
+    lines = []
+    for name, sub in _parsers(parser):
+        text = sub.format_help()
+        if "examples:" not in text:
+            continue
+        for raw in text.split("examples:", 1)[1].splitlines():
+            line = re.split(r"\s{2,}", raw.strip(), maxsplit=1)[0]
+            for part in re.split(r" (?:\|\|?|&&|;) ", line):  # pipes, chains
+                if part.startswith("herd ") and "…" not in part:
+                    lines.append((name, part))
+    assert len({name for name, _ in lines}) > 15, lines
+    for name, line in lines:
+        argv = shlex.split(re.sub(r" (?:&|[<>] \S+)$", "", line))[1:]  # the shell's
+        if all(re.fullmatch(r"[a-z]+", word) for word in argv) and len(argv) == 1:
+            argv.append("--help")
+        try:
+            parser.parse_args(argv)
+        except SystemExit as ex:
+            assert ex.code == 0 and argv[-1] == "--help", (name, line)
