@@ -295,9 +295,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="run the demo fleet on this host: simulated node(s) and the router "
         "on the demo manifest, in a temporary state dir; Ctrl-C stops all of it",
         examples="""\
-  herd demo                        router on 127.0.0.1:11435, nodes on free ports
-  herd demo --port 0               the router on any free port too
-  herd demo --state-dir demo-state keep the state (and use it with other commands)""",
+  herd demo                         router on 127.0.0.1:11435, nodes on free ports
+  herd demo --port 0                the router on any free port too
+  herd demo --state-dir demo-state  keep the state (for other commands to use)""",
     )
     parser.add_argument(
         "--state-dir",

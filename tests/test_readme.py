@@ -36,7 +36,9 @@ SKIP = {
     r"apt-get install .*": "benchmark tools; benchmarks are not part of the suite",
     r"python tests/bench/.*": "benchmarks are not part of the suite (README says so)",
     r"ollama pull --insecure ROUTER:.*": "needs a real Ollama; the registry has tests",
-    r"herd bundle.*": "bundle command lines are run by tests/bundle",
+    # The quick start's bundle example runs below, into the demo's state.
+    r"herd bundle(?!.*--state-dir \.herd-state).*": "bundle command lines are run "
+    "by tests/bundle",
     r"herd health.*": "run against a live router and a stopped one by "
     "tests/router/test_router_health.py",
     r"herd node --(router|lan-proxy) .*": "the agent runs until stopped, against "
@@ -176,6 +178,15 @@ def test_readme_commands_run(tmp_path):
         demo, text = shell.start(line, "Ctrl-C")
         try:
             assert f"127.0.0.1:{port}" in text
+            if "--state-dir" in line:
+                # The README's example bundle, into the running demo's state:
+                # the imported model is listed there (not in /var/lib/herd).
+                shell.subs["bundles/"] = f"{ROOT}/bundles/"
+                shell.subs["tests/bundle/"] = f"{ROOT}/tests/bundle/"
+                for bundle_line in [ln for ln in lines if ln.startswith("herd bundle")]:
+                    out = shell.run(bundle_line)
+                    assert "tiny:latest" in out, (bundle_line, out)
+                assert (state / "store" / "manifests").is_dir()
             for probe in [ln for ln in lines if "127.0.0.1:11435" in ln]:
                 out = shell.run(probe)
                 assert out.strip() and "error" not in out.lower(), (probe, out)
@@ -189,6 +200,9 @@ def test_readme_commands_run(tmp_path):
             assert (state / "herd.db").exists()
             shutil.rmtree(state)
     shell.ran.add("herd status [--json]")
+    # The README's bundle example goes into the quick start's state (issue #7
+    # item 28: it went to /var/lib/herd while the router served .herd-state).
+    assert any(ln.startswith("herd bundle import bundles/example") for ln in shell.ran)
 
     # herd sim, probed with the README's curl lines.
     sim_port = free_port()

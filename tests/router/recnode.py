@@ -210,6 +210,36 @@ class RecordingNode:
             _send(h, 404, {"error": "not found"})
 
 
+class RecordingOpenAINode(RecordingNode):
+    """The same recorder speaking the OpenAI API (a manifest's `api: openai`
+    node), answering without streaming: it gets the client's body as sent."""
+
+    def answer_get(self, h: BaseHTTPRequestHandler) -> None:
+        if h.path == "/v1/models":
+            data = [
+                {"id": m, "object": "model", "owned_by": "rec"} for m in self.models
+            ]
+            _send(h, 200, {"object": "list", "data": data})
+        else:
+            _send(h, 404, {"error": {"message": "not found"}})
+
+    def answer_post(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        model = go_view(raw).get("model", "")
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        if h.path == "/v1/embeddings":
+            item = {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}
+            _send(h, 200, {"object": "list", "data": [item], "model": model})
+            return
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "text": "ok"}
+        kind = "text_completion"
+        if h.path == "/v1/chat/completions":
+            choice = {**choice, "message": {"role": "assistant", "content": "ok"}}
+            del choice["text"]
+            kind = "chat.completion"
+        reply = {"id": "r", "object": kind, "created": 0, "model": model}
+        _send(h, 200, {**reply, "choices": [choice], "usage": usage})
+
+
 def _send(
     h: BaseHTTPRequestHandler,
     status: int,

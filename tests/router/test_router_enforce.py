@@ -15,8 +15,9 @@ import httpx
 import ollama
 import openai
 import pytest
+import yaml
 
-from tests.router.recnode import RecordingNode, go_view
+from tests.router.recnode import RecordingNode, RecordingOpenAINode, go_view
 from tests.router.routerproc import manifest, start_router
 
 ALLOWED = "llama3.2:3b"
@@ -181,3 +182,47 @@ def _smuggle_through(client: openai.OpenAI, node: RecordingNode) -> None:
     assert reply.choices[0].message.content == "ok"
     [(path, raw)] = node.take()
     assert path == "/api/chat" and go_view(raw)["model"] == ALLOWED
+
+
+#: OpenAI routes an `api: openai` node gets as sent -> the rest of a body.
+OPENAI_ROUTES = {
+    "/v1/chat/completions": '"messages":[{"role":"user","content":"hi"}]',
+    "/v1/completions": '"prompt":"hi"',
+    "/v1/embeddings": '"input":"hi"',
+}
+#: A lone field spelled so that only a case-insensitive decoder reads it.
+LONE_VARIANTS = ['"Stream":true', '"MAX_TOKENS":99999', '"\u017ftream":true']
+
+
+def test_an_openai_node_reads_what_was_checked(tmp_path):
+    """Passed through as sent, a body still means what the router read."""
+    node = RecordingOpenAINode()
+    doc = yaml.safe_load(
+        manifest(
+            [node],
+            clients=[
+                {"name": "local", "networks": ["127.0.0.0/8"], "models": [ALLOWED]}
+            ],
+            limits={"retries": 0},
+        )
+    )
+    doc["nodes"][0]["api"] = "openai"
+    text = yaml.safe_dump(doc)
+    r = start_router(tmp_path / "state", text, tmp_path / "router.log")
+    try:
+        r.wait_nodes_up(1)
+        with httpx.Client(base_url=r.url, timeout=30) as client:
+            for route, rest in OPENAI_ROUTES.items():
+                for lone in LONE_VARIANTS:
+                    body = f'{{"model":"{ALLOWED}",{rest},{lone}}}'
+                    reply = client.post(route, content=body)
+                    assert reply.status_code == 400, (route, body, reply.text)
+                    assert reply.json()["error"]["param"], reply.text
+                    assert node.take() == [], (route, body)
+                reply = client.post(route, content=f'{{"model":"{ALLOWED}",{rest}}}')
+                assert reply.status_code == 200, (route, reply.text)
+                [(path, raw)] = node.take()
+                assert path == route and go_view(raw)["model"] == ALLOWED
+    finally:
+        r.stop()
+        node.stop()

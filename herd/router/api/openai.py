@@ -16,6 +16,7 @@ import falcon
 from herd.errors import InvalidRequest, ModelNotFound
 from herd.manifest.model import Fleet, Model
 from herd.router import convert
+from herd.router.api.body import check_lowercase_keys
 from herd.router.api.kinds import check_kind
 from herd.router.api.ollama import (
     THINKING_PATHS,
@@ -61,6 +62,11 @@ class Forwarded:
         outcome: Outcome = ctx.outcome
         outcome.route = self.route
         body, _ = rt.read_json(req, fleet)
+        if self.passthrough:
+            # An OpenAI node may get this body as sent, and may match fields
+            # without regard to case (Go's encoding/json): `"Stream": true`
+            # would stream to a router that read no `stream`.
+            check_lowercase_keys(body)
         if isinstance(body.get("model"), str):
             outcome.requested_model = body["model"]
         if "metadata" in body or "user" in body:
