@@ -26,6 +26,7 @@ module import.
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any
 
@@ -66,13 +67,28 @@ class Closed(ProtocolError):
 class Conn:
     """One connection to a node: its socket and the bytes read but not used."""
 
-    __slots__ = ("sock", "buf", "reused")
+    __slots__ = ("sock", "buf", "reused", "_wait")
 
-    def __init__(self, sock: Any):
+    def __init__(self, sock: Any, plain: bool = False):
         self.sock = sock
         self.buf = b""
         #: True once taken from the idle pool (the node may have closed it).
         self.reused = False
+        #: Waits until the socket is readable: gevent's own wait, the one its
+        #: recv makes after an empty-handed try (EAGAIN). Only for a plain
+        #: gevent socket: TLS may hold records a readiness wait cannot see.
+        self._wait: Any = None
+        if plain and hasattr(sock, "_wait") and hasattr(sock, "_read_event"):
+            self._wait = sock._wait
+
+    def readable(self) -> None:
+        """Block until the node sent something (or closed, or the read's
+        time limit ended it), so that the recv after never comes back
+        empty-handed: a node's answer is never there the instant after the
+        request went out, and a recv that finds nothing costs a syscall and an
+        exception before gevent waits anyway."""
+        if self._wait is not None:
+            self._wait(self.sock._read_event)
 
     def close(self) -> None:
         try:
@@ -135,7 +151,7 @@ class Pool:
         except BaseException:
             sock.close()
             raise
-        return Conn(sock)
+        return Conn(sock, plain=self.tls_hostname is None)
 
     def _tls_context(self) -> Any:
         if self._tls is None:
@@ -203,7 +219,7 @@ class Answer:
         connection = fields.get("connection", "").lower()
         self.keep = (
             "close" not in connection
-            if version == b"HTTP/1.1"
+            if version == "HTTP/1.1"
             else "keep-alive" in connection
         )
         coding = fields.get("transfer-encoding")
@@ -327,8 +343,10 @@ def _recv(conn: Conn, what: str) -> bytes:
     return data
 
 
-def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
+def _read_head(conn: Conn) -> tuple[str, int, dict[str, str]]:
     buf = conn.buf
+    if not buf:
+        conn.readable()
     end = buf.find(b"\r\n\r\n")
     while end < 0:
         if len(buf) > MAX_HEAD:
@@ -345,25 +363,28 @@ def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
     if end > MAX_HEAD:
         raise ProtocolError(f"answer head over {MAX_HEAD} bytes")
     conn.buf = buf[end + 4 :]
-    lines = buf[:end].split(b"\r\n")
+    # Decoded once as a whole (latin-1 maps every byte to one character):
+    # cheaper than decoding each name and value.
+    lines = buf[:end].decode("latin-1").split("\r\n")
     if len(lines) > MAX_FIELDS + 1:
         raise ProtocolError(f"answer has over {MAX_FIELDS} header fields")
-    parts = lines[0].split(b" ", 2)
+    parts = lines[0].split(" ", 2)
     version = parts[0]
     if (
         len(parts) < 2
-        or version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or version not in ("HTTP/1.1", "HTTP/1.0")
         or len(parts[1]) != 3
         or not parts[1].isdigit()
+        or not parts[1].isascii()
     ):
         raise ProtocolError(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
     fields: dict[str, str] = {}
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name:
+        name, colon, value = line.partition(":")
+        if not colon or not name or _WHITE.search(name):
             raise ProtocolError(f"malformed header field {line[:60]!r}")
-        key = name.decode("latin-1").lower()
-        text = value.strip(b" \t").decode("latin-1")
+        key = name.lower()
+        text = value.strip(" \t")
         seen = fields.get(key)
         if seen is None:
             fields[key] = text
@@ -373,6 +394,11 @@ def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
         elif key == "transfer-encoding":
             fields[key] = f"{seen}, {text}"
     return version, int(parts[1]), fields
+
+
+#: White space in a field name (an obs-folded line starts with some): the
+#: ASCII white space bytes.strip() removes, as one class.
+_WHITE = re.compile(r"[ \t\n\r\x0b\x0c]")
 
 
 def _content_length(text: str) -> int:
