@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 #: Status line plus header fields, bytes.
@@ -51,6 +53,9 @@ MAX_IDLE = 256
 
 _NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 
+#: A parsed answer head: HTTP version, status, fields (lowercase names).
+Head = tuple[str, int, Mapping[str, str]]
+
 
 class ProtocolError(Exception):
     """The node's answer is not HTTP/1.1 as the router reads it."""
@@ -67,13 +72,15 @@ class Closed(ProtocolError):
 class Conn:
     """One connection to a node: its socket and the bytes read but not used."""
 
-    __slots__ = ("sock", "buf", "reused", "_wait")
+    __slots__ = ("sock", "buf", "reused", "last_head", "_wait")
 
     def __init__(self, sock: Any, plain: bool = False):
         self.sock = sock
         self.buf = b""
         #: True once taken from the idle pool (the node may have closed it).
         self.reused = False
+        #: The last answer head read here: its bytes and their parse.
+        self.last_head: tuple[bytes, Head] | None = None
         #: Waits until the socket is readable: gevent's own wait, the one its
         #: recv makes after an empty-handed try (EAGAIN). Only for a plain
         #: gevent socket: TLS may hold records a readiness wait cannot see.
@@ -343,7 +350,10 @@ def _recv(conn: Conn, what: str) -> bytes:
     return data
 
 
-def _read_head(conn: Conn) -> tuple[str, int, dict[str, str]]:
+def _read_head(conn: Conn) -> Head:
+    """The next answer head off the connection, parsed. A node answers with
+    the same head bytes again and again (its Date changes once a second):
+    the same bytes as the connection's last head reuse that parse."""
     buf = conn.buf
     if not buf:
         conn.readable()
@@ -363,9 +373,21 @@ def _read_head(conn: Conn) -> tuple[str, int, dict[str, str]]:
     if end > MAX_HEAD:
         raise ProtocolError(f"answer head over {MAX_HEAD} bytes")
     conn.buf = buf[end + 4 :]
+    head = buf[:end]
+    last = conn.last_head
+    if last is not None and last[0] == head:
+        return last[1]
+    parsed = _parse_head(head)
+    conn.last_head = (head, parsed)
+    return parsed
+
+
+def _parse_head(head: bytes) -> Head:
+    """A head's status line and fields, checked; the fields read-only (a
+    parsed head is kept for the connection's next answer)."""
     # Decoded once as a whole (latin-1 maps every byte to one character):
     # cheaper than decoding each name and value.
-    lines = buf[:end].decode("latin-1").split("\r\n")
+    lines = head.decode("latin-1").split("\r\n")
     if len(lines) > MAX_FIELDS + 1:
         raise ProtocolError(f"answer has over {MAX_FIELDS} header fields")
     parts = lines[0].split(" ", 2)
@@ -393,7 +415,7 @@ def _read_head(conn: Conn) -> tuple[str, int, dict[str, str]]:
                 raise ProtocolError("answer has conflicting Content-Length fields")
         elif key == "transfer-encoding":
             fields[key] = f"{seen}, {text}"
-    return version, int(parts[1]), fields
+    return version, int(parts[1]), MappingProxyType(fields)
 
 
 #: White space in a field name (an obs-folded line starts with some): the
