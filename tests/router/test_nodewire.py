@@ -283,3 +283,37 @@ def test_answer_is_awaited_before_the_first_recv(node, monkeypatch):
     reply.close()
     assert ready and all(ready)
     up.close()
+
+
+def test_a_body_in_memory_is_read_without_a_deadline(node, monkeypatch):
+    # With the sweeper (the router's worker), every read that may block has
+    # a deadline; a body that came with its head cannot block and has none.
+    from herd.router.http.deadlines import Deadlines
+
+    entered: list[float] = []
+    enter = Deadlines.enter
+
+    def spied(self, greenlet, deadline, droppable=False):
+        entered.append(deadline)
+        enter(self, greenlet, deadline, droppable)
+
+    monkeypatch.setattr(Deadlines, "enter", spied)
+
+    def late_body(conn: socket.socket) -> None:
+        conn.sendall(OK_HEAD + b"Content-Length: 2\r\n\r\n")
+        time.sleep(0.05)
+        conn.sendall(b"{}")
+
+    n = node(_sized(b'{"a":1}'), late_body)
+    up = Upstream(swept=True)
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    waits = len(entered)
+    assert list(reply.lines()) == [b'{"a":1}']
+    assert len(entered) == waits  # in memory: no deadline
+    reply.close()
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    waits = len(entered)
+    assert reply.read() == b"{}"
+    assert len(entered) > waits  # the body came late: its read had one
+    reply.close()
+    up.close()

@@ -303,7 +303,11 @@ class Forwarder:
         try:
             if (stream or fold) and reply.status == 200:
                 lines = reply.lines()
-                first = next((ln for ln in lines if ln.strip()), None)
+                first = None
+                for line in lines:
+                    if line.strip():
+                        first = line
+                        break
                 if first is None:
                     opened.release()
                     return self._failed(node, "protocol", f"{node.url}: empty answer")

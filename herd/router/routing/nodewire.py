@@ -338,6 +338,11 @@ class Answer:
                 raise TooLarge(f"answer over {MAX_HELD >> 20} MiB")
 
     @property
+    def buffered(self) -> bool:
+        """The rest of the body is in memory: reading it cannot block."""
+        return self.done or (self._mode == _LENGTH and len(self.conn.buf) >= self._left)
+
+    @property
     def reusable(self) -> bool:
         """Read to its exact end, nothing after it, and the node keeps it open."""
         return self.done and self.keep and not self.conn.buf

@@ -106,7 +106,8 @@ class Reply:
         answer = self._answer
         if answer is None:
             return b""
-        swept = self._swept
+        # A body already in memory needs no deadline (the common small answer).
+        swept = None if answer.buffered else self._swept
         greenlet = swept.enter() if swept is not None else None
         try:
             data = answer.read()
@@ -130,7 +131,7 @@ class Reply:
         swept = self._swept
         try:
             while True:
-                if swept is None:
+                if swept is None or answer.buffered:
                     line = readline()
                 else:
                     greenlet = swept.enter()
