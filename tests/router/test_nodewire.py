@@ -317,3 +317,17 @@ def test_a_body_in_memory_is_read_without_a_deadline(node, monkeypatch):
     assert len(entered) > waits  # the body came late: its read had one
     reply.close()
     up.close()
+
+
+def test_same_head_to_a_head_request_has_no_body(node):
+    # The connection keeps its last head's framing, but only for the same
+    # method: the same head bytes answering HEAD frame no body at all.
+    sized = _sized(b"{}")
+    n = node(sized, sized[: -len(b"{}")], sized)
+    up = Upstream()
+    for method, body in (("GET", b"{}"), ("HEAD", b""), ("GET", b"{}")):
+        reply = up.open(n.url, method, "/", network_s=5)
+        assert reply.read() == body
+        reply.close()
+    assert n.connections == 1
+    up.close()

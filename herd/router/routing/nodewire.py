@@ -72,7 +72,7 @@ class Closed(ProtocolError):
 class Conn:
     """One connection to a node: its socket and the bytes read but not used."""
 
-    __slots__ = ("sock", "buf", "reused", "last_head", "_wait")
+    __slots__ = ("sock", "buf", "reused", "last_head", "last_framing", "_wait")
 
     def __init__(self, sock: Any, plain: bool = False):
         self.sock = sock
@@ -81,6 +81,8 @@ class Conn:
         self.reused = False
         #: The last answer head read here: its bytes and their parse.
         self.last_head: tuple[bytes, Head] | None = None
+        #: That head's framing: (head, method, keep, mode, length).
+        self.last_framing: tuple[Head, str, bool, int, int] | None = None
         #: Waits until the socket is readable: gevent's own wait, the one its
         #: recv makes after an empty-handed try (EAGAIN). Only for a plain
         #: gevent socket: TLS may hold records a readiness wait cannot see.
@@ -214,7 +216,8 @@ class Answer:
         self._pending = b""
         self._crlf = False
         for _ in range(MAX_INTERIM + 1):
-            version, status, fields = _read_head(conn)
+            head = _read_head(conn)
+            status = head[1]
             if not 100 <= status < 200:
                 break
             if status == 101:
@@ -222,30 +225,12 @@ class Answer:
         else:
             raise ProtocolError("too many interim (1xx) answers")
         self.status = status
-        self.fields = fields
-        connection = fields.get("connection", "").lower()
-        self.keep = (
-            "close" not in connection
-            if version == "HTTP/1.1"
-            else "keep-alive" in connection
-        )
-        coding = fields.get("transfer-encoding")
-        length = fields.get("content-length")
-        self._left = 0
-        if method == "HEAD" or status in (204, 304):
-            self._mode = _NONE
-        elif coding is not None:
-            if length is not None:
-                raise ProtocolError("answer has both Content-Length and chunked")
-            if coding.strip().lower() != "chunked":
-                raise ProtocolError(f"unsupported transfer coding {coding[:40]!r}")
-            self._mode = _CHUNKED
-        elif length is not None:
-            self._mode = _LENGTH
-            self._left = _content_length(length)
-        else:
-            self._mode = _CLOSE
-            self.keep = False
+        self.fields = head[2]
+        # The same parsed head (conn.last_head) frames its body the same way.
+        framed = conn.last_framing
+        if framed is None or framed[0] is not head or framed[1] != method:
+            framed = conn.last_framing = (head, method, *_framing(head, method))
+        _, _, self.keep, self._mode, self._left = framed
         self.done = self._mode == _NONE or (self._mode == _LENGTH and not self._left)
 
     def piece(self) -> bytes:
@@ -346,6 +331,30 @@ class Answer:
     def reusable(self) -> bool:
         """Read to its exact end, nothing after it, and the node keeps it open."""
         return self.done and self.keep and not self.conn.buf
+
+
+def _framing(head: Head, method: str) -> tuple[bool, int, int]:
+    """(keep the connection, body framing mode, Content-Length) of an answer."""
+    version, status, fields = head
+    connection = fields.get("connection", "").lower()
+    keep = (
+        "close" not in connection
+        if version == "HTTP/1.1"
+        else "keep-alive" in connection
+    )
+    coding = fields.get("transfer-encoding")
+    length = fields.get("content-length")
+    if method == "HEAD" or status in (204, 304):
+        return keep, _NONE, 0
+    if coding is not None:
+        if length is not None:
+            raise ProtocolError("answer has both Content-Length and chunked")
+        if coding.strip().lower() != "chunked":
+            raise ProtocolError(f"unsupported transfer coding {coding[:40]!r}")
+        return keep, _CHUNKED, 0
+    if length is not None:
+        return keep, _LENGTH, _content_length(length)
+    return False, _CLOSE, 0
 
 
 def _recv(conn: Conn, what: str) -> bytes:
