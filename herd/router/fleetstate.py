@@ -294,12 +294,15 @@ class FleetState(HealthCells):
     # -- slots and queues ------------------------------------------------------
 
     def in_flight(self, node: int) -> int:
-        base = node * ROWS
-        return sum(self._in_flight[base : base + self._header[HI]])
+        return _total(self._in_flight, node * ROWS, self._header[HI])
 
     def waiting(self, node: int) -> int:
-        base = node * ROWS
-        return sum(self._waiting[base : base + self._header[HI]])
+        return _total(self._waiting, node * ROWS, self._header[HI])
+
+    def load(self, node: int) -> tuple[int, int]:
+        """(in flight, waiting) on a node now, in every worker."""
+        base, hi = node * ROWS, self._header[HI]
+        return _total(self._in_flight, base, hi), _total(self._waiting, base, hi)
 
     def take(self, node: int, limit: int, queued: bool) -> bool:
         """Take a slot if fewer than `limit` are taken fleet-wide. A newcomer
@@ -308,9 +311,11 @@ class FleetState(HealthCells):
         self._lock()
         try:
             hi = self._header[HI]
-            if sum(self._in_flight[base : base + hi]) >= limit:
+            if _total(self._in_flight, base, hi) >= limit:
                 return False
-            if not queued and any(self._waiting[base : base + hi]):
+            if not queued and (
+                self._waiting[base] if hi == 1 else any(self._waiting[base : base + hi])
+            ):
                 return False
             self._in_flight[base + self.row] += 1
             return True
@@ -326,7 +331,7 @@ class FleetState(HealthCells):
         base = node * ROWS
         self._lock()
         try:
-            if sum(self._waiting[base : base + self._header[HI]]) >= depth:
+            if _total(self._waiting, base, self._header[HI]) >= depth:
                 return False
             self._waiting[base + self.row] += 1
             return True
@@ -378,3 +383,12 @@ class FleetState(HealthCells):
         base = counter * ROWS
         live = sum(self._counters[base : base + self._header[HI]])
         return live + self._retired[counter]
+
+
+def _total(cells: memoryview, base: int, hi: int) -> int:
+    """The sum of a node's cells over the rows in use. One row (a one-worker
+    router, the default) is read directly: slicing a memoryview makes a new
+    view, a cost on every slot taken and every candidate scored."""
+    if hi == 1:
+        return cells[base]
+    return sum(cells[base : base + hi])

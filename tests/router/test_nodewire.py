@@ -229,3 +229,105 @@ def test_connection_given_back_after_forget_is_closed(node):
     reply.close()
     assert n.connections == 2
     up.close()
+
+
+def test_repeated_head_is_parsed_once_and_any_other_is_checked(node):
+    # A node repeats its head bytes answer after answer: the connection's
+    # last parse is reused for the very same bytes, and only for them.
+    n = node(
+        _sized(b'{"a":1}'),
+        _sized(b'{"b":2}'),
+        _sized(b"{}", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"),
+        _sized(b"{}", b"HTTP/1.1 200 OK\r\nBad Name: x\r\n"),
+    )
+    up = Upstream()
+    heads = []
+    for body in (b'{"a":1}', b'{"b":2}', b"{}"):
+        reply = up.open(n.url, "GET", "/", network_s=5)
+        assert reply.read() == body
+        heads.append(reply._fields)
+        reply.close()
+    assert heads[0] is heads[1] and heads[1] is not heads[2]
+    assert heads[2]["content-type"] == "text/plain"
+    with pytest.raises(UpstreamFailure) as failure:
+        up.open(n.url, "GET", "/", network_s=5)
+    assert failure.value.kind == "protocol"
+    assert n.connections == 1
+    up.close()
+
+
+def test_answer_is_awaited_before_the_first_recv(node, monkeypatch):
+    # The node answers 50 ms after the request: the reader waits for the
+    # socket to be readable instead of trying a recv that finds nothing.
+    import select
+
+    from gevent import socket as gsocket
+
+    ready: list[bool] = []
+    recv = gsocket.socket.recv
+
+    def spied(self, *args):
+        ready.append(bool(select.select([self.fileno()], [], [], 0)[0]))
+        return recv(self, *args)
+
+    monkeypatch.setattr(gsocket.socket, "recv", spied)
+
+    def late(conn: socket.socket) -> None:
+        time.sleep(0.05)
+        conn.sendall(_sized(b"{}"))
+
+    n = node(late)
+    up = Upstream()
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    assert reply.read() == b"{}"
+    reply.close()
+    assert ready and all(ready)
+    up.close()
+
+
+def test_a_body_in_memory_is_read_without_a_deadline(node, monkeypatch):
+    # With the sweeper (the router's worker), every read that may block has
+    # a deadline; a body that came with its head cannot block and has none.
+    from herd.router.http.deadlines import Deadlines
+
+    entered: list[float] = []
+    enter = Deadlines.enter
+
+    def spied(self, greenlet, deadline, droppable=False):
+        entered.append(deadline)
+        enter(self, greenlet, deadline, droppable)
+
+    monkeypatch.setattr(Deadlines, "enter", spied)
+
+    def late_body(conn: socket.socket) -> None:
+        conn.sendall(OK_HEAD + b"Content-Length: 2\r\n\r\n")
+        time.sleep(0.05)
+        conn.sendall(b"{}")
+
+    n = node(_sized(b'{"a":1}'), late_body)
+    up = Upstream(swept=True)
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    waits = len(entered)
+    assert list(reply.lines()) == [b'{"a":1}']
+    assert len(entered) == waits  # in memory: no deadline
+    reply.close()
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    waits = len(entered)
+    assert reply.read() == b"{}"
+    assert len(entered) > waits  # the body came late: its read had one
+    reply.close()
+    up.close()
+
+
+def test_same_head_to_a_head_request_has_no_body(node):
+    # The connection keeps its last head's framing, but only for the same
+    # method: the same head bytes answering HEAD frame no body at all.
+    sized = _sized(b"{}")
+    n = node(sized, sized[: -len(b"{}")], sized)
+    up = Upstream()
+    for method, body in (("GET", b"{}"), ("HEAD", b""), ("GET", b"{}")):
+        reply = up.open(n.url, method, "/", network_s=5)
+        assert reply.read() == body
+        reply.close()
+    assert n.connections == 1
+    up.close()

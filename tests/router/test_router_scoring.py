@@ -60,6 +60,14 @@ candidates = st.lists(
         ttft_ms=st.none() | st.floats(0, 1e5),
         tokens_per_s=st.none() | st.floats(0, 1e3),
         error_rate=st.floats(0, 1),
+        # Every field named: a named tuple's defaults are drawn too otherwise
+        # (a NaN pressure, which an agent's report can never carry).
+        waiting=st.integers(0, 10),
+        labels=st.just({}),
+        model_bytes=st.none() | st.integers(0, 2**40),
+        memory_available=st.none() | st.integers(0, 2**40),
+        swap_per_s=st.floats(0, 1e9),
+        memory_pressure=st.none() | st.floats(0, 100),
     ),
     max_size=4,
     unique_by=lambda c: c.node,

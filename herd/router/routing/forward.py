@@ -11,6 +11,7 @@ and checked, so the caller can start answering the client.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -155,23 +156,27 @@ class Forwarder:
     def candidates(self, fleet: Fleet, model: Model) -> tuple[Candidate, ...]:
         out = []
         key = model.name
+        get, stats, load = self.health.get, self.stats, self.queues.load
         memory_of = getattr(self.health, "memory", None)
         for node in fleet.nodes_for(model):
-            health = self.health.get(node)
-            ttft, tps = self.stats.perf(node.name, key)
-            memory = memory_of(node, health, key) if memory_of else {}
+            name = node.name
+            health = get(node)
+            up = health.up
+            ttft, tps = stats.perf(name, key)
+            memory = memory_of(node, health, key) if memory_of else _NO_FACTS
+            in_flight, waiting = load(name)
             out.append(
                 Candidate(
-                    node=node.name,
-                    up=health.up,
+                    node=name,
+                    up=up,
                     loaded=key in health.loaded,
-                    on_disk=(key in health.on_disk) if health.up else None,
-                    in_flight=self.queues.in_flight(node.name),
-                    waiting=self.queues.waiting(node.name),
+                    on_disk=(key in health.on_disk) if up else None,
+                    in_flight=in_flight,
+                    waiting=waiting,
                     max_concurrency=node.max_concurrency,
                     ttft_ms=ttft,
                     tokens_per_s=tps,
-                    error_rate=self.stats.error_rate(node.name),
+                    error_rate=stats.error_rate(name),
                     labels=node.labels,
                     **memory,
                 )
@@ -181,7 +186,9 @@ class Forwarder:
     def decide(
         self, fleet: Fleet, model: Model, prefer: Mapping[str, str] | None = None
     ) -> Decision:
-        request = RouteRequest(model.name, prefer or {})
+        request = (
+            RouteRequest(model.name, prefer) if prefer else _plain_request(model.name)
+        )
         return choose_node(request, self.candidates(fleet, model))
 
     def open(
@@ -219,8 +226,9 @@ class Forwarder:
                 )
                 continue
             tried: set[str] = set()
+            nodes = decision.nodes
             while attempts > 0:
-                ranked = tuple(n for n in decision.nodes if n not in tried)
+                ranked = tuple(n for n in nodes if n not in tried) if tried else nodes
                 if not ranked:
                     break
                 try:
@@ -272,14 +280,7 @@ class Forwarder:
     ) -> Opened | HerdError:
         """One try on one node (slot already taken). Releases the slot unless it
         returns a committed stream."""
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.queues.release(node.name)
-
+        release = self._releaser(node.name)
         # keep_alive null is the node's default: the manifest's pin applies.
         inject = model.keep_loaded is not None and body.get("keep_alive") is None
         fold = not stream and path in _GENERATING
@@ -294,33 +295,19 @@ class Forwarder:
             if fold:
                 payload["stream"] = True  # folded back here (see aggregate.py)
             data = dumps(payload)
-        sent = self.clock()
-        try:
-            reply = self.upstream.open(
-                node.url,
-                "POST",
-                path,
-                data,
-                connect_s=limits.connect_timeout_s,
-                network_s=limits.first_byte_timeout_s,
-                headers=node.auth,
-            )
-        except UpstreamFailure as ex:
-            release()
-            return self._failed(node, ex.kind, ex.message)
-        opened = Opened(
-            node=node,
-            model=model,
-            status=reply.status,
-            content_type=reply.content_type,
-            reply=reply,
-            sent_at=sent,
-            _release=release,
-        )
+        opened = self._send(node, model, path, data, limits, release)
+        if not isinstance(opened, Opened):
+            return opened
+        reply = opened.reply
+        assert reply is not None
         try:
             if (stream or fold) and reply.status == 200:
                 lines = reply.lines()
-                first = next((ln for ln in lines if ln.strip()), None)
+                first = None
+                for line in lines:
+                    if line.strip():
+                        first = line
+                        break
                 if first is None:
                     opened.release()
                     return self._failed(node, "protocol", f"{node.url}: empty answer")
@@ -360,14 +347,7 @@ class Forwarder:
         limits: Any,
     ) -> Opened | HerdError:
         """One try on an OpenAI-compatible node (slot already taken)."""
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.queues.release(node.name)
-
+        release = self._releaser(node.name)
         if path == "/api/show":
             release()
             shown = to_openai.show(model.name, model.kind)
@@ -385,21 +365,12 @@ class Forwarder:
         except HerdError:
             release()
             raise
-        sent = self.clock()
-        try:
-            reply = openaileg.send(self.upstream, node, target, payload, limits)
-        except UpstreamFailure as ex:
-            release()
-            return self._failed(node, ex.kind, ex.message)
-        opened = Opened(
-            node=node,
-            model=model,
-            status=reply.status,
-            content_type=reply.content_type,
-            reply=reply,
-            sent_at=sent,
-            _release=release,
-        )
+        data = openaileg.dumps(payload)
+        opened = self._send(node, model, target, data, limits, release)
+        if not isinstance(opened, Opened):
+            return opened
+        reply = opened.reply
+        assert reply is not None
         result = openaileg.commit(
             opened,
             reply,
@@ -414,6 +385,53 @@ class Forwarder:
             if result.status >= 500:
                 self.stats.failure(node.name)
         return result
+
+    def _releaser(self, name: str) -> Callable[[], None]:
+        """Gives node `name`'s slot back, the first time it is called."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.queues.release(name)
+
+        return release
+
+    def _send(
+        self,
+        node: Node,
+        model: Model,
+        path: str,
+        data: bytes,
+        limits: Any,
+        release: Callable[[], None],
+    ) -> Opened | HerdError:
+        """POST `data` (JSON) to the node with its credentials; the answer's
+        status and headers read. A failure releases the slot."""
+        sent = self.clock()
+        try:
+            reply = self.upstream.open(
+                node.url,
+                "POST",
+                path,
+                data,
+                connect_s=limits.connect_timeout_s,
+                network_s=limits.first_byte_timeout_s,
+                headers=node.auth,
+            )
+        except UpstreamFailure as ex:
+            release()
+            return self._failed(node, ex.kind, ex.message)
+        return Opened(
+            node=node,
+            model=model,
+            status=reply.status,
+            content_type=reply.content_type,
+            reply=reply,
+            sent_at=sent,
+            _release=release,
+        )
 
     def _fold(self, opened: Opened, path: str, deadline: float) -> bytes:
         """Read a whole node stream and fold it into one object (the answer
@@ -467,6 +485,16 @@ class Forwarder:
         if kind == "timeout":
             return UpstreamTimeout(public, detail=detail)
         return UpstreamError(public, detail=detail)
+
+
+_NO_FACTS: Mapping[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_request(model: str) -> RouteRequest:
+    """The placement request for `model` without preferred labels (the
+    common case), made once per model name instead of per request."""
+    return RouteRequest(model)
 
 
 #: What a caller outside the operator groups learns about a node failure.

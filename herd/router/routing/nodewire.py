@@ -26,7 +26,10 @@ module import.
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 #: Status line plus header fields, bytes.
@@ -50,6 +53,9 @@ MAX_IDLE = 256
 
 _NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 
+#: A parsed answer head: HTTP version, status, fields (lowercase names).
+Head = tuple[str, int, Mapping[str, str]]
+
 
 class ProtocolError(Exception):
     """The node's answer is not HTTP/1.1 as the router reads it."""
@@ -66,13 +72,32 @@ class Closed(ProtocolError):
 class Conn:
     """One connection to a node: its socket and the bytes read but not used."""
 
-    __slots__ = ("sock", "buf", "reused")
+    __slots__ = ("sock", "buf", "reused", "last_head", "last_framing", "_wait")
 
-    def __init__(self, sock: Any):
+    def __init__(self, sock: Any, plain: bool = False):
         self.sock = sock
         self.buf = b""
         #: True once taken from the idle pool (the node may have closed it).
         self.reused = False
+        #: The last answer head read here: its bytes and their parse.
+        self.last_head: tuple[bytes, Head] | None = None
+        #: That head's framing: (head, method, keep, mode, length).
+        self.last_framing: tuple[Head, str, bool, int, int] | None = None
+        #: Waits until the socket is readable: gevent's own wait, the one its
+        #: recv makes after an empty-handed try (EAGAIN). Only for a plain
+        #: gevent socket: TLS may hold records a readiness wait cannot see.
+        self._wait: Any = None
+        if plain and hasattr(sock, "_wait") and hasattr(sock, "_read_event"):
+            self._wait = sock._wait
+
+    def readable(self) -> None:
+        """Block until the node sent something (or closed, or the read's
+        time limit ended it), so that the recv after never comes back
+        empty-handed: a node's answer is never there the instant after the
+        request went out, and a recv that finds nothing costs a syscall and an
+        exception before gevent waits anyway."""
+        if self._wait is not None:
+            self._wait(self.sock._read_event)
 
     def close(self) -> None:
         try:
@@ -135,7 +160,7 @@ class Pool:
         except BaseException:
             sock.close()
             raise
-        return Conn(sock)
+        return Conn(sock, plain=self.tls_hostname is None)
 
     def _tls_context(self) -> Any:
         if self._tls is None:
@@ -191,7 +216,8 @@ class Answer:
         self._pending = b""
         self._crlf = False
         for _ in range(MAX_INTERIM + 1):
-            version, status, fields = _read_head(conn)
+            head = _read_head(conn)
+            status = head[1]
             if not 100 <= status < 200:
                 break
             if status == 101:
@@ -199,30 +225,12 @@ class Answer:
         else:
             raise ProtocolError("too many interim (1xx) answers")
         self.status = status
-        self.fields = fields
-        connection = fields.get("connection", "").lower()
-        self.keep = (
-            "close" not in connection
-            if version == b"HTTP/1.1"
-            else "keep-alive" in connection
-        )
-        coding = fields.get("transfer-encoding")
-        length = fields.get("content-length")
-        self._left = 0
-        if method == "HEAD" or status in (204, 304):
-            self._mode = _NONE
-        elif coding is not None:
-            if length is not None:
-                raise ProtocolError("answer has both Content-Length and chunked")
-            if coding.strip().lower() != "chunked":
-                raise ProtocolError(f"unsupported transfer coding {coding[:40]!r}")
-            self._mode = _CHUNKED
-        elif length is not None:
-            self._mode = _LENGTH
-            self._left = _content_length(length)
-        else:
-            self._mode = _CLOSE
-            self.keep = False
+        self.fields = head[2]
+        # The same parsed head (conn.last_head) frames its body the same way.
+        framed = conn.last_framing
+        if framed is None or framed[0] is not head or framed[1] != method:
+            framed = conn.last_framing = (head, method, *_framing(head, method))
+        _, _, self.keep, self._mode, self._left = framed
         self.done = self._mode == _NONE or (self._mode == _LENGTH and not self._left)
 
     def piece(self) -> bytes:
@@ -315,9 +323,38 @@ class Answer:
                 raise TooLarge(f"answer over {MAX_HELD >> 20} MiB")
 
     @property
+    def buffered(self) -> bool:
+        """The rest of the body is in memory: reading it cannot block."""
+        return self.done or (self._mode == _LENGTH and len(self.conn.buf) >= self._left)
+
+    @property
     def reusable(self) -> bool:
         """Read to its exact end, nothing after it, and the node keeps it open."""
         return self.done and self.keep and not self.conn.buf
+
+
+def _framing(head: Head, method: str) -> tuple[bool, int, int]:
+    """(keep the connection, body framing mode, Content-Length) of an answer."""
+    version, status, fields = head
+    connection = fields.get("connection", "").lower()
+    keep = (
+        "close" not in connection
+        if version == "HTTP/1.1"
+        else "keep-alive" in connection
+    )
+    coding = fields.get("transfer-encoding")
+    length = fields.get("content-length")
+    if method == "HEAD" or status in (204, 304):
+        return keep, _NONE, 0
+    if coding is not None:
+        if length is not None:
+            raise ProtocolError("answer has both Content-Length and chunked")
+        if coding.strip().lower() != "chunked":
+            raise ProtocolError(f"unsupported transfer coding {coding[:40]!r}")
+        return keep, _CHUNKED, 0
+    if length is not None:
+        return keep, _LENGTH, _content_length(length)
+    return False, _CLOSE, 0
 
 
 def _recv(conn: Conn, what: str) -> bytes:
@@ -327,8 +364,13 @@ def _recv(conn: Conn, what: str) -> bytes:
     return data
 
 
-def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
+def _read_head(conn: Conn) -> Head:
+    """The next answer head off the connection, parsed. A node answers with
+    the same head bytes again and again (its Date changes once a second):
+    the same bytes as the connection's last head reuse that parse."""
     buf = conn.buf
+    if not buf:
+        conn.readable()
     end = buf.find(b"\r\n\r\n")
     while end < 0:
         if len(buf) > MAX_HEAD:
@@ -345,25 +387,40 @@ def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
     if end > MAX_HEAD:
         raise ProtocolError(f"answer head over {MAX_HEAD} bytes")
     conn.buf = buf[end + 4 :]
-    lines = buf[:end].split(b"\r\n")
+    head = buf[:end]
+    last = conn.last_head
+    if last is not None and last[0] == head:
+        return last[1]
+    parsed = _parse_head(head)
+    conn.last_head = (head, parsed)
+    return parsed
+
+
+def _parse_head(head: bytes) -> Head:
+    """A head's status line and fields, checked; the fields read-only (a
+    parsed head is kept for the connection's next answer)."""
+    # Decoded once as a whole (latin-1 maps every byte to one character):
+    # cheaper than decoding each name and value.
+    lines = head.decode("latin-1").split("\r\n")
     if len(lines) > MAX_FIELDS + 1:
         raise ProtocolError(f"answer has over {MAX_FIELDS} header fields")
-    parts = lines[0].split(b" ", 2)
+    parts = lines[0].split(" ", 2)
     version = parts[0]
     if (
         len(parts) < 2
-        or version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or version not in ("HTTP/1.1", "HTTP/1.0")
         or len(parts[1]) != 3
         or not parts[1].isdigit()
+        or not parts[1].isascii()
     ):
         raise ProtocolError(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
     fields: dict[str, str] = {}
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name:
+        name, colon, value = line.partition(":")
+        if not colon or not name or _WHITE.search(name):
             raise ProtocolError(f"malformed header field {line[:60]!r}")
-        key = name.decode("latin-1").lower()
-        text = value.strip(b" \t").decode("latin-1")
+        key = name.lower()
+        text = value.strip(" \t")
         seen = fields.get(key)
         if seen is None:
             fields[key] = text
@@ -372,7 +429,12 @@ def _read_head(conn: Conn) -> tuple[bytes, int, dict[str, str]]:
                 raise ProtocolError("answer has conflicting Content-Length fields")
         elif key == "transfer-encoding":
             fields[key] = f"{seen}, {text}"
-    return version, int(parts[1]), fields
+    return version, int(parts[1]), MappingProxyType(fields)
+
+
+#: White space in a field name (an obs-folded line starts with some): the
+#: ASCII white space bytes.strip() removes, as one class.
+_WHITE = re.compile(r"[ \t\n\r\x0b\x0c]")
 
 
 def _content_length(text: str) -> int:

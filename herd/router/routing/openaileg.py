@@ -31,7 +31,7 @@ class OpenAIForm:
     body: dict[str, Any]
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -66,7 +66,7 @@ def openai_error(status: int, data: bytes) -> bytes:
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         return data
     kind = "invalid_request_error" if status < 500 else "api_error"
-    return _dumps(error_body(to_openai.error_message(data), kind))
+    return dumps(error_body(to_openai.error_message(data), kind))
 
 
 def sse_lines(lines: Iterator[bytes]) -> Iterator[bytes]:
@@ -120,7 +120,7 @@ def commit(
             data = reply.read()
             opened.release()
             if form is None:
-                opened.body = _dumps({"error": to_openai.error_message(data)})
+                opened.body = dumps({"error": to_openai.error_message(data)})
                 opened.content_type = "application/json; charset=utf-8"
             else:
                 opened.body = openai_error(reply.status, data)
@@ -158,7 +158,7 @@ def commit(
             opened.body, opened.first_obj, opened.passthrough = data, answer, True
         else:
             opened.first_obj = to_openai.reply(path, answer, model)
-            opened.body = _dumps(opened.first_obj)
+            opened.body = dumps(opened.first_obj)
         opened.content_type = "application/json; charset=utf-8"
         return opened
     except StreamBroken as ex:
@@ -171,34 +171,14 @@ def commit(
         return failed("protocol", f"{opened.node.url}: answer is not OpenAI JSON")
 
 
-def send(
-    upstream: Any,
-    node: Node,
-    path: str,
-    payload: dict[str, Any],
-    limits: Any,
-) -> Reply:
-    """POST the JSON payload with the node's bearer token; raises UpstreamFailure."""
-    data = _dumps(payload)
-    return upstream.open(
-        node.url,
-        "POST",
-        path,
-        data,
-        connect_s=limits.connect_timeout_s,
-        network_s=limits.first_byte_timeout_s,
-        headers=node.auth,
-    )
-
-
 __all__ = [
     "OpenAIForm",
+    "dumps",
     "UpstreamFailure",
     "commit",
     "event_data",
     "native_lines",
     "node_model_id",
     "outgoing",
-    "send",
     "sse_lines",
 ]

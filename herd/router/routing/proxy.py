@@ -106,7 +106,8 @@ class Reply:
         answer = self._answer
         if answer is None:
             return b""
-        swept = self._swept
+        # A body already in memory needs no deadline (the common small answer).
+        swept = None if answer.buffered else self._swept
         greenlet = swept.enter() if swept is not None else None
         try:
             data = answer.read()
@@ -130,7 +131,7 @@ class Reply:
         swept = self._swept
         try:
             while True:
-                if swept is None:
+                if swept is None or answer.buffered:
                     line = readline()
                 else:
                     greenlet = swept.enter()
@@ -231,6 +232,8 @@ class Upstream:
         self._deadlines: Any = None
         self._current: Any = None
         self._monotonic: Any = None
+        #: One `_Swept` per network timeout (a manifest has a few).
+        self._swepts: dict[float, _Swept] = {}
 
     def set_allow(self, allow: Callable[[str], bool]) -> None:
         self._allow = allow
@@ -297,17 +300,21 @@ class Upstream:
         return Reply(answer, target.pool, swept, headers)
 
     def _sweeper(self, network_s: float) -> _Swept:
-        deadlines = self._deadlines
-        if deadlines is None:
-            import time
+        swept = self._swepts.get(network_s)
+        if swept is None:
+            deadlines = self._deadlines
+            if deadlines is None:
+                import time
 
-            from greenlet import getcurrent
+                from greenlet import getcurrent
 
-            from herd.router.http.deadlines import Deadlines
+                from herd.router.http.deadlines import Deadlines
 
-            deadlines = self._deadlines = Deadlines()
-            self._current, self._monotonic = getcurrent, time.monotonic
-        return _Swept(deadlines, network_s, self._current, self._monotonic)
+                deadlines = self._deadlines = Deadlines()
+                self._current, self._monotonic = getcurrent, time.monotonic
+            swept = _Swept(deadlines, network_s, self._current, self._monotonic)
+            self._swepts[network_s] = swept
+        return swept
 
     def _exchange(
         self,

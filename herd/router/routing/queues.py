@@ -27,6 +27,19 @@ POLL_S = 0.002
 POLL_MAX_S = 0.05
 
 
+def _count(which: int, name: str) -> property:
+    """One of a node's fleet-wide counts (`Slots.load()`); setting it (tests
+    and tools) makes this worker's share whatever gives that total."""
+
+    def get(slots: Slots) -> int:
+        return slots.load()[which]
+
+    def put(slots: Slots, total: int) -> None:
+        slots._state.adjust(slots._index, **{name: total - get(slots)})
+
+    return property(get, put)
+
+
 class Slots:
     """The slots of one node. `acquire` / `release` must pair up."""
 
@@ -53,24 +66,13 @@ class Slots:
             with self._cond:
                 self._cond.notify_all()
 
-    @property
-    def in_flight(self) -> int:
-        """Requests on this node now, in every worker."""
-        return self._state.in_flight(self._index)
+    #: Requests on this node now, and queued for it, in every worker.
+    in_flight = _count(0, "in_flight")
+    waiting = _count(1, "waiting")
 
-    @in_flight.setter
-    def in_flight(self, total: int) -> None:
-        # Tests and tools: make the fleet-wide count `total` (this worker's share).
-        self._state.adjust(self._index, in_flight=total - self.in_flight)
-
-    @property
-    def waiting(self) -> int:
-        """Requests queued for this node now, in every worker."""
-        return self._state.waiting(self._index)
-
-    @waiting.setter
-    def waiting(self, total: int) -> None:
-        self._state.adjust(self._index, waiting=total - self.waiting)
+    def load(self) -> tuple[int, int]:
+        """(in flight, waiting) now, in every worker."""
+        return self._state.load(self._index)
 
     def try_acquire(self) -> bool:
         return self._state.take(self._index, self.limit, queued=False)
@@ -145,6 +147,11 @@ class Queues:
     def waiting(self, name: str) -> int:
         slots = self._slots.get(name)
         return slots.waiting if slots else 0
+
+    def load(self, name: str) -> tuple[int, int]:
+        """(in flight, waiting) on a node now, in every worker."""
+        slots = self._slots.get(name)
+        return slots.load() if slots else (0, 0)
 
     def acquire(self, ranked: tuple[str, ...], timeout: float) -> tuple[str, float]:
         """A slot on the best node that has one; returns (node, ms waited).

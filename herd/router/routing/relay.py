@@ -18,6 +18,7 @@ from herd.router.routing.forward import Opened, Outcome, dumps
 from herd.router.routing.proxy import StreamBroken
 
 Finish = Callable[[Opened, Outcome, str | None], None]
+Clock = Callable[[], float]
 
 
 class Converter(Protocol):
@@ -52,7 +53,7 @@ class Committed:
 
 
 def native_objects(
-    opened: Opened, deadline: float, clock: Callable[[], float]
+    opened: Opened, deadline: float, clock: Clock
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """(line, object) pairs of a node's NDJSON stream, first line included.
 
@@ -80,15 +81,11 @@ def native_objects(
 
 
 def ndjson(
-    opened: Opened,
-    outcome: Outcome,
-    finish: Finish,
-    deadline: float,
-    clock: Callable[[], float],
+    opened: Opened, outcome: Outcome, finish: Finish, deadline: float, clock: Clock
 ) -> Committed:
     """Ollama NDJSON passed through line by line (already valid, one per line)."""
-    body = _ndjson(opened, outcome, finish, deadline, clock)
-    return Committed(body, opened, outcome, finish)
+    pieces = _ndjson(opened, outcome, deadline, clock)
+    return _commit(pieces, _ndjson_error, opened, outcome, finish)
 
 
 def sse(
@@ -97,16 +94,80 @@ def sse(
     outcome: Outcome,
     finish: Finish,
     deadline: float,
-    clock: Callable[[], float],
+    clock: Clock,
 ) -> Committed:
     """Ollama NDJSON converted to OpenAI SSE events as each line arrives."""
-    body = _sse(opened, converter, outcome, finish, deadline, clock)
-    return Committed(body, opened, outcome, finish)
+    pieces = _sse(opened, converter, outcome, deadline, clock)
+    return _commit(pieces, converter.fail, opened, outcome, finish)
 
 
-def _observe(
-    outcome: Outcome, obj: dict[str, Any], clock: Callable[[], float]
-) -> str | None:
+def sse_passthrough(
+    opened: Opened, outcome: Outcome, finish: Finish, deadline: float, clock: Clock
+) -> Committed:
+    """An OpenAI node's SSE events relayed as they came (OpenAI-API client)."""
+    pieces = _sse_passthrough(opened, outcome, deadline, clock)
+    return _commit(pieces, _sse_error, opened, outcome, finish)
+
+
+#: What each relay yields: bytes for the client (may be empty) and the error
+#: class the piece showed (a node's `{"error"}` object), if any.
+Pieces = Iterator[tuple[bytes, str | None]]
+
+
+class _Malformed(StreamBroken):
+    """A node's chunk of the wrong shape for the conversion (`"content": 1`)."""
+
+
+def _commit(
+    pieces: Pieces,
+    fail: Callable[[str], bytes],
+    opened: Opened,
+    outcome: Outcome,
+    finish: Finish,
+) -> Committed:
+    return Committed(
+        _relay(pieces, fail, opened, outcome, finish), opened, outcome, finish
+    )
+
+
+def _relay(
+    pieces: Pieces,
+    fail: Callable[[str], bytes],
+    opened: Opened,
+    outcome: Outcome,
+    finish: Finish,
+) -> Iterator[bytes]:
+    """Every relay's frame: a broken stream ends with one error (`fail`), a
+    client gone is noted, and `finish` always runs."""
+    error: str | None = None
+    try:
+        for data, noted in pieces:
+            error = noted or error
+            if data:
+                yield data
+    except _Malformed:
+        error = "stream_broken"
+        yield fail(f"herd: node {opened.node.name} sent a malformed chunk")
+    except StreamBroken as ex:
+        error = "stream_broken"
+        yield fail(f"herd: node {opened.node.name} failed mid-stream: {ex}")
+    except GeneratorExit:
+        error = "client_gone"
+        raise
+    finally:
+        finish(opened, outcome, error)
+
+
+def _ndjson_error(message: str) -> bytes:
+    return dumps({"error": message}) + b"\n"
+
+
+def _sse_error(message: str) -> bytes:
+    event = dumps({"error": {"message": message, "type": "server_error"}})
+    return b"data: " + event + b"\n\ndata: [DONE]\n\n"
+
+
+def _observe(outcome: Outcome, obj: dict[str, Any], clock: Clock) -> str | None:
     """Note time to first token and the final counts; an error object's class."""
     if outcome.ttft_ms is None:
         outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
@@ -116,108 +177,50 @@ def _observe(
     return "node_error" if obj.get("error") else None
 
 
-def _ndjson(
-    opened: Opened,
-    outcome: Outcome,
-    finish: Finish,
-    deadline: float,
-    clock: Callable[[], float],
-) -> Iterator[bytes]:
-    error: str | None = None
-    try:
-        for line, obj in native_objects(opened, deadline, clock):
-            error = _observe(outcome, obj, clock) or error
-            yield line
-    except StreamBroken as ex:
-        error = "stream_broken"
-        yield dumps({"error": f"herd: node {opened.node.name} failed mid-stream: {ex}"})
-        yield b"\n"
-    except GeneratorExit:
-        error = "client_gone"
-        raise
-    finally:
-        finish(opened, outcome, error)
+def _ndjson(opened: Opened, outcome: Outcome, deadline: float, clock: Clock) -> Pieces:
+    for line, obj in native_objects(opened, deadline, clock):
+        yield line, _observe(outcome, obj, clock)
 
 
 def _sse(
     opened: Opened,
     converter: Converter,
     outcome: Outcome,
-    finish: Finish,
     deadline: float,
-    clock: Callable[[], float],
-) -> Iterator[bytes]:
-    error: str | None = None
-    try:
-        for _, obj in native_objects(opened, deadline, clock):
-            error = _observe(outcome, obj, clock) or error
+    clock: Clock,
+) -> Pieces:
+    for _, obj in native_objects(opened, deadline, clock):
+        noted = _observe(outcome, obj, clock)
+        try:
             out = converter.feed(obj)
-            if out:
-                yield out
-            if converter.done:
-                break
-    except StreamBroken as ex:
-        error = "stream_broken"
-        yield converter.fail(f"herd: node {opened.node.name} failed mid-stream: {ex}")
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError):
-        # JSON of the wrong shape from the node (`"content": 1`, ...).
-        error = "stream_broken"
-        yield converter.fail(f"herd: node {opened.node.name} sent a malformed chunk")
-    except GeneratorExit:
-        error = "client_gone"
-        raise
-    finally:
-        finish(opened, outcome, error)
-
-
-def sse_passthrough(
-    opened: Opened,
-    outcome: Outcome,
-    finish: Finish,
-    deadline: float,
-    clock: Callable[[], float],
-) -> Committed:
-    """An OpenAI node's SSE events relayed as they came (OpenAI-API client)."""
-    body = _sse_passthrough(opened, outcome, finish, deadline, clock)
-    return Committed(body, opened, outcome, finish)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as ex:
+            # JSON of the wrong shape from the node (`"content": 1`, ...).
+            raise _Malformed(str(ex)) from ex
+        yield out, noted
+        if converter.done:
+            return
 
 
 def _sse_passthrough(
-    opened: Opened,
-    outcome: Outcome,
-    finish: Finish,
-    deadline: float,
-    clock: Callable[[], float],
-) -> Iterator[bytes]:
+    opened: Opened, outcome: Outcome, deadline: float, clock: Clock
+) -> Pieces:
     from herd.router.routing.openaileg import event_data
 
-    error: str | None = None
     events = opened.rest or iter(())
     event: bytes | None = opened.first
-    try:
-        while event is not None:
-            if outcome.ttft_ms is None:
-                outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
-            data = event_data(event)
-            if data and data != b"[DONE]" and b'"usage"' in data:
-                _usage(outcome, data)
-            yield event
-            if data == b"[DONE]":
-                return
-            if clock() > deadline:
-                raise StreamBroken("request timeout reached")
-            event = next(events, None)
-        raise StreamBroken("node ended the stream before [DONE]")
-    except StreamBroken as ex:
-        error = "stream_broken"
-        message = f"herd: node {opened.node.name} failed mid-stream: {ex}"
-        yield b"data: " + dumps({"error": {"message": message, "type": "server_error"}})
-        yield b"\n\ndata: [DONE]\n\n"
-    except GeneratorExit:
-        error = "client_gone"
-        raise
-    finally:
-        finish(opened, outcome, error)
+    while event is not None:
+        if outcome.ttft_ms is None:
+            outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
+        data = event_data(event)
+        if data and data != b"[DONE]" and b'"usage"' in data:
+            _usage(outcome, data)
+        yield event, None
+        if data == b"[DONE]":
+            return
+        if clock() > deadline:
+            raise StreamBroken("request timeout reached")
+        event = next(events, None)
+    raise StreamBroken("node ended the stream before [DONE]")
 
 
 def _usage(outcome: Outcome, data: bytes) -> None:

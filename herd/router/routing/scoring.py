@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 LOADED = 1000.0
 UNKNOWN_DISK = 40.0
@@ -38,9 +40,16 @@ PRESSURE_PENALTY = 3.0
 GB = 1024**3
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """What the router knows about one node for one model, right now."""
+#: No labels (an immutable default).
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+class Candidate(NamedTuple):
+    """What the router knows about one node for one model, right now.
+
+    A named tuple (immutable, like a frozen dataclass) because one is built
+    per node for every request: a tuple costs a fraction of a frozen
+    dataclass's field-by-field `object.__setattr__`."""
 
     node: str
     #: True up, False down, None not polled yet.
@@ -57,7 +66,7 @@ class Candidate:
     tokens_per_s: float | None = None
     #: Recent error rate in [0, 1] (EWMA over outcomes).
     error_rate: float = 0.0
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = NO_LABELS
     #: Bytes the model needs (its size from /api/tags or /api/ps), if known.
     model_bytes: int | None = None
     #: Bytes free for a cold load (RAM available + GPU free), from the agent.
@@ -101,8 +110,7 @@ def parse_prefer(header: str | None) -> Mapping[str, str]:
     return labels
 
 
-@dataclass(frozen=True)
-class Ranked:
+class Ranked(NamedTuple):
     node: str
     score: float
     candidate: Candidate
