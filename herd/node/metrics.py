@@ -9,6 +9,7 @@ not count against the node forever.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -48,9 +49,11 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
 
         def num(value: str) -> float | None:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 return None  # "[N/A]" on some boards
+            # ("nan" and "inf" parse too: no JSON number, the router refuses them.)
+            return number if math.isfinite(number) else None
 
         mib = 1024 * 1024
         gpus.append(
@@ -162,11 +165,11 @@ def _temperatures() -> dict[str, float]:
         sensors = read()
     except (OSError, RuntimeError):
         return {}
-    return {
-        name: max(e.current for e in entries)
+    readings = {
+        name: [e.current for e in entries if math.isfinite(e.current)]
         for name, entries in sensors.items()
-        if entries
     }
+    return {name: max(values) for name, values in readings.items() if values}
 
 
 def _run(argv: list[str], timeout: float) -> str | None:

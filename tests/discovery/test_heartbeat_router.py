@@ -52,6 +52,11 @@ def node_names(router) -> set[str]:
     return {n["name"] for n in doc["nodes"]}
 
 
+def _with_metric(data: bytes, literal: str) -> bytes:
+    """`data` (a heartbeat object) with a metric whose JSON text is `literal`."""
+    return data[:-1] + b', "metrics": {"cpu_percent": ' + literal.encode() + b"}}"
+
+
 def wait_for(predicate, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,6 +130,11 @@ def test_rogue_heartbeats_are_refused_audited_and_never_routed(tmp_path, sims, r
         ),
         "not json": beat(r.url, key, b"{not json"),
         "not an object": beat(r.url, key, b"[1, 2]"),
+        # Python's json reads NaN and 1e999; /fleet/nodes could then not be
+        # read back as JSON. Deep nesting ran out of recursion: a 500.
+        "NaN metric": beat(r.url, key, _with_metric(rogue, "NaN")),
+        "overflowing metric": beat(r.url, key, _with_metric(rogue, "1e999")),
+        "nested too deep": beat(r.url, key, b"[" * 100_000 + b"]" * 100_000),
         "bad name": beat(r.url, key, body("Rogue Node!", agent_sim.url)),
         "url with a name": beat(r.url, key, body("rogue", "http://evil.example:11434")),
         "url outside node_networks": beat(
@@ -155,6 +165,7 @@ def test_rogue_heartbeats_are_refused_audited_and_never_routed(tmp_path, sims, r
     assert cases["source outside networks"][0] == 403
     assert cases["static node's name"][0] == 409
     assert cases["admitted name from elsewhere"][0] == 409
+    assert cases["NaN metric"][0] == cases["nested too deep"][0] == 400
 
     log = r.log()
     assert log.count("audit heartbeat.refused") == len(cases), log

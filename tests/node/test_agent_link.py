@@ -4,13 +4,18 @@ from beat to beat, and gets through when the router closed it while idle."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
 from herd.discovery import fleetkey
-from herd.node.agent import Agent, AgentConfig
+from herd.node.agent import DEFAULT_INTERVAL_S, Agent, AgentConfig
+from herd.settings import KEEPALIVE
+from tests.discovery.agentkit import discovery_manifest, make_key
 
 
 class Server(ThreadingHTTPServer):
@@ -133,3 +138,79 @@ def test_unchanged_models_are_left_out_until_the_router_asks(servers):
     assert sent[1]["inventory"] == sent[0]["inventory"] and "metrics" in sent[1]
     # The router did not hold it (`resend`): everything again at once.
     assert "models" not in sent[2] and "models" in sent[3]
+
+
+class Relay:
+    """A loopback TCP relay to `target` that counts the connections made
+    through it: each closes when either side closes, like the real one."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            upstream = socket.create_connection(self.target, timeout=10)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_router_holds_an_agents_connection_between_beats(tmp_path, servers, router):
+    """With the router's default keep-alive, an agent beating at its default
+    interval (or faster) sends every beat on one connection: no accept, new
+    greenlet and close per beat at the router."""
+    assert KEEPALIVE.default() > DEFAULT_INTERVAL_S
+    make_key(tmp_path)
+    ollama = servers()
+    static = SimpleNamespace(name="static-a", url=ollama.url)  # polled, never used
+    r = router(
+        discovery_manifest([static], tmp_path / "fleet.key"),
+        env={"HERD_KEEPALIVE": str(KEEPALIVE.default())},
+    )
+    host, port = r.url.removeprefix("http://").split(":")
+    relay = Relay((host, int(port)))
+    config = AgentConfig(
+        name="gpu-k",
+        ollama=ollama.url,
+        key_path=str(tmp_path / "fleet.key"),
+        router=relay.url,
+        advertise="http://127.0.0.1:11434",
+    )
+    agent = Agent(config, fleetkey.load(tmp_path / "fleet.key"))
+    try:
+        for i in range(3):
+            if i:
+                time.sleep(1.5)  # idle longer than the tests' usual keep-alive
+            status, doc = agent.send()
+            assert (status, doc["admitted"]) == (200, True), doc
+    finally:
+        agent.http.close()
+        relay.close()
+    assert relay.connections == 1

@@ -11,7 +11,6 @@ rules (`admit`). Heartbeats leave no trace row: they are not client requests.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from herd.discovery.heartbeat import (
     Verdict,
     admit,
     check_source,
+    decode,
     parse,
 )
 from herd.discovery.membership import Membership
@@ -191,11 +191,9 @@ class HeartbeatResource:
             raise Refused(400, "X-Herd-Nonce must be 16-64 lowercase hex digits")
         if fleetkey.verify(keys, timestamp, nonce, body, signature) is None:
             raise Refused(401, "bad signature (not signed with the fleet key)")
+        doc = None
         try:
-            doc = json.loads(body)
-        except ValueError as ex:
-            raise Refused(400, f"body is not valid JSON: {ex}") from ex
-        try:
+            doc = decode(body)
             hb = parse(doc)
         except HerdError as ex:
             raise Refused(ex.status, ex.message, _name(doc)) from ex
