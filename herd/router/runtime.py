@@ -28,7 +28,7 @@ from herd.router.fleetstate import (
 )
 from herd.router.observe.accesslog import AccessLog
 from herd.router.observe.metrics import Metrics, node_families
-from herd.router.observe.traces import TraceLog
+from herd.router.observe.traces import TraceLog, row
 from herd.router.policy import Policy, RateLimiter
 from herd.router.reload import Served
 from herd.router.routing.forward import Forwarder, Opened, Outcome
@@ -376,7 +376,7 @@ class Runtime:
             and not self.refusals.take(now)
         ):
             return
-        trace = outcome.trace(now)
+        trace = row(outcome, now)
         self.traces.record(trace)
         if self.access is not None:
             self.access.request(trace)

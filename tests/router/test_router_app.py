@@ -14,7 +14,7 @@ from falcon import testing
 
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.observe.traces import Trace, TraceLog
+from herd.router.observe.traces import Trace, TraceLog, row
 from herd.router.reload import PointerSource, StaticSource
 from herd.router.routing.proxy import Upstream
 from tests.router.routerproc import ROOT, apply, free_port, manifest
@@ -326,7 +326,7 @@ def test_access_log_lines_are_batched(tmp_path):
         status=200,
         peer="10.0.0.9",
     )
-    log.request(done.trace(0.00125))
+    log.request(row(done, 0.00125))
     assert out.getvalue() == ""  # nothing written per request
     log.flush()
     assert out.getvalue() == (
