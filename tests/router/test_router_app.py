@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 from falcon import testing
@@ -357,3 +358,50 @@ def test_workers_count_one_refusal_per_bad_revision(tmp_path):
         assert [w.check() for w in workers] == [False, False]
         assert all(w.last_error for w in workers)
         assert sum(w.refusals for w in workers) == head
+
+
+def test_model_chains_are_kept_per_revision_and_client_group():
+    """Runtime.models_for keeps resolved chains: never across client groups,
+    never across revisions, never a refusal."""
+    from herd.errors import ModelNotAllowed, ModelNotFound
+    from herd.router.policy import Policy
+
+    def fleet_of(fallbacks: list[str]) -> Any:
+        return build_fleet(
+            {
+                "metadata": {"name": "chains"},
+                "router": {
+                    "clients": [
+                        {"name": "all", "networks": ["127.0.0.1/32"]},
+                        {
+                            "name": "narrow",
+                            "networks": ["127.0.0.2/32"],
+                            "models": ["a"],
+                        },
+                    ]
+                },
+                "nodes": [{"name": "n", "url": "http://127.0.0.1:9"}],
+                "models": [{"name": "a", "fallbacks": fallbacks}, {"name": "b"}],
+            }
+        )
+
+    source = StaticSource(fleet_of(["b"]))
+    rt = create_app(source, TraceLog(None), Upstream(), background=False).herd_runtime
+    for _ in range(2):
+        fleet = source.current().fleet
+        policy = Policy(fleet)
+        every, narrow = policy.admit("127.0.0.1", None), policy.admit("127.0.0.2", None)
+        a, b = fleet.resolve("a"), fleet.resolve("b")
+        assert rt.models_for(fleet, every, "a") == (a, b)
+        assert rt.models_for(fleet, narrow, "a") == (a,)
+        assert rt.models_for(fleet, every, "A:latest") == (a, b)
+        assert rt.models_for(fleet, every, "a") == (a, b)
+        for _ in range(2):
+            with pytest.raises(ModelNotAllowed):
+                rt.models_for(fleet, narrow, "b")
+            with pytest.raises(ModelNotFound):
+                rt.models_for(fleet, every, "c")
+    source.replace(fleet_of([]))
+    fleet = source.current().fleet
+    every = Policy(fleet).admit("127.0.0.1", None)
+    assert rt.models_for(fleet, every, "a") == (fleet.resolve("a"),)
