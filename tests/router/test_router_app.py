@@ -308,6 +308,15 @@ def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
     assert "qwen3:0.6b" not in loaded  # keep_alive 0 unloads at once
 
 
+def test_an_empty_or_blank_body_is_missing(client):
+    c, _ = client
+    for body in (b"", b" \t\r\n\x0b\x0c"):
+        r = c.simulate_post("/api/chat", body=body, **LOCAL)
+        assert (r.status_code, r.json) == (400, {"error": "missing request body"})
+    r = c.simulate_post("/api/chat", body=b"\x1c\xa0", **LOCAL)  # not blank
+    assert r.status_code == 400 and "missing" not in r.json["error"]
+
+
 def test_access_log_lines_are_batched(tmp_path):
     import io
 
