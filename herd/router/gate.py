@@ -99,9 +99,11 @@ class Gate:
 
 
 def _decision_headers(resp: Any, outcome: Outcome) -> None:
-    resp.set_header("X-Herd-Node", outcome.node or "")
-    resp.set_header("X-Herd-Model", outcome.served_model or "")
-    resp.set_header("X-Herd-Queue-Ms", f"{outcome.queue_ms or 0:.1f}")
+    set_header = resp.set_header
+    set_header("X-Herd-Node", outcome.node or "")
+    set_header("X-Herd-Model", outcome.served_model or "")
+    queue_ms = outcome.queue_ms
+    set_header("X-Herd-Queue-Ms", f"{queue_ms:.1f}" if queue_ms else "0.0")
 
 
 def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
