@@ -32,26 +32,14 @@ import sys
 import time
 from typing import Any
 
-MODEL = "bench:latest"
-CHAT_BODY = json.dumps(
-    {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
-).encode()
-FIXED_REPLY = json.dumps(
-    {
-        "model": MODEL,
-        "created_at": "2026-11-22T00:00:00.000000000Z",
-        "message": {"role": "assistant", "content": "Hello from a zero-cost node."},
-        "done": True,
-        "done_reason": "stop",
-        "total_duration": 1000,
-        "load_duration": 100,
-        "prompt_eval_count": 5,
-        "prompt_eval_duration": 100,
-        "eval_count": 7,
-        "eval_duration": 100,
-    },
-    separators=(",", ":"),
-).encode()
+# Run as a script, this directory is on sys.path and the tree's root is not
+# (`herd` must come from the interpreter's environment, as said above).
+from bench_router import CHAT_BODY as CHAT_TEXT
+from bench_router import FIXED_REPLY as REPLY_TEXT
+from bench_router import MODEL
+
+CHAT_BODY = CHAT_TEXT.encode()
+FIXED_REPLY = REPLY_TEXT.encode()
 
 
 def build() -> Any:
