@@ -359,14 +359,17 @@ class Runtime:
             )
         if error and not outcome.error_class:
             outcome.error_class = error
-        self.record(outcome)
+        self.record(outcome, now)
 
-    def record(self, outcome: Outcome) -> None:
-        """Trace and log one finished request. Refusals that never reached a
-        node (4xx) are recorded within `refusals`' budget and otherwise only
-        counted, so a flood of bad requests cannot fill the disk."""
+    def record(self, outcome: Outcome, now: float | None = None) -> None:
+        """Trace and log one finished request (`now`: the end, on the
+        monotonic clock, if the caller has just read it). Refusals that never
+        reached a node (4xx) are recorded within `refusals`' budget and
+        otherwise only counted, so a flood of bad requests cannot fill the
+        disk."""
         outcome.finished = True
-        now = self.monotonic()
+        if now is None:
+            now = self.monotonic()
         self.metrics.request(outcome, now - outcome.started)
         if (
             outcome.node is None
