@@ -41,19 +41,20 @@ class Gate:
         ctx = req.context
         ctx.deferred = False
         ctx.peer = peer = peer_address(req.remote_addr)
+        path = req.path
         ctx.outcome = outcome = Outcome(
             t0=rt.clock(),
             started=rt.monotonic(),
-            route=req.path,
+            route=path,
             method=req.method,
             peer=peer,
         )
         ctx.served = served = rt.served()
         ctx.client = None
-        if req.path in OPEN_PATHS:
+        if path in OPEN_PATHS:
             return
         policy = rt.policy(served.fleet)
-        if req.path == "/v2" or req.path.startswith("/v2/"):
+        if path == "/v2" or path.startswith("/v2/"):
             # Nodes pull model weights from the registry; nobody else may.
             if not policy.may_pull(peer):
                 raise RegistryDenied(
@@ -62,16 +63,19 @@ class Gate:
                 )
             outcome.client = "node"
             return
-        client = policy.admit(peer, req.get_header("Authorization"))
+        # Headers read from the environ: a dict lookup each, where falcon's
+        # get_header builds the key from the name first.
+        env = req.env
+        client = policy.admit(peer, env.get("HTTP_AUTHORIZATION"))
         ctx.client = client
         outcome.client = client.name
-        prefer = req.get_header("X-Herd-Prefer")
+        prefer = env.get("HTTP_X_HERD_PREFER")
         if prefer:
             try:
                 outcome.prefer = parse_prefer(prefer)
             except ValueError as ex:
                 raise InvalidRequest(str(ex)) from ex
-        header = req.env.get(tags.WSGI_HEADER)  # a dict lookup: cheaper than get_header
+        header = env.get(tags.WSGI_HEADER)
         if header is not None:
             ctx.tags = tags.from_header(header)
             outcome.tags = tags.joined(ctx.tags)
@@ -95,9 +99,11 @@ class Gate:
 
 
 def _decision_headers(resp: Any, outcome: Outcome) -> None:
-    resp.set_header("X-Herd-Node", outcome.node or "")
-    resp.set_header("X-Herd-Model", outcome.served_model or "")
-    resp.set_header("X-Herd-Queue-Ms", f"{outcome.queue_ms or 0:.1f}")
+    set_header = resp.set_header
+    set_header("X-Herd-Node", outcome.node or "")
+    set_header("X-Herd-Model", outcome.served_model or "")
+    queue_ms = outcome.queue_ms
+    set_header("X-Herd-Queue-Ms", f"{queue_ms:.1f}" if queue_ms else "0.0")
 
 
 def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:

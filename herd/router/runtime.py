@@ -28,7 +28,7 @@ from herd.router.fleetstate import (
 )
 from herd.router.observe.accesslog import AccessLog
 from herd.router.observe.metrics import Metrics, node_families
-from herd.router.observe.traces import TraceLog
+from herd.router.observe.traces import TraceLog, row
 from herd.router.policy import Policy, RateLimiter
 from herd.router.reload import Served
 from herd.router.routing.forward import Forwarder, Opened, Outcome
@@ -48,6 +48,9 @@ MODEL_NAME_MAX = 512
 #: beyond a burst; the rest are only counted (herd_refusals_unrecorded_total).
 REFUSALS_PER_S = 20.0
 REFUSALS_BURST = 200
+#: Model chains (`Runtime.models_for`) kept per revision before starting over:
+#: names are the caller's, so the table is bounded.
+CHAINS_MAX = 4096
 
 
 def check_model_name(requested: Any) -> None:
@@ -142,6 +145,8 @@ class Runtime:
         self.on_stop: list[Callable[[], None]] = []
         self._trace_writer: Any = None
         self._policy: tuple[int, Policy] | None = None
+        self._chains_fleet: Fleet | None = None
+        self._chains: dict[tuple[int, str], tuple[Client, tuple[Model, ...]]] = {}
         self._node_urls: frozenset[str] = frozenset()
         upstream.set_allow(lambda url: url in self._node_urls)
         source.listeners.append(self._apply)
@@ -292,7 +297,8 @@ class Runtime:
                 "request body is over the limit of "
                 f"{fleet.router.limits.max_body_mb:g} MB"
             )
-        if not raw.strip():
+        # (Not `raw.strip()`: that copies the whole body to test it.)
+        if not raw or raw.isspace():
             raise InvalidRequest("missing request body")
         # Strict: refused wherever a node could read the bytes differently.
         return parse_object(raw), raw
@@ -308,33 +314,25 @@ class Runtime:
 
         Manifest `fallbacks` come first, then the request's `fallback_models`
         (each must be declared). Fallbacks the client may not use are skipped.
+        Without `fallback_models` the answer depends only on the revision,
+        the client group and the name: it is kept per revision (refusals are
+        not kept; they are worked out again each time).
         """
-        check_model_name(requested)
-        model = fleet.resolve(requested)
-        if model is None:
-            raise ModelNotFound(f"model '{requested}' not found")
-        Policy.check_model(client, model)
-        names: list[str] = list(model.fallbacks)
-        if extra_fallbacks is not None:
-            if not isinstance(extra_fallbacks, list) or not all(
-                isinstance(n, str) for n in extra_fallbacks
-            ):
-                raise InvalidRequest("fallback_models must be a list of model names")
-            for name in extra_fallbacks:
-                if fleet.resolve(name) is None:
-                    raise InvalidRequest(
-                        f"fallback_models: model '{name}' is not declared in the fleet"
-                    )
-            names += extra_fallbacks
-        chain = [model]
-        for name in names:
-            fallback = fleet.resolve(name)
-            if fallback is None or fallback in chain:
-                continue
-            if client.models and fallback.name not in client.models:
-                continue
-            chain.append(fallback)
-        return tuple(chain)
+        if extra_fallbacks is not None or requested.__class__ is not str:
+            return _chain(fleet, client, requested, extra_fallbacks)
+        if self._chains_fleet is not fleet:
+            self._chains_fleet, self._chains = fleet, {}
+        chains = self._chains
+        key = (id(client), requested)
+        kept = chains.get(key)
+        # The entry holds its client, so no other object can have its id.
+        if kept is not None and kept[0] is client:
+            return kept[1]
+        chain = _chain(fleet, client, requested, None)
+        if len(chains) >= CHAINS_MAX:
+            chains.clear()
+        chains[key] = (client, chain)
+        return chain
 
     def deadline(self, fleet: Fleet) -> float:
         return self.monotonic() + fleet.router.limits.request_timeout_s
@@ -361,14 +359,17 @@ class Runtime:
             )
         if error and not outcome.error_class:
             outcome.error_class = error
-        self.record(outcome)
+        self.record(outcome, now)
 
-    def record(self, outcome: Outcome) -> None:
-        """Trace and log one finished request. Refusals that never reached a
-        node (4xx) are recorded within `refusals`' budget and otherwise only
-        counted, so a flood of bad requests cannot fill the disk."""
+    def record(self, outcome: Outcome, now: float | None = None) -> None:
+        """Trace and log one finished request (`now`: the end, on the
+        monotonic clock, if the caller has just read it). Refusals that never
+        reached a node (4xx) are recorded within `refusals`' budget and
+        otherwise only counted, so a flood of bad requests cannot fill the
+        disk."""
         outcome.finished = True
-        now = self.monotonic()
+        if now is None:
+            now = self.monotonic()
         self.metrics.request(outcome, now - outcome.started)
         if (
             outcome.node is None
@@ -376,10 +377,42 @@ class Runtime:
             and not self.refusals.take(now)
         ):
             return
-        trace = outcome.trace(now)
+        trace = row(outcome, now)
         self.traces.record(trace)
         if self.access is not None:
             self.access.request(trace)
+
+
+def _chain(
+    fleet: Fleet, client: Client, requested: Any, extra_fallbacks: Any
+) -> tuple[Model, ...]:
+    """`Runtime.models_for`, worked out."""
+    check_model_name(requested)
+    model = fleet.resolve(requested)
+    if model is None:
+        raise ModelNotFound(f"model '{requested}' not found")
+    Policy.check_model(client, model)
+    names: list[str] = list(model.fallbacks)
+    if extra_fallbacks is not None:
+        if not isinstance(extra_fallbacks, list) or not all(
+            isinstance(n, str) for n in extra_fallbacks
+        ):
+            raise InvalidRequest("fallback_models must be a list of model names")
+        for name in extra_fallbacks:
+            if fleet.resolve(name) is None:
+                raise InvalidRequest(
+                    f"fallback_models: model '{name}' is not declared in the fleet"
+                )
+        names += extra_fallbacks
+    chain = [model]
+    for name in names:
+        fallback = fleet.resolve(name)
+        if fallback is None or fallback in chain:
+            continue
+        if client.models and fallback.name not in client.models:
+            continue
+        chain.append(fallback)
+    return tuple(chain)
 
 
 def _count(value: Any) -> int | None:

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 from falcon import testing
 
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
-from herd.router.observe.traces import Trace, TraceLog
+from herd.router.observe.traces import Trace, TraceLog, row
 from herd.router.reload import PointerSource, StaticSource
 from herd.router.routing.proxy import Upstream
 from tests.router.routerproc import ROOT, apply, free_port, manifest
@@ -307,6 +308,15 @@ def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
     assert "qwen3:0.6b" not in loaded  # keep_alive 0 unloads at once
 
 
+def test_an_empty_or_blank_body_is_missing(client):
+    c, _ = client
+    for body in (b"", b" \t\r\n\x0b\x0c"):
+        r = c.simulate_post("/api/chat", body=body, **LOCAL)
+        assert (r.status_code, r.json) == (400, {"error": "missing request body"})
+    r = c.simulate_post("/api/chat", body=b"\x1c\xa0", **LOCAL)  # not blank
+    assert r.status_code == 400 and "missing" not in r.json["error"]
+
+
 def test_access_log_lines_are_batched(tmp_path):
     import io
 
@@ -326,7 +336,7 @@ def test_access_log_lines_are_batched(tmp_path):
         status=200,
         peer="10.0.0.9",
     )
-    log.request(done.trace(0.00125))
+    log.request(row(done, 0.00125))
     assert out.getvalue() == ""  # nothing written per request
     log.flush()
     assert out.getvalue() == (
@@ -357,3 +367,50 @@ def test_workers_count_one_refusal_per_bad_revision(tmp_path):
         assert [w.check() for w in workers] == [False, False]
         assert all(w.last_error for w in workers)
         assert sum(w.refusals for w in workers) == head
+
+
+def test_model_chains_are_kept_per_revision_and_client_group():
+    """Runtime.models_for keeps resolved chains: never across client groups,
+    never across revisions, never a refusal."""
+    from herd.errors import ModelNotAllowed, ModelNotFound
+    from herd.router.policy import Policy
+
+    def fleet_of(fallbacks: list[str]) -> Any:
+        return build_fleet(
+            {
+                "metadata": {"name": "chains"},
+                "router": {
+                    "clients": [
+                        {"name": "all", "networks": ["127.0.0.1/32"]},
+                        {
+                            "name": "narrow",
+                            "networks": ["127.0.0.2/32"],
+                            "models": ["a"],
+                        },
+                    ]
+                },
+                "nodes": [{"name": "n", "url": "http://127.0.0.1:9"}],
+                "models": [{"name": "a", "fallbacks": fallbacks}, {"name": "b"}],
+            }
+        )
+
+    source = StaticSource(fleet_of(["b"]))
+    rt = create_app(source, TraceLog(None), Upstream(), background=False).herd_runtime
+    for _ in range(2):
+        fleet = source.current().fleet
+        policy = Policy(fleet)
+        every, narrow = policy.admit("127.0.0.1", None), policy.admit("127.0.0.2", None)
+        a, b = fleet.resolve("a"), fleet.resolve("b")
+        assert rt.models_for(fleet, every, "a") == (a, b)
+        assert rt.models_for(fleet, narrow, "a") == (a,)
+        assert rt.models_for(fleet, every, "A:latest") == (a, b)
+        assert rt.models_for(fleet, every, "a") == (a, b)
+        for _ in range(2):
+            with pytest.raises(ModelNotAllowed):
+                rt.models_for(fleet, narrow, "b")
+            with pytest.raises(ModelNotFound):
+                rt.models_for(fleet, every, "c")
+    source.replace(fleet_of([]))
+    fleet = source.current().fleet
+    every = Policy(fleet).admit("127.0.0.1", None)
+    assert rt.models_for(fleet, every, "a") == (fleet.resolve("a"),)

@@ -18,7 +18,7 @@ from falcon import testing
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
 from herd.router.observe.logfield import FIELD_MAX, logged
-from herd.router.observe.traces import TraceLog
+from herd.router.observe.traces import Trace, TraceLog, row
 from herd.router.reload import StaticSource
 from herd.router.routing.proxy import Upstream
 from herd.router.runtime import REFUSALS_BURST
@@ -56,6 +56,59 @@ def test_logged_escapes_and_bounds():
     for value in ("x\ny", "\x00", "a b", "\u2028", "é"):
         escaped = logged(value)
         assert escaped.isascii() and escaped.isprintable() and " " not in escaped
+
+
+def test_trace_row_escapes_every_text_field():
+    """The row each request leaves (traces.row): every caller-derived text
+    escaped and bounded, also when the same text comes again (cached)."""
+    from herd.router.routing.forward import Outcome
+
+    hostile = "m\n" + FORGED
+    done = Outcome(
+        t0=5.0,
+        started=1.0,
+        route="/api/x\x00",
+        method="PO ST",
+        client="g\x1b[2J",
+        requested_model=hostile,
+        served_model="m" * 900,
+        node="n\\1",
+        status=502,
+        queue_ms=1.5,
+        ttft_ms=2.5,
+        tokens_in=3,
+        tokens_out=4,
+        retries=1,
+        error_class="node\rerror",
+        peer="::1 x",
+        tags="a,b",
+    )
+    for _ in range(2):
+        got = row(done, 1.25)
+        assert got == Trace(
+            ts=5.0,
+            client=logged("g\x1b[2J"),
+            route="/api/x\\x00",
+            method="PO\\x20ST",
+            requested_model=logged(hostile),
+            served_model=logged("m" * 900),
+            node="n\\\\1",
+            status=502,
+            queue_ms=1.5,
+            ttft_ms=2.5,
+            duration_ms=250.0,
+            tokens_in=3,
+            tokens_out=4,
+            retries=1,
+            error_class="node\\rerror",
+            peer="::1\\x20x",
+            tags="a,b",
+        )
+        assert "\n" not in got.requested_model
+        assert len(got.served_model) < FIELD_MAX + 30
+    bare = Outcome(t0=0.0, started=0.0, route="/api/chat", method="POST")
+    empty = (None, None, None, 0, None, None, 0.0, None, None, 0, None, None, None)
+    assert row(bare, 0.0) == (0.0, None, "/api/chat", "POST", *empty)
 
 
 @pytest.mark.e2e
@@ -120,8 +173,8 @@ def test_hostile_model_names_over_real_gunicorn(sims, router):
         if len(rows) >= sent:
             break
     assert len(rows) == sent
-    for row in rows:
-        for value in row:
+    for stored in rows:
+        for value in stored:
             if value is not None:
                 assert len(value) < FIELD_MAX + 30, value[:80]
                 assert value.isprintable() and "\n" not in value

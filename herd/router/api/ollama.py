@@ -118,7 +118,12 @@ class Forwarded:
         models = rt.models_for(fleet, ctx.client, name, extra)
         check_kind(self.path, models[0])
         rt.limiter.take(ctx.client)
-        if self.path in THINKING_PATHS and think_budget(rt, fleet, models, body, resp):
+        # Only an output cap in `options` can be raised (convert.thinking).
+        if (
+            "options" in body
+            and self.path in THINKING_PATHS
+            and think_budget(rt, fleet, models, body, resp)
+        ):
             raw = None
         stream = self.streams and body.get("stream", True) is not False
         opened = rt.forwarder.open(

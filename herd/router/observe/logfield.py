@@ -93,3 +93,16 @@ def _remember(text: str, result: str) -> None:
 def logged_or_none(value: str | None, limit: int = FIELD_MAX) -> str | None:
     """`logged(value)`, keeping None (a trace column without a value)."""
     return None if value is None else logged(value, limit)
+
+
+def logged_each(values: list[str | None]) -> list[str | None]:
+    """`logged_or_none` of each value, as one call: a trace row's eight text
+    fields are nearly always recently seen texts, and one list pass over the
+    cache is a third of the cost of eight calls (see `logged`)."""
+    known = _recent.get
+    return [
+        None
+        if value is None
+        else (known(value) if value.__class__ is str else None) or logged(value)
+        for value in values
+    ]

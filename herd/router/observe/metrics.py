@@ -254,11 +254,6 @@ class Metrics:
         self._names = names
         self._nodes = frozenset(n.name for n in fleet.nodes)
 
-    def _model(self, name: str | None) -> str:
-        if not name:
-            return ""
-        return self._names.get(name, "other")
-
     # -- per request ----------------------------------------------------------
 
     def request(self, outcome: Any, duration_s: float) -> None:
@@ -272,12 +267,15 @@ class Metrics:
                 log.exception("counting a request for /metrics failed")
 
     def _count(self, outcome: Any, duration_s: float) -> None:
-        requested = self._model(outcome.requested_model)
+        # A declared name or alias counts as its model; any other as "other".
+        names = self._names
+        requested = outcome.requested_model
+        requested = names.get(requested, "other") if requested else ""
         served = outcome.served_model
         key = (
             outcome.route,
             requested,
-            self._model(served) if served else requested,
+            names.get(served, "other") if served else requested,
             outcome.node or "",
             outcome.client or "",
             outcome.status,

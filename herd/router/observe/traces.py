@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from herd.router.observe.logfield import logged_each
 from herd.store import Store
 
 log = logging.getLogger("herd.router")
@@ -62,6 +63,51 @@ class Trace(NamedTuple):
 
 
 COLUMNS = Trace._fields
+
+
+def row(outcome: Any, now: float) -> Trace:
+    """The trace row of a finished request (herd.router.routing.forward's
+    `Outcome`, `now` on its monotonic clock); every text field escaped and
+    bounded (herd.router.observe.logfield). Built positionally: a keyword call
+    of the NamedTuple costs as much again as the escaping."""
+    o = outcome
+    client, route, method, requested, served, node, error, peer = logged_each(
+        [
+            o.client,
+            o.route,
+            o.method,
+            o.requested_model,
+            o.served_model,
+            o.node,
+            o.error_class,
+            o.peer,
+        ]
+    )
+    return _new_row(
+        Trace,
+        (
+            o.t0,
+            client,
+            route,
+            method,
+            requested,
+            served,
+            node,
+            o.status,
+            o.queue_ms,
+            o.ttft_ms,
+            round((now - o.started) * 1000.0, 3),
+            o.tokens_in,
+            o.tokens_out,
+            o.retries,
+            error,
+            peer,
+            o.tags,
+        ),
+    )
+
+
+_new_row = tuple.__new__
 
 
 def _m1_traces(db: sqlite_utils.Database) -> None:

@@ -1,0 +1,170 @@
+"""The request edge's CPU per request: everything the router does around the node leg.
+
+    python tests/bench/bench_edge.py [--requests 20000] [--repeat 5] [--profile]
+
+The router app (`create_app`, the bench_router manifest: one client group
+over 127.0.0.0/8, one node) is called as a WSGI callable, in this process,
+with the environ the router's worker builds for wrk's POST /api/chat; the
+forwarder's `open` is replaced by one that answers the node's fixed reply at
+once. What is left is the edge: falcon's dispatch, the gate (admission, the
+pinned revision), reading and strictly checking the body, resolving the
+model, the response headers, the trace row, the metric counts. Figures are
+CPU microseconds per request (process time; the minimum of `--repeat` runs
+is the least disturbed by other processes on a shared machine, the median
+is printed too), so two trees can be compared in one run:
+
+    cd /work/other-tree && .venv/bin/python /path/to/bench_edge.py
+
+(the script imports `herd` from the interpreter's environment, not from the
+directory it sits in). `--profile` prints cProfile's top functions instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import pstats
+import statistics
+import sys
+import time
+from typing import Any
+
+# Run as a script, this directory is on sys.path and the tree's root is not
+# (`herd` must come from the interpreter's environment, as said above).
+from bench_router import CHAT_BODY as CHAT_TEXT
+from bench_router import FIXED_REPLY as REPLY_TEXT
+from bench_router import MODEL
+
+CHAT_BODY = CHAT_TEXT.encode()
+FIXED_REPLY = REPLY_TEXT.encode()
+
+
+def build() -> Any:
+    from herd.manifest.model import build_fleet
+    from herd.router.app import create_app
+    from herd.router.observe.traces import TraceLog
+    from herd.router.reload import StaticSource
+    from herd.router.routing.forward import Opened
+    from herd.router.routing.proxy import Upstream
+
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "bench"},
+            "router": {
+                "clients": [{"name": "bench", "networks": ["127.0.0.0/8"]}],
+                "limits": {"queue_depth": 100000, "request_timeout_s": 600},
+            },
+            "nodes": [
+                {"name": "zero", "url": "http://127.0.0.1:9", "max_concurrency": 4096}
+            ],
+            "models": [{"name": MODEL, "place": {"nodes": ["zero"]}}],
+        }
+    )
+    traces = TraceLog(None)
+    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    rt = app.herd_runtime
+    # Under gunicorn a background greenlet checks discovery membership
+    # (DiscoveredSource.keep_checking): requests only read its generation.
+    rt.source._checker = True
+    node, model = fleet.nodes[0], fleet.models[0]
+
+    def answer(fleet: Any, path: str, body: Any, models: Any, **kw: Any) -> Any:
+        outcome = kw["outcome"]
+        outcome.queue_ms = 0.0
+        outcome.node = node.name
+        outcome.served_model = model.name
+        return Opened(
+            node=node,
+            model=model,
+            status=200,
+            content_type="application/json; charset=utf-8",
+            body=FIXED_REPLY,
+            first_obj=json.loads(FIXED_REPLY),
+        )
+
+    rt.forwarder.open = answer
+    return app, traces
+
+
+def environ() -> dict[str, Any]:
+    """What the router's worker passes for wrk's request (herd.router.http.worker)."""
+    return {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/api/chat",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "RAW_URI": "/api/chat",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "HTTP_HOST": "127.0.0.1:8080",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(CHAT_BODY)),
+        "wsgi.input": io.BytesIO(CHAT_BODY),
+        "wsgi.input_terminated": True,
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+def run(app: Any, traces: Any, count: int) -> float:
+    """CPU microseconds per request over `count` requests."""
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    buffered = traces._buffer
+    started = time.process_time()
+    for n in range(count):
+        for _chunk in app(environ(), start_response):
+            pass
+        if n % 2000 == 0:
+            buffered.clear()  # the writer empties it every second
+    spent = time.process_time() - started
+    bad = [s for s in statuses if not s.startswith("200")]
+    if bad:
+        raise SystemExit(f"unexpected statuses: {bad[:3]}")
+    return spent * 1e6 / count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    app, traces = build()
+    run(app, traces, 2000)  # warm-up
+    # As the router's worker does after loading (etc/gunicorn.conf.py).
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run(app, traces, args.requests)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        return 0
+    figures = [run(app, traces, args.requests) for _ in range(args.repeat)]
+    import herd
+
+    print(
+        f"edge {herd.__file__.rsplit('/herd/', 1)[0]}: "
+        f"min {min(figures):.1f} us/req, median {statistics.median(figures):.1f} "
+        f"(max {max(figures):.1f}, n={len(figures)})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
