@@ -30,8 +30,7 @@ from herd.errors import (
 from herd.manifest.model import Fleet, Model, Node
 from herd.router.api.aggregate import Fold
 from herd.router.convert import to_openai
-from herd.router.observe.logfield import logged, logged_or_none
-from herd.router.observe.traces import Trace
+from herd.router.observe.logfield import logged
 from herd.router.routing import openaileg
 from herd.router.routing.openaileg import OpenAIForm
 from herd.router.routing.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
@@ -73,28 +72,6 @@ class Outcome:
     decisions: list[Decision] = field(default_factory=list)
     #: Labels the client prefers (X-Herd-Prefer), a soft scoring bonus.
     prefer: Mapping[str, str] = field(default_factory=dict)
-
-    def trace(self, now: float) -> Trace:
-        """The trace row; every text field escaped and bounded (logfield)."""
-        return Trace(
-            ts=self.t0,
-            client=logged_or_none(self.client),
-            route=logged(self.route),
-            method=logged(self.method),
-            requested_model=logged_or_none(self.requested_model),
-            served_model=logged_or_none(self.served_model),
-            node=logged_or_none(self.node),
-            status=self.status,
-            queue_ms=self.queue_ms,
-            ttft_ms=self.ttft_ms,
-            duration_ms=round((now - self.started) * 1000.0, 3),
-            tokens_in=self.tokens_in,
-            tokens_out=self.tokens_out,
-            retries=self.retries,
-            error_class=logged_or_none(self.error_class),
-            peer=logged_or_none(self.peer),
-            tags=self.tags,
-        )
 
     def counts(self, final: dict[str, Any]) -> None:
         """Take token counts from a node's final (`done`) object."""
