@@ -32,7 +32,14 @@ DB_NAME = "traces.db"
 FLUSH_S = 1.0
 PRUNE_S = 3600.0
 BUFFER_MAX = 100_000
-BATCH_MAX = 500
+#: Rows per transaction. The writer thread shares the worker's core: a big
+#: transaction (a second of rows at c=1 took ~16 ms of CPU in one burst) holds
+#: the core and, while binding values, the GIL, so the requests arriving
+#: meanwhile wait. Small transactions with a pause (PAUSE_S) between them keep
+#: each burst well under a millisecond.
+BATCH_MAX = 128
+#: The writer's pause between two transactions of one flush, for the loop.
+PAUSE_S = 0.001
 #: Rows per INSERT statement; a caller flushing on the event loop itself
 #: (`flush(between=...)`) gets `between()` between two of them.
 SLICE_ROWS = 64
@@ -379,7 +386,7 @@ class TraceLog:
         try:
             while not stopped():
                 gevent.sleep(FLUSH_S)
-                self.tick(pause=gevent.sleep, write=on_thread)
+                self.tick(pause=lambda: gevent.sleep(PAUSE_S), write=on_thread)
             pool.apply(_outcome, (self.close,))
         finally:
             pool.kill()
