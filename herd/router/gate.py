@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from herd.errors import InvalidRequest, RegistryDenied
+from herd.errors import InvalidRequest, MisdirectedHost, RegistryDenied
+from herd.router.hostnames import HostCheck
 from herd.router.http.peer import peer_address
 from herd.router.observe import tags
 from herd.router.policy import is_operator
@@ -34,6 +35,7 @@ class Gate:
         #: The app's route lookup (path -> match or None), set by create_app:
         #: a request refused before routing is still counted under its route.
         self.find_route: Any = None
+        self.hosts = HostCheck()
 
     def process_request(self, req: Any, resp: Any) -> None:
         rt = self.rt
@@ -50,6 +52,9 @@ class Gate:
         )
         ctx.served = served = rt.served()
         ctx.client = None
+        host = req.env.get("HTTP_HOST")  # a dict lookup: cheaper than req.host
+        if not self.hosts.allows(served.fleet, host):
+            raise MisdirectedHost(_misdirected(host))
         if req.path in OPEN_PATHS:
             return
         policy = rt.policy(served.fleet)
@@ -92,6 +97,13 @@ class Gate:
         if outcome.node is not None:
             _decision_headers(resp, outcome)
         self.rt.record(outcome)
+
+
+def _misdirected(host: str) -> str:
+    return (
+        f"this router does not answer to the host {host[:100]!r}: use its address "
+        "or a name listed in router.hostnames of the manifest"
+    )
 
 
 def _decision_headers(resp: Any, outcome: Outcome) -> None:

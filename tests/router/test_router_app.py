@@ -38,7 +38,7 @@ def client(tmp_path):
     )
     traces = TraceLog(tmp_path)
     app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
-    yield testing.TestClient(app), traces
+    yield testing.TestClient(app, headers={"Host": "localhost"}), traces
     traces.close()
 
 
@@ -202,7 +202,7 @@ def test_fallbacks_manifest_then_request(sims, tmp_path):
     )
     traces = TraceLog(tmp_path)
     app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
-    c = testing.TestClient(app)
+    c = testing.TestClient(app, headers={"Host": "localhost"})
     ask = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
     r = c.simulate_post("/api/chat", json={"model": "llama3.2:3b", **ask}, **LOCAL)
     assert r.status_code == 200, r.text
@@ -243,7 +243,7 @@ def test_registry_is_mounted_for_nodes(tmp_path):
         background=False,
         bundle_store=lambda: tmp_path / "store",
     )
-    c = testing.TestClient(app)
+    c = testing.TestClient(app, headers={"Host": "localhost"})
     assert c.simulate_get("/v2/", remote_addr="10.20.1.11").status_code == 200
     missing = c.simulate_get("/v2/library/m/manifests/latest", remote_addr="10.20.1.11")
     assert missing.status_code == 404
@@ -295,7 +295,7 @@ def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
         }
     )
     app = create_app(StaticSource(fleet), TraceLog(None), Upstream(), background=False)
-    c = testing.TestClient(app)
+    c = testing.TestClient(app, headers={"Host": "localhost"})
     for model in ("llama3.2:3b", "qwen3:0.6b"):
         body = {"model": model, "prompt": "hi", "stream": False}
         assert c.simulate_post("/api/generate", json=body, **LOCAL).status_code == 200
