@@ -95,7 +95,7 @@ class Gate:
             outcome.route = found[3] if found else "(unrouted)"
         outcome.status = int(str(resp.status).split(" ", 1)[0])
         if outcome.node is not None:
-            _decision_headers(resp, outcome)
+            _decision_headers(resp, outcome, is_operator(ctx.client))
         self.rt.record(outcome)
 
 
@@ -106,8 +106,12 @@ def _misdirected(host: str) -> str:
     )
 
 
-def _decision_headers(resp: Any, outcome: Outcome) -> None:
-    resp.set_header("X-Herd-Node", outcome.node or "")
+def _decision_headers(resp: Any, outcome: Outcome, operator: bool) -> None:
+    # Node names are fleet internals: operator groups only, like node
+    # addresses, error details and X-Herd-Decision. Every group may see
+    # which model answered and how long it queued.
+    if operator:
+        resp.set_header("X-Herd-Node", outcome.node or "")
     resp.set_header("X-Herd-Model", outcome.served_model or "")
     resp.set_header("X-Herd-Queue-Ms", f"{outcome.queue_ms or 0:.1f}")
 
@@ -119,16 +123,13 @@ def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
     `X-Herd-Decision`: every candidate node with its score and why (or why it
     was left out).
     """
-    _decision_headers(resp, outcome)
+    operator = req is not None and is_operator(req.context.client)
+    _decision_headers(resp, outcome, operator)
     # Always explained when memory fit decided (a node left out or pushed down),
     # but only to operator groups: the explanation names nodes.
-    if (
-        req is not None
-        and is_operator(req.context.client)
-        and (
-            req.get_header("X-Herd-Explain") == "1"
-            or any(d.memory_decided for d in outcome.decisions)
-        )
+    if operator and (
+        req.get_header("X-Herd-Explain") == "1"
+        or any(d.memory_decided for d in outcome.decisions)
     ):
         text = " | ".join(f"{d.model}: {d.explain()}" for d in outcome.decisions)
         resp.set_header("X-Herd-Decision", text.encode("ascii", "replace").decode())

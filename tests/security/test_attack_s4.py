@@ -35,6 +35,7 @@ def call(
     host: str | None,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], Any]:
     """One HTTP/1.0 exchange over a raw socket: HTTP/1.0 so that a request
     without Host is well-formed too."""
@@ -47,7 +48,9 @@ def call(
         head += f"{name}: {value}\r\n"
     if data:
         head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=30, source_address=(source, 0)
+    ) as sock:
         sock.sendall(head.encode() + b"\r\n" + data)
         raw = b""
         while chunk := sock.recv(65536):
@@ -176,3 +179,52 @@ def test_apply_refuses_a_registry_name_the_router_refuses(tmp_path):
     doc["router"]["hostnames"] = ["llm.site.lan"]
     fleet = load_bytes(yaml.safe_dump(doc).encode(), str(tmp_path / "f.yaml"))
     assert registry_address(fleet, "llm.site.lan:11435") == "llm.site.lan:11435"
+
+
+# -- node names ----------------------------------------------------------------
+
+OPERATOR, PLAIN = "127.0.0.1", "127.0.0.2"
+
+
+def test_node_names_only_for_operators(sims, router):
+    a, b = sims("node-a"), sims("node-b")
+    clients = [
+        {"name": "ops", "networks": ["127.0.0.1/32"], "operator": True},
+        {"name": "apps", "networks": ["127.0.0.2/32"]},
+    ]
+    r = router(manifest([a, b], clients=clients))
+    r.wait_nodes_up(2)
+    for node in (a, b):  # the model loaded on both nodes
+        status, _, _ = call(
+            node.url,
+            "POST",
+            "/api/chat",
+            "x",
+            {**HELLO, "model": "llama3.2:3b", "stream": False},
+        )
+        assert status == 200
+    deadline = time.monotonic() + 30
+    while len(call(r.url, "GET", "/api/ps", "localhost")[2]["models"]) < 2:
+        assert time.monotonic() < deadline, "the router never saw both loaded"
+        time.sleep(0.2)
+
+    explain = {"X-Herd-Explain": "1"}
+    chat = {**HELLO, "stream": False}
+    for path, body in (
+        ("/api/chat", chat),
+        ("/api/chat", {**HELLO, "stream": True}),
+        ("/v1/chat/completions", chat),
+        ("/api/embed", {"model": "nomic-embed-text", "input": "x"}),
+    ):
+        status, fields, _ = call(r.url, "POST", path, None, body, explain, PLAIN)
+        assert status == 200 and fields["x-herd-model"], (path, fields)
+        assert "x-herd-node" not in fields and "x-herd-decision" not in fields, path
+        status, fields, _ = call(r.url, "POST", path, None, body, explain, OPERATOR)
+        assert status == 200 and fields["x-herd-node"] in ("node-a", "node-b")
+        assert "node-" in fields["x-herd-decision"]
+
+    _, _, ps = call(r.url, "GET", "/api/ps", None, source=PLAIN)
+    assert [m["name"] for m in ps["models"]] == ["llama3.2:3b"]
+    assert "node-" not in json.dumps(ps)
+    _, _, ps = call(r.url, "GET", "/api/ps", None, source=OPERATOR)
+    assert sorted(m["node"] for m in ps["models"]) == ["node-a", "node-b"]
