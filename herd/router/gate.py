@@ -1,11 +1,12 @@
 """The middleware every request passes: admission (client ACL, token) and its trace.
 
-Before routing, the caller's source address (normalized once, here: see
-herd.router.http.peer) and bearer token pick its client group (or the request ends
-with 403/401); the registry (/v2) answers the fleet's nodes only. The
-revision serving it is pinned for the whole request. After the response, one
-trace row is recorded, except for streams, whose relay records the trace when
-the stream ends.
+Before routing, a Host the router is not known by ends the request with 421
+(DNS rebinding: herd.router.hostnames); then the caller's source address
+(normalized once, here: see herd.router.http.peer) and bearer token pick its
+client group (or the request ends with 403/401); the registry (/v2) answers the
+fleet's nodes only. The revision serving it is pinned for the whole request.
+After the response, one trace row is recorded, except for streams, whose relay
+records the trace when the stream ends.
 """
 
 from __future__ import annotations
