@@ -182,7 +182,10 @@ def test_fallbacks_manifest_then_request(sims, tmp_path):
         {
             "metadata": {"name": "fallbacks"},
             "router": {
-                "clients": [{"name": "local", "networks": ["127.0.0.0/8"]}],
+                "clients": [
+                    # operator: X-Herd-Node names the node that served
+                    {"name": "local", "networks": ["127.0.0.0/8"], "operator": True}
+                ],
                 "limits": {"retries": 3},
             },
             "nodes": [
