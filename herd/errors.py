@@ -78,6 +78,15 @@ class BodyTooLarge(HerdError):
     kind = "invalid_request_error"
 
 
+class MisdirectedHost(HerdError):
+    """The Host header names no name this router is known by (DNS rebinding
+    guard, herd.router.hostnames)."""
+
+    status = 421
+    kind = "invalid_request_error"
+    code = "misdirected_request"
+
+
 class RateLimited(HerdError):
     status = 429
     kind = "rate_limit_error"

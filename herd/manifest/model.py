@@ -101,6 +101,9 @@ class Router:
     node_networks: tuple[IPNetwork, ...] = ()
     limits: Limits = field(default_factory=Limits)
     ha: HighAvailability | None = None
+    #: Host names clients may put in the Host header (lower case, no final
+    #: dot), besides addresses and the names herd always accepts.
+    hostnames: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,9 @@ def build_fleet(
         node_networks=_networks(router_doc.get("node_networks")),
         limits=limits,
         ha=_ha(router_doc.get("ha")),
+        hostnames=tuple(
+            h.lower().rstrip(".") for h in router_doc.get("hostnames") or ()
+        ),
     )
     audit = Audit(**(doc.get("audit") or {}))
     return Fleet(

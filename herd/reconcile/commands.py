@@ -17,6 +17,7 @@ from herd.manifest.model import Fleet
 from herd.reconcile import render, session
 from herd.reconcile.actions import FleetPlan
 from herd.reconcile.progress import Report
+from herd.router.hostnames import KnownHosts
 from herd.settings import APPLY_NODES, REGISTRY, ROUTER_TOKEN
 from herd.store import Store
 
@@ -86,6 +87,13 @@ def registry_address(fleet: Fleet, cli_value: str | None) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or "/" in value:
         raise ConfigError(f"--registry {value!r}: expected HOST:PORT")
+    if not KnownHosts.of(fleet).allows(value):
+        # The router refuses a Host it is not known by (DNS rebinding guard):
+        # the nodes' pulls would all fail with 421.
+        raise ConfigError(
+            f"--registry {value!r}: the router answers to {host!r} only when "
+            "router.hostnames in the manifest lists it (or give its address)"
+        )
     return value
 
 

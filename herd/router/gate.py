@@ -1,18 +1,20 @@
 """The middleware every request passes: admission (client ACL, token) and its trace.
 
-Before routing, the caller's source address (normalized once, here: see
-herd.router.http.peer) and bearer token pick its client group (or the request ends
-with 403/401); the registry (/v2) answers the fleet's nodes only. The
-revision serving it is pinned for the whole request. After the response, one
-trace row is recorded, except for streams, whose relay records the trace when
-the stream ends.
+Before routing, a Host the router is not known by ends the request with 421
+(DNS rebinding: herd.router.hostnames); then the caller's source address
+(normalized once, here: see herd.router.http.peer) and bearer token pick its
+client group (or the request ends with 403/401); the registry (/v2) answers the
+fleet's nodes only. The revision serving it is pinned for the whole request.
+After the response, one trace row is recorded, except for streams, whose relay
+records the trace when the stream ends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from herd.errors import InvalidRequest, RegistryDenied
+from herd.errors import InvalidRequest, MisdirectedHost, RegistryDenied
+from herd.router.hostnames import HostCheck
 from herd.router.http.peer import peer_address
 from herd.router.observe import tags
 from herd.router.policy import is_operator
@@ -34,6 +36,7 @@ class Gate:
         #: The app's route lookup (path -> match or None), set by create_app:
         #: a request refused before routing is still counted under its route.
         self.find_route: Any = None
+        self.hosts = HostCheck()
 
     def process_request(self, req: Any, resp: Any) -> None:
         rt = self.rt
@@ -51,6 +54,9 @@ class Gate:
         )
         ctx.served = served = rt.served()
         ctx.client = None
+        host = req.env.get("HTTP_HOST")  # a dict lookup: cheaper than req.host
+        if not self.hosts.allows(served.fleet, host):
+            raise MisdirectedHost(_misdirected(host))
         if path in OPEN_PATHS:
             return
         policy = rt.policy(served.fleet)
@@ -94,13 +100,24 @@ class Gate:
             outcome.route = found[3] if found else "(unrouted)"
         outcome.status = int(str(resp.status).split(" ", 1)[0])
         if outcome.node is not None:
-            _decision_headers(resp, outcome)
+            _decision_headers(resp, outcome, is_operator(ctx.client))
         self.rt.record(outcome)
 
 
-def _decision_headers(resp: Any, outcome: Outcome) -> None:
+def _misdirected(host: str) -> str:
+    return (
+        f"this router does not answer to the host {host[:100]!r}: use its address "
+        "or a name listed in router.hostnames of the manifest"
+    )
+
+
+def _decision_headers(resp: Any, outcome: Outcome, operator: bool) -> None:
+    # Node names are fleet internals: operator groups only, like node
+    # addresses, error details and X-Herd-Decision. Every group may see
+    # which model answered and how long it queued.
     set_header = resp.set_header
-    set_header("X-Herd-Node", outcome.node or "")
+    if operator:
+        set_header("X-Herd-Node", outcome.node or "")
     set_header("X-Herd-Model", outcome.served_model or "")
     queue_ms = outcome.queue_ms
     set_header("X-Herd-Queue-Ms", f"{queue_ms:.1f}" if queue_ms else "0.0")
@@ -113,16 +130,13 @@ def decision_headers(resp: Any, outcome: Outcome, req: Any = None) -> None:
     `X-Herd-Decision`: every candidate node with its score and why (or why it
     was left out).
     """
-    _decision_headers(resp, outcome)
+    operator = req is not None and is_operator(req.context.client)
+    _decision_headers(resp, outcome, operator)
     # Always explained when memory fit decided (a node left out or pushed down),
     # but only to operator groups: the explanation names nodes.
-    if (
-        req is not None
-        and is_operator(req.context.client)
-        and (
-            req.get_header("X-Herd-Explain") == "1"
-            or any(d.memory_decided for d in outcome.decisions)
-        )
+    if operator and (
+        req.get_header("X-Herd-Explain") == "1"
+        or any(d.memory_decided for d in outcome.decisions)
     ):
         text = " | ".join(f"{d.model}: {d.explain()}" for d in outcome.decisions)
         resp.set_header("X-Herd-Decision", text.encode("ascii", "replace").decode())

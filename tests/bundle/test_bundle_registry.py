@@ -25,7 +25,7 @@ def client(policy, state):
     import_bundle(EXAMPLE, policy, state)
     app = falcon.App()
     registry.add_routes(app, lambda: policy.store)
-    return falcon.testing.TestClient(app)
+    return falcon.testing.TestClient(app, headers={"Host": "localhost"})
 
 
 def manifest_bytes() -> bytes:

@@ -291,7 +291,7 @@ def test_lan_proxy_admits_only_the_router(netpair, ns_router, tmp_path):
             with socket.create_connection(
                 (B_ADDR, 11500), timeout=5, source_address=(source, 0)
             ) as sock:
-                sock.sendall(b"GET /api/version HTTP/1.0\r\nHost: x\r\n\r\n")
+                sock.sendall(b"GET /api/version HTTP/1.0\r\nHost: localhost\r\n\r\n")
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)

@@ -284,4 +284,4 @@ def app_over(
         }
     )
     app = create_app(StaticSource(fleet), TraceLog(None), Upstream(), background=False)
-    return testing.TestClient(app)
+    return testing.TestClient(app, headers={"Host": "localhost"})

@@ -70,7 +70,7 @@ def served(tmp_path):
     layer = json.loads(raw)["layers"][0]
     blob = (policy.store / "blobs" / layer["digest"].replace(":", "-")).read_bytes()
     url = f"/v2/library/tiny/blobs/{layer['digest']}"
-    return falcon.testing.TestClient(app), url, blob
+    return falcon.testing.TestClient(app, headers={"Host": "localhost"}), url, blob
 
 
 def test_416_names_the_size_and_has_no_body(served):

@@ -76,7 +76,7 @@ def registry_app(tmp_path):
         background=False,
         bundle_store=lambda: tmp_path / "store",
     )
-    yield testing.TestClient(app), raw
+    yield testing.TestClient(app, headers={"Host": "localhost"}), raw
 
 
 def test_nodes_pull_from_the_registry(registry_app):

@@ -39,7 +39,7 @@ def client(tmp_path):
     )
     traces = TraceLog(tmp_path)
     app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
-    yield testing.TestClient(app), traces
+    yield testing.TestClient(app, headers={"Host": "localhost"}), traces
     traces.close()
 
 
@@ -183,7 +183,10 @@ def test_fallbacks_manifest_then_request(sims, tmp_path):
         {
             "metadata": {"name": "fallbacks"},
             "router": {
-                "clients": [{"name": "local", "networks": ["127.0.0.0/8"]}],
+                "clients": [
+                    # operator: X-Herd-Node names the node that served
+                    {"name": "local", "networks": ["127.0.0.0/8"], "operator": True}
+                ],
                 "limits": {"retries": 3},
             },
             "nodes": [
@@ -203,7 +206,7 @@ def test_fallbacks_manifest_then_request(sims, tmp_path):
     )
     traces = TraceLog(tmp_path)
     app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
-    c = testing.TestClient(app)
+    c = testing.TestClient(app, headers={"Host": "localhost"})
     ask = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
     r = c.simulate_post("/api/chat", json={"model": "llama3.2:3b", **ask}, **LOCAL)
     assert r.status_code == 200, r.text
@@ -244,7 +247,7 @@ def test_registry_is_mounted_for_nodes(tmp_path):
         background=False,
         bundle_store=lambda: tmp_path / "store",
     )
-    c = testing.TestClient(app)
+    c = testing.TestClient(app, headers={"Host": "localhost"})
     assert c.simulate_get("/v2/", remote_addr="10.20.1.11").status_code == 200
     missing = c.simulate_get("/v2/library/m/manifests/latest", remote_addr="10.20.1.11")
     assert missing.status_code == 404
@@ -296,7 +299,7 @@ def test_keep_loaded_is_sent_to_the_node(sims, tmp_path):
         }
     )
     app = create_app(StaticSource(fleet), TraceLog(None), Upstream(), background=False)
-    c = testing.TestClient(app)
+    c = testing.TestClient(app, headers={"Host": "localhost"})
     for model in ("llama3.2:3b", "qwen3:0.6b"):
         body = {"model": model, "prompt": "hi", "stream": False}
         assert c.simulate_post("/api/generate", json=body, **LOCAL).status_code == 200

@@ -8,6 +8,7 @@ fault mode is switched through their loopback control endpoint.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -124,23 +125,42 @@ def test_cut_mid_stream_official_clients(sims, router):
 def test_queue_full(sims, router):
     # Replies of 3000 tokens at 5 a second: the stream holding the only slot
     # lasts ten minutes, however slow this machine is, until the test lets go.
+    # Its idle and request timeouts are long too: with the usual 2 s idle
+    # timeout, a node (or router) stalled that long on a loaded machine ended
+    # the holding stream, a busy request below took the freed slot and waited
+    # out a ten-minute reply (the hang once seen in CI). The node is stalled
+    # for longer than that on purpose here, to show the slot stays held.
     a = sims("node-a", tps=5, extra=("--tokens", "3000"))
-    r = router(manifest([a], max_concurrency=1, limits={"queue_depth": 0}))
+    limits = {"queue_depth": 0, "first_byte_timeout_s": 60, "request_timeout_s": 600}
+    r = router(manifest([a], max_concurrency=1, limits=limits))
     r.wait_nodes_up(1)
+    # Should a busy request get a slot after all, it asks for two tokens: it
+    # then fails the status checks at once instead of hanging.
+    short = {"options": {"num_predict": 2}}
     with httpx.stream(
         "POST", r.url + "/api/chat", json={**HELLO, "stream": True}, timeout=30
     ) as holding:
-        next(holding.iter_lines())  # the only slot is taken
-        busy = chat(r)
+        lines = holding.iter_lines()
+        next(lines)  # the only slot is taken
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(3)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        assert json.loads(next(lines))["done"] is False  # still the same stream
+        r.wait_nodes_up(1)  # (the stalled node may have missed its polls)
+        busy = chat(r, **short)
         assert busy.status_code == 503 and busy.headers["Retry-After"]
         assert "busy" in busy.json()["error"]
-        busy_ai = httpx.post(r.url + "/v1/chat/completions", json=HELLO, timeout=30)
+        busy_ai = httpx.post(
+            r.url + "/v1/chat/completions", json={**HELLO, "max_tokens": 2}, timeout=30
+        )
         assert busy_ai.status_code == 429 and busy_ai.headers["Retry-After"]
         assert busy_ai.json()["error"]["type"] == "rate_limit_error"
     # The router frees the slot when its next write to the gone client fails
     # (a token every 0.2 s); a short reply shows it is free.
     deadline = time.monotonic() + 15
-    while chat(r, options={"num_predict": 2}).status_code != 200:
+    while chat(r, **short).status_code != 200:
         assert time.monotonic() < deadline, "the slot never came back"
         time.sleep(0.1)
 

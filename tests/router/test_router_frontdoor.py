@@ -44,7 +44,7 @@ GRACEFUL_S = int(
     ).group(1)
 )
 #: Second request smuggled behind every refused one; its answer must never come.
-SMUGGLED = b"GET /fleet/status HTTP/1.1\r\nHost: x\r\n\r\n"
+SMUGGLED = b"GET /fleet/status HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 # -- helpers ------------------------------------------------------------------
@@ -108,7 +108,7 @@ def chunked(data: bytes) -> bytes:
 
 def post(fields: list[bytes], payload: bytes, line: bytes = b"") -> bytes:
     line = line or b"POST /api/generate HTTP/1.1"
-    head = b"".join(f + b"\r\n" for f in [line, b"Host: x", *fields])
+    head = b"".join(f + b"\r\n" for f in [line, b"Host: localhost", *fields])
     return head + b"\r\n" + payload + SMUGGLED
 
 
@@ -164,12 +164,14 @@ def smuggling_cases(marker: str) -> dict[str, bytes]:
         "double space in request line": b"GET  /fleet/status HTTP/1.1\r\n\r\n",
         "extra word in request line": b"GET /fleet/status HTTP/1.1 "
         + marker.encode()
-        + b"\r\nHost: x\r\n\r\n",
-        "control in method": b"G\x01T /fleet/status HTTP/1.1\r\nHost: x\r\n\r\n",
-        "bare CR in request line": b"GET /fleet/status HTTP/1.1\rX\r\nHost: x\r\n\r\n",
+        + b"\r\nHost: localhost\r\n\r\n",
+        "control in method": b"G\x01T /fleet/status HTTP/1.1\r\n"
+        + b"Host: localhost\r\n\r\n",
+        "bare CR in request line": b"GET /fleet/status HTTP/1.1\rX\r\n"
+        + b"Host: localhost\r\n\r\n",
         "body as request line": b'{"model":"fast","prompt":"'
         + marker.encode()
-        + b'"}\r\nHost: x\r\n\r\n',
+        + b'"}\r\nHost: localhost\r\n\r\n',
     }
 
 
@@ -254,7 +256,7 @@ def test_oversized_header_blocks_get_431_and_worker_memory_stays_bounded(
         # another test).
         with connect(router, f"127.0.1.{i + 1}") as sock:
             try:
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
                 for n in range(98):
                     sock.sendall(b"X-Pad-%d: %s\r\n" % (n, b"a" * line_size))
             except OSError:
@@ -310,7 +312,7 @@ def test_half_open_requests_time_out_and_one_address_cannot_starve_others(
     half_open = []
     for _ in range(150):
         sock = connect(router, "127.0.0.1")
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         half_open.append(sock)
     # A real client from another address is served all the same.
     host, port = address(router)
@@ -323,7 +325,7 @@ def test_half_open_requests_time_out_and_one_address_cannot_starve_others(
     # Slow-header clients that never stay idle long are cut off by the
     # deadline on the whole head, not by an idle timeout.
     dribbled: list[tuple[bytes, bool]] = []
-    slow_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    slow_head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200
 
     def dribble() -> None:
         with connect(router, "127.0.0.3") as sock:
@@ -349,7 +351,8 @@ def test_half_open_requests_time_out_and_one_address_cannot_starve_others(
 def test_slow_request_bodies_time_out(frontdoor_router):
     router = frontdoor_router(ATTACK_ENV)
     head = (
-        b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\n"
     )
     stalled = connect(router)
     stalled.sendall(head + b'Content-Length: 1000\r\n\r\n{"model":')
@@ -370,7 +373,7 @@ def test_slow_request_bodies_time_out(frontdoor_router):
 
 
 def _get_healthz(sock: Any) -> None:
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     data = b""
     while not data.endswith(b'{"status":"ok"}'):
         chunk = sock.recv(4096)
@@ -403,7 +406,7 @@ def test_sigterm_is_not_held_by_idle_keepalive_and_streams_finish(tmp_path):
         stream = connect(router)
         body = json.dumps({"model": "fast", "prompt": "tell a long story"}).encode()
         stream.sendall(
-            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
             % (len(body), body)
         )
@@ -478,7 +481,7 @@ def test_chunked_request_bodies_are_read_within_max_body(sims, frontdoor_router)
     raw += b"%x;ext=1\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(parts[2]), parts[2])
     data, _ = exchange(
         router,
-        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + raw,
         timeout=15,
     )
@@ -501,7 +504,7 @@ def test_malformed_chunked_framing_is_400_and_closes(frontdoor_router):
     for name, payload in cases.items():
         data, closed = exchange(
             router,
-            b"POST /api/generate HTTP/1.1\r\nHost: x\r\n"
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             + payload
             + SMUGGLED,

@@ -246,7 +246,7 @@ def refused_app(tmp_path):
     )
     traces = TraceLog(tmp_path)
     app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
-    yield testing.TestClient(app), traces
+    yield testing.TestClient(app, headers={"Host": "localhost"}), traces
     traces.close()
 
 

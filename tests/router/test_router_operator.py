@@ -53,7 +53,7 @@ class Fleet:
         source.last_error = "revision 7: nodes[0].url: http://10.99.0.1:11434 broken"
         self.traces = TraceLog(tmp_path)
         app = create_app(source, self.traces, Upstream(), background=False)
-        self.client = testing.TestClient(app)
+        self.client = testing.TestClient(app, headers={"Host": "localhost"})
 
     def leaks(self, text: str) -> list[str]:
         """Fleet internals that appear in `text`."""

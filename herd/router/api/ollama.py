@@ -19,6 +19,7 @@ from herd.router.api.body import check_lowercase_keys
 from herd.router.api.kinds import check_kind
 from herd.router.convert import thinking
 from herd.router.gate import decision_headers
+from herd.router.policy import is_operator
 from herd.router.routing import relay
 from herd.router.routing.forward import Outcome, dumps
 from herd.router.runtime import Runtime
@@ -187,13 +188,16 @@ class Tags:
 
 
 class Ps:
-    """GET /api/ps: declared models loaded on some node, one entry per node."""
+    """GET /api/ps: declared models loaded on some node. Operator groups get
+    one entry per node, naming it (`node`); other groups, to whom node names
+    are fleet internals, one entry per loaded model, as from one Ollama."""
 
     def __init__(self, runtime: Runtime):
         self.rt = runtime
 
     def on_get(self, req: Any, resp: Any) -> None:
         fleet = req.context.served.fleet
+        operator = is_operator(req.context.client)
         out = []
         for model in allowed_models(fleet, req.context.client):
             for node in fleet.nodes_for(model):
@@ -204,7 +208,10 @@ class Ps:
                     key = model_key(str(entry.get("model") or entry.get("name") or ""))
                     if key == model.name:
                         named = {"name": model.name, "model": model.name}
-                        out.append({**entry, **named, "node": node.name})
+                        if operator:
+                            out.append({**entry, **named, "node": node.name})
+                        elif not out or out[-1]["name"] != model.name:
+                            out.append({**entry, **named})
         resp.data = dumps({"models": out})
         resp.content_type = falcon.MEDIA_JSON
 

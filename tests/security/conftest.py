@@ -1,0 +1,1 @@
+from tests.router.conftest import router, sims  # noqa: F401 - shared fixtures
