@@ -15,13 +15,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: The state directory `systemd/herd-router.service` serves.
+SYSTEM_STATE_DIR = "/var/lib/herd"
+
 
 def default_state_dir() -> str:
     """/var/lib/herd as root, else $XDG_STATE_HOME/herd (the CLI contract)."""
     if os.geteuid() == 0:
-        return "/var/lib/herd"
+        return SYSTEM_STATE_DIR
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "herd")
+
+
+def is_system_state_dir(state_dir: str | os.PathLike[str] | None) -> bool:
+    """Whether `state_dir` is the one the system's router unit serves (None: the
+    caller names no state directory, so yes). Files outside the state directory
+    that belong to that router (its unit's drop-in, keepalived.conf) are written
+    by default only for it: an apply into a scratch or demo state directory run
+    as root must not rewrite the production router's allowlist."""
+    if state_dir is None:
+        return True
+    return Path(state_dir).resolve() == Path(SYSTEM_STATE_DIR).resolve()
 
 
 def parse_bool(text: str) -> bool:
@@ -285,7 +299,7 @@ FIREWALL_DROPIN = Setting(
     env="HERD_SYSTEMD_DROPIN_DIR",
     help="`herd apply`: directory for the router unit's address allowlist drop-in; "
     "off skips it (default /etc/systemd/system/herd-router.service.d as root on a "
-    "systemd host, else skipped)",
+    "systemd host applying to /var/lib/herd, else skipped)",
     default=_none,
     metavar="DIR",
 )
@@ -294,8 +308,8 @@ KEEPALIVED_CONF = Setting(
     flag=None,
     env="HERD_KEEPALIVED_CONF",
     help="`herd apply` with router.ha: file for this router's keepalived "
-    "configuration; off skips it (default /etc/keepalived/keepalived.conf as root, "
-    "else skipped)",
+    "configuration; off skips it (default /etc/keepalived/keepalived.conf as root "
+    "applying to /var/lib/herd, else skipped)",
     default=_none,
     metavar="FILE",
 )

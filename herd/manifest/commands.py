@@ -307,8 +307,8 @@ def _record(
         else:
             print(message)
         return current.id
-    firewall.after_record(proposal.fleet, recorded.id)
-    keepalived.after_record(proposal.fleet, recorded.id)
+    firewall.after_record(proposal.fleet, recorded.id, store.dir)
+    keepalived.after_record(proposal.fleet, recorded.id, store.dir)
     if args.json:
         _event(
             "recorded",

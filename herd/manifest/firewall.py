@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from herd import hosts
 from herd.atomicfile import replace_file
 from herd.manifest.model import Fleet
-from herd.settings import FIREWALL_DROPIN
+from herd.settings import FIREWALL_DROPIN, SYSTEM_STATE_DIR, is_system_state_dir
 
 #: The unit directory whose existence means "systemd manages units here".
 SYSTEM_UNITS = Path("/etc/systemd/system")
@@ -81,13 +81,16 @@ def dropin_text(fleet: Fleet, revision: int | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dropin_dir(configured: str | None = None) -> Path | None:
+def dropin_dir(
+    configured: str | None = None, state_dir: str | os.PathLike[str] | None = None
+) -> Path | None:
     """Where to write, or None to skip: HERD_SYSTEMD_DROPIN_DIR, else the system
-    unit directory when running as root on a systemd host."""
+    unit directory when running as root on a systemd host and applying to the
+    system state directory (the one herd-router.service serves)."""
     value = FIREWALL_DROPIN.resolve(configured)
     if value:
         return None if value.strip().lower() in OFF else Path(value)
-    if os.geteuid() == 0 and SYSTEM_UNITS.is_dir():
+    if os.geteuid() == 0 and SYSTEM_UNITS.is_dir() and is_system_state_dir(state_dir):
         return SYSTEM_UNITS / DROPIN_DIR_NAME
     return None
 
@@ -100,12 +103,24 @@ def write_dropin(directory: Path, text: str) -> Path:
     return target
 
 
-def after_record(fleet: Fleet, revision: int | None) -> Path | None:
+def after_record(
+    fleet: Fleet,
+    revision: int | None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> Path | None:
     """Write the drop-in for a recorded revision; notes go to stderr, never raise."""
     try:
         if (FIREWALL_DROPIN.resolve() or "").strip().lower() in OFF:
             return None  # turned off on purpose: nothing to say
-        directory = dropin_dir()
+        directory = dropin_dir(state_dir=state_dir)
+        if directory is None and not is_system_state_dir(state_dir):
+            print(
+                f"note: no systemd address allowlist written: {state_dir} is not "
+                f"{SYSTEM_STATE_DIR}, the state herd-router.service serves (set "
+                f"{FIREWALL_DROPIN.env}=DIR to write one)",
+                file=sys.stderr,
+            )
+            return None
         if directory is None:
             print(
                 "note: no systemd address allowlist written (not root, or no "

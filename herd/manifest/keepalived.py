@@ -29,7 +29,7 @@ from pathlib import Path
 
 from herd.atomicfile import replace_file
 from herd.manifest.model import Fleet, HighAvailability
-from herd.settings import KEEPALIVED_CONF
+from herd.settings import KEEPALIVED_CONF, SYSTEM_STATE_DIR, is_system_state_dir
 
 DEFAULT_CONF = Path("/etc/keepalived/keepalived.conf")
 #: First line of every file herd writes: apply replaces only such a file.
@@ -220,13 +220,18 @@ def words(ha: HighAvailability, own: str) -> None:
             )
 
 
-def conf_path(configured: str | None = None) -> Path | None:
+def conf_path(
+    configured: str | None = None, state_dir: str | os.PathLike[str] | None = None
+) -> Path | None:
     """Where to write, or None to skip: HERD_KEEPALIVED_CONF, else
-    /etc/keepalived/keepalived.conf when running as root."""
+    /etc/keepalived/keepalived.conf when running as root and applying to the
+    system state directory (the one herd-router.service serves)."""
     value = KEEPALIVED_CONF.resolve(configured)
     if value:
         return None if value.strip().lower() in OFF else Path(value)
-    return DEFAULT_CONF if os.geteuid() == 0 else None
+    if os.geteuid() == 0 and is_system_state_dir(state_dir):
+        return DEFAULT_CONF
+    return None
 
 
 def config_test(path: Path) -> None:
@@ -323,7 +328,11 @@ def _change(fleet: Fleet, own: str, target: Path) -> str:
     return "unchanged" if _body(old) == _body(text) else "apply replaces it"
 
 
-def after_record(fleet: Fleet, revision: int | None) -> Path | None:
+def after_record(
+    fleet: Fleet,
+    revision: int | None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> Path | None:
     """Write this router's keepalived.conf; notes go to stderr, never raise."""
     ha = fleet.router.ha
     if ha is None:
@@ -331,7 +340,16 @@ def after_record(fleet: Fleet, revision: int | None) -> Path | None:
     try:
         if (KEEPALIVED_CONF.resolve() or "").strip().lower() in OFF:
             return None  # turned off on purpose
-        target = conf_path()
+        target = conf_path(state_dir=state_dir)
+        if target is None and not is_system_state_dir(state_dir):
+            print(
+                "note: router.ha: no keepalived configuration written: "
+                f"{state_dir} is not {SYSTEM_STATE_DIR}, the state "
+                f"herd-router.service serves (set {KEEPALIVED_CONF.env}=FILE to "
+                "write one)",
+                file=sys.stderr,
+            )
+            return None
         if target is None:
             print(
                 "note: router.ha: no keepalived configuration written (not root; "

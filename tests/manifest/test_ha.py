@@ -183,3 +183,18 @@ def test_a_router_finds_itself_in_the_kernels_local_table():
     ha = load(fleet_doc()).router.ha
     assert keepalived.own_address(ha, FIB_TRIE) == "10.20.0.12"
     assert keepalived.own_address(ha, FIB_TRIE.replace("0.12", "0.99")) is None
+
+
+def test_keepalived_default_is_for_the_system_state_dir_only(monkeypatch):
+    """As root, keepalived.conf is written by default only for an apply into
+    the system state dir: a scratch or demo apply leaves the host's alone."""
+    monkeypatch.delenv("HERD_KEEPALIVED_CONF", raising=False)
+    monkeypatch.setattr(keepalived.os, "geteuid", lambda: 0)
+    assert keepalived.conf_path(state_dir="/var/lib/herd") == keepalived.DEFAULT_CONF
+    assert keepalived.conf_path() == keepalived.DEFAULT_CONF
+    assert keepalived.conf_path(state_dir="/tmp/demo-state") is None
+    monkeypatch.setenv("HERD_KEEPALIVED_CONF", "/srv/k.conf")
+    assert keepalived.conf_path(state_dir="/tmp/demo-state") == Path("/srv/k.conf")
+    monkeypatch.setattr(keepalived.os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("HERD_KEEPALIVED_CONF")
+    assert keepalived.conf_path(state_dir="/var/lib/herd") is None

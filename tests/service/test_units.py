@@ -8,6 +8,7 @@ Every *.service in systemd/ is checked, so a unit added later is covered too.
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -257,3 +258,49 @@ def _environment(text: str) -> dict[str, str]:
             key, _, value = line.split("=", 1)[1].partition("=")
             env[key] = value
     return env
+
+
+def test_dropin_default_is_for_the_system_state_dir_only(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """As root, an apply into another state dir (a demo, a test, a scratch copy)
+    must not rewrite the production router's allowlist; the system state dir,
+    or a directory named on purpose, still gets it."""
+    fleet = load_bytes(EXAMPLE.read_bytes(), str(EXAMPLE), str(EXAMPLE.parent))
+    units = tmp_path / "etc-systemd-system"
+    units.mkdir()
+    monkeypatch.delenv("HERD_SYSTEMD_DROPIN_DIR", raising=False)
+    monkeypatch.setattr(firewall.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(firewall, "SYSTEM_UNITS", units)
+    scratch = tmp_path / "scratch-state"
+    assert firewall.after_record(fleet, 3, scratch) is None
+    assert not any(units.iterdir())
+    note = capsys.readouterr().err
+    assert f"{scratch} is not /var/lib/herd" in note
+    assert "HERD_SYSTEMD_DROPIN_DIR=DIR" in note
+    written = firewall.after_record(fleet, 3, "/var/lib/herd")
+    assert written == units / firewall.DROPIN_DIR_NAME / firewall.DROPIN_FILE
+    assert "revision 3" in written.read_text()
+    chosen = tmp_path / "chosen"
+    monkeypatch.setenv("HERD_SYSTEMD_DROPIN_DIR", str(chosen))
+    assert firewall.after_record(fleet, 4, scratch) == chosen / firewall.DROPIN_FILE
+
+
+def test_apply_into_another_state_dir_leaves_the_system_files_alone(
+    herd, tmp_path, example_text
+) -> None:
+    """The real CLI, as whoever runs the suite (root in CI): with no drop-in
+    directory given, an apply into a temporary state dir leaves the system's
+    drop-in as it was, and says why when it is root."""
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(example_text)
+    dropin = (
+        Path("/etc/systemd/system") / firewall.DROPIN_DIR_NAME / firewall.DROPIN_FILE
+    )
+    before = dropin.read_bytes() if dropin.exists() else None
+    env = {"HERD_SYSTEMD_DROPIN_DIR": "", "HERD_KEEPALIVED_CONF": "off"}
+    result = herd("apply", "--yes", str(fleet_file), env=env)
+    assert result.returncode == 0, result.stderr
+    assert (dropin.read_bytes() if dropin.exists() else None) == before
+    if os.geteuid() == 0 and Path("/etc/systemd/system").is_dir():
+        assert "is not /var/lib/herd" in result.stderr
