@@ -144,7 +144,7 @@ class Runtime:
         self.services: list[Callable[[Callable[[], bool]], None]] = []
         self.on_stop: list[Callable[[], None]] = []
         self._trace_writer: Any = None
-        self._policy: tuple[int, Policy] | None = None
+        self._policy: Policy | None = None
         self._chains_fleet: Fleet | None = None
         self._chains: dict[tuple[int, str], tuple[Client, tuple[Model, ...]]] = {}
         self._node_urls: frozenset[str] = frozenset()
@@ -169,10 +169,12 @@ class Runtime:
         return self.source.current()
 
     def policy(self, fleet: Fleet) -> Policy:
+        # Compared by identity with the fleet it was built for (held by the
+        # Policy), never by id(): a new revision can never get an old policy.
         cached = self._policy
-        if cached is None or cached[0] != id(fleet):
-            cached = self._policy = (id(fleet), Policy(fleet))
-        return cached[1]
+        if cached is None or cached.fleet is not fleet:
+            cached = self._policy = Policy(fleet)
+        return cached
 
     # -- background ----------------------------------------------------------
 
