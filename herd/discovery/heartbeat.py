@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,38 +85,6 @@ def _entries(doc: dict[str, Any], key: str) -> tuple[Mapping[str, Any], ...]:
         ):
             raise InvalidRequest(f"{key}[{i}] must be an object with a name")
     return tuple(value)
-
-
-class _NotFinite(ValueError):
-    pass
-
-
-def _no_constant(text: str) -> Any:
-    raise _NotFinite(text)
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: JSON's grammar allows it, float has none
-        raise _NotFinite(text)
-    return value
-
-
-# NaN and Infinity are Python's extensions, not JSON: kept, they would come
-# back out of /fleet/nodes and /fleet/status as text no JSON parser reads.
-_decode = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite).decode
-
-
-def decode(body: bytes) -> Any:
-    """The JSON value of a heartbeat's body (UTF-8, finite numbers only), or
-    InvalidRequest."""
-    try:
-        return _decode(body.decode("utf-8"))
-    except _NotFinite:
-        raise InvalidRequest("numbers must be finite (no NaN, Infinity)") from None
-    except (ValueError, RecursionError) as ex:
-        # (RecursionError: arrays or objects nested deeper than the decoder goes.)
-        raise InvalidRequest(f"body is not valid JSON: {ex}"[:200]) from None
 
 
 def parse(doc: Any) -> Heartbeat:

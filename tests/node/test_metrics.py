@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from herd.discovery.heartbeat import decode
 from herd.node import metrics
 from herd.node.metrics import parse_nvidia_smi
+from herd.router.api.body import parse
 
 
 def test_gpu_readings_that_are_not_finite_numbers_are_left_out():
@@ -20,7 +20,7 @@ def test_gpu_readings_that_are_not_finite_numbers_are_left_out():
     assert gpus[0]["utilization_percent"] == 30.0
     assert gpus[1]["memory_total"] == gpus[1]["memory_used"] == 0
     assert gpus[1]["utilization_percent"] is None
-    decode(json.dumps({"gpus": gpus}).encode())  # the router takes it
+    parse(json.dumps({"gpus": gpus}).encode())  # the router takes it
 
 
 def test_temperature_sensors_reading_nan_are_left_out(monkeypatch):

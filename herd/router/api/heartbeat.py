@@ -27,11 +27,11 @@ from herd.discovery.heartbeat import (
     Verdict,
     admit,
     check_source,
-    decode,
     parse,
 )
 from herd.discovery.membership import Membership
 from herd.errors import HerdError
+from herd.router.api.body import parse as parse_body
 from herd.router.http.peer import peer_address
 from herd.router.routing.forward import dumps
 
@@ -193,7 +193,10 @@ class HeartbeatResource:
             raise Refused(401, "bad signature (not signed with the fleet key)")
         doc = None
         try:
-            doc = decode(body)
+            # The router's strict reader, as for every request body: UTF-8,
+            # finite numbers only (NaN would come back out of /fleet/nodes as
+            # no JSON), bounded nesting, no duplicate keys.
+            doc = parse_body(body, "heartbeat")
             hb = parse(doc)
         except HerdError as ex:
             raise Refused(ex.status, ex.message, _name(doc)) from ex

@@ -342,7 +342,7 @@ class Forwarder:
         except HerdError:
             release()
             raise
-        data = openaileg.dumps(payload)
+        data = dumps(payload)
         opened = self._send(node, model, target, data, limits, release)
         if not isinstance(opened, Opened):
             return opened

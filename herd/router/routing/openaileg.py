@@ -31,7 +31,7 @@ class OpenAIForm:
     body: dict[str, Any]
 
 
-def dumps(obj: Any) -> bytes:
+def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -66,7 +66,7 @@ def openai_error(status: int, data: bytes) -> bytes:
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         return data
     kind = "invalid_request_error" if status < 500 else "api_error"
-    return dumps(error_body(to_openai.error_message(data), kind))
+    return _dumps(error_body(to_openai.error_message(data), kind))
 
 
 def sse_lines(lines: Iterator[bytes]) -> Iterator[bytes]:
@@ -120,7 +120,7 @@ def commit(
             data = reply.read()
             opened.release()
             if form is None:
-                opened.body = dumps({"error": to_openai.error_message(data)})
+                opened.body = _dumps({"error": to_openai.error_message(data)})
                 opened.content_type = "application/json; charset=utf-8"
             else:
                 opened.body = openai_error(reply.status, data)
@@ -158,7 +158,7 @@ def commit(
             opened.body, opened.first_obj, opened.passthrough = data, answer, True
         else:
             opened.first_obj = to_openai.reply(path, answer, model)
-            opened.body = dumps(opened.first_obj)
+            opened.body = _dumps(opened.first_obj)
         opened.content_type = "application/json; charset=utf-8"
         return opened
     except StreamBroken as ex:
@@ -173,7 +173,6 @@ def commit(
 
 __all__ = [
     "OpenAIForm",
-    "dumps",
     "UpstreamFailure",
     "commit",
     "event_data",
