@@ -283,7 +283,13 @@ class Runtime:
         """The request body as a JSON object (parsed by herd.router.api.body),
         refusing bodies over max_body_mb."""
         limit = int(fleet.router.limits.max_body_mb * 1024 * 1024)
-        length = req.content_length
+        # The router's worker passes a checked decimal CONTENT_LENGTH: read it
+        # from the environ; anything else gets falcon's checks (and errors).
+        length = req.env.get("CONTENT_LENGTH")
+        if length and len(length) <= 18 and length.isascii() and length.isdigit():
+            length = int(length)
+        else:
+            length = req.content_length
         if length is not None and length > limit:
             raise BodyTooLarge(
                 f"request body of {length} bytes is over the limit of "

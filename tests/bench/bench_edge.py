@@ -17,6 +17,14 @@ is printed too), so two trees can be compared in one run:
 
 (the script imports `herd` from the interpreter's environment, not from the
 directory it sits in). `--profile` prints cProfile's top functions instead.
+
+`--worker` adds the router's worker around it (herd.router.http.worker's
+handler over a socket pair: head parsing, environ, body input, response
+write; both ends' socket calls count) and measures, in the same run, the
+bench_router "floor" app (falcon answering the fixed reply itself) through
+the same handler: router and floor CPU per request, interleaved, so a
+change's router-only part (router - floor) and its share in the worker's own
+floor can be told apart.
 """
 
 from __future__ import annotations
@@ -137,13 +145,79 @@ def run(app: Any, traces: Any, count: int) -> float:
     return spent * 1e6 / count
 
 
+class _FloorChat:
+    def on_post(self, req: Any, resp: Any) -> None:
+        req.bounded_stream.read()
+        resp.content_type = "application/json; charset=utf-8"
+        resp.data = FIXED_REPLY
+
+
+def floor_app() -> Any:
+    """bench_router's FLOOR_APP: falcon answering the fixed reply itself."""
+    import falcon
+
+    app = falcon.App()
+    app.add_route("/api/chat", _FloorChat())
+    return app
+
+
+#: wrk's request (bench_router's Lua script), as it arrives on the socket.
+REQUEST = (
+    b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    % len(CHAT_BODY)
+    + CHAT_BODY
+)
+
+
+def connection(app: Any) -> tuple[Any, Any]:
+    """The router's connection handler serving `app` over one end of a socket
+    pair; the other end is the client's."""
+    from gevent import socket
+
+    from herd.router.http.frontdoor import FrontDoor, RouterServer
+    from herd.router.http.worker import LeanHandler
+
+    door = FrontDoor(
+        keepalive=5.0, header_timeout=10.0, body_timeout=30.0, client_connections=8
+    )
+    server = RouterServer(
+        ("127.0.0.1", 0), app, frontdoor=door, log=None, handler_class=LeanHandler
+    )
+    server.update_environ()  # (pywsgi does so when it starts listening)
+    server.access_log_enabled = False  # as under herd's gunicorn config
+    client, served = socket.socketpair()
+    handler = LeanHandler(served, ("127.0.0.1", 40000), server)
+    handler._accepted = time.monotonic()
+    return handler, client
+
+
+def run_worker(handler: Any, client: Any, traces: Any, count: int) -> float:
+    """CPU microseconds per request through the handler, one kept connection."""
+    started = time.process_time()
+    for n in range(count):
+        client.sendall(REQUEST)
+        if not handler.handle_one_request():
+            raise SystemExit("the handler closed the connection")
+        reply = client.recv(65536)
+        if n % 2000 == 0 and traces is not None:
+            traces._buffer.clear()
+    spent = time.process_time() - started
+    if not reply.startswith(b"HTTP/1.1 200 "):
+        raise SystemExit(f"unexpected reply: {reply[:80]!r}")
+    return spent * 1e6 / count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--worker", action="store_true")
     args = parser.parse_args()
     app, traces = build()
+    if args.worker:
+        return main_worker(app, traces, args)
     run(app, traces, 2000)  # warm-up
     # As the router's worker does after loading (etc/gunicorn.conf.py).
     gc.freeze()
@@ -162,6 +236,36 @@ def main() -> int:
         f"edge {herd.__file__.rsplit('/herd/', 1)[0]}: "
         f"min {min(figures):.1f} us/req, median {statistics.median(figures):.1f} "
         f"(max {max(figures):.1f}, n={len(figures)})"
+    )
+    return 0
+
+
+def main_worker(app: Any, traces: Any, args: argparse.Namespace) -> int:
+    routed, floor = connection(app), connection(floor_app())
+    run_worker(*routed, traces, 2000)  # warm-up
+    run_worker(*floor, None, 2000)
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run_worker(*routed, traces, args.requests)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        return 0
+    router, bare = [], []
+    for _ in range(args.repeat):
+        router.append(run_worker(*routed, traces, args.requests))
+        bare.append(run_worker(*floor, None, args.requests))
+    import herd
+
+    ratios = sorted(r / f for r, f in zip(router, bare, strict=True))
+    print(
+        f"worker {herd.__file__.rsplit('/herd/', 1)[0]}: router min "
+        f"{min(router):.1f} median {statistics.median(router):.1f} us/req; floor "
+        f"min {min(bare):.1f} median {statistics.median(bare):.1f}; router - floor "
+        f"(min) {min(router) - min(bare):.1f}; router / floor median "
+        f"{statistics.median(ratios):.2f} (n={len(ratios)})"
     )
     return 0
 

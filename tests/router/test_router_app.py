@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from falcon import testing
 
+from herd.errors import HerdError
 from herd.manifest.model import build_fleet
 from herd.router.app import create_app
 from herd.router.observe.traces import BATCH_MAX, Trace, TraceLog, row
@@ -419,3 +420,26 @@ def test_model_chains_are_kept_per_revision_and_client_group():
     fleet = source.current().fleet
     every = Policy(fleet).admit("127.0.0.1", None)
     assert rt.models_for(fleet, every, "a") == (fleet.resolve("a"),)
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [("2000", 413), ("99999999999999999999999", 413), ("x1", 400), ("-5", 400)],
+)
+def test_a_declared_body_length_is_checked_before_reading(client, length, status):
+    # The declared length refuses a body over max_body_mb before any of it is
+    # read; one that is no decimal number is refused as falcon refuses it.
+    import falcon
+
+    c, _ = client
+    app = c.app
+    fleet = app.herd_runtime.served().fleet
+    env = testing.create_environ(
+        "/api/chat", method="POST", body=b"{}", headers={"Host": "localhost"}
+    )
+    env["CONTENT_LENGTH"] = length
+    req = falcon.Request(env)
+    with pytest.raises((falcon.HTTPError, HerdError)) as refused:
+        app.herd_runtime.read_json(req, fleet)
+    error = refused.value
+    assert getattr(error, "status_code", getattr(error, "status", None)) == status

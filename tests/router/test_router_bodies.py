@@ -351,3 +351,20 @@ def test_keep_alive_null_does_not_unpin_a_pinned_model(node):
     [(_, null), (_, five)] = node.take()
     assert go_view(null)["keep_alive"] == -1  # the manifest's pin
     assert go_view(five)["keep_alive"] == "5m"  # the client's own, as before
+
+
+@pytest.mark.parametrize("before", ["", " ", "\r\n\t "])
+@pytest.mark.parametrize("after", ["", " ", "\n", " x", "{}", "\t]"])
+@pytest.mark.parametrize("doc", ['{"a": [1]}', "[]", '"s"', "7"])
+def test_white_space_around_a_body_as_json_reads_it(before, after, doc):
+    # The parser skips white space itself only where the body does not start
+    # with a bracket: every case must still read (or refuse) as json does.
+    text = before + doc + after
+    try:
+        expected = json.loads(text)
+    except ValueError as ex:
+        with pytest.raises(InvalidRequest) as refused:
+            body.parse(text.encode())
+        assert str(ex) in str(refused.value)
+    else:
+        assert body.parse(text.encode()) == expected

@@ -90,19 +90,23 @@ _scan = json.JSONDecoder(
     parse_int=_int,
 ).scan_once
 _space = json.decoder.WHITESPACE.match
+_OPENERS = frozenset("{[")
 
 
 def _fast(text: str) -> Any:
     """`JSONDecoder.decode` with the hooks above, calling the C scanner
     directly (decode's own Python frames cost as much as scanning a small
     body); same errors, same messages."""
+    # (A body usually starts and ends with a bracket: no whitespace to skip.)
+    start = 0 if text[:1] in _OPENERS else _space(text, 0).end()
     try:
-        value, end = _scan(text, _space(text, 0).end())
+        value, end = _scan(text, start)
     except StopIteration as ex:
         raise json.JSONDecodeError("Expecting value", text, ex.value) from None
-    end = _space(text, end).end()
     if end != len(text):
-        raise json.JSONDecodeError("Extra data", text, end)
+        end = _space(text, end).end()
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
     return value
 
 

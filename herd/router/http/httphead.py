@@ -265,6 +265,6 @@ def body_framing(head: HeaderBlock, version: str) -> int | None:
     first = lengths[0]
     if not (
         first.isascii() and first.isdigit() and len(first) <= MAX_LENGTH_DIGITS
-    ) or any(other != first for other in lengths):
+    ) or lengths.count(first) != len(lengths):
         raise HeadError(400, "malformed Content-Length")
     return int(first)

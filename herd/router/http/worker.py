@@ -99,6 +99,7 @@ class LeanHandler(PyWSGIHandler):
 
     _served = False
     _linger = False
+    _env_base: dict[str, Any] | None = None
 
     # -- the connection ------------------------------------------------------
 
@@ -133,6 +134,7 @@ class LeanHandler(PyWSGIHandler):
         sock = self.__dict__.pop("socket", None)
         rfile = self.__dict__.pop("rfile", None)
         self.__dict__.pop("wsgi_input", None)
+        self.__dict__.pop("_env_base", None)  # (it holds the socket too)
         if sock is None:
             return
         try:
@@ -297,10 +299,12 @@ class LeanHandler(PyWSGIHandler):
     def get_environ(self) -> dict[str, Any]:
         """The WSGI environ, built from the parsed fields (pywsgi re-splits
         formatted header lines; gunicorn adds `gunicorn.sock` and `RAW_URI`)."""
-        env = self.server.get_environ()
+        base = self._env_base
+        if base is None:
+            base = self._env_base = self._connection_environ()
+        env = base.copy()
         path = self.path
         env["REQUEST_METHOD"] = self.command
-        env["SCRIPT_NAME"] = ""
         if "?" in path:
             plain, env["QUERY_STRING"] = path.split("?", 1)
         else:
@@ -308,19 +312,16 @@ class LeanHandler(PyWSGIHandler):
         env["PATH_INFO"] = _unquote_latin1(plain) if "%" in plain else plain
         env["SERVER_PROTOCOL"] = self.request_version
         env["RAW_URI"] = path
-        env["gunicorn.sock"] = self.socket
-        address = self.client_address
-        if isinstance(address, tuple):
-            env["REMOTE_ADDR"] = str(address[0])
-            env["REMOTE_PORT"] = str(address[1])
         for name, value in self.headers.fields:
-            if "_" in name:  # would be confused with a dash: dropped, as pywsgi
-                continue
             key = _ENV_KEYS.get(name)
             if key is None:
-                key = "HTTP_" + name.upper().replace("-", "_")
+                # A name with "_" would be confused with a dash: dropped, as
+                # pywsgi does (kept as "", so that it is skipped).
+                key = "" if "_" in name else "HTTP_" + name.upper().replace("-", "_")
                 if len(_ENV_KEYS) < 1024:
                     _ENV_KEYS[name] = key
+            if not key:
+                continue
             if key in env:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
@@ -344,7 +345,18 @@ class LeanHandler(PyWSGIHandler):
             self._buffered,
         )
         env["wsgi.input"] = self.wsgi_input
+        return env
+
+    def _connection_environ(self) -> dict[str, Any]:
+        """The part of the environ every request on this connection shares."""
+        env = self.server.get_environ()
+        env["SCRIPT_NAME"] = ""
+        env["gunicorn.sock"] = self.socket
         env["wsgi.input_terminated"] = True
+        address = self.client_address
+        if isinstance(address, tuple):
+            env["REMOTE_ADDR"] = str(address[0])
+            env["REMOTE_PORT"] = str(address[1])
         return env
 
     # -- the response --------------------------------------------------------
