@@ -9,6 +9,7 @@ Real `herd serve` (gunicorn + gevent) over real loopback sockets.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -20,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.router.routerproc import ROOT, Router, manifest, start_router
+from herd import hosts
+from tests.router.routerproc import (
+    ROOT,
+    Router,
+    apply,
+    free_port,
+    manifest,
+    start_router,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -151,5 +160,79 @@ def test_paused_worker_keeps_a_keepalive_connection_whose_request_arrived(
             finally:
                 os.kill(pid, signal.SIGCONT)
             assert read_reply(sock).startswith(b"HTTP/1.1 200")
+    finally:
+        router.stop()
+
+
+# -- item 2: a name given to --bind is a name the router answers to -----------
+
+
+def loopback_name() -> str | None:
+    """A name /etc/hosts maps to a loopback address that the router would not
+    know anyway (not localhost, not this machine's name)."""
+    from herd.hosts import hosts_table
+    from herd.router.hostnames import always_known
+
+    for name, addresses in sorted(hosts_table().items()):
+        if (
+            name not in always_known()
+            and ipaddress.ip_address(addresses[0]).is_loopback
+        ):
+            return name
+    return None
+
+
+def test_the_bind_setting_names_a_known_host(monkeypatch: pytest.MonkeyPatch):
+    from herd.router.hostnames import KnownHosts, always_known
+
+    monkeypatch.setenv("HERD_BIND", "Router.Example.:11435")
+    assert "router.example" in always_known()
+    assert KnownHosts(always_known()).allows("router.example:11435")
+    monkeypatch.setenv("HERD_BIND", "[::1]:11435")
+    assert not KnownHosts(always_known()).allows("router.example")
+
+
+def curl_status(url: str, host: str) -> int:
+    done = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*"]
+        + ["-m", "10", "-H", f"Host: {host}", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return int(done.stdout or 0)
+
+
+def test_a_name_given_to_bind_is_in_the_host_allow_list(tmp_path: Path):
+    """`herd serve --bind NAME:PORT`: clients that use NAME (in their Host
+    header) are answered; other names still get 421."""
+    name = loopback_name()
+    if name is None:
+        pytest.skip("needs a loopback name in /etc/hosts besides localhost")
+    state = tmp_path / "state"
+    apply(state, manifest([NO_NODE]))
+    port = free_port()
+    log = (tmp_path / "router.log").open("wb")
+    env = {**os.environ, "HERD_STATE_DIR": str(state), "HERD_KEEPALIVE": "1"}
+    env.pop("HERD_BIND", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herd", "serve", "--bind", f"{name}:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+    router = Router(proc, "", state, tmp_path / "router.log", env)
+    try:
+        for _ in range(900):  # "router on" once a worker answers (90 s at most)
+            if "herd serve: router on" in router.log() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert "herd serve: router on" in router.log(), router.log()
+        address = hosts.lookup(name)
+        url = f"http://{address}:{port}/healthz"
+        assert curl_status(url, f"{name}:{port}") == 200
+        assert curl_status(url, name.upper() + ".") == 200
+        assert curl_status(url, f"not-{name}:{port}") == 421
     finally:
         router.stop()
