@@ -236,3 +236,74 @@ def test_a_name_given_to_bind_is_in_the_host_allow_list(tmp_path: Path):
         assert curl_status(url, f"not-{name}:{port}") == 421
     finally:
         router.stop()
+
+
+# -- item 3: a flood of refusals cannot flood the log -------------------------
+
+
+def test_a_flood_of_refusals_logs_a_burst_then_counts(tmp_path: Path):
+    """Bad Host values (421, refused by the app) and malformed heads (400,
+    refused by the worker) share the refusal log budget: at most a burst (and
+    the budget's steady rate) reach the log, and the rest are counted in a
+    summary line; every refusal is either logged or counted. Served requests
+    in the flood are all logged."""
+    from herd.router.runtime import REFUSALS_BURST, REFUSALS_PER_S
+
+    router = start_router(tmp_path / "state", manifest([NO_NODE]), tmp_path / "log")
+    bad_host, malformed, served = 300, 150, 20
+    started = time.monotonic()
+    try:
+        with socket.create_connection(address(router), timeout=10) as sock:
+            for _ in range(bad_host):
+                sock.sendall(
+                    b"GET /fleet/status HTTP/1.1\r\nHost: rebound.example\r\n\r\n"
+                )
+                assert read_reply(sock).startswith(b"HTTP/1.1 421")
+            for _ in range(served):
+                sock.sendall(b"GET /fleet/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert read_reply(sock).startswith(b"HTTP/1.1 200")
+        for _ in range(malformed):
+            with socket.create_connection(address(router), timeout=10) as sock:
+                sock.sendall(b"GET /fleet/status HTTP/1.1\r\nBad Header\r\n\r\n")
+                assert read_reply(sock).startswith(b"HTTP/1.1 400")
+        elapsed = time.monotonic() - started
+    finally:
+        router.stop()
+    log = router.log()
+    logged = log.count(" 421 model=") + log.count("refused a request from")
+    counted = sum(
+        int(n) for n in re.findall(r" herd\.access refusals-not-logged (\d+) ", log)
+    )
+    assert logged + counted == bad_host + malformed, log[-3000:]
+    assert logged <= REFUSALS_BURST + REFUSALS_PER_S * elapsed + 1
+    assert counted > 0
+    assert log.count("GET /fleet/status 200 ") == served
+
+
+def test_refusals_left_out_are_counted_once_per_interval(monkeypatch):
+    """The access log's writer greenlet adds the count of refusals left out
+    once per SUMMARY_S (not per refusal), and only when there were some."""
+    import io
+
+    import gevent
+
+    from herd.router.observe import accesslog
+
+    monkeypatch.setattr(accesslog, "FLUSH_S", 0.01)
+    monkeypatch.setattr(accesslog, "SUMMARY_S", 0.05)
+    out = io.StringIO()
+    log = accesslog.AccessLog(out, clock=lambda: 0.0)
+    stop = [False]
+    writer = gevent.spawn(log.run, lambda: stop[0])
+    for _ in range(3):
+        log.unlogged()
+    gevent.sleep(0.2)  # one summary, then quiet intervals: no more lines
+    log.unlogged()
+    stop[0] = True
+    writer.join(5)
+    assert out.getvalue() == (
+        "1970-01-01T00:00:00Z herd.access refusals-not-logged 3 (over the refusal "
+        "log budget; herd_refusals_unrecorded_total)\n"
+        "1970-01-01T00:00:00Z herd.access refusals-not-logged 1 (over the refusal "
+        "log budget; herd_refusals_unrecorded_total)\n"
+    )
