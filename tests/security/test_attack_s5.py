@@ -307,3 +307,31 @@ def test_refusals_left_out_are_counted_once_per_interval(monkeypatch):
         "1970-01-01T00:00:00Z herd.access refusals-not-logged 1 (over the refusal "
         "log budget; herd_refusals_unrecorded_total)\n"
     )
+
+
+# -- item 4: pass-through answers name the model the client asked for ---------
+
+
+def test_renaming_touches_only_the_model_field():
+    """The byte replace that renames the model in a pass-through answer
+    cannot reach text inside a JSON string (a model's output quoting JSON)."""
+    import json
+
+    from herd.router.routing.openaileg import OpenAIForm, renamer
+
+    content = 'say {"model":"node-id"} and {"model": "node-id"}'
+    answer = {"model": "node-id", "choices": [{"message": {"content": content}}]}
+    rename = renamer(
+        OpenAIForm("/v1/chat/completions", {"model": 'my "alias"'}), answer
+    )
+    assert rename is not None
+    for data in (
+        json.dumps(answer).encode(),
+        json.dumps(answer, separators=(",", ":")).encode(),
+        b"data: " + json.dumps(answer).encode() + b"\n\n",
+    ):
+        renamed = json.loads(rename(data).removeprefix(b"data: "))
+        assert renamed["model"] == 'my "alias"'
+        assert renamed["choices"][0]["message"]["content"] == content
+    same = OpenAIForm("/v1/chat/completions", {"model": "node-id"})
+    assert renamer(same, answer) is None
