@@ -335,3 +335,34 @@ def test_renaming_touches_only_the_model_field():
         assert renamed["choices"][0]["message"]["content"] == content
     same = OpenAIForm("/v1/chat/completions", {"model": "node-id"})
     assert renamer(same, answer) is None
+
+
+# -- item 5: a port taken between free_port and the router's bind -------------
+
+
+def test_start_router_survives_a_port_taken_before_it_binds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The race behind flaky e2e tests under xdist: the first port offered
+    is taken (as by another worker) by the time `herd serve` binds it."""
+    from tests.router import routerproc
+
+    offered: list[int] = []
+    real = routerproc.free_port
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+
+        def racy(host: str = "127.0.0.1") -> int:
+            port = taken.getsockname()[1] if not offered else real(host)
+            offered.append(port)
+            return port
+
+        monkeypatch.setattr(routerproc, "free_port", racy)
+        router = routerproc.start_router(
+            tmp_path / "state", manifest([NO_NODE]), tmp_path / "router.log"
+        )
+        try:
+            assert len(offered) == 2
+            assert router.url.endswith(f":{offered[1]}")
+            assert router.get("/healthz")[0] == 200
+        finally:
+            router.stop()
