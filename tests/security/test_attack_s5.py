@@ -30,6 +30,7 @@ from tests.router.routerproc import (
     manifest,
     start_router,
 )
+from tests.router.test_registry_ranges import served  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -250,7 +251,7 @@ def test_a_flood_of_refusals_logs_a_burst_then_counts(tmp_path: Path):
     from herd.router.runtime import REFUSALS_BURST, REFUSALS_PER_S
 
     router = start_router(tmp_path / "state", manifest([NO_NODE]), tmp_path / "log")
-    bad_host, malformed, served = 300, 150, 20
+    bad_host, malformed, answered = 300, 150, 20
     started = time.monotonic()
     try:
         with socket.create_connection(address(router), timeout=10) as sock:
@@ -259,7 +260,7 @@ def test_a_flood_of_refusals_logs_a_burst_then_counts(tmp_path: Path):
                     b"GET /fleet/status HTTP/1.1\r\nHost: rebound.example\r\n\r\n"
                 )
                 assert read_reply(sock).startswith(b"HTTP/1.1 421")
-            for _ in range(served):
+            for _ in range(answered):
                 sock.sendall(b"GET /fleet/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert read_reply(sock).startswith(b"HTTP/1.1 200")
         for _ in range(malformed):
@@ -277,7 +278,7 @@ def test_a_flood_of_refusals_logs_a_burst_then_counts(tmp_path: Path):
     assert logged + counted == bad_host + malformed, log[-3000:]
     assert logged <= REFUSALS_BURST + REFUSALS_PER_S * elapsed + 1
     assert counted > 0
-    assert log.count("GET /fleet/status 200 ") == served
+    assert log.count("GET /fleet/status 200 ") == answered
 
 
 def test_refusals_left_out_are_counted_once_per_interval(monkeypatch):
@@ -366,3 +367,36 @@ def test_start_router_survives_a_port_taken_before_it_binds(
             assert router.get("/healthz")[0] == 200
         finally:
             router.stop()
+
+
+# -- item 6: attack pass on the routes of the last two sessions ---------------
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "want"),
+    [
+        ("bytes=\xb2-", 200, None),  # `²`: isdigit() yet not int(): was a 500
+        ("bytes=0-\xb3", 200, None),
+        ("bytes=-\xb9", 200, None),
+        ("bytes=" + "9" * 5000 + "-", 416, None),  # over int()'s 4300 digits
+        ("bytes=0-" + "9" * 5000, 206, (0, -1)),  # to the end, as `bytes=0-`
+        ("bytes=-" + "9" * 5000, 206, (0, -1)),
+        ("bytes=0000000000000000000007-9", 206, (7, 9)),
+    ],
+)
+def test_hostile_registry_ranges_never_fail_the_request(
+    served,  # noqa: F811 - the fixture
+    header,
+    status,
+    want,
+):
+    """A `Range` the router cannot read is ignored (200, the whole blob), one
+    past the end is 416, never a 500 (each a traceback in the log)."""
+    client, url, blob = served
+    got = client.simulate_get(url, headers={"Range": header})
+    assert got.status_code == status, got.text
+    if status == 200:
+        assert got.content == blob
+    if want is not None:
+        first, last = want[0], want[1] % len(blob)
+        assert got.content == blob[first : last + 1]
