@@ -400,3 +400,28 @@ def test_hostile_registry_ranges_never_fail_the_request(
     if want is not None:
         first, last = want[0], want[1] % len(blob)
         assert got.content == blob[first : last + 1]
+
+
+def test_hostile_heartbeat_timestamps_are_refused_not_failed(tmp_path: Path):
+    """X-Herd-Timestamp in superscript digits passed `isdigit()` and failed
+    `int()`: a 500 (and a traceback) for any caller inside node_networks,
+    before any signature was checked. Now a 400 like any malformed stamp."""
+    from herd.discovery import fleetkey
+    from tests.discovery.agentkit import body, discovery_manifest, make_key, post
+    from tests.router.routerproc import start_sim
+
+    static = start_sim("static-a")
+    key = make_key(tmp_path)
+    text = discovery_manifest([static], tmp_path / "fleet.key")
+    router = start_router(tmp_path / "state", text, tmp_path / "router.log")
+    try:
+        data = body("gpu-x", static.url)
+        for stamp in ("\xb2\xb3", "1\xb9", "\xb9" * 12):
+            headers = {**fleetkey.sign(key, data, time.time())}
+            headers[fleetkey.HEADER_TIMESTAMP] = stamp
+            status, doc = post(router.url, data, headers)
+            assert status == 400, (stamp, status, doc)
+    finally:
+        router.stop()
+        static.kill()
+    assert "Traceback" not in router.log()
