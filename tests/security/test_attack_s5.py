@@ -25,8 +25,6 @@ from herd import hosts
 from tests.router.routerproc import (
     ROOT,
     Router,
-    apply,
-    free_port,
     manifest,
     start_router,
 )
@@ -210,26 +208,12 @@ def test_a_name_given_to_bind_is_in_the_host_allow_list(tmp_path: Path):
     name = loopback_name()
     if name is None:
         pytest.skip("needs a loopback name in /etc/hosts besides localhost")
-    state = tmp_path / "state"
-    apply(state, manifest([NO_NODE]))
-    port = free_port()
-    log = (tmp_path / "router.log").open("wb")
-    env = {**os.environ, "HERD_STATE_DIR": str(state), "HERD_KEEPALIVE": "1"}
-    env.pop("HERD_BIND", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "herd", "serve", "--bind", f"{name}:{port}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=ROOT,
+    # start_router waits for /healthz at http://NAME:PORT (Host: NAME:PORT).
+    router = start_router(
+        tmp_path / "state", manifest([NO_NODE]), tmp_path / "router.log", host=name
     )
-    router = Router(proc, "", state, tmp_path / "router.log", env)
+    port = router.url.rsplit(":", 1)[1]
     try:
-        for _ in range(900):  # "router on" once a worker answers (90 s at most)
-            if "herd serve: router on" in router.log() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert "herd serve: router on" in router.log(), router.log()
         address = hosts.lookup(name)
         url = f"http://{address}:{port}/healthz"
         assert curl_status(url, f"{name}:{port}") == 200
