@@ -98,7 +98,9 @@ def serve(args: argparse.Namespace) -> int:
     what = _named(BIND, args.bind) if configured else "router.listen"
     bind = launch.parse_bind(configured or fleet.router.listen, what)
     sock = launch.listen(bind)
-    env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: bind.netloc}
+    # The workers get the address as given: a name in it is one the router
+    # answers to (herd.router.hostnames); the socket is bound already.
+    env = {**os.environ, STATE_DIR.env: state_dir, BIND.env: configured or bind.netloc}
     env[WORKERS.env] = str(workers)  # the app shares state when there are several
     try:
         proc = launch.start(conf, sock, workers, env)

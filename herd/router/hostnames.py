@@ -10,7 +10,9 @@ attacker's domain. So the router answers only requests whose Host is
 - an IP address literal (any: a page served from an address cannot be
   rebound, and the router may sit behind NAT or on several interfaces),
 - `localhost`, this machine's host name, or its mDNS name (`herd-HOST.local`,
-  herd.discovery.announcer), or the host of `router.listen` when it is a name,
+  herd.discovery.announcer), or the host the router was told to listen on
+  when it is a name (`router.listen`, or `herd serve --bind` / HERD_BIND,
+  which `herd serve` passes on to its workers as given),
 - a name the manifest declares in `router.hostnames`,
 
 or carries no Host at all (HTTP/1.0: no browser sends that). The port is not
@@ -24,6 +26,7 @@ import socket
 from collections.abc import Iterable
 
 from herd.manifest.model import Fleet
+from herd.settings import BIND
 
 #: Distinct Host values remembered (the header is the caller's to choose).
 _CACHE_MAX = 512
@@ -36,8 +39,11 @@ def always_known() -> frozenset[str]:
     from herd.discovery.announcer import host_label
 
     own = socket.gethostname().lower().rstrip(".")
+    bound = _host_part(BIND.resolve() or "")[0]
     return frozenset(
-        name for name in ("localhost", own, f"herd-{host_label()}.local") if name
+        name.lower().rstrip(".")
+        for name in ("localhost", own, f"herd-{host_label()}.local", bound)
+        if name
     )
 
 

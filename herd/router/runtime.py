@@ -369,6 +369,15 @@ class Runtime:
             outcome.error_class = error
         self.record(outcome, now)
 
+    def refusal_recorded(self, now: float) -> bool:
+        """Whether one more refused request may be traced and logged (within
+        `refusals`' budget); if not, the access log counts it as left out."""
+        if self.refusals.take(now):
+            return True
+        if self.access is not None:
+            self.access.unlogged()
+        return False
+
     def record(self, outcome: Outcome, now: float | None = None) -> None:
         """Trace and log one finished request (`now`: the end, on the
         monotonic clock, if the caller has just read it). Refusals that never
@@ -382,7 +391,7 @@ class Runtime:
         if (
             outcome.node is None
             and 400 <= outcome.status < 500
-            and not self.refusals.take(now)
+            and not self.refusal_recorded(now)
         ):
             return
         trace = row(outcome, now)

@@ -34,6 +34,16 @@ TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
 SIM_MODELS = "llama3.2:3b,nomic-embed-text,qwen3:0.6b,llava:7b"
 
 
+#: Ports tried by `start_router`: a port `free_port` found free may be taken
+#: (by another test process, or as a connection's source port) before the
+#: router binds it; the router then exits at once and another port is tried.
+PORT_TRIES = 5
+
+
+class PortTaken(RuntimeError):
+    """`herd serve` could not bind its port: someone took it meanwhile."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
@@ -224,6 +234,23 @@ def start_router(
     import at once on a busy machine, and the suite runs tests in parallel:
     a start took 17 s with 2 cores shared by several test runs)."""
     apply(state_dir, text)
+    for _ in range(PORT_TRIES - 1):
+        try:
+            return _start_router(state_dir, log_path, host, workers, extra_env, timeout)
+        except PortTaken:
+            continue
+    return _start_router(state_dir, log_path, host, workers, extra_env, timeout)
+
+
+def _start_router(
+    state_dir: Path,
+    log_path: Path,
+    host: str,
+    workers: int,
+    extra_env: dict[str, str] | None,
+    timeout: float,
+) -> Router:
+    """One try of `start_router` on a port found free just now."""
     port = free_port(host)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     env = {
@@ -255,7 +282,10 @@ def start_router(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"herd serve exited: {log_path.read_text()}")
+            log = log_path.read_text()
+            if "address already in use" in log:
+                raise PortTaken(log)
+            raise RuntimeError(f"herd serve exited: {log}")
         try:
             if router.get("/healthz", timeout=1)[0] == 200:
                 return router

@@ -221,6 +221,29 @@ def test_openai_sdk_to_an_openai_node_passes_through(fleet: dict[str, Any]) -> N
     assert logit.choices[0].message.content
 
 
+def test_openai_node_answers_name_the_model_the_client_asked_for(
+    fleet: dict[str, Any],
+) -> None:
+    """Not the node's own id: an alias stays the alias, as from an Ollama node
+    (whose OpenAI layer answers with the name asked for)."""
+    client = _oai(fleet["router"])
+    hi = [{"role": "user", "content": "hi"}]
+    for asked in ("qwen", CHAT):
+        done = client.chat.completions.create(model=asked, messages=hi)
+        assert done.model == asked
+        chunks = list(
+            client.chat.completions.create(
+                model=asked,
+                messages=hi,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert chunks and {c.model for c in chunks} == {asked}
+    vectors = client.embeddings.create(model="text-embed-small", input=["x"])
+    assert vectors.model == "text-embed-small"
+
+
 def test_responses_api_reaches_an_openai_node_as_chat(fleet: dict[str, Any]) -> None:
     client = _oai(fleet["router"])
     answer = client.responses.create(model="qwen", input="hi", instructions="be brief")

@@ -111,7 +111,7 @@ class HeartbeatResource:
         status, data = self.answer(
             peer_address(env.get("REMOTE_ADDR")),
             lambda name: env.get(_WSGI_HEADERS[name]),
-            int(length) if length and length.isdigit() else None,
+            int(length) if length and length.isascii() and length.isdigit() else None,
             env["wsgi.input"].read,
         )
         start_response(
@@ -181,7 +181,9 @@ class HeartbeatResource:
         signature = header(fleetkey.HEADER_SIGNATURE) or ""
         if not (timestamp and nonce and signature):
             raise Refused(401, "unsigned (X-Herd-Timestamp/Nonce/Signature missing)")
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        # isascii: isdigit() alone takes `²` (a latin-1 header byte), which
+        # int() refuses: a 500 before the signature was even checked.
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
             raise Refused(400, "X-Herd-Timestamp must be Unix seconds")
         skew = fleet.discovery.max_clock_skew_s
         drift = self.rt.clock() - int(timestamp)

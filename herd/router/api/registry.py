@@ -372,22 +372,41 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     a, dash, b = spec.strip().partition("-")
     a, b = a.strip(), b.strip()
-    if not dash or not (a.isdigit() or a == "") or not (b.isdigit() or b == ""):
+    if not dash or not (_digits(a) or a == "") or not (_digits(b) or b == ""):
         return None
     if a == "":
         if b == "":
             return None
-        suffix = int(b)
+        suffix = _position(b)
         if suffix == 0 or size == 0:
             raise Unsatisfiable(size)
         return max(0, size - suffix), size - 1
-    first = int(a)
-    if b and int(b) < first:
+    first = _position(a)
+    if b and _position(b) < first:
         return None
-    last = int(b) if b else size - 1
+    last = _position(b) if b else size - 1
     if first >= size:
         raise Unsatisfiable(size)
     return first, min(last, size - 1)
+
+
+#: Digits of a range position read as written; longer ones lie past any blob.
+_POSITION_DIGITS = 18
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit also takes `²` (a latin-1 header byte),
+    which int() then refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _position(digits: str) -> int:
+    """A range position; a huge one (int() refuses over 4300 digits) is just
+    past the end of any blob, which is all it can mean."""
+    digits = digits.lstrip("0")
+    if len(digits) > _POSITION_DIGITS:
+        return 10**_POSITION_DIGITS
+    return int(digits or "0")
 
 
 def add_routes(app: falcon.App, store: StoreRoot) -> None:

@@ -7,7 +7,17 @@ than parsing the request head. Instead, a waiting greenlet enters itself here
 with its deadline (two dict operations), and one greenlet per worker sweeps
 every SWEEP_S and throws `TimeoutError` into each greenlet still waiting past
 its deadline: at the read it is blocked in, where it surfaces as a socket
-timeout. Deadlines are thus kept to within SWEEP_S.
+timeout.
+
+A sweep expires only the deadlines that had already passed at the sweep
+before it. When the worker itself was not running (SIGSTOP, a VM pause, a
+long stall), its first sweep after waking may run before the event loop has
+looked at its sockets once (a stopped process's epoll_wait returns EINTR, with
+no events): a client whose next request, or a node whose next chunk, arrived
+in time would be cut off for time the worker slept through. Between two
+sweeps the loop has polled every socket at least once, so a greenlet still
+waiting then really had nothing to read by its deadline. Deadlines are thus
+kept to within two sweeps (2 * SWEEP_S).
 
 `drop_idle` (a stopping worker) throws into every waiter entered as
 `droppable` (connections between requests) at once.
@@ -32,6 +42,8 @@ class Deadlines:
         self.waiting: dict[Any, tuple[float, bool]] = {}
         self.closing = False
         self._sweeper: Any = None
+        #: What a sweep may expire: deadlines up to the previous sweep's time.
+        self._cutoff = float("-inf")
 
     def enter(self, greenlet: Any, deadline: float, droppable: bool = False) -> None:
         """`greenlet` is about to block until at most `deadline`."""
@@ -50,23 +62,24 @@ class Deadlines:
     def _sweep(self) -> None:
         while True:
             gevent.sleep(SWEEP_S)
+            now = time.monotonic()
             self._expire_due()
+            self._cutoff = now
 
-    def _due(self, entry: tuple[float, bool], now: float) -> bool:
+    def _due(self, entry: tuple[float, bool]) -> bool:
         deadline, droppable = entry
-        return deadline <= now or (droppable and self.closing)
+        return deadline <= self._cutoff or (droppable and self.closing)
 
     def _expire_due(self) -> None:
-        now = time.monotonic()
         loop = gevent.get_hub().loop
         for greenlet, entry in list(self.waiting.items()):
-            if self._due(entry, now):
+            if self._due(entry):
                 loop.run_callback(self._expire, greenlet)
 
     def _expire(self, greenlet: Any) -> None:
         # Runs in the hub: a greenlet still entered is blocked in the read it
         # entered for, so the exception lands there and nowhere else.
         entry = self.waiting.get(greenlet)
-        if entry is not None and self._due(entry, time.monotonic()):
+        if entry is not None and self._due(entry):
             del self.waiting[greenlet]
             greenlet.throw(TimeoutError("deadline passed"))

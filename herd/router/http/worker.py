@@ -272,12 +272,13 @@ class LeanHandler(PyWSGIHandler):
         self.close_connection = True
         if not ex.status:  # the client went away mid-head
             return
-        log.info(
-            "refused a request from %s: %d %s",
-            source_of(self.client_address),
-            ex.status,
-            ex.reason,
-        )
+        if self._refusal_logged():
+            log.info(
+                "refused a request from %s: %d %s",
+                source_of(self.client_address),
+                ex.status,
+                ex.reason,
+            )
         try:
             self.socket.settimeout(LINGER_S)
             self.socket.sendall(_error_response(ex.status, ex.reason))
@@ -288,13 +289,20 @@ class LeanHandler(PyWSGIHandler):
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
         """pywsgi's hook for bad client input: a body-free log line (pywsgi's
         own quotes the raw request line, which can be anyone's body bytes)."""
-        log.info(
-            "refused a request from %s: 400 %s",
-            source_of(self.client_address),
-            type(ex).__name__,
-        )
+        if self._refusal_logged():
+            log.info(
+                "refused a request from %s: 400 %s",
+                source_of(self.client_address),
+                type(ex).__name__,
+            )
         self.close_connection = True
         return ("400", _error_response(400, "bad request"))
+
+    def _refusal_logged(self) -> bool:
+        """Within the router's refusal log budget (herd.router.runtime), so a
+        flood of malformed heads cannot flood the log."""
+        rt = getattr(self.server.application, "herd_runtime", None)
+        return rt is None or rt.refusal_recorded(rt.monotonic())
 
     def get_environ(self) -> dict[str, Any]:
         """The WSGI environ, built from the parsed fields (pywsgi re-splits

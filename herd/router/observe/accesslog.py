@@ -10,6 +10,13 @@ A line is made from the request's trace row, whose text fields are
 escaped and bounded by herd.router.observe.logfield: each field is one space-free
 token, so no caller-chosen text (a model name with a line break, a NUL, a
 900 kB name) can forge a line or grow one without bound.
+
+Refused requests (a bad Host, a denied client, a malformed head) are logged
+within the router's refusal budget (herd.router.runtime.RefusalBudget: a
+burst, then a steady rate); those over it are only counted here, and one
+line every SUMMARY_S says how many were left out, so a flood of refusals
+cannot flood the log and still shows in it. Served requests are always
+logged.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from herd.router.observe.traces import Trace
 FLUSH_S = 0.25
 #: Lines kept before a write is forced (bounds memory under bursts).
 BUFFER_MAX = 5000
+#: Seconds between the lines counting refusals left out of the log.
+SUMMARY_S = 10.0
 
 
 class AccessLog:
@@ -38,6 +47,8 @@ class AccessLog:
         self._lines: list[str] = []
         self._second = -1
         self._stamp = ""
+        #: Refused requests not logged since the last summary line.
+        self._unlogged = 0
 
     def _now(self) -> str:
         second = int(self._clock())
@@ -58,10 +69,26 @@ class AccessLog:
             f"{trace.duration_ms:.1f}ms{error}\n"
         )
         if len(self._lines) >= BUFFER_MAX:
-            self.flush()
+            self._write(self._take())
+
+    def unlogged(self) -> None:
+        """Count one refused request left out of the log (over the budget)."""
+        self._unlogged += 1
+
+    def _summarize(self) -> None:
+        """Queue the line counting the refusals left out, if there were any."""
+        count = self._unlogged
+        if count:
+            self._unlogged = 0
+            self._lines.append(
+                f"{self._now()} herd.access refusals-not-logged {count} "
+                "(over the refusal log budget; herd_refusals_unrecorded_total)\n"
+            )
 
     def flush(self) -> None:
-        """Write the queued lines now, on the calling thread."""
+        """Write the queued lines (and the count of refusals left out) now,
+        on the calling thread."""
+        self._summarize()
         self._write(self._take())
 
     def _take(self) -> str:
@@ -111,9 +138,13 @@ class AccessLog:
         from gevent.threadpool import ThreadPool
 
         pool = ThreadPool(1)
+        summarized = time.monotonic()
         try:
             while not stopped():
                 gevent.sleep(FLUSH_S)
+                if self._unlogged and time.monotonic() - summarized >= SUMMARY_S:
+                    self._summarize()
+                    summarized = time.monotonic()
                 text = self._take()
                 if text:
                     pool.apply(self._write_fd, (text,))

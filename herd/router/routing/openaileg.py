@@ -2,7 +2,8 @@
 
 Two ways through. An OpenAI-API client's request passes through: the body the
 router parsed, with only `model` rewritten to the node's id, and the node's
-answer (JSON, or SSE events) goes back as it came (`Opened.passthrough`). An
+answer (JSON, or SSE events) goes back as it came (`Opened.passthrough`) but
+for its `model`, which names what the client asked for again. An
 Ollama-API client's request is converted (herd.router.convert.to_openai) and
 the answer converted back into native JSON or NDJSON lines, so that the
 callers relay it exactly like an Ollama node's answer.
@@ -104,6 +105,25 @@ def native_lines(lines: Iterator[bytes], path: str, model: str) -> Iterator[byte
     yield from converter.end()
 
 
+def renamer(form: OpenAIForm, answer: Any) -> Callable[[bytes], bytes] | None:
+    """What turns a pass-through answer's `"model": "<node's id>"` into the
+    name the client asked for (as an Ollama node's answers, and Ollama's own
+    OpenAI layer, name it): a byte replace per answer or SSE event, cheaper
+    than parsing each. Exact: inside a JSON string every `"` is escaped, so
+    the pair matches only as a key and its value. None when nothing differs."""
+    asked = form.body.get("model")
+    named = answer.get("model") if isinstance(answer, dict) else None
+    if not isinstance(asked, str) or not isinstance(named, str) or asked == named:
+        return None
+    new = b'"model":' + _dumps(asked)
+    old, spaced = b'"model":' + _dumps(named), b'"model": ' + _dumps(named)
+
+    def rename(data: bytes) -> bytes:
+        return data.replace(old, new).replace(spaced, new)
+
+    return rename
+
+
 def commit(
     opened: Any,
     reply: Reply,
@@ -138,6 +158,9 @@ def commit(
             if data and data != b"[DONE]":
                 obj = json.loads(data)
                 opened.first_obj = obj if isinstance(obj, dict) else {}
+            rename = renamer(form, opened.first_obj)
+            if rename is not None:
+                first, events = rename(first), map(rename, events)
             opened.first, opened.rest, opened.passthrough = first, events, True
             return opened
         if stream:
@@ -155,6 +178,9 @@ def commit(
         if not isinstance(answer, dict):
             raise ValueError("not a JSON object")
         if form is not None:
+            rename = renamer(form, answer)
+            if rename is not None:
+                data = rename(data)
             opened.body, opened.first_obj, opened.passthrough = data, answer, True
         else:
             opened.first_obj = to_openai.reply(path, answer, model)
@@ -179,5 +205,6 @@ __all__ = [
     "native_lines",
     "node_model_id",
     "outgoing",
+    "renamer",
     "sse_lines",
 ]
