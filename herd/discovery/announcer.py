@@ -35,7 +35,7 @@ RETRY_S = 10.0
 def bind_port(listen: str) -> int:
     """The port of a HOST:PORT listen address (the router's default otherwise)."""
     _, _, port = listen.rpartition(":")
-    return int(port) if port.isdigit() else 11435
+    return int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else 11435
 
 
 def host_label() -> str:

@@ -107,7 +107,8 @@ def _ip_literal(host: str, what: str) -> None:
 
 def _addr_port(value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not digits or not 0 < int(port) < 65536:
         raise AgentError(f"--lan-proxy: {value!r} must be ADDR:PORT")
     _ip_literal(host.strip("[]"), "--lan-proxy")
 

@@ -64,7 +64,7 @@ def _status_clause(status: str) -> tuple[str, list[Any]]:
     if len(text) == 3 and text[0] in "12345" and text[1:] == "xx":
         base = int(text[0]) * 100
         return "status >= ? AND status < ?", [base, base + 100]
-    if text.isdigit() and 100 <= int(text) <= 599:
+    if len(text) == 3 and text.isascii() and text.isdigit() and 100 <= int(text) <= 599:
         return "status = ?", [int(text)]
     raise ConfigError(
         f"--status {status!r}: expected a code (404), a class (5xx), ok or error"

@@ -73,7 +73,9 @@ def parse_bind(text: str, what: str = "--bind") -> Bind:
         raise ConfigError(f"{what} {text!r}: expected HOST:PORT ({example})")
     if ":" in host and not host.startswith("["):
         raise ConfigError(f"{what} {text!r}: put an IPv6 address in [] ({example})")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (
+        port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    ) or not (1 <= int(port_text) <= 65535):
         raise ConfigError(f"{what} {text!r}: port must be a number from 1 to 65535")
     address = hosts.lookup(host.strip("[]"))
     if address is None:

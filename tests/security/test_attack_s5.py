@@ -409,3 +409,48 @@ def test_hostile_heartbeat_timestamps_are_refused_not_failed(tmp_path: Path):
         router.stop()
         static.kill()
     assert "Traceback" not in router.log()
+
+
+# --- Digits that str.isdigit() accepts and int() refuses ---------------------
+# '²' (and other Unicode digits) pass isdigit(); int() raises on them, and on
+# more than 4300 ASCII digits. Each place that reads a number from a node, a
+# manifest or a command line checks ASCII digits of a bounded length first.
+
+SUPERSCRIPT = "\u00b2"
+
+
+def test_a_node_version_in_unicode_digits_sorts_as_zero():
+    from herd.router.api.ollama import _version_key
+
+    assert _version_key(f"0.{SUPERSCRIPT}.1") == (0, 0, 1)
+    assert _version_key("1." + "9" * 5000) == (1, 0)
+    assert _version_key("0.33.0-rc1") == (0, 33, 0)
+
+
+@pytest.mark.parametrize("port", [SUPERSCRIPT, "1" + SUPERSCRIPT, "9" * 5000])
+def test_unicode_or_huge_ports_are_clear_errors(port):
+    from herd.errors import ConfigError
+    from herd.node.commands import AgentError, _addr_port
+    from herd.router.launch import parse_bind
+
+    with pytest.raises(ConfigError, match="port must be a number"):
+        parse_bind(f"127.0.0.1:{port}")
+    with pytest.raises(AgentError, match="must be ADDR:PORT"):
+        _addr_port(f"10.0.0.2:{port}")
+
+
+def test_unicode_status_digits_are_a_clear_error():
+    from herd.errors import ConfigError
+    from herd.ops.tracequery import _status_clause
+
+    assert _status_clause("404") == ("status = ?", [404])
+    for text in (f"4{SUPERSCRIPT}4", "600"):
+        with pytest.raises(ConfigError, match="expected a code"):
+            _status_clause(text)
+
+
+def test_an_announced_port_in_unicode_digits_falls_back_to_the_default():
+    from herd.discovery.announcer import bind_port
+
+    assert bind_port(f"0.0.0.0:1{SUPERSCRIPT}") == 11435
+    assert bind_port("0.0.0.0:8080") == 8080
