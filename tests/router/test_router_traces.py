@@ -108,6 +108,49 @@ def test_a_row_sqlite_cannot_store_is_dropped_alone_and_counted(tmp_path):
     log.close()
 
 
+def test_empty_columns_are_written_as_null(tmp_path):
+    """None values reach SQLite as NULL (bound as NaN, which SQLite stores as
+    NULL), whatever the column's type; present values are kept as they are."""
+    log = TraceLog(tmp_path)
+    log.record(_trace(0)._replace(ttft_ms=None, tokens_in=None, served_model=None))
+    log.record(_trace(1)._replace(error_class="node_error", tags="a,b"))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    got = db.execute(
+        "SELECT typeof(ttft_ms), typeof(tokens_in), typeof(served_model),"
+        " typeof(error_class), typeof(tags), typeof(peer), ttft_ms, tokens_in,"
+        " error_class, tags FROM traces ORDER BY id"
+    ).fetchall()
+    assert got == [
+        ("null", "null", "null", "null", "null", "null", None, None, None, None),
+        ("real", "integer", "text", "text", "text", "null", 2.0, 4, "node_error",
+         "a,b"),
+    ]  # fmt: skip
+
+
+def test_a_flush_pauses_between_slices_inside_its_transaction(tmp_path):
+    """`between` runs between two INSERTs of SLICE_ROWS rows of one
+    transaction (the writer thread's pause), `pause` between transactions."""
+    log = TraceLog(tmp_path)
+    count = traces.BATCH_MAX + traces.SLICE_ROWS + 1
+    for i in range(count):
+        log.record(_trace(i))
+    seen: list[tuple[str, int]] = []
+    log.tick(
+        pause=lambda: seen.append(("pause", log.written)),
+        between=lambda: seen.append(("between", log.written)),
+    )
+    slices = traces.BATCH_MAX // traces.SLICE_ROWS
+    assert seen == [
+        *[("between", 0)] * (slices - 1),
+        ("pause", traces.BATCH_MAX),
+        ("between", traces.BATCH_MAX),
+    ]
+    assert (log.written, log.pending) == (count, 0)
+    log.close()
+
+
 # -- through a real router whose worker may not write files any more -----------
 
 

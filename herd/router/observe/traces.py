@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
-from herd.router.observe.logfield import logged_each
+from herd.router.observe.logfield import logged_all
 from herd.store import Store
 
 log = logging.getLogger("herd.router")
@@ -32,16 +32,19 @@ DB_NAME = "traces.db"
 FLUSH_S = 1.0
 PRUNE_S = 3600.0
 BUFFER_MAX = 100_000
-#: Rows per transaction. The writer thread shares the worker's core: a big
-#: transaction (a second of rows at c=1 took ~16 ms of CPU in one burst) holds
-#: the core and, while binding values, the GIL, so the requests arriving
-#: meanwhile wait. Small transactions with a pause (PAUSE_S) between them keep
-#: each burst well under a millisecond.
-BATCH_MAX = 128
-#: The writer's pause between two transactions of one flush, for the loop.
+#: Rows per transaction. A commit costs ~100 us of CPU whatever its size
+#: (the table's and the ts index's last pages written again, the WAL frame
+#: headers, taking and leaving the write lock): at 128 rows that was ~0.8 us
+#: per request, at 1024 it is ~0.1.
+BATCH_MAX = 1024
+#: The writer's pause between two transactions of one flush, and between two
+#: slices (SLICE_ROWS) of one: the writer thread shares the worker's core,
+#: and holds the GIL while it binds a slice's values, so a second of rows in
+#: one burst (~16 ms of CPU at c=1) would make the requests arriving meanwhile
+#: wait. A slice with a pause after it is a few hundred microseconds.
 PAUSE_S = 0.001
-#: Rows per INSERT statement; a caller flushing on the event loop itself
-#: (`flush(between=...)`) gets `between()` between two of them.
+#: Rows per INSERT statement; `between()` runs between two of them (on the
+#: writer thread a native sleep: the transaction stays open, the loop runs).
 SLICE_ROWS = 64
 
 
@@ -78,8 +81,8 @@ def row(outcome: Any, now: float) -> Trace:
     bounded (herd.router.observe.logfield). Built positionally: a keyword call
     of the NamedTuple costs as much again as the escaping."""
     o = outcome
-    client, route, method, requested, served, node, error, peer = logged_each(
-        [
+    client, route, method, requested, served, node, error, peer = logged_all(
+        (
             o.client,
             o.route,
             o.method,
@@ -88,7 +91,7 @@ def row(outcome: Any, now: float) -> Trace:
             o.node,
             o.error_class,
             o.peer,
-        ]
+        )
     )
     return _new_row(
         Trace,
@@ -196,6 +199,11 @@ def _insert_rows(count: int) -> str:
     return sql
 
 
+#: What a None is bound as: SQLite stores a NaN as NULL, and `sqlite3` binds
+#: a float at once, whereas a None first goes through its adapter lookup
+#: (~0.4 us each: a second of a row's binding, for its 2-4 empty columns).
+_NULL = float("nan")
+
 #: Errors that come from a row's values, not from the disk: retrying won't help.
 _UNWRITABLE_ROW = (ValueError, OverflowError, sqlite3.ProgrammingError)
 
@@ -253,7 +261,7 @@ class TraceLog:
     ) -> int:
         """Write buffered traces (at most `limit`) in one transaction; returns
         how many. With `between`, rows go in slices of SLICE_ROWS and
-        `between()` (a yield to the event loop) runs between slices.
+        `between()` (a pause for the event loop) runs between slices.
 
         `write(fn, *args)` runs the SQLite work (`run` passes the writer
         thread's); the batch is taken and accounted for here, by the caller,
@@ -296,7 +304,10 @@ class TraceLog:
                     if start and between is not None:
                         between()
                     rows = batch[start : start + SLICE_ROWS]
-                    execute(_insert_rows(len(rows)), [v for row in rows for v in row])
+                    execute(
+                        _insert_rows(len(rows)),
+                        [_NULL if v is None else v for row in rows for v in row],
+                    )
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,
@@ -371,9 +382,13 @@ class TraceLog:
         used and closed there.
         """
         import gevent
+        from gevent.monkey import get_original
         from gevent.threadpool import ThreadPool
 
         pool = ThreadPool(1)
+        # The pause between two slices, on the writer thread: a native sleep
+        # (gevent's, where monkey-patched in, would start a hub on the thread).
+        native_sleep = get_original("time", "sleep")
 
         def on_thread(fn: Callable[..., Any], *args: Any) -> Any:
             # An exception is carried back and raised here: raised in the
@@ -386,7 +401,11 @@ class TraceLog:
         try:
             while not stopped():
                 gevent.sleep(FLUSH_S)
-                self.tick(pause=lambda: gevent.sleep(PAUSE_S), write=on_thread)
+                self.tick(
+                    pause=lambda: gevent.sleep(PAUSE_S),
+                    between=lambda: native_sleep(PAUSE_S),
+                    write=on_thread,
+                )
             pool.apply(_outcome, (self.close,))
         finally:
             pool.kill()
