@@ -151,6 +151,84 @@ def test_a_flush_pauses_between_slices_inside_its_transaction(tmp_path):
     log.close()
 
 
+def _columns(db: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(name, hidden) of each column: hidden 2 is a generated (virtual) one."""
+    return [(r[1], r[6]) for r in db.execute("PRAGMA table_xinfo(traces)")]
+
+
+def _read(path: Path) -> tuple[list[str], list[tuple]]:
+    db = sqlite3.connect(path)
+    cursor = db.execute("SELECT * FROM traces ORDER BY id")
+    found = [d[0] for d in cursor.description], cursor.fetchall()
+    db.close()
+    return found
+
+
+def _old_store(tmp_path: Path, rows: int) -> None:
+    """traces.db as the router before `_m4_time_on_read` left it."""
+    from herd.store import Store
+
+    store = Store(tmp_path, db_name=traces.DB_NAME)
+    store.ensure("traces", traces.MIGRATIONS[:3])
+    with store.transaction() as db:
+        for i in range(rows):
+            db.conn.execute(traces._insert_rows(1, True), _trace(i))
+    store.close()
+
+
+EXPECTED_COLUMNS = ["id", "time", *traces.COLUMNS]
+ISO = "strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch')"
+
+
+def test_a_new_trace_table_computes_time_when_read(tmp_path):
+    log = TraceLog(tmp_path)
+    second = int(time.time())
+    log.record(_trace(0)._replace(ts=second + 0.5))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    assert ("time", 2) in _columns(db)  # generated: no text stored per row
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S.500Z", time.gmtime(second))
+    assert db.execute("SELECT time FROM traces").fetchall() == [(iso,)]
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT * FROM traces WHERE ts > 1")
+    assert "idx_traces_ts" in str(plan.fetchall())
+    db.close()
+    names, rows = _read(tmp_path / traces.DB_NAME)
+    assert names == EXPECTED_COLUMNS  # `herd traces` and CSVs see the same table
+
+
+def test_a_trace_table_with_rows_keeps_time_stored_and_filled(tmp_path):
+    _old_store(tmp_path, rows=3)
+    log = TraceLog(tmp_path)
+    for i in range(3, 300):
+        log.record(_trace(i))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    assert ("time", 0) in _columns(db)
+    assert db.execute(f"SELECT count(*), sum(time = {ISO}) FROM traces").fetchone() == (
+        300,
+        300,
+    )
+    db.close()
+    assert _read(tmp_path / traces.DB_NAME)[0] == EXPECTED_COLUMNS
+
+
+def test_an_empty_old_trace_table_is_rebuilt_with_time_on_read(tmp_path):
+    _old_store(tmp_path, rows=0)
+    log = TraceLog(tmp_path)
+    log.record(_trace(0))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    assert ("time", 2) in _columns(db)
+    assert db.execute(f"SELECT time = {ISO} FROM traces").fetchall() == [(1,)]
+    indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert ("idx_traces_ts",) in indexes.fetchall()
+    db.close()
+    assert _read(tmp_path / traces.DB_NAME)[0] == EXPECTED_COLUMNS
+
+
 # -- through a real router whose worker may not write files any more -----------
 
 
