@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -239,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--skip-situ", action="store_true")
     args = parser.parse_args(argv)
+    # Every database of the run goes under one directory, removed at the end.
+    root = tempfile.mkdtemp(prefix="herd-bench-traces-")
+    tempfile.tempdir = root
+    try:
+        return _run(args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     rows = sample_rows(args.rows)
     print(f"load average {os.getloadavg()[0]:.2f}; rows {args.rows}; "
           f"BATCH_MAX {traces.BATCH_MAX}")  # fmt: skip
