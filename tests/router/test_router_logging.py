@@ -111,6 +111,23 @@ def test_trace_row_escapes_every_text_field():
     assert row(bare, 0.0) == (0.0, None, "/api/chat", "POST", *empty)
 
 
+def test_trace_row_texts_of_another_type_are_never_taken_from_the_cache():
+    """A JSON model name may be a number, a bool or a list: equal keys of
+    different types (1, 1.0, True) are escaped each as itself, a list (not
+    hashable) is escaped too, and a cached tuple is only ever texts."""
+    from herd.router.routing.forward import Outcome
+
+    def traced(model: object) -> str | None:
+        done = Outcome(t0=1.0, started=1.0, route="/v1/chat", method="POST")
+        done.requested_model = model
+        return row(done, 1.0).requested_model
+
+    for _ in range(2):  # the second time from the cache, where there is one
+        assert [traced(m) for m in (1, True, 1.0, "1")] == ["1", "True", "1.0", "1"]
+        assert traced(["a b"]) == "['a\\x20b']"
+        assert traced(None) is None
+
+
 @pytest.mark.e2e
 def test_hostile_model_names_over_real_gunicorn(sims, router):
     node = sims("node-a")

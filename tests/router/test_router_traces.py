@@ -108,6 +108,127 @@ def test_a_row_sqlite_cannot_store_is_dropped_alone_and_counted(tmp_path):
     log.close()
 
 
+def test_empty_columns_are_written_as_null(tmp_path):
+    """None values reach SQLite as NULL (bound as NaN, which SQLite stores as
+    NULL), whatever the column's type; present values are kept as they are."""
+    log = TraceLog(tmp_path)
+    log.record(_trace(0)._replace(ttft_ms=None, tokens_in=None, served_model=None))
+    log.record(_trace(1)._replace(error_class="node_error", tags="a,b"))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    got = db.execute(
+        "SELECT typeof(ttft_ms), typeof(tokens_in), typeof(served_model),"
+        " typeof(error_class), typeof(tags), typeof(peer), ttft_ms, tokens_in,"
+        " error_class, tags FROM traces ORDER BY id"
+    ).fetchall()
+    assert got == [
+        ("null", "null", "null", "null", "null", "null", None, None, None, None),
+        ("real", "integer", "text", "text", "text", "null", 2.0, 4, "node_error",
+         "a,b"),
+    ]  # fmt: skip
+
+
+def test_a_flush_pauses_between_slices_inside_its_transaction(tmp_path):
+    """`between` runs between two INSERTs of SLICE_ROWS rows of one
+    transaction (the writer thread's pause), `pause` between transactions."""
+    log = TraceLog(tmp_path)
+    count = traces.BATCH_MAX + traces.SLICE_ROWS + 1
+    for i in range(count):
+        log.record(_trace(i))
+    seen: list[tuple[str, int]] = []
+    log.tick(
+        pause=lambda: seen.append(("pause", log.written)),
+        between=lambda: seen.append(("between", log.written)),
+    )
+    slices = traces.BATCH_MAX // traces.SLICE_ROWS
+    assert seen == [
+        *[("between", 0)] * (slices - 1),
+        ("pause", traces.BATCH_MAX),
+        ("between", traces.BATCH_MAX),
+    ]
+    assert (log.written, log.pending) == (count, 0)
+    log.close()
+
+
+def _columns(db: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(name, hidden) of each column: hidden 2 is a generated (virtual) one."""
+    return [(r[1], r[6]) for r in db.execute("PRAGMA table_xinfo(traces)")]
+
+
+def _read(path: Path) -> tuple[list[str], list[tuple]]:
+    db = sqlite3.connect(path)
+    cursor = db.execute("SELECT * FROM traces ORDER BY id")
+    found = [d[0] for d in cursor.description], cursor.fetchall()
+    db.close()
+    return found
+
+
+def _old_store(tmp_path: Path, rows: int) -> None:
+    """traces.db as the router before `_m4_time_on_read` left it."""
+    from herd.store import Store
+
+    store = Store(tmp_path, db_name=traces.DB_NAME)
+    store.ensure("traces", traces.MIGRATIONS[:3])
+    with store.transaction() as db:
+        for i in range(rows):
+            db.conn.execute(traces._insert_rows(1, True), _trace(i))
+    store.close()
+
+
+EXPECTED_COLUMNS = ["id", "time", *traces.COLUMNS]
+ISO = "strftime('%Y-%m-%dT%H:%M:%fZ', ts, 'unixepoch')"
+
+
+def test_a_new_trace_table_computes_time_when_read(tmp_path):
+    log = TraceLog(tmp_path)
+    second = int(time.time())
+    log.record(_trace(0)._replace(ts=second + 0.5))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    assert ("time", 2) in _columns(db)  # generated: no text stored per row
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S.500Z", time.gmtime(second))
+    assert db.execute("SELECT time FROM traces").fetchall() == [(iso,)]
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT * FROM traces WHERE ts > 1")
+    assert "idx_traces_ts" in str(plan.fetchall())
+    db.close()
+    names, rows = _read(tmp_path / traces.DB_NAME)
+    assert names == EXPECTED_COLUMNS  # `herd traces` and CSVs see the same table
+
+
+def test_a_trace_table_with_rows_keeps_time_stored_and_filled(tmp_path):
+    _old_store(tmp_path, rows=3)
+    log = TraceLog(tmp_path)
+    for i in range(3, 300):
+        log.record(_trace(i))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    assert ("time", 0) in _columns(db)
+    assert db.execute(f"SELECT count(*), sum(time = {ISO}) FROM traces").fetchone() == (
+        300,
+        300,
+    )
+    db.close()
+    assert _read(tmp_path / traces.DB_NAME)[0] == EXPECTED_COLUMNS
+
+
+def test_an_empty_old_trace_table_is_rebuilt_with_time_on_read(tmp_path):
+    _old_store(tmp_path, rows=0)
+    log = TraceLog(tmp_path)
+    log.record(_trace(0))
+    log.tick()
+    log.close()
+    db = sqlite3.connect(tmp_path / traces.DB_NAME)
+    assert ("time", 2) in _columns(db)
+    assert db.execute(f"SELECT time = {ISO} FROM traces").fetchall() == [(1,)]
+    indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert ("idx_traces_ts",) in indexes.fetchall()
+    db.close()
+    assert _read(tmp_path / traces.DB_NAME)[0] == EXPECTED_COLUMNS
+
+
 # -- through a real router whose worker may not write files any more -----------
 
 

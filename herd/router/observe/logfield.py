@@ -95,14 +95,27 @@ def logged_or_none(value: str | None, limit: int = FIELD_MAX) -> str | None:
     return None if value is None else logged(value, limit)
 
 
-def logged_each(values: list[str | None]) -> list[str | None]:
-    """`logged_or_none` of each value, as one call: a trace row's eight text
-    fields are nearly always recently seen texts, and one list pass over the
-    cache is a third of the cost of eight calls (see `logged`)."""
-    known = _recent.get
-    return [
-        None
-        if value is None
-        else (known(value) if value.__class__ is str else None) or logged(value)
-        for value in values
-    ]
+#: Recently escaped tuples of texts (a trace row's text fields repeat as a
+#: whole: same group, route, models, node, caller). Bounded like `_recent`.
+_recent_tuples: dict[tuple[object, ...], tuple[str | None, ...]] = {}
+
+
+def logged_all(values: tuple[object, ...]) -> tuple[str | None, ...]:
+    """`logged_or_none` of each value, with one dict lookup for a tuple seen
+    recently (a third of the cost of looking each text up, see `logged`).
+
+    Only tuples of texts (or None) are remembered: an equal tuple is then the
+    same texts, whereas `1`, `1.0` and `True` are equal keys that escape
+    differently."""
+    try:
+        known = _recent_tuples.get(values)
+    except TypeError:  # an unhashable value (a JSON list as a model name)
+        known = None
+    if known is not None:
+        return known
+    result = tuple(None if value is None else logged(value) for value in values)
+    if all(value is None or value.__class__ is str for value in values):
+        if len(_recent_tuples) >= _RECENT_MAX:
+            _recent_tuples.clear()
+        _recent_tuples[values] = result
+    return result
