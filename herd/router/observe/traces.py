@@ -163,9 +163,8 @@ _TIME_OF = "strftime('%Y-%m-%dT%H:%M:%fZ', {}, 'unixepoch')"
 
 def _m4_time_on_read(db: sqlite_utils.Database) -> None:
     """`time` computed by SQLite when a row is read (a generated column), not
-    formatted and stored by every insert: its text was a sixth of the file
-    (18% smaller without it) and ~0.3 us of a row's ~4 us of writing. Only a
-    table with no rows yet (a new one)
+    formatted and stored by every insert: that was a quarter of a row's write
+    cost, and a fifth of the file. Only a table with no rows yet (a new one)
     is rebuilt so: copying a full one would hold the write lock for as long
     as the copy takes, and SQLite before 3.31 has no generated columns. Any
     other keeps a stored `time`, which the insert fills in (`_time_stored`)."""
