@@ -156,51 +156,14 @@ def _m3_tags(db: sqlite_utils.Database) -> None:
         db["traces"].add_column("tags", str)
 
 
-#: `time` is `ts` as text (UTC, to the millisecond), for people reading the
-#: table; SQLite formats it from `ts`, never the Python side.
-_TIME_OF = "strftime('%Y-%m-%dT%H:%M:%fZ', {}, 'unixepoch')"
+MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags)
 
-
-def _m4_time_on_read(db: sqlite_utils.Database) -> None:
-    """`time` computed by SQLite when a row is read (a generated column), not
-    formatted and stored by every insert: that was a quarter of a row's write
-    cost, and a fifth of the file. Only a table with no rows yet (a new one)
-    is rebuilt so: copying a full one would hold the write lock for as long
-    as the copy takes, and SQLite before 3.31 has no generated columns. Any
-    other keeps a stored `time`, which the insert fills in (`_time_stored`)."""
-    if sqlite3.sqlite_version_info < (3, 31, 0):
-        return
-    if db.execute("SELECT 1 FROM traces LIMIT 1").fetchone() is not None:
-        return
-    columns = []
-    for _, name, kind, _, _, pk, _ in db.execute("PRAGMA table_xinfo(traces)"):
-        if name == "time":
-            generated = f"GENERATED ALWAYS AS ({_TIME_OF.format('ts')}) VIRTUAL"
-            columns.append(f'"time" {kind} {generated}')
-        else:
-            columns.append(f'"{name}" {kind}' + (" PRIMARY KEY" if pk else ""))
-    indexes = [
-        sql
-        for (sql,) in db.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'index'"
-            " AND tbl_name = 'traces' AND sql IS NOT NULL"
-        )
-    ]
-    db.execute("DROP TABLE traces")
-    db.execute(f"CREATE TABLE traces ({', '.join(columns)})")
-    for sql in indexes:
-        db.execute(sql)
-
-
-MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags, _m4_time_on_read)
-
-
-def _time_stored(db: sqlite_utils.Database) -> bool:
-    """Whether `time` is a stored column the insert fills in (see `_m4`)."""
-    return any(
-        name == "time" and hidden == 0
-        for _, name, _, _, _, _, hidden in db.execute("PRAGMA table_xinfo(traces)")
-    )
+# SQLite formats `time` from `ts` (the first value), off the Python side.
+_INSERT = (
+    f"INSERT INTO traces (time, {', '.join(COLUMNS)}) "
+    f"VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', ?1, 'unixepoch'), "
+    f"{', '.join(f'?{i + 1}' for i in range(len(COLUMNS)))})"
+)
 
 
 def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
@@ -212,29 +175,26 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
 
 
 _WIDTH = len(COLUMNS)
-_INSERTS: dict[tuple[int, bool], str] = {}
+_INSERTS: dict[int, str] = {}
 
 
-def _insert_rows(count: int, time_stored: bool) -> str:
-    """One INSERT of `count` rows (parameters row after row), with `time`
-    formatted from each row's `ts` (its first value) where it is stored.
+def _insert_rows(count: int) -> str:
+    """One INSERT of `count` rows (parameters row after row).
 
     Rows go in one statement, not `executemany`'s one per row: `sqlite3` takes
     the GIL back after every statement it runs, and on the writer thread each
     of those waits for the event loop to let go of it (a context switch and
     more CPU per request than the insert itself)."""
-    sql = _INSERTS.get((count, time_stored))
+    sql = _INSERTS.get(count)
     if sql is None:
         values = ", ".join(
-            "("
-            + (f"{_TIME_OF.format(f'?{base + 1}')}, " if time_stored else "")
+            f"(strftime('%Y-%m-%dT%H:%M:%fZ', ?{base + 1}, 'unixepoch'), "
             + ", ".join(f"?{base + i + 1}" for i in range(_WIDTH))
             + ")"
             for base in range(0, count * _WIDTH, _WIDTH)
         )
-        columns = ("time, " if time_stored else "") + ", ".join(COLUMNS)
-        sql = _INSERTS[(count, time_stored)] = (
-            f"INSERT INTO traces ({columns}) VALUES {values}"
+        sql = _INSERTS[count] = (
+            f"INSERT INTO traces (time, {', '.join(COLUMNS)}) VALUES {values}"
         )
     return sql
 
@@ -271,8 +231,6 @@ class TraceLog:
         self._last_prune = float("-inf")
         #: Rows taken from the buffer by the flush under way.
         self._writing = 0
-        #: Whether the table stores `time` (set when it is opened).
-        self._time_stored = True
 
     def record(self, trace: Trace) -> None:
         if len(self._buffer) == BUFFER_MAX:
@@ -289,7 +247,6 @@ class TraceLog:
             store = Store(self._state_dir, db_name=DB_NAME)
             try:
                 store.ensure("traces", MIGRATIONS)
-                self._time_stored = _time_stored(store.db)
             except BaseException:
                 store.close()
                 raise
@@ -348,7 +305,7 @@ class TraceLog:
                         between()
                     rows = batch[start : start + SLICE_ROWS]
                     execute(
-                        _insert_rows(len(rows), self._time_stored),
+                        _insert_rows(len(rows)),
                         [_NULL if v is None else v for row in rows for v in row],
                     )
         except _UNWRITABLE_ROW:
@@ -364,15 +321,15 @@ class TraceLog:
             log.warning("writing traces works again (%d pending)", self.pending)
             self.write_error = None
 
-    def _write_each(self, store: Store, batch: list[Trace]) -> int:
+    @staticmethod
+    def _write_each(store: Store, batch: list[Trace]) -> int:
         """Write `batch` row by row in one transaction, skipping bad rows;
         returns how many were bad."""
         bad = 0
-        insert = _insert_rows(1, self._time_stored)
         with store.transaction() as db:
             for row in batch:
                 try:
-                    db.conn.execute(insert, row)
+                    db.conn.execute(_INSERT, row)
                 except _UNWRITABLE_ROW:
                     bad += 1
         return bad
