@@ -44,9 +44,10 @@ log = logging.getLogger("herd.router")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
-    """What happened to one request so far; becomes its trace row."""
+    """What happened to one request so far; becomes its trace row. (Slots:
+    one is made, filled and read for every request.)"""
 
     t0: float
     started: float
@@ -82,7 +83,7 @@ class Outcome:
             self.tokens_out = final.get("eval_count")
 
 
-@dataclass
+@dataclass(slots=True)
 class Opened:
     """A node's committed answer: the first line (stream) or the whole body."""
 
@@ -218,7 +219,10 @@ class Forwarder:
                     break
                 tried.add(name)
                 attempts -= 1
-                outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
+                if waited:
+                    outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
+                elif outcome.queue_ms is None:
+                    outcome.queue_ms = 0.0
                 node = fleet.node(name)
                 assert node is not None
                 if node.api == "openai":
@@ -285,7 +289,7 @@ class Forwarder:
                 lines = reply.lines()
                 first = None
                 for line in lines:
-                    if line.strip():
+                    if not line.isspace():  # (lines are never empty)
                         first = line
                         break
                 if first is None:
@@ -501,10 +505,17 @@ def _streaming(raw: bytes) -> bytes | None:
     re-encoding it; None unless `"stream"` occurs exactly once as plain bytes
     and no key can be spelled with escapes (then that one occurrence is the
     top-level key the caller parsed as false, not a nested key or value)."""
-    if raw.count(b'"stream"') != 1 or _LETTER_ESCAPE.search(raw):
+    at = raw.find(b'"stream"')
+    if (
+        at < 0
+        or raw.find(b'"stream"', at + 8) >= 0
+        or (b"\\u00" in raw and _LETTER_ESCAPE.search(raw))
+    ):
         return None
-    data, count = _STREAM_FALSE.subn(b'"stream":true', raw, count=1)
-    return data if count == 1 else None
+    found = _STREAM_FALSE.match(raw, at)
+    if found is None:
+        return None
+    return b'%s"stream":true%s' % (raw[:at], raw[found.end() :])
 
 
 def _keep_alive(value: str) -> Any:

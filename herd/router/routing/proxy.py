@@ -280,9 +280,14 @@ class Upstream:
         """
         if not self._allow(url):
             raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
-        target = self._target(url, connect_s, network_s)
-        swept = self._sweeper(network_s) if self._swept else None
-        greenlet = swept.enter() if swept is not None else None
+        # (The lookups inlined: a known node and timeout, on every request.)
+        target = self._targets.get((url, connect_s, network_s)) or self._target(
+            url, connect_s, network_s
+        )
+        swept = greenlet = None
+        if self._swept:
+            swept = self._swepts.get(network_s) or self._sweeper(network_s)
+            greenlet = swept.enter()
         try:
             answer = self._exchange(target, method, path, body, headers)
         except TimeoutError as ex:
