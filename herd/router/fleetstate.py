@@ -302,6 +302,8 @@ class FleetState(HealthCells):
     def load(self, node: int) -> tuple[int, int]:
         """(in flight, waiting) on a node now, in every worker."""
         base, hi = node * ROWS, self._header[HI]
+        if hi == 1:  # one worker: its own cells (see _total)
+            return self._in_flight[base], self._waiting[base]
         return _total(self._in_flight, base, hi), _total(self._waiting, base, hi)
 
     def take(self, node: int, limit: int, queued: bool) -> bool:

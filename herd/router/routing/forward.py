@@ -371,16 +371,10 @@ class Forwarder:
         return result
 
     def _releaser(self, name: str) -> Callable[[], None]:
-        """Gives node `name`'s slot back, the first time it is called."""
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.queues.release(name)
-
-        return release
+        """Gives node `name`'s slot back. Called once on every path: by
+        `_send` when sending failed, else by `Opened.release` (which forgets
+        it after the call)."""
+        return self.queues.slots(name).release
 
     def _send(
         self,

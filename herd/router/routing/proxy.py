@@ -81,6 +81,16 @@ class _Swept:
 class Reply:
     """One node's answer: status and headers read, body still on the socket."""
 
+    __slots__ = (
+        "_answer",
+        "_pool",
+        "_swept",
+        "_fields",
+        "status",
+        "content_type",
+        "_secrets",
+    )
+
     def __init__(
         self,
         answer: Answer,
