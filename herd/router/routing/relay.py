@@ -70,7 +70,7 @@ def native_objects(
         try:
             obj = node_object(line)
         except ValueError as ex:
-            raise StreamBroken("node sent a line that is not a JSON object") from ex
+            raise StreamBroken(f"node sent a line that is not JSON ({ex})") from ex
         yield (line if line.endswith(b"\n") else line + b"\n"), obj
         if obj.get("done") or obj.get("error"):
             return
