@@ -27,6 +27,7 @@ class HealthCells:
     _header: Any
     _served_at: Any
     _refused_at: Any
+    _nodes: dict[str, int]
 
     def _lock(self) -> None: ...
 
@@ -76,7 +77,9 @@ class HealthCells:
 
     def served(self, node: str, when: float) -> None:
         """A worker got a good answer from `node` (passive health)."""
-        self._served_at[self.node(node)] = when
+        # (The index looked up inline: this runs for every request served.)
+        index = self._nodes.get(node)
+        self._served_at[self.node(node) if index is None else index] = when
 
     def served_at(self, node: str) -> float | None:
         return self._served_at[self.node(node)] or None

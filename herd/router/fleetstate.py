@@ -302,25 +302,33 @@ class FleetState(HealthCells):
     def load(self, node: int) -> tuple[int, int]:
         """(in flight, waiting) on a node now, in every worker."""
         base, hi = node * ROWS, self._header[HI]
+        if hi == 1:  # one worker: its own cells (see _total)
+            return self._in_flight[base], self._waiting[base]
         return _total(self._in_flight, base, hi), _total(self._waiting, base, hi)
 
     def take(self, node: int, limit: int, queued: bool) -> bool:
         """Take a slot if fewer than `limit` are taken fleet-wide. A newcomer
         (`queued` False) never overtakes a request already waiting."""
         base = node * ROWS
-        self._lock()
+        # _lock() and _unlock() inlined (a slot is taken on every request),
+        # with the same SOLO rule: checked once, so never a lock left held.
+        locked = self._fd >= 0 and not self._header[SOLO]
+        if locked:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             hi = self._header[HI]
-            if _total(self._in_flight, base, hi) >= limit:
+            cells = self._in_flight
+            if (cells[base] if hi == 1 else sum(cells[base : base + hi])) >= limit:
                 return False
             if not queued and (
                 self._waiting[base] if hi == 1 else any(self._waiting[base : base + hi])
             ):
                 return False
-            self._in_flight[base + self.row] += 1
+            cells[base + self.row] += 1
             return True
         finally:
-            self._unlock()
+            if locked:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def give(self, node: int) -> None:
         """Release a slot this worker took."""

@@ -32,6 +32,7 @@ from herd.router.api.aggregate import Fold
 from herd.router.convert import to_openai
 from herd.router.observe.logfield import logged
 from herd.router.routing import openaileg
+from herd.router.routing.nodejson import node_object
 from herd.router.routing.openaileg import OpenAIForm
 from herd.router.routing.proxy import Reply, StreamBroken, Upstream, UpstreamFailure
 from herd.router.routing.queues import Queues
@@ -43,9 +44,10 @@ log = logging.getLogger("herd.router")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
-    """What happened to one request so far; becomes its trace row."""
+    """What happened to one request so far; becomes its trace row. (Slots:
+    one is made, filled and read for every request.)"""
 
     t0: float
     started: float
@@ -81,7 +83,7 @@ class Outcome:
             self.tokens_out = final.get("eval_count")
 
 
-@dataclass
+@dataclass(slots=True)
 class Opened:
     """A node's committed answer: the first line (stream) or the whole body."""
 
@@ -140,24 +142,26 @@ class Forwarder:
             health = get(node)
             up = health.up
             ttft, tps = stats.perf(name, key)
-            memory = memory_of(node, health, key) if memory_of else _NO_FACTS
             in_flight, waiting = load(name)
-            out.append(
-                Candidate(
-                    node=name,
-                    up=up,
-                    loaded=key in health.loaded,
-                    on_disk=(key in health.on_disk) if up else None,
-                    in_flight=in_flight,
-                    waiting=waiting,
-                    max_concurrency=node.max_concurrency,
-                    ttft_ms=ttft,
-                    tokens_per_s=tps,
-                    error_rate=stats.error_rate(name),
-                    labels=node.labels,
-                    **memory,
-                )
+            # Positional: a named tuple made from keywords costs twice as much.
+            candidate = Candidate(
+                name,
+                up,
+                key in health.loaded,
+                (key in health.on_disk) if up else None,
+                in_flight,
+                node.max_concurrency,
+                waiting,
+                ttft,
+                tps,
+                stats.error_rate(name),
+                node.labels,
             )
+            if memory_of is not None:
+                memory = memory_of(node, health, key)
+                if memory:
+                    candidate = candidate._replace(**memory)
+            out.append(candidate)
         return tuple(out)
 
     def decide(
@@ -215,7 +219,10 @@ class Forwarder:
                     break
                 tried.add(name)
                 attempts -= 1
-                outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
+                if waited:
+                    outcome.queue_ms = round((outcome.queue_ms or 0.0) + waited, 3)
+                elif outcome.queue_ms is None:
+                    outcome.queue_ms = 0.0
                 node = fleet.node(name)
                 assert node is not None
                 if node.api == "openai":
@@ -282,14 +289,14 @@ class Forwarder:
                 lines = reply.lines()
                 first = None
                 for line in lines:
-                    if line.strip():
+                    if not line.isspace():  # (lines are never empty)
                         first = line
                         break
                 if first is None:
                     opened.release()
                     return self._failed(node, "protocol", f"{node.url}: empty answer")
                 opened.first_at = self.clock()
-                opened.first_obj = _json_object(first)
+                opened.first_obj = node_object(first)
                 opened.first = first if first.endswith(b"\n") else first + b"\n"
                 opened.rest = lines
                 if stream:
@@ -306,7 +313,7 @@ class Forwarder:
         opened.release()
         if reply.status == 200 and not fold:
             try:
-                opened.first_obj = _json_object(opened.body)
+                opened.first_obj = node_object(opened.body)
             except ValueError:
                 return self._failed(node, "protocol", f"{node.url}: answer is not JSON")
         if reply.status >= 500:
@@ -364,16 +371,10 @@ class Forwarder:
         return result
 
     def _releaser(self, name: str) -> Callable[[], None]:
-        """Gives node `name`'s slot back, the first time it is called."""
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.queues.release(name)
-
-        return release
+        """Gives node `name`'s slot back. Called once on every path: by
+        `_send` when sending failed, else by `Opened.release` (which forgets
+        it after the call)."""
+        return self.queues.slots(name).release
 
     def _send(
         self,
@@ -435,7 +436,7 @@ class Forwarder:
                 continue
             if self.clock() > deadline:
                 raise StreamBroken("request timeout reached")
-            obj = _json_object(line)
+            obj = node_object(line)
         opened.content_type = "application/json; charset=utf-8"
         opened.first_obj = fold.result()
         return dumps(opened.first_obj)
@@ -462,9 +463,6 @@ class Forwarder:
         if kind == "timeout":
             return UpstreamTimeout(public, detail=detail)
         return UpstreamError(public, detail=detail)
-
-
-_NO_FACTS: Mapping[str, Any] = {}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -501,20 +499,17 @@ def _streaming(raw: bytes) -> bytes | None:
     re-encoding it; None unless `"stream"` occurs exactly once as plain bytes
     and no key can be spelled with escapes (then that one occurrence is the
     top-level key the caller parsed as false, not a nested key or value)."""
-    if raw.count(b'"stream"') != 1 or _LETTER_ESCAPE.search(raw):
+    at = raw.find(b'"stream"')
+    if (
+        at < 0
+        or raw.find(b'"stream"', at + 8) >= 0
+        or (b"\\u00" in raw and _LETTER_ESCAPE.search(raw))
+    ):
         return None
-    data, count = _STREAM_FALSE.subn(b'"stream":true', raw, count=1)
-    return data if count == 1 else None
-
-
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except RecursionError as ex:  # a node's answer nested absurdly deep
-        raise ValueError("nested too deeply") from ex
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    return obj
+    found = _STREAM_FALSE.match(raw, at)
+    if found is None:
+        return None
+    return b'%s"stream":true%s' % (raw[:at], raw[found.end() :])
 
 
 def _keep_alive(value: str) -> Any:

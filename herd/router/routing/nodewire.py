@@ -215,15 +215,11 @@ class Answer:
         self.conn = conn
         self._pending = b""
         self._crlf = False
-        for _ in range(MAX_INTERIM + 1):
-            head = _read_head(conn)
+        head = _read_head(conn)
+        status = head[1]
+        if 100 <= status < 200:
+            head = _final_head(conn, head)
             status = head[1]
-            if not 100 <= status < 200:
-                break
-            if status == 101:
-                raise ProtocolError("node switched protocols")
-        else:
-            raise ProtocolError("too many interim (1xx) answers")
         self.status = status
         self.fields = head[2]
         # The same parsed head (conn.last_head) frames its body the same way.
@@ -357,6 +353,19 @@ def _framing(head: Head, method: str) -> tuple[bool, int, int]:
     return False, _CLOSE, 0
 
 
+def _final_head(conn: Conn, head: Head) -> Head:
+    """The final answer's head after the interim (1xx) one `head`."""
+    for _ in range(MAX_INTERIM):
+        if head[1] == 101:
+            raise ProtocolError("node switched protocols")
+        head = _read_head(conn)
+        if not 100 <= head[1] < 200:
+            return head
+    if head[1] == 101:
+        raise ProtocolError("node switched protocols")
+    raise ProtocolError("too many interim (1xx) answers")
+
+
 def _recv(conn: Conn, what: str) -> bytes:
     data = conn.sock.recv(BLOCK)
     if not data:
@@ -371,15 +380,17 @@ def _read_head(conn: Conn) -> Head:
     buf = conn.buf
     if not buf:
         conn.readable()
+        # The common case: the whole head in the first read.
+        buf = conn.sock.recv(BLOCK)
+        if not buf:
+            raise Closed("node closed the connection before answering")
     end = buf.find(b"\r\n\r\n")
     while end < 0:
         if len(buf) > MAX_HEAD:
             raise ProtocolError(f"answer head over {MAX_HEAD} bytes")
         data = conn.sock.recv(BLOCK)
         if not data:
-            if buf:
-                raise ProtocolError("node closed the connection in the answer head")
-            raise Closed("node closed the connection before answering")
+            raise ProtocolError("node closed the connection in the answer head")
         # Search only where the terminator can newly appear.
         start = max(len(buf) - 3, 0)
         buf += data

@@ -81,6 +81,16 @@ class _Swept:
 class Reply:
     """One node's answer: status and headers read, body still on the socket."""
 
+    __slots__ = (
+        "_answer",
+        "_pool",
+        "_swept",
+        "_fields",
+        "status",
+        "content_type",
+        "_secrets",
+    )
+
     def __init__(
         self,
         answer: Answer,
@@ -280,9 +290,14 @@ class Upstream:
         """
         if not self._allow(url):
             raise UpstreamFailure("connect", f"{url} is not a node of this fleet")
-        target = self._target(url, connect_s, network_s)
-        swept = self._sweeper(network_s) if self._swept else None
-        greenlet = swept.enter() if swept is not None else None
+        # (The lookups inlined: a known node and timeout, on every request.)
+        target = self._targets.get((url, connect_s, network_s)) or self._target(
+            url, connect_s, network_s
+        )
+        swept = greenlet = None
+        if self._swept:
+            swept = self._swepts.get(network_s) or self._sweeper(network_s)
+            greenlet = swept.enter()
         try:
             answer = self._exchange(target, method, path, body, headers)
         except TimeoutError as ex:

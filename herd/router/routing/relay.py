@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from herd.router.routing.forward import Opened, Outcome, dumps
+from herd.router.routing.nodejson import node_object
 from herd.router.routing.proxy import StreamBroken
 
 Finish = Callable[[Opened, Outcome, str | None], None]
@@ -67,11 +68,9 @@ def native_objects(
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError) as ex:
-            raise StreamBroken("node sent a line that is not JSON") from ex
-        if not isinstance(obj, dict):
-            raise StreamBroken("node sent a line that is not a JSON object")
+            obj = node_object(line)
+        except ValueError as ex:
+            raise StreamBroken(f"node sent a line that is not JSON ({ex})") from ex
         yield (line if line.endswith(b"\n") else line + b"\n"), obj
         if obj.get("done") or obj.get("error"):
             return

@@ -120,9 +120,10 @@ class Ranked(NamedTuple):
         return reason(self.candidate)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Nodes to try, best first, and the ones left out with why."""
+class Decision(NamedTuple):
+    """Nodes to try, best first, and the ones left out with why.
+
+    A named tuple (immutable) because one is made for every request."""
 
     model: str
     ranked: tuple[Ranked, ...]
@@ -130,7 +131,10 @@ class Decision:
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return tuple(r.node for r in self.ranked)
+        ranked = self.ranked
+        if len(ranked) == 1:
+            return (ranked[0][0],)
+        return tuple(r.node for r in ranked)
 
     @property
     def memory_decided(self) -> bool:
@@ -206,23 +210,37 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
     A node that is down, or up but known not to hold the model, is excluded. A
     node not polled yet is kept (ranked low) so a fresh router serves at once.
     """
+    if len(candidates) == 1:
+        # The common placement (a model on one node), without lists or a sort.
+        c = candidates[0]
+        why = _left_out(c)
+        if why is None:
+            return Decision(request.model, (Ranked(c.node, score(request, c), c),))
+        return Decision(request.model, (), ((c.node, why),))
     ranked: list[tuple[float, int, str, Candidate]] = []
     excluded: list[tuple[str, str]] = []
     for c in candidates:
-        if c.up is False:
-            excluded.append((c.node, "down"))
-            continue
-        if c.up and c.on_disk is False and not c.loaded:
-            excluded.append((c.node, "model not on node"))
-            continue
-        if c.memory_short():
-            excluded.append((c.node, memory_reason(c)))
+        why = _left_out(c)
+        if why is not None:
+            excluded.append((c.node, why))
             continue
         ranked.append((-score(request, c), c.in_flight, c.node, c))
     if len(ranked) > 1:
         ranked.sort(key=_rank_key)
     return Decision(
-        model=request.model,
-        ranked=tuple(Ranked(node, -neg, c) for neg, _, node, c in ranked),
-        excluded=tuple(excluded),
+        request.model,
+        tuple(Ranked(node, -neg, c) for neg, _, node, c in ranked),
+        tuple(excluded),
     )
+
+
+def _left_out(c: Candidate) -> str | None:
+    """Why a candidate cannot serve at all, or None when it can."""
+    if c.up is False:
+        return "down"
+    if c.up and c.on_disk is False and not c.loaded:
+        return "model not on node"
+    # (memory_available is None for a node without an agent: the common case.)
+    if c.memory_available is not None and c.memory_short():
+        return memory_reason(c)
+    return None

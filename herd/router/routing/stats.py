@@ -19,7 +19,7 @@ def _ewma(old: float | None, new: float, alpha: float = ALPHA) -> float:
     return new if old is None else old + alpha * (new - old)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Perf:
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
@@ -60,16 +60,20 @@ class Stats:
         gen_seconds: float | None,
     ) -> None:
         self._state.bump(REQUESTS)
-        perf = self._perf.get((node, model))
+        key = (node, model)
+        perf = self._perf.get(key)
         if perf is None:
-            perf = self._perf[(node, model)] = _Perf()
+            perf = self._perf[key] = _Perf()
+        # (_ewma inlined: this runs for every request served.)
         if ttft_ms is not None:
-            perf.ttft_ms = _ewma(perf.ttft_ms, ttft_ms)
+            old = perf.ttft_ms
+            perf.ttft_ms = ttft_ms if old is None else old + ALPHA * (ttft_ms - old)
         if tokens_out and gen_seconds and gen_seconds > 0:
             perf.tokens_per_s = _ewma(perf.tokens_per_s, tokens_out / gen_seconds)
-        rate = self._errors.get(node)
-        if rate:
-            self._errors[node] = rate * (1 - ALPHA)
+        if self._errors:
+            rate = self._errors.get(node)
+            if rate:
+                self._errors[node] = rate * (1 - ALPHA)
 
     def failure(self, node: str) -> None:
         self._state.bump(FAILURES)
