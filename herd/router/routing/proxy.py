@@ -14,9 +14,9 @@ not a socket timeout: gevent starts and stops a timer for every blocking read
 on a socket with a timeout (about 3 % of the worker's CPU per proxied
 request). Instead the reading greenlet enters itself with its deadline in a
 `Deadlines` table (herd.router.http.deadlines: two dict operations) and one
-sweeping greenlet ends the reads that overran, within its SWEEP_S. Elsewhere
-(tests driving the app in-process, from any thread) plain socket timeouts
-apply.
+sweeping greenlet ends the reads that overran, within two of its sweeps
+(2 * SWEEP_S). Elsewhere (tests driving the app in-process, from any thread)
+plain socket timeouts apply.
 """
 
 from __future__ import annotations
