@@ -153,6 +153,15 @@ def test_rogue_heartbeats_are_refused_audited_and_never_routed(tmp_path, sims, r
             rogue.replace(b"rogue", b"rogu3"),
             fleetkey.sign(key, rogue, time.time()),
         ),
+        # DNS rebinding: heartbeats skip falcon's middleware, not its Host check.
+        "host not the router's": post(
+            r.url,
+            body("gpu-e", "http://127.0.0.1:9"),
+            {
+                **fleetkey.sign(key, body("gpu-e", "http://127.0.0.1:9"), time.time()),
+                "Host": "rebound.example",
+            },
+        ),
     }
     for case, (status, doc) in cases.items():
         assert 400 <= status < 500, (case, status, doc)
@@ -166,6 +175,8 @@ def test_rogue_heartbeats_are_refused_audited_and_never_routed(tmp_path, sims, r
     assert cases["static node's name"][0] == 409
     assert cases["admitted name from elsewhere"][0] == 409
     assert cases["NaN metric"][0] == cases["nested too deep"][0] == 400
+    assert cases["host not the router's"][0] == 421
+    assert "rebound.example" in cases["host not the router's"][1]["error"]
 
     log = r.log()
     assert log.count("audit heartbeat.refused") == len(cases), log
