@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,11 +45,39 @@ class PortTaken(RuntimeError):
     """`herd serve` could not bind its port: someone took it meanwhile."""
 
 
+#: Ports tests hand to servers they start, below Linux's ephemeral range
+#: (32768-60999 by default), where the kernel picks connections' source ports
+#: and port-0 binds: a port found free there can be taken by anyone's next
+#: connection before the server binds it. Each xdist worker gets its own slice.
+_PORTS_LOW, _PORTS_HIGH = 20000, 32000
+_handed: set[int] = set()
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    width = (_PORTS_HIGH - _PORTS_LOW) // max(count, 1)
+    start = _PORTS_LOW + (index % max(count, 1)) * width
+    return range(start, start + width)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port on `host` nothing listens on, never handed out before by this
+    process, from this xdist worker's own slice (see _PORTS_LOW)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    ports = _port_slice()
+    for port in random.sample(ports, len(ports)):
+        if port in _handed:
+            continue
+        with socket.socket(family) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass
