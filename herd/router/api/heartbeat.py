@@ -14,7 +14,6 @@ are not client requests.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -35,8 +34,7 @@ from herd.discovery.heartbeat import (
 )
 from herd.discovery.membership import Membership
 from herd.errors import HerdError
-from herd.router.api.body import MAX_DEPTH, deeper_than
-from herd.router.api.body import parse as parse_body
+from herd.router.api.body import parse_router_only
 from herd.router.hostnames import HostCheck
 from herd.router.http.peer import peer_address
 from herd.router.routing.forward import dumps
@@ -256,58 +254,10 @@ _WSGI_HEADERS = {
 }
 
 
-class _Strict(Exception):
-    """Raised by `decode`'s hooks: the router's body parser then says why."""
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise _Strict
-    return obj
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if value == _INF or value == -_INF:
-        raise _Strict
-    return value
-
-
-def _constant(name: str) -> Any:
-    raise _Strict
-
-
-_INF = float("inf")
-_scan = json.JSONDecoder(
-    object_pairs_hook=_object, parse_constant=_constant, parse_float=_float
-).scan_once
-
-
 def decode(body: bytes) -> Any:
-    """A heartbeat's JSON, read as strictly as the router reads every request
-    body (herd.router.api.body): UTF-8 only, finite numbers only (NaN or 1e999
-    would come back out of /fleet/nodes as no JSON), bounded nesting, no key
-    given twice in an object; a refusal is the InvalidRequest that body parser
-    raises, naming the field.
-
-    Faster than that parser on a metrics-laden beat: integers take the C
-    scanner's own path (no Python call per number: Python reads them exactly,
-    and writes back the same digits), and keys are compared exactly, not
-    also folded by case as for bodies forwarded to Go nodes (nothing but the
-    router reads a heartbeat)."""
-    try:
-        text = body.decode()
-        doc, end = _scan(text, 0)
-    except (_Strict, ValueError, StopIteration, RecursionError):
-        # (UnicodeDecodeError is a ValueError.) Refused, or merely unusual
-        # (leading white space): the thorough parser decides and explains.
-        return parse_body(body, "heartbeat")
-    if end != len(text) or (
-        text.count("[") + text.count("{") > MAX_DEPTH and deeper_than(doc, MAX_DEPTH)
-    ):
-        return parse_body(body, "heartbeat")
-    return doc
+    """A heartbeat's JSON: only the router reads it, so keys are compared
+    exactly (see herd.router.api.body.parse_router_only)."""
+    return parse_router_only(body, "heartbeat")
 
 
 @functools.lru_cache(maxsize=8192)
