@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from herd.digits import decimal
 from herd.discovery import mdns
 from herd.discovery.membership import Membership
 from herd.manifest.model import Fleet
@@ -35,7 +36,8 @@ RETRY_S = 10.0
 def bind_port(listen: str) -> int:
     """The port of a HOST:PORT listen address (the router's default otherwise)."""
     _, _, port = listen.rpartition(":")
-    return int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else 11435
+    number = decimal(port, 5)
+    return 11435 if number is None else number
 
 
 def host_label() -> str:

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from herd.digits import decimal
 from herd.discovery import fleetkey
 from herd.node.agent import (
     DEFAULT_INTERVAL_S,
@@ -107,8 +108,8 @@ def _ip_literal(host: str, what: str) -> None:
 
 def _addr_port(value: str) -> None:
     host, sep, port = value.rpartition(":")
-    digits = port.isascii() and port.isdigit() and len(port) <= 5
-    if not sep or not digits or not 0 < int(port) < 65536:
+    number = decimal(port, 5)
+    if not sep or number is None or not 0 < number < 65536:
         raise AgentError(f"--lan-proxy: {value!r} must be ADDR:PORT")
     _ip_literal(host.strip("[]"), "--lan-proxy")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from herd.digits import decimal
 from herd.errors import ConfigError
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
@@ -64,8 +65,9 @@ def _status_clause(status: str) -> tuple[str, list[Any]]:
     if len(text) == 3 and text[0] in "12345" and text[1:] == "xx":
         base = int(text[0]) * 100
         return "status >= ? AND status < ?", [base, base + 100]
-    if len(text) == 3 and text.isascii() and text.isdigit() and 100 <= int(text) <= 599:
-        return "status = ?", [int(text)]
+    code = decimal(text, 3)
+    if code is not None and 100 <= code <= 599:
+        return "status = ?", [code]
     raise ConfigError(
         f"--status {status!r}: expected a code (404), a class (5xx), ok or error"
     )

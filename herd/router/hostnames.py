@@ -25,6 +25,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
+from herd.digits import decimal
 from herd.manifest.model import Fleet
 from herd.settings import BIND
 
@@ -65,7 +66,7 @@ def _host_part(value: str) -> tuple[str, bool]:
 
 
 def _port(text: str) -> bool:
-    return text == "" or (text.isascii() and text.isdigit() and len(text) <= 5)
+    return text == "" or decimal(text, 5) is not None
 
 
 class KnownHosts:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herd import hosts
+from herd.digits import decimal
 from herd.errors import ConfigError
 from herd.router.fleetstate import ROWS
 
@@ -73,14 +74,13 @@ def parse_bind(text: str, what: str = "--bind") -> Bind:
         raise ConfigError(f"{what} {text!r}: expected HOST:PORT ({example})")
     if ":" in host and not host.startswith("["):
         raise ConfigError(f"{what} {text!r}: put an IPv6 address in [] ({example})")
-    if not (
-        port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
-    ) or not (1 <= int(port_text) <= 65535):
+    port = decimal(port_text, 5)
+    if port is None or not 1 <= port <= 65535:
         raise ConfigError(f"{what} {text!r}: port must be a number from 1 to 65535")
     address = hosts.lookup(host.strip("[]"))
     if address is None:
         raise ConfigError(f"{what} {text!r}: {hosts.unresolvable(host)}")
-    return Bind(address, int(port_text))
+    return Bind(address, port)
 
 
 def check_workers(workers: int, what: str = "--workers") -> int:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from herd.digits import decimal
 from herd.discovery.static import StaticPoller
 from herd.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from herd.manifest.model import Client, Fleet, Model
@@ -285,10 +286,9 @@ class Runtime:
         limit = int(fleet.router.limits.max_body_mb * 1024 * 1024)
         # The router's worker passes a checked decimal CONTENT_LENGTH: read it
         # from the environ; anything else gets falcon's checks (and errors).
-        length = req.env.get("CONTENT_LENGTH")
-        if length and len(length) <= 18 and length.isascii() and length.isdigit():
-            length = int(length)
-        else:
+        text = req.env.get("CONTENT_LENGTH")
+        length = decimal(text, 18) if text else None
+        if length is None:
             length = req.content_length
         if length is not None and length > limit:
             raise BodyTooLarge(

@@ -22,6 +22,7 @@ from typing import Any
 
 import falcon
 
+from herd.digits import decimal
 from herd.discovery import fleetkey
 from herd.discovery.heartbeat import (
     ADMITTED,
@@ -116,7 +117,7 @@ class HeartbeatResource:
         status, data = self.answer(
             peer_address(env.get("REMOTE_ADDR")),
             lambda name: env.get(_WSGI_HEADERS[name]),
-            int(length) if length and length.isascii() and length.isdigit() else None,
+            decimal(length, 18) if length else None,
             env["wsgi.input"].read,
             env.get("HTTP_HOST"),
         )
@@ -197,12 +198,11 @@ class HeartbeatResource:
         signature = header(fleetkey.HEADER_SIGNATURE) or ""
         if not (timestamp and nonce and signature):
             raise Refused(401, "unsigned (X-Herd-Timestamp/Nonce/Signature missing)")
-        # isascii: isdigit() alone takes `²` (a latin-1 header byte), which
-        # int() refuses: a 500 before the signature was even checked.
-        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        stamp = decimal(timestamp, 12)
+        if stamp is None:
             raise Refused(400, "X-Herd-Timestamp must be Unix seconds")
         skew = fleet.discovery.max_clock_skew_s
-        drift = self.rt.clock() - int(timestamp)
+        drift = self.rt.clock() - stamp
         if abs(drift) > skew:
             raise Refused(401, f"stale: timestamp {drift:+.0f} s from router clock")
         if not NONCE.match(nonce):

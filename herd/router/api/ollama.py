@@ -12,6 +12,7 @@ from typing import Any
 
 import falcon
 
+from herd.digits import decimal
 from herd.discovery.health import model_key
 from herd.errors import Forbidden, InvalidRequest
 from herd.manifest.model import Client, Fleet, Model, normalize_model_name
@@ -236,16 +237,10 @@ class Version:
     on_head = on_get
 
 
-def _small_decimal(text: str) -> bool:
-    """ASCII digits int() reads cheaply: `isdigit()` alone also accepts digits
-    such as '²' that int() refuses, and int() refuses over 4300 digits."""
-    return text.isascii() and text.isdigit() and len(text) <= 18
-
-
 def _version_key(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("-", 1)[0].split("."):
-        parts.append(int(piece) if _small_decimal(piece) else 0)
+        parts.append(decimal(piece, 18) or 0)
     return tuple(parts)
 
 
