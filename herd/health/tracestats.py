@@ -14,12 +14,15 @@ import sqlite3
 from pathlib import Path
 
 from herd.health.snapshot import TraceFacts, TtftFacts
+from herd.ops.tracequery import as_text
 
 DB_NAME = "traces.db"
 RECENT_S = 300.0
 BASELINE_S = 86400.0
 #: TTFT samples read for the recent window (more are not needed for a p95).
 RECENT_ROWS_MAX = 50_000
+#: Only numbers are TTFTs (a damaged or hand-edited file may hold anything).
+_NUMBER = "typeof(ttft_ms) IN ('integer', 'real')"
 
 
 def p95(values: list[float]) -> float | None:
@@ -54,8 +57,8 @@ def trace_facts(
         return None
     try:
         return _facts(db, path, now, retention_days, min_recent)
-    except sqlite3.Error:
-        return None
+    except (sqlite3.Error, TypeError, ValueError, OverflowError):
+        return None  # a damaged file: the checks say the traces are unknown
     finally:
         db.close()
 
@@ -80,8 +83,8 @@ def _facts(
             worst = f"node {row[0]}, model {row[1]} ({row[2]})"
     recent: dict[str, list[float]] = {}
     for model, value in db.execute(
-        "SELECT served_model, ttft_ms FROM traces WHERE ts >= ? AND"
-        " ttft_ms IS NOT NULL AND served_model IS NOT NULL AND status < 500 LIMIT ?",
+        f"SELECT {as_text('served_model')}, ttft_ms FROM traces WHERE ts >= ? AND"
+        f" {_NUMBER} AND served_model IS NOT NULL AND status < 500 LIMIT ?",
         (since, RECENT_ROWS_MAX),
     ):
         recent.setdefault(model, []).append(value)
@@ -91,7 +94,7 @@ def _facts(
         if len(values) >= min_recent:
             where = (
                 "FROM traces WHERE ts >= ? AND ts < ? AND served_model = ? AND"
-                " ttft_ms IS NOT NULL AND status < 500"
+                f" {_NUMBER} AND status < 500"
             )
             window = (since - BASELINE_S, since, model)
             (base_count,) = db.execute(f"SELECT count(*) {where}", window).fetchone()
@@ -103,6 +106,10 @@ def _facts(
                 base_p95 = row[0] if row else None
         ttft.append(TtftFacts(model, p95(values), len(values), base_p95, base_count))
     (oldest,) = db.execute("SELECT min(ts) FROM traces").fetchone()
+    if not isinstance(oldest, int | float):
+        # SQLite orders numbers before text and blobs: min(ts) is a number
+        # whenever one row holds one (and stays an index lookup).
+        oldest = None
     return TraceFacts(
         recent_total=total,
         recent_errors=errors,
