@@ -160,6 +160,8 @@ class Overview:
         admit(req, resp, req.path)
         send_json(req, resp, self.d.overview(req.context.served), self.d.rt)
 
+    on_head = on_get
+
 
 class Traffic:
     """GET /dashboard/api/traffic: series and usage for the last hour and day."""
@@ -171,6 +173,8 @@ class Traffic:
         admit(req, resp, req.path)
         send_json(req, resp, self.d.traffic(), self.d.rt)
 
+    on_head = on_get
+
 
 class Audit:
     """GET /dashboard/api/audit: the newest audit events and the chain's state."""
@@ -181,3 +185,5 @@ class Audit:
     def on_get(self, req: Any, resp: Any) -> None:
         admit(req, resp, req.path)
         send_json(req, resp, self.d.audit.get(), self.d.rt)
+
+    on_head = on_get

@@ -29,18 +29,28 @@ What did not, fixed as a family (each test below fails without its fix):
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+from falcon import inspect
 
+from herd.dashboard.page import ASSETS
 from herd.dashboard.traffic import traffic
 from herd.health import checks
 from herd.health.gather import offline_snapshot
 from herd.health.tracestats import trace_facts
 from herd.manifest.model import build_fleet
+from herd.router.app import create_app
 from herd.router.observe.traces import Trace, TraceLog
+from herd.router.reload import StaticSource
 from herd.router.routing.forward import dumps
+from herd.router.routing.proxy import Upstream
+from tests.health.test_scrub import DAMAGED as DAMAGED_SCRUB
+from tests.router.routerproc import TOKEN, TOKEN_SHA, manifest, start_router
 
 NOW = 2_000_000.0
 
@@ -101,3 +111,156 @@ def test_a_value_of_the_wrong_type_in_traces_db_is_no_500(tmp_path, column, kind
     fleet = build_fleet({"metadata": {"name": "f"}, "nodes": [], "models": []})
     snap = offline_snapshot(str(tmp_path), fleet, None, now=NOW)
     dumps(checks.run(snap))
+
+
+# -- through a real router -----------------------------------------------------
+
+#: A node nothing listens on: these tests never reach a node.
+NO_NODE = type("S", (), {"name": "node-a", "url": "http://127.0.0.1:9"})()
+CLIENTS = [
+    {"name": "ops", "networks": ["127.0.0.1/32"], "operator": True},
+    {"name": "apps", "networks": ["127.0.0.2/32"]},
+    {"name": "keyed", "networks": ["127.0.0.3/32"], "operator": True,
+     "token_sha256": TOKEN_SHA},
+]  # fmt: skip
+SOURCE = {"ops": "127.0.0.1", "apps": "127.0.0.2", "keyed": "127.0.0.3",
+          "nobody": "127.0.0.9"}  # fmt: skip
+PAGES = ["/dashboard", *(f"/dashboard/static/{a}" for a in ASSETS)]
+API = [f"/dashboard/api/{n}" for n in ("overview", "traffic", "audit", "health")]
+OPERATOR_ONLY = [*PAGES, *API, "/fleet/nodes", "/metrics"]
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory):
+    """One router (one worker) whose traces.db already holds a damaged row."""
+    tmp = tmp_path_factory.mktemp("attack6")
+    state = tmp / "state"
+    state.mkdir()
+    seed(state, time.time(), "served_model", b"\xff\xfe")
+    conn = sqlite3.connect(state / "traces.db")
+    with conn:
+        conn.execute("UPDATE traces SET ttft_ms = 'soon' WHERE id % 7 = 0")
+    conn.close()
+    router = start_router(
+        state,
+        manifest([NO_NODE], clients=CLIENTS),
+        tmp / "router.log",
+        # No scrub tick rewrites scrub.json while a test has damaged it.
+        extra_env={"HERD_SCRUB_INTERVAL": "3600"},
+    )
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
+def call(router, method: str, path: str, group: str = "ops", **headers: str):
+    transport = httpx.HTTPTransport(local_address=SOURCE[group])
+    with httpx.Client(base_url=router.url, transport=transport, timeout=30) as c:
+        return c.request(method, path, headers=headers)
+
+
+def test_damaged_state_files_answer_200_with_what_is_known(router):
+    """traces.db holds a blob for a model name and text for TTFTs, and
+    scrub.json each kind of damage: the health findings and the traffic still
+    answer (they answered 500)."""
+    store = str(router.state_dir / "store")
+    traffic_reply = call(router, "GET", "/dashboard/api/traffic")
+    assert traffic_reply.status_code == 200, traffic_reply.text
+    body = traffic_reply.json()
+    assert body["available"] and body["windows"]["hour"]["total"]["count"] >= 36
+    for damaged in DAMAGED_SCRUB:
+        state = {"store": store, **damaged}
+        (router.state_dir / "scrub.json").write_text(json.dumps(state))
+        reply = call(router, "GET", "/dashboard/api/health")
+        assert reply.status_code == 200, (damaged, reply.text)
+        found = {f["id"]: f for f in reply.json()["findings"]}
+        assert found["bundle_store"]["severity"] == "unknown", damaged
+    (router.state_dir / "scrub.json").unlink()
+
+
+def test_head_answers_wherever_get_does(router):
+    """HEAD on the page, its files and the JSON answered 405."""
+    for path in [*OPERATOR_ONLY, "/fleet/status", "/readyz", "/healthz"]:
+        got = call(router, "GET", path)
+        head = call(router, "HEAD", path)
+        assert head.status_code == got.status_code, path
+        assert not head.content, path
+        for name in ("content-type", "content-security-policy", "cache-control"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+        if path in PAGES:
+            assert head.headers["content-length"] == got.headers["content-length"]
+    for path in OPERATOR_ONLY:
+        assert call(router, "HEAD", path, "apps").status_code == 403, path
+
+
+def test_every_route_that_answers_get_answers_head(tmp_path):
+    """The family: no route of the app serves GET without HEAD."""
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "f"},
+            "nodes": [{"name": "a", "url": "http://127.0.0.1:9"}],
+            "models": [{"name": "m", "place": {"nodes": ["a"]}}],
+        }
+    )
+    traces = TraceLog(tmp_path)
+    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    try:
+        missing = [
+            route.path
+            for route in inspect.inspect_routes(app)
+            if {m.method for m in route.methods if not m.internal} >= {"GET"}
+            and "HEAD" not in {m.method for m in route.methods if not m.internal}
+        ]
+    finally:
+        traces.close()
+    assert not missing
+
+
+@pytest.mark.parametrize("path", OPERATOR_ONLY)
+def test_only_operator_groups_read_fleet_internals(router, path):
+    """Held: the matrix of callers (see the module docstring)."""
+    assert call(router, "GET", path).status_code == 200
+    assert call(router, "GET", path, "keyed").status_code == 401
+    keyed = call(router, "GET", path, "keyed", Authorization=f"Bearer {TOKEN}")
+    assert keyed.status_code == 200
+    wrong = call(router, "GET", path, "keyed", Authorization="Bearer nope")
+    assert wrong.status_code == 401
+    for group in ("apps", "nobody"):
+        reply = call(router, "GET", path, group)
+        assert reply.status_code == 403, (group, reply.text)
+        assert "node-a" not in reply.text and "127.0.0.1:9" not in reply.text
+
+
+#: Odd spellings of the dashboard's files: never a file that is not listed,
+#: never a 500 (None: either 404 or a listed file, as the client may have
+#: removed the dot segments).
+ODD = {
+    "/dashboard/static/..%2Fapi.py": 404,
+    "/dashboard/static/%2e%2e/api.py": 404,
+    "/dashboard/static/vendor/../dashboard.js": None,
+    "/dashboard/static//dashboard.js": 404,
+    "/dashboard/static/dashboard.js%00": 404,
+    "/dashboard/static/dashboard.js%00.png": 404,
+    "/dashboard/static\\dashboard.js": 404,
+    "/dashboard/static/index.html": 404,
+    "/dashboard/static/DASHBOARD.JS": 404,
+    "/dashboard/static/" + "a" * 3000: 404,
+    "/dashboard/static/vendor%2FuPlot.min.css": 200,
+    "/dashboard/static/dashboard.js?name=../../api.py": 200,
+    "/dashboard/api/traffic?window=-1&window=%D9%A3&node=../x": 200,
+}
+
+
+def test_odd_paths_serve_only_the_listed_files(router):
+    listed = {
+        (Path(__file__).parents[2] / "herd/dashboard/static" / a).read_bytes()
+        for a in ASSETS
+    }
+    for path, status in ODD.items():
+        raw = httpx.URL(router.url + "/").copy_with(raw_path=path.encode())
+        reply = call(router, "GET", raw)
+        assert reply.status_code == (status or reply.status_code), path
+        assert reply.status_code in (200, 404), (path, reply.text[:200])
+        if reply.status_code == 200 and "/static/" in path:
+            assert reply.content in listed
