@@ -20,6 +20,10 @@ What did not, fixed as a family (each test below fails without its fix):
 - Any value of the wrong type in scrub.json (herd.health.scrub.read_state)
   or in traces.db (text or a blob where a number belongs, a blob where text
   belongs): /dashboard/api/health or /traffic answered 500.
+- Infinity in a REAL column of traces.db or an audit detail was written as
+  `Infinity` (JSON.parse refuses it: the page stopped updating); a blob in
+  herd.db's audit, or a detail nested past the encoder's limit, answered 500.
+  Every dashboard answer is now strict JSON (herd.dashboard.api.encode).
 - Concurrent health polls after the traces cache expired each ran the
   traces.db aggregates at once (one pool thread each): now one runs, the
   others wait for it (herd.dashboard.cached.Cached, as the traffic has).
@@ -38,6 +42,7 @@ import httpx
 import pytest
 from falcon import inspect
 
+from herd.dashboard.api import encode
 from herd.dashboard.page import ASSETS
 from herd.dashboard.traffic import traffic
 from herd.health import checks
@@ -50,7 +55,13 @@ from herd.router.reload import StaticSource
 from herd.router.routing.forward import dumps
 from herd.router.routing.proxy import Upstream
 from tests.health.test_scrub import DAMAGED as DAMAGED_SCRUB
-from tests.router.routerproc import TOKEN, TOKEN_SHA, manifest, start_router
+from tests.router.routerproc import (
+    TOKEN,
+    TOKEN_SHA,
+    apply,
+    manifest,
+    start_router,
+)
 
 NOW = 2_000_000.0
 
@@ -130,6 +141,24 @@ API = [f"/dashboard/api/{n}" for n in ("overview", "traffic", "audit", "health")
 OPERATOR_ONLY = [*PAGES, *API, "/fleet/nodes", "/metrics"]
 
 
+#: Audit rows (time, user, action, revision, detail) as a damaged or edited
+#: herd.db may hold them.
+DAMAGED_AUDIT = [
+    (b"\xff", b"\x00", "edit", b"\x01", "[" * 500 + "]" * 500),
+    ("t", "u", "a", 1e999, '{"a": 1e999, "b": NaN}'),
+    ("t", "u", "a", None, "[" * 100_000),
+]
+
+
+def strict(data: bytes):
+    """JSON as a browser's JSON.parse reads it (no NaN, no Infinity)."""
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(data, parse_constant=refuse)
+
+
 @pytest.fixture(scope="module")
 def router(tmp_path_factory):
     """One router (one worker) whose traces.db already holds a damaged row."""
@@ -140,10 +169,23 @@ def router(tmp_path_factory):
     conn = sqlite3.connect(state / "traces.db")
     with conn:
         conn.execute("UPDATE traces SET ttft_ms = 'soon' WHERE id % 7 = 0")
+        conn.execute("UPDATE traces SET ttft_ms = 1e999 WHERE id % 7 = 1")
+        conn.execute("UPDATE traces SET duration_ms = -1e999 WHERE id % 7 = 2")
+    conn.close()
+    text = manifest([NO_NODE], clients=CLIENTS)
+    apply(state, text)
+    conn = sqlite3.connect(state / "herd.db")
+    with conn:
+        for row in DAMAGED_AUDIT:
+            conn.execute(
+                "INSERT INTO audit (time, user, action, revision, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
     conn.close()
     router = start_router(
         state,
-        manifest([NO_NODE], clients=CLIENTS),
+        text,
         tmp / "router.log",
         # No scrub tick rewrites scrub.json while a test has damaged it.
         extra_env={"HERD_SCRUB_INTERVAL": "3600"},
@@ -177,6 +219,33 @@ def test_damaged_state_files_answer_200_with_what_is_known(router):
         found = {f["id"]: f for f in reply.json()["findings"]}
         assert found["bundle_store"]["severity"] == "unknown", damaged
     (router.state_dir / "scrub.json").unlink()
+
+
+def test_every_dashboard_answer_is_json_a_browser_parses(router):
+    """Infinity in traces.db (a REAL column holds it) and in an audit detail,
+    blobs and a deep detail in herd.db: each answer is strict JSON (a blob
+    answered 500; Infinity was written as `Infinity`, which JSON.parse
+    refuses, so the page stopped updating)."""
+    for path in API:
+        reply = call(router, "GET", path)
+        assert reply.status_code == 200, (path, reply.text[:300])
+        body = strict(reply.content)
+    audit = strict(call(router, "GET", "/dashboard/api/audit").content)
+    assert audit["available"] and len(audit["events"]) >= 4
+    shown = {json.dumps(e["detail"])[:40] for e in audit["events"]}
+    assert '{"a": null, "b": null}' in shown
+    assert body["status"]  # the health findings came through too
+
+
+def test_encode_writes_strict_json():
+    """The family: any non-finite float anywhere, and lone surrogates."""
+    inf = float("inf")
+    body = {"a": inf, "b": [1.5, float("nan"), {"c": -inf}], "d": ("\ud800", inf)}
+    assert strict(encode(body)) == {
+        "a": None,
+        "b": [1.5, None, {"c": None}],
+        "d": ["\ud800", None],
+    }
 
 
 def test_head_answers_wherever_get_does(router):
