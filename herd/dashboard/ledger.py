@@ -104,5 +104,9 @@ def bundle_catalog(state_dir: str | Path) -> tuple[dict[str, Imported], set[str]
 
     try:
         return catalog(SimpleNamespace(db=db))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        # A value of the wrong type (a damaged or edited herd.db): read as no
+        # catalog, as an unreadable file is, not a 500 on every overview.
+        return {}, set()
     finally:
         db.close()

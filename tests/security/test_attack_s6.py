@@ -22,7 +22,8 @@ What did not, fixed as a family (each test below fails without its fix):
   belongs): /dashboard/api/health or /traffic answered 500.
 - Infinity in a REAL column of traces.db or an audit detail was written as
   `Infinity` (JSON.parse refuses it: the page stopped updating); a blob in
-  herd.db's audit, or a detail nested past the encoder's limit, answered 500.
+  herd.db's audit, or a detail nested past the encoder's limit, answered 500,
+  as did one in its bundle catalog (every overview, through the drift).
   Every dashboard answer is now strict JSON (herd.dashboard.api.encode).
 - Concurrent health polls after the traces cache expired each ran the
   traces.db aggregates at once (one pool thread each): now one runs, the
@@ -333,3 +334,23 @@ def test_odd_paths_serve_only_the_listed_files(router):
         assert reply.status_code in (200, 404), (path, reply.text[:200])
         if reply.status_code == 200 and "/static/" in path:
             assert reply.content in listed
+
+
+@pytest.mark.parametrize(
+    "column,value", [("name", b"\xff"), ("name", 7), ("size", "big"), ("size", 1e999)]
+)
+def test_a_damaged_bundle_catalog_reads_as_none(tmp_path, column, value):
+    """The overview's drift reads herd.db's bundle catalog: a value of the
+    wrong type there answered 500 on every overview poll."""
+    from herd.dashboard.ledger import bundle_catalog
+
+    conn = sqlite3.connect(tmp_path / "herd.db")
+    with conn:
+        conn.execute("CREATE TABLE bundles (name TEXT)")
+        conn.execute("CREATE TABLE bundle_models (name TEXT, bundle TEXT, size INT)")
+        conn.execute("INSERT INTO bundles VALUES ('b1')")
+        conn.execute("INSERT INTO bundle_models VALUES ('m:7b', 'b1', 10)")
+        conn.execute(f"UPDATE bundle_models SET {column} = ?", (value,))
+    conn.close()
+    models, bundles = bundle_catalog(tmp_path)
+    assert models == {} or all(isinstance(m.size, int) for m in models.values())
