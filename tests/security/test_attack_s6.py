@@ -55,6 +55,7 @@ from herd.router.observe.traces import Trace, TraceLog
 from herd.router.reload import StaticSource
 from herd.router.routing.forward import dumps
 from herd.router.routing.proxy import Upstream
+from tests.dashboard.cdp import BINARY, Chromium
 from tests.health.test_scrub import DAMAGED as DAMAGED_SCRUB
 from tests.router.routerproc import (
     TOKEN,
@@ -354,3 +355,56 @@ def test_a_damaged_bundle_catalog_reads_as_none(tmp_path, column, value):
     conn.close()
     models, bundles = bundle_catalog(tmp_path)
     assert models == {} or all(isinstance(m.size, int) for m in models.values())
+
+
+#: Run in the loaded page: what its CSP lets through (and what it reports).
+PROBE = """(() => {
+  window.__csp = {inline: 0, handler: 0, violations: []};
+  document.addEventListener('securitypolicyviolation',
+    e => window.__csp.violations.push(e.effectiveDirective));
+  const inline = document.createElement('script');
+  inline.textContent = 'window.__csp.inline = 1';
+  document.head.appendChild(inline);
+  const foreign = document.createElement('script');
+  foreign.src = 'http://127.0.0.2:9/x.js';
+  document.head.appendChild(foreign);
+  const button = document.createElement('button');
+  button.setAttribute('onclick', 'window.__csp.handler = 1');
+  document.body.appendChild(button);
+  button.click();
+  return 1;
+})()"""
+
+
+@pytest.mark.skipif(BINARY is None, reason="Debian package chromium not installed")
+def test_chromium_enforces_the_dashboards_csp(router, tmp_path):
+    """The CSP is sent, and the browser obeys it: an injected inline script,
+    an inline event handler and a script from elsewhere are all refused (and
+    reported), on the page as served by the router. (eval cannot be probed
+    this way: code DevTools evaluates is exempt from the page's CSP.)"""
+    browser = Chromium.start(tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        page = browser.page()
+        page.call("Page.enable")
+        page.call("Page.navigate", url=router.url + "/dashboard")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # bounded
+            if page.evaluate("document.readyState") == "complete":
+                break
+            time.sleep(0.2)
+        assert page.evaluate(PROBE) == 1
+        seen: dict = {}
+        while time.monotonic() < deadline:  # bounded
+            seen = json.loads(page.evaluate("JSON.stringify(window.__csp)"))
+            if len(seen["violations"]) >= 3:
+                break
+            time.sleep(0.2)
+        page.close()
+    finally:
+        browser.stop()
+    assert seen["inline"] == 0 and seen["handler"] == 0, seen
+    assert sorted(seen["violations"]) == [
+        "script-src-attr",
+        "script-src-elem",
+        "script-src-elem",
+    ], seen
