@@ -15,6 +15,14 @@ What held (tried through a real router, gunicorn + gevent, over loopback):
 - A traces.db that is garbage, empty, a directory, or missing: the traffic
   answers `available: false` with the reason, the health findings say the
   traces are unknown (200, never 500).
+- A reload that takes `operator` from a group refuses its next poll.
+- A foreign Host (DNS rebinding from a browser): 421 before any group check.
+- /metrics label values stay bounded whatever callers send: an undeclared
+  model is `model="other"`, an unknown path `route="(unrouted)"`.
+- /v2 (node addresses only): `..`, %2e%2e, %2f and %00 in names and digests
+  find no route.
+- The dashboard's CSP holds in Chromium (an injected inline script, inline
+  handler and foreign script are refused); the page uses no innerHTML.
 
 What did not, fixed as a family (each test below fails without its fix):
 - Any value of the wrong type in scrub.json (herd.health.scrub.read_state)
@@ -408,3 +416,23 @@ def test_chromium_enforces_the_dashboards_csp(router, tmp_path):
         "script-src-elem",
         "script-src-elem",
     ], seen
+
+
+def test_a_group_no_longer_operator_is_refused_from_the_next_request(router):
+    """(Last in this file: it changes the shared router's manifest.) A reload
+    that takes `operator` from a group refuses its very next poll, cached
+    answers included, and its /fleet/status narrows to its own view."""
+    for path in API:
+        assert call(router, "GET", path).status_code == 200  # caches are warm
+    demoted = [{**c, "operator": False} if c["name"] == "ops" else c for c in CLIENTS]
+    revision = apply(router.state_dir, manifest([NO_NODE], clients=demoted))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # bounded
+        if call(router, "GET", "/readyz").json()["revision"] == revision:
+            break
+        time.sleep(0.1)
+    for path in OPERATOR_ONLY:
+        reply = call(router, "GET", path)
+        assert reply.status_code == 403, (path, reply.text[:200])
+    status = call(router, "GET", "/fleet/status").json()
+    assert status["operator"] is False and "nodes" not in status
