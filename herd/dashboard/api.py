@@ -10,6 +10,8 @@ so polling dashboards cost the router almost nothing and never block it.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,6 @@ from herd.reconcile import actions
 from herd.reconcile.inventory import NodeInventory
 from herd.router.api.fleet import models_view, nodes_view
 from herd.router.policy import require_operator
-from herd.router.routing.forward import dumps
 
 PREFIX = "/dashboard/api"
 #: How long each traffic window is reused: the day's 15-minute buckets change
@@ -50,6 +51,35 @@ def admit(req: Any, resp: Any, what: str) -> None:
     require_operator(req.context.client, what)
 
 
+#: Strict JSON (what a browser's JSON.parse reads): ASCII, so a lone
+#: surrogate is an escape, and no NaN or Infinity.
+_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def encode(body: Any) -> bytes:
+    """`body` as strict JSON, a number that is not finite as null.
+
+    The figures come from SQLite files (a REAL column holds Infinity as
+    readily as 3.5) and the health checks' arithmetic on them; Python writes
+    such a float as `Infinity`, which no browser parses, so the page would
+    stop updating. Replaced only when the fast encode finds one.
+    """
+    try:
+        return _strict(body).encode("ascii")
+    except ValueError:
+        return _strict(_finite(body)).encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def send_json(req: Any, resp: Any, body: Any, runtime: Any) -> None:
     """Answer an operator's poll with `body`, counted but not traced.
 
@@ -62,7 +92,7 @@ def send_json(req: Any, resp: Any, body: Any, runtime: Any) -> None:
     failed poll is traced like any other request.
     """
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = dumps(body)
+    resp.data = encode(body)
     ctx = req.context
     outcome = ctx.outcome
     outcome.route = req.uri_template or req.path
@@ -160,6 +190,8 @@ class Overview:
         admit(req, resp, req.path)
         send_json(req, resp, self.d.overview(req.context.served), self.d.rt)
 
+    on_head = on_get
+
 
 class Traffic:
     """GET /dashboard/api/traffic: series and usage for the last hour and day."""
@@ -171,6 +203,8 @@ class Traffic:
         admit(req, resp, req.path)
         send_json(req, resp, self.d.traffic(), self.d.rt)
 
+    on_head = on_get
+
 
 class Audit:
     """GET /dashboard/api/audit: the newest audit events and the chain's state."""
@@ -181,3 +215,5 @@ class Audit:
     def on_get(self, req: Any, resp: Any) -> None:
         admit(req, resp, req.path)
         send_json(req, resp, self.d.audit.get(), self.d.rt)
+
+    on_head = on_get

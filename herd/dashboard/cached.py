@@ -35,23 +35,25 @@ class Cached(Generic[T]):
         #: How many times `compute` ran (tests check the cache holds).
         self.computed = 0
 
-    def _fresh(self) -> T | None:
+    def _fresh(self) -> tuple[float, T] | None:
+        """(computed at, value) while within the TTL (the value may be None:
+        "nothing to read" is an answer to keep too)."""
         if self._value is not None and self.clock() - self._value[0] < self.ttl_s:
-            return self._value[1]
+            return self._value
         return None
 
     def get(self) -> T:
-        value = self._fresh()
-        if value is not None:
-            return value
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh[1]
         if self._lock is None:
             from gevent.lock import BoundedSemaphore
 
             self._lock = BoundedSemaphore()
         with self._lock:
-            value = self._fresh()  # computed while this caller waited
-            if value is not None:
-                return value
+            fresh = self._fresh()  # computed while this caller waited
+            if fresh is not None:
+                return fresh[1]
             started = self.clock()
             if self.in_thread:
                 import gevent

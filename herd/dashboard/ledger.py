@@ -18,9 +18,12 @@ import sqlite_utils
 from herd.ops import auditlog
 from herd.ops.chain import verify
 from herd.reconcile.actions import Imported
+from herd.router.api.body import deeper_than
 from herd.store import DB_NAME
 
 AUDIT_ROWS = 50
+#: Nesting of an audit detail shown as JSON, at most (herd writes 2 or 3).
+DETAIL_DEPTH = 16
 
 
 def _open(state_dir: str | Path) -> sqlite_utils.Database | None:
@@ -47,10 +50,14 @@ def audit_view(state_dir: str | Path, now: float, limit: int = AUDIT_ROWS) -> di
         if "audit" not in db.table_names():
             return {"generated_at": now, "available": True, "events": [], "chain": None}
         events = []
+        # A blob (a damaged or edited file: `herd audit verify` judges it)
+        # is shown as SQL quotes it: as bytes it would fail the JSON encoder.
+        columns = ", ".join(
+            f"CASE typeof({c}) WHEN 'blob' THEN quote({c}) ELSE {c} END AS {c}"
+            for c in ("time", "user", "action", "revision", "detail")
+        )
         for row in db.query(
-            "SELECT id, time, user, action, revision, detail FROM audit"
-            " ORDER BY id DESC LIMIT ?",
-            [limit],
+            f"SELECT id, {columns} FROM audit ORDER BY id DESC LIMIT ?", [limit]
         ):
             row["detail"] = _detail(row["detail"])
             events.append(row)
@@ -70,10 +77,18 @@ def audit_view(state_dir: str | Path, now: float, limit: int = AUDIT_ROWS) -> di
 
 
 def _detail(text: Any) -> Any:
-    try:
-        return json.loads(text) if isinstance(text, str) else text
-    except ValueError:
+    """An event's detail as the JSON it was written as, or its text when it
+    is not JSON, or nests deeper than any detail herd writes (which could
+    exhaust the encoder's recursion limit)."""
+    if not isinstance(text, str):
         return text
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    if isinstance(value, dict | list) and deeper_than(value, DETAIL_DEPTH):
+        return text
+    return value
 
 
 def bundle_catalog(state_dir: str | Path) -> tuple[dict[str, Imported], set[str]]:
@@ -89,5 +104,9 @@ def bundle_catalog(state_dir: str | Path) -> tuple[dict[str, Imported], set[str]
 
     try:
         return catalog(SimpleNamespace(db=db))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        # A value of the wrong type (a damaged or edited herd.db): read as no
+        # catalog, as an unreadable file is, not a 500 on every overview.
+        return {}, set()
     finally:
         db.close()

@@ -74,6 +74,8 @@ class Page:
         admit(req, resp, PAGE)
         send(req, resp, self.asset)
 
+    on_head = on_get
+
 
 class Static:
     """GET /dashboard/static/{name} and /dashboard/static/vendor/{name}."""
@@ -93,6 +95,9 @@ class Static:
 
     def on_get_vendor(self, req: Any, resp: Any, name: str) -> None:
         self.on_get(req, resp, name, "vendor")
+
+    on_head = on_get
+    on_head_vendor = on_get_vendor
 
 
 def add_routes(app: Any, dashboard: Any) -> None:

@@ -23,7 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import NONE_KEY, UNTAGGED, Bucket, has_tags
+from herd.ops.tracequery import NONE_KEY, UNTAGGED, Bucket, as_text, has_tags
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
 
@@ -46,8 +46,13 @@ _WHERE = (
     "ts >= :since AND ts <= :now"
     " AND (requested_model IS NOT NULL OR served_model IS NOT NULL)"
 )
-_MODEL = f"coalesce(served_model, requested_model, '{NONE_KEY}')"
-_CLIENT = f"coalesce(client, '{NONE_KEY}')"
+# Keys are read as text and figures only when they are numbers: a value of
+# another type (a damaged or hand-edited traces.db) would otherwise reach the
+# JSON encoder as bytes, or a sort of mixed types, and answer 500.
+_MODEL = as_text("coalesce(served_model, requested_model)", f"'{NONE_KEY}'")
+_CLIENT = as_text("client", f"'{NONE_KEY}'")
+_TTFT = "CASE WHEN typeof(ttft_ms) IN ('integer', 'real') THEN ttft_ms END"
+_DURATION = "CASE WHEN typeof(duration_ms) IN ('integer', 'real') THEN duration_ms END"
 
 
 class _Window:
@@ -79,7 +84,7 @@ def window(conn: sqlite3.Connection, now: float, span: int, step: int) -> dict:
     params: dict[str, Any] = {"since": now - span, "now": now, "start": start}
     keys = (
         f"min({count - 1}, CAST((ts - :start) / {step} AS INTEGER)), {_CLIENT},"
-        f" {_MODEL}, {'tags' if has_tags(conn) else 'NULL'}"
+        f" {_MODEL}, {as_text('tags') if has_tags(conn) else 'NULL'}"
     )
     figures = _Window(count)
     for bucket, client, model, tags, n, errors, tokens_in, tokens_out in conn.execute(
@@ -95,7 +100,7 @@ def window(conn: sqlite3.Connection, now: float, span: int, step: int) -> dict:
             target.tokens_out += tokens_out
     every = max(1, math.ceil(figures.total.count / SAMPLE_MAX))
     for bucket, client, model, tags, ttft, duration in conn.execute(
-        f"SELECT {keys}, ttft_ms, duration_ms FROM traces WHERE {_WHERE}"
+        f"SELECT {keys}, {_TTFT}, {_DURATION} FROM traces WHERE {_WHERE}"
         " AND (ttft_ms IS NOT NULL OR duration_ms IS NOT NULL) AND id % :every = 0",
         {**params, "every": every},
     ):
@@ -145,7 +150,9 @@ def traffic(
             "counted": "model requests (traces naming a model)",
             "windows": {n: window(conn, now, *WINDOWS[n]) for n in names},
         }
-    except sqlite3.Error as ex:
+    except (sqlite3.Error, TypeError, ValueError, OverflowError) as ex:
+        # The errors of a damaged file the queries above do not already
+        # sidestep: the dashboard says so instead of answering 500.
         return empty(now, f"cannot read {path}: {ex}")
     finally:
         conn.close()

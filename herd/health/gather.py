@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from herd.dashboard.cached import Cached
 from herd.health.scrub import read_facts
 from herd.health.snapshot import (
     AgentFacts,
@@ -98,8 +99,20 @@ class Monitor:
         self.bundle_store = bundle_store
         self._saturated_since: dict[str, float] = {}
         self._agent_seen: dict[str, float] = {}
-        self._traces: tuple[float, TraceFacts | None] | None = None
-        self._peers: tuple[float, tuple[tuple[str, str | None], ...]] | None = None
+        #: The fleet of the latest snapshot asked for (what the caches read).
+        self._fleet: Fleet | None = None
+        # Each computed once for concurrent callers (a burst of polls once the
+        # TTL is over waits for one query, not one each) and kept TRACES_TTL_S.
+        self._traces = Cached(
+            self._query, TRACES_TTL_S, clock=lambda: runtime.monotonic()
+        )
+        # The peers are asked over gevent's sockets: in the loop, not a thread.
+        self._peers = Cached(
+            self._ask_peers,
+            TRACES_TTL_S,
+            clock=lambda: runtime.monotonic(),
+            in_thread=False,
+        )
 
     def sample(self) -> None:
         """One look at every node's queue and agent (the background loop's step)."""
@@ -127,21 +140,19 @@ class Monitor:
                 log.exception("health sampling failed")
             gevent.sleep(SAMPLE_S)
 
-    def _query(self, fleet: Fleet, now: float) -> TraceFacts | None:
-        if self.state_dir is None:
+    def _query(self) -> TraceFacts | None:
+        if self.state_dir is None or self._fleet is None:
             return None
-        return trace_facts(self.state_dir, now, fleet.audit.retention_days)
+        retention_days = self._fleet.audit.retention_days
+        return trace_facts(self.state_dir, self.rt.clock(), retention_days)
 
-    def _trace_facts(self, fleet: Fleet, now: float) -> TraceFacts | None:
+    def _trace_facts(self, fleet: Fleet) -> TraceFacts | None:
         """traces.db aggregates, at most every TRACES_TTL_S, queried only when
         asked and in a thread of gevent's pool: a slow query over a big
-        database holds up this one health request, never the event loop."""
-        if self._traces is None or now - self._traces[0] >= TRACES_TTL_S:
-            import gevent
-
-            pool = gevent.get_hub().threadpool
-            self._traces = (now, pool.apply(self._query, (fleet, now)))
-        facts = self._traces[1]
+        database holds up the health requests waiting for it, never the event
+        loop, and takes one pool thread however many polls wait."""
+        self._fleet = fleet
+        facts = self._traces.get()
         if facts is None:
             return None
         traces = self.rt.traces
@@ -196,26 +207,28 @@ class Monitor:
             revision_served=served.revision,
             applied_age_s=age,
             reload_error=getattr(rt.source, "last_error", None),
-            traces=self._trace_facts(fleet, now),
+            traces=self._trace_facts(fleet),
             scrub=scrub,
             max_clock_skew_s=fleet.discovery.max_clock_skew_s,
             sha256_served=served.sha256,
-            ha_peers=self._ha_peers(fleet, now),
+            ha_peers=self._ha_peers(fleet),
         )
 
-    def _ha_peers(
-        self, fleet: Fleet, now: float
-    ) -> tuple[tuple[str, str | None], ...] | None:
+    def _ha_peers(self, fleet: Fleet) -> tuple[tuple[str, str | None], ...] | None:
         """The peers' digests, asked at most every TRACES_TTL_S. The worker's
         sockets are gevent's, so the ask (2 s timeout) yields to the requests."""
         if fleet.router.ha is None:
             return None
-        if self._peers is None or now - self._peers[0] >= TRACES_TTL_S:
-            from herd.router import hapeers, report
+        self._fleet = fleet
+        return self._peers.get()
 
-            states = hapeers.peer_states(fleet, None, report.fetch_live)
-            self._peers = (now, tuple((p.address, p.sha256) for p in states))
-        return self._peers[1]
+    def _ask_peers(self) -> tuple[tuple[str, str | None], ...] | None:
+        from herd.router import hapeers, report
+
+        if self._fleet is None or self._fleet.router.ha is None:
+            return None
+        states = hapeers.peer_states(self._fleet, None, report.fetch_live)
+        return tuple((p.address, p.sha256) for p in states)
 
 
 def offline_snapshot(

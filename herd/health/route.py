@@ -28,3 +28,5 @@ class Health:
         body["revision"] = served.revision
         body["checked_at"] = self.monitor.rt.clock()
         send_json(req, resp, body, self.monitor.rt)
+
+    on_head = on_get

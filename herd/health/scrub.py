@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -63,12 +64,7 @@ class Scrub:
         self.state = self._load()
 
     def _load(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            state = {}
-        if not isinstance(state, dict):
-            state = {}
+        state = read_state(self.state_path)
         state.setdefault("mismatches", [])
         state.setdefault("verified", 0)
         state.setdefault("full_passes", 0)
@@ -209,24 +205,55 @@ class Scrub:
             gevent.sleep(interval_s)
 
 
+#: scrub.json's keys and the type each must have (counts are ints >= 0,
+#: `last_tick` a finite number of seconds).
+_STATE_TYPES: dict[str, Callable[[Any], bool]] = {
+    "store": lambda v: isinstance(v, str),
+    "cursor": lambda v: isinstance(v, str),
+    "blobs": lambda v: type(v) is int and v >= 0,
+    "verified": lambda v: type(v) is int and v >= 0,
+    "full_passes": lambda v: type(v) is int and v >= 0,
+    "mismatches": lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v),
+    "last_tick": lambda v: type(v) in (int, float) and math.isfinite(v),
+}
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """scrub.json as written by `Scrub`, or {} when it is missing or damaged.
+
+    The file is ours (written atomically), but a disk error or a hand edit can
+    leave any value in it: one of a wrong type would make the scrub fail on
+    every tick and /dashboard/api/health answer 500. So the whole file is
+    trusted only if every known key holds its type; else the scrub starts
+    over, as on a new store (and rewrites the file on its next tick).
+    """
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    for key, valid in _STATE_TYPES.items():
+        if key in state and not valid(state[key]):
+            return {}
+    return state
+
+
 def read_facts(
     state_dir: str | os.PathLike[str], now: float, store: str | None = None
 ) -> ScrubFacts | None:
     """What the scrub found (from scrub.json), or None if it never ran (or
     last ran on another store than `store`)."""
-    try:
-        state = json.loads((Path(state_dir) / STATE_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or "last_tick" not in state:
+    state = read_state(Path(state_dir) / STATE_NAME)
+    if "last_tick" not in state:
         return None
     if store is not None and state.get("store") != store:
         return None
     return ScrubFacts(
         store=str(state.get("store")),
-        blobs=int(state.get("blobs") or 0),
-        verified=int(state.get("verified") or 0),
-        mismatches=tuple(state.get("mismatches") or ()),
-        last_tick_age_s=max(0.0, now - float(state["last_tick"])),
-        full_passes=int(state.get("full_passes") or 0),
+        blobs=state.get("blobs", 0),
+        verified=state.get("verified", 0),
+        mismatches=tuple(state.get("mismatches", ())),
+        last_tick_age_s=max(0.0, now - state["last_tick"]),
+        full_passes=state.get("full_passes", 0),
     )

@@ -27,6 +27,17 @@ NONE_KEY = "(none)"
 UNTAGGED = "(untagged)"
 
 
+def as_text(column: str, default: str = "NULL") -> str:
+    """SQL for `column` read as text: `default` for NULL, and SQL's quoting of
+    a number or a blob (whose bytes need not be UTF-8). The router writes text
+    there, but a damaged or hand-edited file may hold anything, and a blob
+    would reach Python as bytes (or fail to decode) and JSON as an error."""
+    return (
+        f"CASE typeof({column}) WHEN 'text' THEN {column} WHEN 'null' THEN {default}"
+        f" ELSE quote({column}) END"
+    )
+
+
 @dataclass(frozen=True)
 class Filters:
     """What `herd traces` narrows to (epoch seconds for the window)."""

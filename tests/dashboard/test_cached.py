@@ -64,3 +64,16 @@ def test_a_failure_is_raised_to_the_caller_and_not_cached():
     else:
         raise AssertionError("the failure was swallowed")
     assert cached.get() == 7
+
+
+def test_none_is_an_answer_kept_for_the_ttl():
+    """ "No traces.db yet" is computed as None: it was recomputed on every call."""
+    from herd.dashboard.cached import Cached
+
+    clock = [0.0]
+    cached = Cached(lambda: None, ttl_s=5, clock=lambda: clock[0], in_thread=False)
+    assert cached.get() is None and cached.get() is None
+    assert cached.computed == 1
+    clock[0] += 5
+    cached.get()
+    assert cached.computed == 2

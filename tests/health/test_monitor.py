@@ -54,3 +54,49 @@ def test_queue_saturated_for_a_minute_across_samples(tmp_path):
     # Never polled: unknown, not up.
     assert snap.nodes[0].state == "unknown"
     traces.close()
+
+
+def test_concurrent_snapshots_run_one_traces_query(tmp_path, monkeypatch):
+    """A burst of /dashboard/api/health polls once the traces cache expired
+    used to start one traces.db query each (one pool thread each, all at
+    once): now one runs and the others wait for its result."""
+    import threading
+
+    import gevent
+
+    from herd.health import gather
+
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "f"},
+            "nodes": [{"name": "a", "url": "http://127.0.0.1:9"}],
+            "models": [{"name": "m", "place": {"nodes": ["a"]}}],
+        }
+    )
+    traces = TraceLog(tmp_path)
+    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    rt = app.herd_runtime
+    now = [1000.0]
+    rt.monotonic = lambda: now[0]
+    release = threading.Event()
+    queries = []
+
+    def slow_query(state_dir, at, retention_days):
+        queries.append(threading.get_ident())
+        release.wait(5)  # a slow aggregate: the other polls arrive meanwhile
+        return None
+
+    monkeypatch.setattr(gather, "trace_facts", slow_query)
+    monitor = Monitor(rt, tmp_path)
+    polls = [gevent.spawn(monitor.snapshot, rt.served()) for _ in range(6)]
+    gevent.sleep(0.2)
+    release.set()
+    gevent.joinall(polls, timeout=30)  # a bound
+    assert all(p.successful() for p in polls)
+    assert len(queries) == 1
+    monitor.snapshot(rt.served())
+    assert len(queries) == 1  # within the TTL
+    now[0] += gather.TRACES_TTL_S
+    monitor.snapshot(rt.served())
+    assert len(queries) == 2
+    traces.close()

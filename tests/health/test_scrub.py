@@ -74,3 +74,40 @@ def test_one_scrubber_per_state_dir(tmp_path):
     first, second = scrub(tmp_path, 10), scrub(tmp_path, 10)
     assert first.holds_lock()
     assert not second.holds_lock()
+
+
+#: scrub.json damaged in each way a value can be (a disk error, a hand edit).
+DAMAGED = [
+    {"last_tick": None},
+    {"last_tick": "x"},
+    {"last_tick": True},
+    {"last_tick": 1e400},  # inf once read
+    {"last_tick": 1, "blobs": "many"},
+    {"last_tick": 1, "blobs": [1]},
+    {"last_tick": 1, "blobs": 1e400},
+    {"last_tick": 1, "verified": -1},
+    {"last_tick": 1, "full_passes": 2.5},
+    {"last_tick": 1, "mismatches": 5},
+    {"last_tick": 1, "mismatches": [{"a": 1}]},
+    {"last_tick": 1, "cursor": 3},
+    {"last_tick": 1, "store": ["x"]},
+]
+
+
+def test_a_damaged_state_file_is_never_ran_and_the_scrub_starts_over(tmp_path):
+    """Each of these made read_facts (so /dashboard/api/health) raise, or the
+    scrub fail on every tick; now the file counts as absent and the next tick
+    rewrites it."""
+    put(tmp_path / "store", b"x")
+    store = str(tmp_path / "store")
+    for damaged in DAMAGED:
+        state = {"store": store, **damaged}
+        (tmp_path / "scrub.json").write_text(json.dumps(state))
+        assert read_facts(tmp_path, now=160, store=store) is None, damaged
+        s = scrub(tmp_path, budget=1 << 20)
+        assert s.state["verified"] == 0 and s.state["mismatches"] == [], damaged
+        s.tick()
+        assert read_facts(tmp_path, now=160, store=store).verified >= 1, damaged
+    for text in ("[1]", "{", "[" * 100_000):
+        (tmp_path / "scrub.json").write_text(text)
+        assert read_facts(tmp_path, now=160, store=store) is None

@@ -57,3 +57,31 @@ def test_error_rate_ttft_and_age(tmp_path):
 
 def test_no_database_is_none(tmp_path):
     assert trace_facts(tmp_path, NOW, 30) is None
+
+
+def test_baselines_of_several_models_in_one_bounded_pass(tmp_path, monkeypatch):
+    """Each model's baseline p95 is its own nearest rank (one query ranks
+    them all), and a day with more rows than BASELINE_ROWS_MAX is sampled:
+    the p95 still holds, from fewer rows."""
+    from herd.health import tracestats
+
+    log = TraceLog(tmp_path, clock=lambda: NOW)
+    for i in range(400):
+        ts = NOW - 600 - i * 60
+        log.record(trace(ts, ttft=float(i % 100 + 1), model="a"))
+        log.record(trace(ts, ttft=float(1000 + i % 20), model="b"))
+        log.record(trace(ts, ttft=None, model="c"))  # no TTFT: no baseline
+    for i in range(12):
+        for model in "abc":
+            log.record(trace(NOW - 10 - i, ttft=50.0, model=model))
+    log.flush()
+    log.close()
+    facts = {f.model: f for f in trace_facts(tmp_path, NOW, 30).ttft}
+    assert (facts["a"].baseline_p95_ms, facts["a"].baseline_count) == (95.0, 400)
+    assert (facts["b"].baseline_p95_ms, facts["b"].baseline_count) == (1018.0, 400)
+    assert facts["c"].recent_count == 0 or facts["c"].baseline_count == 0
+    monkeypatch.setattr(tracestats, "BASELINE_ROWS_MAX", 300)
+    sampled = {f.model: f for f in trace_facts(tmp_path, NOW, 30).ttft}
+    assert 50 <= sampled["a"].baseline_count <= 150
+    assert 85.0 <= sampled["a"].baseline_p95_ms <= 100.0
+    assert sampled["b"].baseline_p95_ms >= 1015.0

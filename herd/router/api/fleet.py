@@ -222,6 +222,8 @@ class Status:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = dumps(body)
 
+    on_head = on_get
+
 
 class Nodes:
     """GET /fleet/nodes: every node's health (operator groups only)."""
@@ -233,3 +235,5 @@ class Nodes:
         require_operator(req.context.client, "/fleet/nodes")
         resp.content_type = falcon.MEDIA_JSON
         resp.data = dumps({"nodes": nodes_view(self.rt, req.context.served.fleet)})
+
+    on_head = on_get

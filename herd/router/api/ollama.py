@@ -216,6 +216,8 @@ class Ps:
         resp.data = dumps({"models": out})
         resp.content_type = falcon.MEDIA_JSON
 
+    on_head = on_get
+
 
 class Version:
     """GET /api/version: the oldest version among the up nodes."""

@@ -253,6 +253,8 @@ class Models:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = dumps(convert.models_list(entries))
 
+    on_head = on_get
+
 
 class OneModel:
     """GET /v1/models/{model_id}: one declared model (or alias)."""
@@ -269,3 +271,5 @@ class OneModel:
         resp.data = dumps(
             convert.model_object(model_id, _created(self.rt, fleet, model))
         )
+
+    on_head = on_get

@@ -61,3 +61,5 @@ class Metrics:
         require_operator(req.context.client, "/metrics")
         resp.content_type = CONTENT_TYPE
         resp.data = self.rt.metrics_text(req.context.served.fleet)
+
+    on_head = on_get
