@@ -89,7 +89,9 @@ def parse_request_line(line: str) -> tuple[str, str, str]:
             version
             and target
             and (method in _METHODS or _TOKEN.fullmatch(method))
-            and _CTL.search(target) is None
+            # (No control character, HTAB included; obs-text, unusual in a
+            # target, is decided by the regex below.)
+            and target.isprintable()
         ):
             return method, target, version
     match = _REQUEST_LINE.fullmatch(line)
@@ -158,7 +160,7 @@ class HeaderBlock:
     `getheader`, `__delitem__`, `items`, `headers`, `typeheader`, `status`).
     """
 
-    __slots__ = ("_fields", "_first", "framing", "status")
+    __slots__ = ("fields", "first", "framing", "status")
 
     def __init__(self, text: str = ""):
         self.status = ""
@@ -168,7 +170,12 @@ class HeaderBlock:
             if any(len(line) > MAX_LINE for line in text.split("\n")):
                 raise HeadError(431, "header line too long")
         plain = text.replace("\r\n", "\n")
-        if _CTL.search(plain) is not None:
+        # (Without LF and HTAB, a printable block has no control character:
+        # one pass in C. Anything else, obs-text included, takes the regex.)
+        if (
+            not plain.replace("\n", "").replace("\t", "").isprintable()
+            and _CTL.search(plain) is not None
+        ):
             raise _field_error(text)
         lines = plain.split("\n")
         if len(lines) > MAX_HEADERS + 1:  # each line ends in LF: one more part
@@ -195,40 +202,37 @@ class HeaderBlock:
                     framing.append((key, value))
             elif key in _FRAMING_FIELDS:
                 framing.append((key, value))
-        self._fields = fields
-        self._first = first
+        #: (name, value) pairs in arrival order (read-only use).
+        self.fields = fields
+        #: The first value of each field, by lower-case name (read-only use).
+        self.first = first
         self.framing = framing
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._first.get(name.lower(), default)
+        return self.first.get(name.lower(), default)
 
     getheader = get
 
     def __contains__(self, name: str) -> bool:
-        return name.lower() in self._first
+        return name.lower() in self.first
 
     def __delitem__(self, name: str) -> None:
         key = name.lower()
-        self._fields = [f for f in self._fields if f[0].lower() != key]
-        self._first.pop(key, None)
+        self.fields = [f for f in self.fields if f[0].lower() != key]
+        self.first.pop(key, None)
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._fields)
-
-    @property
-    def fields(self) -> list[tuple[str, str]]:
-        """(name, value) pairs in arrival order (read-only use)."""
-        return self._fields
+        return list(self.fields)
 
     @property
     def headers(self) -> Iterator[str]:
         """Raw lines, as pywsgi's environ builder reads them."""
-        for key, value in self._fields:
+        for key, value in self.fields:
             yield f"{key}: {value}\r\n"
 
     @property
     def typeheader(self) -> str | None:
-        return self._first.get("content-type")
+        return self.first.get("content-type")
 
 
 def body_framing(head: HeaderBlock, version: str) -> int | None:

@@ -260,7 +260,7 @@ class LeanHandler(PyWSGIHandler):
         self.headers = headers = HeaderBlock(head[end:-blank])
         self._framing = body_framing(headers, version)
         self.content_length = None if self._framing == CHUNKED else self._framing
-        conn = headers.get("connection")
+        conn = headers.first.get("connection")
         if version == "HTTP/1.1":
             close = conn is not None and "close" in _tokens(conn)
         else:
@@ -337,7 +337,7 @@ class LeanHandler(PyWSGIHandler):
         env.pop("HTTP_CONTENT_LENGTH", None)
         ctype = env.pop("HTTP_CONTENT_TYPE", None)
         if ctype is not None:
-            env["CONTENT_TYPE"] = self.headers.typeheader
+            env["CONTENT_TYPE"] = self.headers.first["content-type"]
         framing = self._framing
         if framing is not None and framing != CHUNKED:
             env["CONTENT_LENGTH"] = str(framing)
