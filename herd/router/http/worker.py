@@ -69,7 +69,11 @@ MERGE_MAX = 65536
 LINGER_S = 1.0
 LINGER_BYTES = 1 << 20
 
+#: Environ key of each field name seen ("": not passed on), bounded.
 _ENV_KEYS: dict[str, str] = {}
+#: Fields with keys of their own: the type is CONTENT_TYPE (its first value, as
+#: pywsgi), the length is passed as parsed (CONTENT_LENGTH, from the framing).
+_CGI_KEYS = {"content-type": "CONTENT_TYPE", "content-length": ""}
 _unquote_latin1 = functools.partial(unquote, encoding="latin-1")
 
 
@@ -325,19 +329,19 @@ class LeanHandler(PyWSGIHandler):
             if key is None:
                 # A name with "_" would be confused with a dash: dropped, as
                 # pywsgi does (kept as "", so that it is skipped).
-                key = "" if "_" in name else "HTTP_" + name.upper().replace("-", "_")
+                key = _CGI_KEYS.get(name.lower())
+                if key is None:
+                    key = "" if "_" in name else "HTTP_" + name.upper()
+                    key = key.replace("-", "_")
                 if len(_ENV_KEYS) < 1024:
                     _ENV_KEYS[name] = key
             if not key:
                 continue
             if key in env:
-                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+                if key != "CONTENT_TYPE":
+                    env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
                 env[key] = value
-        env.pop("HTTP_CONTENT_LENGTH", None)
-        ctype = env.pop("HTTP_CONTENT_TYPE", None)
-        if ctype is not None:
-            env["CONTENT_TYPE"] = self.headers.first["content-type"]
         framing = self._framing
         if framing is not None and framing != CHUNKED:
             env["CONTENT_LENGTH"] = str(framing)
