@@ -182,8 +182,9 @@ class HeaderBlock:
             raise HeadError(431, "too many header fields")
         fields: list[tuple[str, str]] = []
         first: dict[str, str] = {}
-        #: Content-Length, Transfer-Encoding and Host values, lower-cased name.
-        framing: list[tuple[str, str]] = []
+        #: The values of Content-Length, Transfer-Encoding and Host, by
+        #: lower-case name, in arrival order.
+        framing: dict[str, list[str]] = {}
         keys = _KEYS
         for line in lines[:-1]:
             name, sep, value = line.partition(":")
@@ -199,9 +200,9 @@ class HeaderBlock:
             if key not in first:
                 first[key] = value
                 if key in _FRAMING_FIELDS:
-                    framing.append((key, value))
+                    framing[key] = [value]
             elif key in _FRAMING_FIELDS:
-                framing.append((key, value))
+                framing[key].append(value)
         #: (name, value) pairs in arrival order (read-only use).
         self.fields = fields
         #: The first value of each field, by lower-case name (read-only use).
@@ -239,36 +240,39 @@ def body_framing(head: HeaderBlock, version: str) -> int | None:
     """How the request body is delimited (RFC 9112 §6): its length in bytes,
     `CHUNKED`, or None for no body. Raises `HeadError` (400) for anything a
     server and a proxy in front of it could read differently."""
-    lengths: list[str] = []
-    codings: list[str] = []
-    hosts = 0
-    for key, value in head.framing:  # values come without surrounding OWS
-        if key == "host":
-            hosts += 1
-        elif key == "content-length":
-            if "," in value:
-                lengths.extend(part.strip(" \t") for part in value.split(","))
-            else:
-                lengths.append(value)
-        elif "," in value:
-            codings.extend(part.strip(" \t").lower() for part in value.split(","))
-        else:
-            codings.append(value.lower())
-    if hosts > 1 or (hosts == 0 and version == "HTTP/1.1"):
+    framing = head.framing  # values come without surrounding OWS
+    hosts = framing.get("host")
+    if len(hosts) > 1 if hosts else version == "HTTP/1.1":
         raise HeadError(400, "an HTTP/1.1 request needs exactly one Host field")
-    if codings:
-        if lengths:
+    codings = framing.get("transfer-encoding")
+    lengths = framing.get("content-length")
+    if codings is not None:
+        if lengths is not None:
             raise HeadError(400, "both Content-Length and Transfer-Encoding")
         if version != "HTTP/1.1":
             raise HeadError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if codings != ["chunked"]:
+        if codings != ["chunked"] and [
+            coding.lower() for coding in _elements(codings)
+        ] != ["chunked"]:
             raise HeadError(400, "Transfer-Encoding other than a single chunked")
         return CHUNKED
-    if not lengths:
+    if lengths is None:
         return None
+    if len(lengths) > 1 or "," in lengths[0]:
+        lengths = _elements(lengths)
     first = lengths[0]
+    # (herd.digits.decimal's rule, inlined: this runs for every request.)
     if not (
-        first.isascii() and first.isdigit() and len(first) <= MAX_LENGTH_DIGITS
+        0 < len(first) <= MAX_LENGTH_DIGITS and first.isascii() and first.isdigit()
     ) or lengths.count(first) != len(lengths):
         raise HeadError(400, "malformed Content-Length")
     return int(first)
+
+
+def _elements(values: list[str]) -> list[str]:
+    """The elements of a comma-separated list field (each of its values), each
+    without surrounding OWS; empty ones kept."""
+    out: list[str] = []
+    for value in values:
+        out.extend(part.strip(" \t") for part in value.split(","))
+    return out

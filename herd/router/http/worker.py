@@ -71,6 +71,8 @@ LINGER_BYTES = 1 << 20
 
 #: Environ key of each field name seen ("": not passed on), bounded.
 _ENV_KEYS: dict[str, str] = {}
+#: Response fields the worker acts on (lower-case names).
+_SPECIAL = frozenset(("content-length", "date", "connection"))
 #: Fields with keys of their own: the type is CONTENT_TYPE (its first value, as
 #: pywsgi), the length is passed as parsed (CONTENT_LENGTH, from the framing).
 _CGI_KEYS = {"content-type": "CONTENT_TYPE", "content-length": ""}
@@ -386,20 +388,18 @@ class LeanHandler(PyWSGIHandler):
         if exc_info is not None or self.request_version != "HTTP/1.1":
             return super().start_response(status, headers, exc_info)
         out = []
-        connection = date = length = None
+        special: dict[str, str] = {}
         try:
             for header, value in headers:
-                if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
+                # (Printable: no CR, LF or other control character. A TAB or
+                # an unusual character takes pywsgi's path, which decides.)
+                if not (value.isprintable() and header.isprintable()):
                     raise ValueError
                 lower = header.lower()
-                if lower == "content-length":
-                    length = value
-                elif lower == "date":
-                    date = value
-                elif lower == "connection":
-                    connection = value
+                if lower in _SPECIAL:
+                    special[lower] = value
                 out.append((header.encode("latin-1"), value.encode("latin-1")))
-            if "\r" in status or "\n" in status:
+            if not status.isprintable():
                 raise ValueError
             code = int(status.split(" ", 1)[0])
             encoded = status.encode("latin-1")
@@ -407,15 +407,16 @@ class LeanHandler(PyWSGIHandler):
             # Not str, CR/LF, not latin-1, a bad status: pywsgi raises the
             # error that names what is wrong.
             return super().start_response(status, headers, exc_info)
+        length = special.get("content-length")
         if code in (204, 304) and length not in (None, "0"):
             return super().start_response(status, headers, exc_info)
         self.status = encoded
         self._orig_status = status
         self.response_headers = out
         self.code = code
-        self.provided_date = date
+        self.provided_date = special.get("date")
         self.provided_content_length = length
-        if connection == "close":
+        if special.get("connection") == "close":
             self.close_connection = True
         return self.write
 
