@@ -57,10 +57,12 @@ class RouterApp(falcon.App):
     def __call__(self, env: dict[str, Any], start_response: Any) -> Any:
         if env.get("PATH_INFO") == HEARTBEAT_PATH and env["REQUEST_METHOD"] == "POST":
             return self.herd_heartbeat(env, start_response)
-        return super().__call__(env, start_response)
+        return _falcon_call(self, env, start_response)
 
 
-#: Set to 0 to drop the one line per request herd writes to stderr.
+#: falcon's own dispatch (a plain call: `super()` builds an object per request).
+_falcon_call = falcon.App.__call__
+
 
 #: The runtime of the app `get_app()` built in this process (for gunicorn hooks).
 _RUNTIME: Runtime | None = None

@@ -40,10 +40,14 @@ class Gate:
 
     def process_request(self, req: Any, resp: Any) -> None:
         rt = self.rt
-        rt.ensure_started()
+        if rt.starting:
+            rt.ensure_started()
         ctx = req.context
         ctx.deferred = False
-        ctx.peer = peer = peer_address(req.remote_addr)
+        # Headers and the address are read from the environ: a dict lookup
+        # each, where falcon's properties and get_header cost a call first.
+        env = req.env
+        ctx.peer = peer = peer_address(env.get("REMOTE_ADDR", "127.0.0.1"))
         path = req.path
         ctx.outcome = outcome = Outcome(
             t0=rt.clock(),
@@ -54,7 +58,7 @@ class Gate:
         )
         ctx.served = served = rt.served()
         ctx.client = None
-        host = req.env.get("HTTP_HOST")  # a dict lookup: cheaper than req.host
+        host = env.get("HTTP_HOST")
         if not self.hosts.allows(served.fleet, host):
             raise MisdirectedHost(_misdirected(host))
         if path in OPEN_PATHS:
@@ -69,9 +73,6 @@ class Gate:
                 )
             outcome.client = "node"
             return
-        # Headers read from the environ: a dict lookup each, where falcon's
-        # get_header builds the key from the name first.
-        env = req.env
         client = policy.admit(peer, env.get("HTTP_AUTHORIZATION"))
         ctx.client = client
         outcome.client = client.name

@@ -84,7 +84,7 @@ class Policy:
         groups = self._groups(remote_addr or "")
         if not groups:
             raise Forbidden(f"address {remote_addr} is not in any client group")
-        token = bearer_token(authorization)
+        token = bearer_token(authorization) if authorization else None
         if token is not None:
             digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
             for group in groups:

@@ -139,6 +139,8 @@ class Runtime:
         self.started_at = clock()
         self._background = background
         self._started = False
+        #: Whether `ensure_started` has work left (read on every request).
+        self.starting = background
         self._stopping = False
         self._greenlets: list[Any] = []
         #: Extra background loops `fn(stopped)` (e.g. mDNS), started with the rest.
@@ -184,6 +186,7 @@ class Runtime:
         if self._started or not self._background:
             return
         self._started = True
+        self.starting = False
         import gevent
 
         stopped = self._is_stopping
@@ -352,8 +355,7 @@ class Runtime:
             return
         now = self.monotonic()
         # Token counts come from the node's answer: only counts are kept.
-        outcome.tokens_in = _count(outcome.tokens_in)
-        outcome.tokens_out = _count(outcome.tokens_out)
+        tokens_out = _keep_counts(outcome)
         if error in ("stream_broken", "node_error"):
             self.stats.failure(opened.node.name)
         elif outcome.status < 500:
@@ -363,7 +365,7 @@ class Runtime:
             if outcome.ttft_ms is not None:
                 ttft = outcome.ttft_ms - (opened.sent_at - outcome.started) * 1000.0
             self.stats.success(
-                opened.node.name, opened.model.name, ttft, outcome.tokens_out, gen
+                opened.node.name, opened.model.name, ttft, tokens_out, gen
             )
         if error and not outcome.error_class:
             outcome.error_class = error
@@ -432,6 +434,13 @@ def _chain(
     return tuple(chain)
 
 
-def _count(value: Any) -> int | None:
-    """A token count a node reported, or None for anything that is not one."""
-    return value if type(value) is int and value >= 0 else None
+def _keep_counts(outcome: Outcome) -> int | None:
+    """Keep the token counts a node reported only where they are counts (else
+    None); the output count."""
+    value = outcome.tokens_in
+    if type(value) is not int or value < 0:
+        outcome.tokens_in = None
+    value = outcome.tokens_out
+    if type(value) is not int or value < 0:
+        outcome.tokens_out = value = None
+    return value

@@ -214,6 +214,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=("router", "floor"),
+        help="with --worker: serve --requests requests of this app once, after "
+        "the warm-up, and print nothing (for instruction counts: run it under "
+        "valgrind --tool=callgrind with two --requests and take the difference)",
+    )
     args = parser.parse_args()
     app, traces = build()
     if args.worker:
@@ -242,6 +249,13 @@ def main() -> int:
 
 def main_worker(app: Any, traces: Any, args: argparse.Namespace) -> int:
     routed, floor = connection(app), connection(floor_app())
+    if args.only:
+        served, kept = (routed, traces) if args.only == "router" else (floor, None)
+        run_worker(*served, kept, 500)  # warm-up
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 50)
+        run_worker(*served, kept, args.requests)
+        return 0
     run_worker(*routed, traces, 2000)  # warm-up
     run_worker(*floor, None, 2000)
     gc.freeze()

@@ -56,7 +56,8 @@ def test_each_request_gets_its_own_environ_on_a_kept_connection(seen):
             handler,
             client,
             b"POST /a?x=1 HTTP/1.1\r\nHost: h\r\nX_Under: 1\r\nX-Two: a\r\n"
-            b"X-Two: b\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc",
+            b"X-Two: b\r\nContent-Type: text/plain\r\ncontent-type: text/html\r\n"
+            b"CONTENT-LENGTH: 3\r\n\r\nabc",
         )
         second = _exchange(handler, client, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
     finally:
@@ -69,7 +70,10 @@ def test_each_request_gets_its_own_environ_on_a_kept_connection(seen):
     assert (one["PATH_INFO"], one["QUERY_STRING"]) == ("/a", "x=1")
     assert (two["PATH_INFO"], two["QUERY_STRING"]) == ("/b", "")
     assert one["HTTP_X_TWO"] == "a,b" and "HTTP_X_UNDER" not in one
+    # The first Content-Type, whatever its case; the length as parsed; neither
+    # also as an HTTP_ key.
     assert (one["CONTENT_TYPE"], one["CONTENT_LENGTH"]) == ("text/plain", "3")
+    assert "HTTP_CONTENT_TYPE" not in one and "HTTP_CONTENT_LENGTH" not in one
     assert "HTTP_X_LEFT_BEHIND" not in two and "CONTENT_LENGTH" not in two
     assert "HTTP_X_TWO" not in two
     assert one["wsgi.input_terminated"] is True

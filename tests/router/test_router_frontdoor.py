@@ -169,6 +169,8 @@ def smuggling_cases(marker: str) -> dict[str, bytes]:
         + b"Host: localhost\r\n\r\n",
         "bare CR in request line": b"GET /fleet/status HTTP/1.1\rX\r\n"
         + b"Host: localhost\r\n\r\n",
+        "tab in request target": b"GET /fleet/status\tX HTTP/1.1\r\n"
+        + b"Host: localhost\r\n\r\n",
         "body as request line": b'{"model":"fast","prompt":"'
         + marker.encode()
         + b'"}\r\nHost: localhost\r\n\r\n',

@@ -139,6 +139,8 @@ def test_request_line():
         b"GET /x HTTP/1.1 \r\n",
         b"GET /x HTTP/1.1 extra\r\n",
         b"GET /a b HTTP/1.1\r\n",
+        b"GET /a\tb HTTP/1.1\r\n",  # (no whitespace of any kind in a target)
+        b"GET /a\x0bb HTTP/1.1\r\n",
         b"G(T /x HTTP/1.1\r\n",
         b"GET /x\x00 HTTP/1.1\r\n",
         b"GET /x HTTP/1.1\rX\r\n",

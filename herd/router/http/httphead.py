@@ -89,7 +89,9 @@ def parse_request_line(line: str) -> tuple[str, str, str]:
             version
             and target
             and (method in _METHODS or _TOKEN.fullmatch(method))
-            and _CTL.search(target) is None
+            # (No control character, HTAB included; obs-text, unusual in a
+            # target, is decided by the regex below.)
+            and target.isprintable()
         ):
             return method, target, version
     match = _REQUEST_LINE.fullmatch(line)
@@ -158,7 +160,7 @@ class HeaderBlock:
     `getheader`, `__delitem__`, `items`, `headers`, `typeheader`, `status`).
     """
 
-    __slots__ = ("_fields", "_first", "framing", "status")
+    __slots__ = ("fields", "first", "framing", "status")
 
     def __init__(self, text: str = ""):
         self.status = ""
@@ -168,15 +170,21 @@ class HeaderBlock:
             if any(len(line) > MAX_LINE for line in text.split("\n")):
                 raise HeadError(431, "header line too long")
         plain = text.replace("\r\n", "\n")
-        if _CTL.search(plain) is not None:
+        # (Without LF and HTAB, a printable block has no control character:
+        # one pass in C. Anything else, obs-text included, takes the regex.)
+        if (
+            not plain.replace("\n", "").replace("\t", "").isprintable()
+            and _CTL.search(plain) is not None
+        ):
             raise _field_error(text)
         lines = plain.split("\n")
         if len(lines) > MAX_HEADERS + 1:  # each line ends in LF: one more part
             raise HeadError(431, "too many header fields")
         fields: list[tuple[str, str]] = []
         first: dict[str, str] = {}
-        #: Content-Length, Transfer-Encoding and Host values, lower-cased name.
-        framing: list[tuple[str, str]] = []
+        #: The values of Content-Length, Transfer-Encoding and Host, by
+        #: lower-case name, in arrival order.
+        framing: dict[str, list[str]] = {}
         keys = _KEYS
         for line in lines[:-1]:
             name, sep, value = line.partition(":")
@@ -192,79 +200,79 @@ class HeaderBlock:
             if key not in first:
                 first[key] = value
                 if key in _FRAMING_FIELDS:
-                    framing.append((key, value))
+                    framing[key] = [value]
             elif key in _FRAMING_FIELDS:
-                framing.append((key, value))
-        self._fields = fields
-        self._first = first
+                framing[key].append(value)
+        #: (name, value) pairs in arrival order (read-only use).
+        self.fields = fields
+        #: The first value of each field, by lower-case name (read-only use).
+        self.first = first
         self.framing = framing
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._first.get(name.lower(), default)
+        return self.first.get(name.lower(), default)
 
     getheader = get
 
     def __contains__(self, name: str) -> bool:
-        return name.lower() in self._first
+        return name.lower() in self.first
 
     def __delitem__(self, name: str) -> None:
         key = name.lower()
-        self._fields = [f for f in self._fields if f[0].lower() != key]
-        self._first.pop(key, None)
+        self.fields = [f for f in self.fields if f[0].lower() != key]
+        self.first.pop(key, None)
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._fields)
-
-    @property
-    def fields(self) -> list[tuple[str, str]]:
-        """(name, value) pairs in arrival order (read-only use)."""
-        return self._fields
+        return list(self.fields)
 
     @property
     def headers(self) -> Iterator[str]:
         """Raw lines, as pywsgi's environ builder reads them."""
-        for key, value in self._fields:
+        for key, value in self.fields:
             yield f"{key}: {value}\r\n"
 
     @property
     def typeheader(self) -> str | None:
-        return self._first.get("content-type")
+        return self.first.get("content-type")
 
 
 def body_framing(head: HeaderBlock, version: str) -> int | None:
     """How the request body is delimited (RFC 9112 §6): its length in bytes,
     `CHUNKED`, or None for no body. Raises `HeadError` (400) for anything a
     server and a proxy in front of it could read differently."""
-    lengths: list[str] = []
-    codings: list[str] = []
-    hosts = 0
-    for key, value in head.framing:  # values come without surrounding OWS
-        if key == "host":
-            hosts += 1
-        elif key == "content-length":
-            if "," in value:
-                lengths.extend(part.strip(" \t") for part in value.split(","))
-            else:
-                lengths.append(value)
-        elif "," in value:
-            codings.extend(part.strip(" \t").lower() for part in value.split(","))
-        else:
-            codings.append(value.lower())
-    if hosts > 1 or (hosts == 0 and version == "HTTP/1.1"):
+    framing = head.framing  # values come without surrounding OWS
+    hosts = framing.get("host")
+    if len(hosts) > 1 if hosts else version == "HTTP/1.1":
         raise HeadError(400, "an HTTP/1.1 request needs exactly one Host field")
-    if codings:
-        if lengths:
+    codings = framing.get("transfer-encoding")
+    lengths = framing.get("content-length")
+    if codings is not None:
+        if lengths is not None:
             raise HeadError(400, "both Content-Length and Transfer-Encoding")
         if version != "HTTP/1.1":
             raise HeadError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if codings != ["chunked"]:
+        if codings != ["chunked"] and [
+            coding.lower() for coding in _elements(codings)
+        ] != ["chunked"]:
             raise HeadError(400, "Transfer-Encoding other than a single chunked")
         return CHUNKED
-    if not lengths:
+    if lengths is None:
         return None
+    if len(lengths) > 1 or "," in lengths[0]:
+        lengths = _elements(lengths)
     first = lengths[0]
+    # (herd.digits.decimal's rule, inlined: this runs for every request.)
     if not (
-        first.isascii() and first.isdigit() and len(first) <= MAX_LENGTH_DIGITS
+        0 < len(first) <= MAX_LENGTH_DIGITS and first.isascii() and first.isdigit()
     ) or lengths.count(first) != len(lengths):
         raise HeadError(400, "malformed Content-Length")
     return int(first)
+
+
+def _elements(values: list[str]) -> list[str]:
+    """The elements of a comma-separated list field (each of its values), each
+    without surrounding OWS; empty ones kept."""
+    out: list[str] = []
+    for value in values:
+        out.extend(part.strip(" \t") for part in value.split(","))
+    return out

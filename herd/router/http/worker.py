@@ -69,7 +69,13 @@ MERGE_MAX = 65536
 LINGER_S = 1.0
 LINGER_BYTES = 1 << 20
 
+#: Environ key of each field name seen ("": not passed on), bounded.
 _ENV_KEYS: dict[str, str] = {}
+#: Response fields the worker acts on (lower-case names).
+_SPECIAL = frozenset(("content-length", "date", "connection"))
+#: Fields with keys of their own: the type is CONTENT_TYPE (its first value, as
+#: pywsgi), the length is passed as parsed (CONTENT_LENGTH, from the framing).
+_CGI_KEYS = {"content-type": "CONTENT_TYPE", "content-length": ""}
 _unquote_latin1 = functools.partial(unquote, encoding="latin-1")
 
 
@@ -260,7 +266,7 @@ class LeanHandler(PyWSGIHandler):
         self.headers = headers = HeaderBlock(head[end:-blank])
         self._framing = body_framing(headers, version)
         self.content_length = None if self._framing == CHUNKED else self._framing
-        conn = headers.get("connection")
+        conn = headers.first.get("connection")
         if version == "HTTP/1.1":
             close = conn is not None and "close" in _tokens(conn)
         else:
@@ -325,19 +331,19 @@ class LeanHandler(PyWSGIHandler):
             if key is None:
                 # A name with "_" would be confused with a dash: dropped, as
                 # pywsgi does (kept as "", so that it is skipped).
-                key = "" if "_" in name else "HTTP_" + name.upper().replace("-", "_")
+                key = _CGI_KEYS.get(name.lower())
+                if key is None:
+                    key = "" if "_" in name else "HTTP_" + name.upper()
+                    key = key.replace("-", "_")
                 if len(_ENV_KEYS) < 1024:
                     _ENV_KEYS[name] = key
             if not key:
                 continue
             if key in env:
-                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+                if key != "CONTENT_TYPE":
+                    env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
                 env[key] = value
-        env.pop("HTTP_CONTENT_LENGTH", None)
-        ctype = env.pop("HTTP_CONTENT_TYPE", None)
-        if ctype is not None:
-            env["CONTENT_TYPE"] = self.headers.typeheader
         framing = self._framing
         if framing is not None and framing != CHUNKED:
             env["CONTENT_LENGTH"] = str(framing)
@@ -382,20 +388,18 @@ class LeanHandler(PyWSGIHandler):
         if exc_info is not None or self.request_version != "HTTP/1.1":
             return super().start_response(status, headers, exc_info)
         out = []
-        connection = date = length = None
+        special: dict[str, str] = {}
         try:
             for header, value in headers:
-                if "\r" in value or "\n" in value or "\r" in header or "\n" in header:
+                # (Printable: no CR, LF or other control character. A TAB or
+                # an unusual character takes pywsgi's path, which decides.)
+                if not (value.isprintable() and header.isprintable()):
                     raise ValueError
                 lower = header.lower()
-                if lower == "content-length":
-                    length = value
-                elif lower == "date":
-                    date = value
-                elif lower == "connection":
-                    connection = value
+                if lower in _SPECIAL:
+                    special[lower] = value
                 out.append((header.encode("latin-1"), value.encode("latin-1")))
-            if "\r" in status or "\n" in status:
+            if not status.isprintable():
                 raise ValueError
             code = int(status.split(" ", 1)[0])
             encoded = status.encode("latin-1")
@@ -403,15 +407,16 @@ class LeanHandler(PyWSGIHandler):
             # Not str, CR/LF, not latin-1, a bad status: pywsgi raises the
             # error that names what is wrong.
             return super().start_response(status, headers, exc_info)
+        length = special.get("content-length")
         if code in (204, 304) and length not in (None, "0"):
             return super().start_response(status, headers, exc_info)
         self.status = encoded
         self._orig_status = status
         self.response_headers = out
         self.code = code
-        self.provided_date = date
+        self.provided_date = special.get("date")
         self.provided_content_length = length
-        if connection == "close":
+        if special.get("connection") == "close":
             self.close_connection = True
         return self.write
 
