@@ -331,3 +331,33 @@ def test_same_head_to_a_head_request_has_no_body(node):
         reply.close()
     assert n.connections == 1
     up.close()
+
+
+def test_a_one_line_body_in_memory_is_taken_whole(node):
+    # The common small answer (one JSON object, Content-Length, in the same
+    # read as its head) is taken in one piece; anything else is left for
+    # `lines()` untouched: two lines, a chunked body, a body not yet in.
+    def late_body(conn: socket.socket) -> None:
+        conn.sendall(OK_HEAD + b"Content-Length: 8\r\n\r\n")
+        time.sleep(0.05)
+        conn.sendall(b'{"b":2}\n')
+
+    n = node(
+        _sized(b'{"a":1}\n'),
+        _sized(b'{"a":1}\n{"b":2}'),
+        _chunked(b'{"x":1}\n'),
+        late_body,
+    )
+    up = Upstream()
+    reply = up.open(n.url, "GET", "/", network_s=5)
+    assert reply.whole_line() == b'{"a":1}\n'
+    assert list(reply.lines()) == []
+    reply.close()
+    expected = ([b'{"a":1}\n', b'{"b":2}'], [b'{"x":1}\n'], [b'{"b":2}\n'])
+    for lines in expected:
+        reply = up.open(n.url, "GET", "/", network_s=5)
+        assert reply.whole_line() is None
+        assert list(reply.lines()) == lines
+        reply.close()
+    assert n.connections == 1  # each answer was read to its exact end
+    up.close()

@@ -286,12 +286,18 @@ class Forwarder:
         assert reply is not None
         try:
             if (stream or fold) and reply.status == 200:
-                lines = reply.lines()
-                first = None
-                for line in lines:
-                    if not line.isspace():  # (lines are never empty)
-                        first = line
-                        break
+                first = reply.whole_line()
+                lines: Iterator[bytes]
+                if first is not None:  # the common small answer, all read
+                    lines = iter(())
+                    if first.isspace():
+                        first = None
+                else:
+                    lines = reply.lines()
+                    for line in lines:
+                        if not line.isspace():  # (lines are never empty)
+                            first = line
+                            break
                 if first is None:
                     opened.release()
                     return self._failed(node, "protocol", f"{node.url}: empty answer")

@@ -318,6 +318,26 @@ class Answer:
             if held > MAX_HELD:
                 raise TooLarge(f"answer over {MAX_HELD >> 20} MiB")
 
+    def whole_line(self) -> bytes | None:
+        """The rest of the body when it is already in memory and one line
+        (a `\\n` at most at its end), taken; else None and nothing taken.
+        The common small answer (one JSON object with a Content-Length):
+        no line-by-line reading for it."""
+        if self.done or self._mode != _LENGTH or self._pending:
+            return None
+        conn = self.conn
+        buf = conn.buf
+        left = self._left
+        if len(buf) < left:
+            return None
+        at = buf.find(b"\n", 0, left)
+        if 0 <= at < left - 1:
+            return None
+        conn.buf = buf[left:]
+        self._left = 0
+        self.done = True
+        return buf[:left]
+
     @property
     def buffered(self) -> bool:
         """The rest of the body is in memory: reading it cannot block."""
