@@ -512,10 +512,17 @@ def _streaming(raw: bytes) -> bytes | None:
         or (b"\\u00" in raw and _LETTER_ESCAPE.search(raw))
     ):
         return None
-    found = _STREAM_FALSE.match(raw, at)
-    if found is None:
-        return None
-    return b'%s"stream":true%s' % (raw[:at], raw[found.end() :])
+    # The two spellings JSON encoders write, checked without a regex.
+    if raw.startswith(b'"stream": false', at):
+        end = at + 15
+    elif raw.startswith(b'"stream":false', at):
+        end = at + 14
+    else:
+        found = _STREAM_FALSE.match(raw, at)
+        if found is None:
+            return None
+        end = found.end()
+    return b'%s"stream":true%s' % (raw[:at], raw[end:])
 
 
 def _keep_alive(value: str) -> Any:
