@@ -286,12 +286,18 @@ class Forwarder:
         assert reply is not None
         try:
             if (stream or fold) and reply.status == 200:
-                lines = reply.lines()
-                first = None
-                for line in lines:
-                    if not line.isspace():  # (lines are never empty)
-                        first = line
-                        break
+                first = reply.whole_line()
+                lines: Iterator[bytes]
+                if first is not None:  # the common small answer, all read
+                    lines = iter(())
+                    if first.isspace():
+                        first = None
+                else:
+                    lines = reply.lines()
+                    for line in lines:
+                        if not line.isspace():  # (lines are never empty)
+                            first = line
+                            break
                 if first is None:
                     opened.release()
                     return self._failed(node, "protocol", f"{node.url}: empty answer")
@@ -506,10 +512,17 @@ def _streaming(raw: bytes) -> bytes | None:
         or (b"\\u00" in raw and _LETTER_ESCAPE.search(raw))
     ):
         return None
-    found = _STREAM_FALSE.match(raw, at)
-    if found is None:
-        return None
-    return b'%s"stream":true%s' % (raw[:at], raw[found.end() :])
+    # The two spellings JSON encoders write, checked without a regex.
+    if raw.startswith(b'"stream": false', at):
+        end = at + 15
+    elif raw.startswith(b'"stream":false', at):
+        end = at + 14
+    else:
+        found = _STREAM_FALSE.match(raw, at)
+        if found is None:
+            return None
+        end = found.end()
+    return b'%s"stream":true%s' % (raw[:at], raw[end:])
 
 
 def _keep_alive(value: str) -> Any:

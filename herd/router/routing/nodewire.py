@@ -48,6 +48,8 @@ MAX_INTERIM = 8
 MAX_HELD = 128 * 1024 * 1024
 #: One recv.
 BLOCK = 64 * 1024
+#: Most answers awaited without a first try after one that found nothing.
+MAX_SKIP = 64
 #: Idle connections kept per node pool (more are closed when released).
 MAX_IDLE = 256
 
@@ -72,7 +74,17 @@ class Closed(ProtocolError):
 class Conn:
     """One connection to a node: its socket and the bytes read but not used."""
 
-    __slots__ = ("sock", "buf", "reused", "last_head", "last_framing", "_wait")
+    __slots__ = (
+        "sock",
+        "buf",
+        "reused",
+        "last_head",
+        "last_framing",
+        "_wait",
+        "_raw",
+        "_skip",
+        "_backoff",
+    )
 
     def __init__(self, sock: Any, plain: bool = False):
         self.sock = sock
@@ -84,20 +96,47 @@ class Conn:
         #: That head's framing: (head, method, keep, mode, length).
         self.last_framing: tuple[Head, str, bool, int, int] | None = None
         #: Waits until the socket is readable: gevent's own wait, the one its
-        #: recv makes after an empty-handed try (EAGAIN). Only for a plain
-        #: gevent socket: TLS may hold records a readiness wait cannot see.
+        #: recv makes after an empty-handed try (EAGAIN); and the
+        #: non-blocking socket under it, for a try that never waits. Only
+        #: for a plain gevent socket: TLS may hold records a readiness wait
+        #: cannot see.
         self._wait: Any = None
+        self._raw: Any = None
         if plain and hasattr(sock, "_wait") and hasattr(sock, "_read_event"):
             self._wait = sock._wait
+            self._raw = getattr(sock, "_sock", None)
+        #: Answers still to await without a try first, and how many the
+        #: last empty-handed try put off (see `first_bytes`).
+        self._skip = 0
+        self._backoff = 0
 
-    def readable(self) -> None:
-        """Block until the node sent something (or closed, or the read's
-        time limit ended it), so that the recv after never comes back
-        empty-handed: a node's answer is never there the instant after the
-        request went out, and a recv that finds nothing costs a syscall and an
-        exception before gevent waits anyway."""
-        if self._wait is not None:
-            self._wait(self.sock._read_event)
+    def first_bytes(self) -> bytes:
+        """The first bytes of an answer (b"": the node closed), blocking for
+        them (within the read's time limit).
+
+        The read is tried before any wait: a node that answers at once has
+        often answered by the time its request's send returns (loopback: the
+        node runs on another core), and the wait for readiness is a round
+        trip through the event loop. A try that finds nothing costs a
+        syscall and an exception, so after one the next 1, 2, 4 ... up to
+        MAX_SKIP answers on this connection are awaited without a try: a
+        node that takes its time (generating) costs one empty-handed try
+        every MAX_SKIP answers."""
+        raw = self._raw
+        if raw is None:
+            return self.sock.recv(BLOCK)
+        if self._skip:
+            self._skip -= 1
+        else:
+            try:
+                data = raw.recv(BLOCK)
+            except BlockingIOError:
+                self._skip = self._backoff = min(self._backoff * 2 or 1, MAX_SKIP)
+            else:
+                self._backoff = 0
+                return data
+        self._wait(self.sock._read_event)
+        return self.sock.recv(BLOCK)
 
     def close(self) -> None:
         try:
@@ -318,6 +357,26 @@ class Answer:
             if held > MAX_HELD:
                 raise TooLarge(f"answer over {MAX_HELD >> 20} MiB")
 
+    def whole_line(self) -> bytes | None:
+        """The rest of the body when it is already in memory and one line
+        (a `\\n` at most at its end), taken; else None and nothing taken.
+        The common small answer (one JSON object with a Content-Length):
+        no line-by-line reading for it."""
+        if self.done or self._mode != _LENGTH or self._pending:
+            return None
+        conn = self.conn
+        buf = conn.buf
+        left = self._left
+        if len(buf) < left:
+            return None
+        at = buf.find(b"\n", 0, left)
+        if 0 <= at < left - 1:
+            return None
+        conn.buf = buf[left:]
+        self._left = 0
+        self.done = True
+        return buf[:left]
+
     @property
     def buffered(self) -> bool:
         """The rest of the body is in memory: reading it cannot block."""
@@ -379,9 +438,8 @@ def _read_head(conn: Conn) -> Head:
     the same bytes as the connection's last head reuse that parse."""
     buf = conn.buf
     if not buf:
-        conn.readable()
         # The common case: the whole head in the first read.
-        buf = conn.sock.recv(BLOCK)
+        buf = conn.first_bytes()
         if not buf:
             raise Closed("node closed the connection before answering")
     end = buf.find(b"\r\n\r\n")

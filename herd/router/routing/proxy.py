@@ -131,6 +131,12 @@ class Reply:
             if swept is not None:
                 swept.leave(greenlet)
 
+    def whole_line(self) -> bytes | None:
+        """The whole body if it is one line already read (see
+        `Answer.whole_line`), else None and `lines()` reads it."""
+        answer = self._answer
+        return None if answer is None else answer.whole_line()
+
     def lines(self) -> Iterator[bytes]:
         """The body line by line (`\\n` kept), as soon as each line arrives;
         the last line may lack its `\\n` (a plain JSON body)."""
