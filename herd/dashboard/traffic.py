@@ -60,16 +60,32 @@ class _Window:
         self.buckets = [Bucket() for _ in range(count)]
         self.total = Bucket()
         self.by: dict[str, dict[str, Bucket]] = {"group": {}, "tag": {}, "model": {}}
+        #: (bucket, group, model, tags) -> every Bucket such a trace counts in.
+        self._targets: dict[tuple, list[Bucket]] = {}
 
-    def targets(self, bucket: int, client: str, model: str, tags: str | None):
-        """Every Bucket a trace of this time bucket, group, model and tags counts in."""
-        yield self.buckets[bucket]
-        yield self.total
-        by = self.by
-        yield by["group"].setdefault(client, Bucket())
-        yield by["model"].setdefault(model, Bucket())
-        for tag in split(tags) or [UNTAGGED]:
-            yield by["tag"].setdefault(tag, Bucket())
+    def targets(self, key: tuple) -> list[Bucket]:
+        """Every Bucket a trace of this (time bucket, group, model, tags) counts in.
+
+        Worked out once per key: a window holds a few hundred keys and up to
+        SAMPLE_MAX sampled traces, and this runs on a thread that shares the
+        worker's GIL with its event loop."""
+        found = self._targets.get(key)
+        if found is None:
+            bucket, client, model, tags = key
+            by = self.by
+            found = [self.buckets[bucket], self.total]
+            found.append(_get(by["group"], client))
+            found.append(_get(by["model"], model))
+            found.extend(_get(by["tag"], tag) for tag in split(tags) or [UNTAGGED])
+            self._targets[key] = found
+        return found
+
+
+def _get(by: dict[str, Bucket], key: str) -> Bucket:
+    found = by.get(key)
+    if found is None:
+        found = by[key] = Bucket()
+    return found
 
 
 def _ranked(by: dict[str, Bucket]) -> list[dict[str, Any]]:
@@ -87,28 +103,38 @@ def window(conn: sqlite3.Connection, now: float, span: int, step: int) -> dict:
         f" {_MODEL}, {as_text('tags') if has_tags(conn) else 'NULL'}"
     )
     figures = _Window(count)
-    for bucket, client, model, tags, n, errors, tokens_in, tokens_out in conn.execute(
+    for *key, n, errors, tokens_in, tokens_out in conn.execute(
         f"SELECT {keys}, count(*), sum(status >= 400 OR error_class IS NOT NULL),"
         " coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0)"
         f" FROM traces WHERE {_WHERE} GROUP BY 1, 2, 3, 4",
         params,
     ):
-        for target in figures.targets(bucket, client, model, tags):
+        for target in figures.targets(tuple(key)):
             target.count += n
             target.errors += errors
             target.tokens_in += tokens_in
             target.tokens_out += tokens_out
     every = max(1, math.ceil(figures.total.count / SAMPLE_MAX))
+    # The samples are gathered per key first, then handed to each key's
+    # Buckets a list at a time: one append per trace, not one per Bucket.
+    sampled: dict[tuple, tuple[list[float], list[float]]] = {}
     for bucket, client, model, tags, ttft, duration in conn.execute(
         f"SELECT {keys}, {_TTFT}, {_DURATION} FROM traces WHERE {_WHERE}"
         " AND (ttft_ms IS NOT NULL OR duration_ms IS NOT NULL) AND id % :every = 0",
         {**params, "every": every},
     ):
-        for target in figures.targets(bucket, client, model, tags):
-            if ttft is not None:
-                target.ttft.append(ttft)
-            if duration is not None:
-                target.duration.append(duration)
+        key = (bucket, client, model, tags)
+        lists = sampled.get(key)
+        if lists is None:
+            lists = sampled[key] = ([], [])
+        if ttft is not None:
+            lists[0].append(ttft)
+        if duration is not None:
+            lists[1].append(duration)
+    for key, (ttfts, durations) in sampled.items():
+        for target in figures.targets(key):
+            target.ttft.extend(ttfts)
+            target.duration.extend(durations)
     series: dict[str, list[Any]] = {
         "t": [round(start + i * step, 3) for i in range(count)]
     }
