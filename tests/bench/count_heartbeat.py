@@ -18,7 +18,8 @@ robin over the connections, one at a time --gap seconds apart, so each is a
 lone request per wake-up as when 500 agents beat at 250/s. Then the same
 length of time with no connections (the idle cost: health poller, checker).
 Printed: Ir per beat in the window, and with the idle window's Ir per second
-taken off (what bench_discovery.py calls the heartbeats' cost).
+taken off (what bench_discovery.py calls the heartbeats' cost). --strace FILE or
+--plain instead print the windows' times (syscalls per beat; py-spy).
 """
 
 from __future__ import annotations
@@ -54,15 +55,25 @@ TOTALS = re.compile(rb"^(?:totals|summary): (\d+)", re.M)
 
 
 class Counter:
-    """callgrind_control on one process: zero, then dump and read Ir."""
+    """callgrind_control on one process: zero, then dump and read Ir (with
+    --strace: only the wall-clock times of both, to cut strace's log)."""
 
-    def __init__(self, pid: int, out: Path):
-        self.pid, self.out = pid, out
+    def __init__(self, pid: int, out: Path, times: bool = False):
+        self.pid, self.out, self.times = pid, out, times
 
     def zero(self) -> None:
+        if self.times:
+            print(f"window from {time.time():.6f}", flush=True)
+            self._cpu = _cpu_us(self.pid)
+            return
         self._control("-z")
 
     def dump(self) -> int:
+        if self.times:
+            print(f"window to {time.time():.6f}", flush=True)
+            spent = [b - a for a, b in zip(self._cpu, _cpu_us(self.pid), strict=True)]
+            print(f"worker CPU user {spent[0]:,} us, system {spent[1]:,} us")
+            return sum(spent)  # (CPU us, not Ir)
         before = set(self.out.glob(f"cg.{self.pid}.*"))
         self._control("-d")
         for _ in range(600):  # bounded: the dump is written before -d returns
@@ -84,6 +95,13 @@ class Counter:
         )
         if "OK" not in done.stdout:  # (it exits 0 when it found no process)
             raise SystemExit(f"callgrind_control {flag}: {done.stdout}{done.stderr}")
+
+
+def _cpu_us(pid: int) -> tuple[int, int]:
+    """User and system CPU of the process so far, in microseconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = 1_000_000 // os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * tick, int(fields[12]) * tick
 
 
 async def drive(args, port: int, key_path: Path, counter: Counter) -> None:
@@ -133,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beats", type=int, default=100)
     parser.add_argument("--gap", type=float, default=0.2)
     parser.add_argument("--keep", help="copy callgrind's files to this directory")
+    parser.add_argument(
+        "--strace",
+        metavar="FILE",
+        help="run the worker under `strace -tt -o FILE` instead of callgrind "
+        "(syscalls per beat: count the lines between the printed times)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no valgrind: the worker runs at full speed (for py-spy on its pid)",
+    )
     args = parser.parse_args(argv)
     tree = Path(args.tree).resolve()
     python = tree / ".venv" / "bin" / "python"
@@ -162,9 +191,16 @@ def main(argv: list[str] | None = None) -> int:
                  "--state-dir", str(state)],
                 check=True, capture_output=True, env=env, timeout=120, cwd=tree,
             )  # fmt: skip
+            if args.plain:
+                wrap = []
+            elif args.strace:
+                wrap = ["strace", "-f", "-tt", "-o", args.strace]
+            else:
+                wrap = ["valgrind", "--tool=callgrind",
+                        f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
             log = open(tmp / "router.log", "wb")  # noqa: SIM115 - with the procs
             master = procs.start(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p",
+                [*wrap,
                  str(python), str(Path(__file__).with_name("lone_worker.py")), "--config",
                  str(tree / "etc" / "gunicorn.conf.py"), "--bind",
                  f"127.0.0.1:{port}", "--workers", "1"],
@@ -176,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                 log.flush()
                 sys.stderr.write((tmp / "router.log").read_text()[-3000:])
                 raise
-            counter = Counter(master.pid, tmp)
+            counter = Counter(master.pid, tmp, times=not wrap[:1] == ["valgrind"])
+            print(f"worker pid {master.pid}", flush=True)
             asyncio.run(drive(args, port, key, counter))
             if args.keep:
                 keep = Path(args.keep)
