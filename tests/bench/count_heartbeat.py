@@ -200,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
             log = open(tmp / "router.log", "wb")  # noqa: SIM115 - with the procs
             master = procs.start(
-                [*wrap,
-                 str(python), str(Path(__file__).with_name("lone_worker.py")), "--config",
-                 str(tree / "etc" / "gunicorn.conf.py"), "--bind",
+                [*wrap, str(python), str(Path(__file__).with_name("lone_worker.py")),
+                 "--config", str(tree / "etc" / "gunicorn.conf.py"), "--bind",
                  f"127.0.0.1:{port}", "--workers", "1"],
                 stdout=log, stderr=log, env=env, cwd=tree,
             )  # fmt: skip
