@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from herd.discovery import fleetkey  # noqa: E402
+from tests.bench import bench_discovery  # noqa: E402
 from tests.bench.bench_discovery import (  # noqa: E402
     MANIFEST,
     Link,
@@ -116,6 +117,7 @@ async def drive(args, port: int, key_path: Path, counter: Counter) -> None:
         await asyncio.sleep(args.gap)
     if stats["ok"] != 3 * args.agents:
         raise SystemExit(f"agents did not join: {stats}")
+    bench_discovery.PROBE = args.probe
     counter.zero()
     began = time.monotonic()
     due = began
@@ -126,6 +128,7 @@ async def drive(args, port: int, key_path: Path, counter: Counter) -> None:
         await asyncio.sleep(max(0.0, due - time.monotonic()))
     beats_ir = counter.dump()
     spent = time.monotonic() - began
+    bench_discovery.PROBE = False
     taken = stats["ok"] - 3 * args.agents
     for link in links:
         link.close()
@@ -156,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="run the worker under `strace -tt -o FILE` instead of callgrind "
         "(syscalls per beat: count the lines between the printed times)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="counted: GET /healthz instead of heartbeats, on the same connections "
+        "at the same pace (the worker and falcon per lone request, no endpoint)",
     )
     parser.add_argument(
         "--plain",
