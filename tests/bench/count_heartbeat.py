@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     python = tree / ".venv" / "bin" / "python"
     procs = Procs()
     try:
-        with tempfile.TemporaryDirectory(prefix="herd-count-hb-") as tmp_name:
+        # (A worker that outlives an error may still write there.)
+        with tempfile.TemporaryDirectory(
+            prefix="herd-count-hb-", ignore_cleanup_errors=True
+        ) as tmp_name:
             tmp = Path(tmp_name)
             key = tmp / "fleet.key"
             fleetkey.write(key, fleetkey.generate())
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep.mkdir(parents=True, exist_ok=True)
                 for path in tmp.glob(f"cg.{counter.pid}.*"):
                     path.rename(keep / path.name)
+            procs.stop()  # before its state directory goes
     finally:
         procs.stop()
     return 0
