@@ -18,8 +18,10 @@ robin over the connections, one at a time --gap seconds apart, so each is a
 lone request per wake-up as when 500 agents beat at 250/s. Then the same
 length of time with no connections (the idle cost: health poller, checker).
 Printed: Ir per beat in the window, and with the idle window's Ir per second
-taken off (what bench_discovery.py calls the heartbeats' cost). --strace FILE or
---plain instead print the windows' times (syscalls per beat; py-spy).
+taken off (what bench_discovery.py calls the heartbeats' cost). --probe counts
+GET /healthz instead (the worker and falcon alone). --strace FILE or --plain
+run the worker without valgrind and print the windows' times and its user and
+system CPU (syscalls per beat in strace's log; py-spy on the printed pid).
 """
 
 from __future__ import annotations
