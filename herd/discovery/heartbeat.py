@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from herd.discovery.frozen import build
 from herd.errors import InvalidRequest
 from herd.manifest.model import Fleet
 
@@ -73,6 +74,10 @@ class Verdict:
     reason: str
     status: int = 200
     static_name: str | None = None
+
+
+#: What `admit` answers nearly every beat (a frozen value: one for all).
+_ADMITTED = Verdict(True, ADMITTED)
 
 
 def _entries(doc: dict[str, Any], key: str) -> tuple[Mapping[str, Any], ...]:
@@ -123,7 +128,8 @@ def parse(doc: Any) -> Heartbeat:
     ):
         raise InvalidRequest("inventory must be 16-64 lowercase hex digits")
     partial = not goodbye and inventory is not None and "models" not in doc
-    return Heartbeat(
+    return build(
+        Heartbeat,
         name=name,
         url=url.rstrip("/"),
         host=host,
@@ -246,4 +252,4 @@ def admit(
     other = url_holder(hb.url)
     if other is not None and other != hb.name:
         return Verdict(False, f"url {hb.url} is held by node {other}", 409)
-    return Verdict(True, ADMITTED)
+    return _ADMITTED

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.discovery import candidates
+from herd.discovery.frozen import build
 from herd.discovery.heartbeat import Heartbeat
 from herd.discovery.member import Member, beat_changes, doc_of, row_doc
 
@@ -138,7 +139,8 @@ class Membership:
         if held is None or (held.inventory, held.address) != (hb.inventory, address):
             return None
         # (Built field by field: dataclasses.replace costs twice as much.)
-        return Heartbeat(
+        return build(
+            Heartbeat,
             name=hb.name,
             url=hb.url,
             host=hb.host,
@@ -190,7 +192,8 @@ class Membership:
             row = (hb.name, address, hb.url, static_name, via, first, now, seq, doc)
             self._pending[hb.name] = row
             self._written[hb.name] = now
-        member = Member(
+        member = build(
+            Member,
             name=hb.name,
             url=hb.url,
             address=address,

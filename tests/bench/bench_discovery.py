@@ -33,6 +33,8 @@ changes are also printed paired by run, with their spread.
 Targets: heartbeats under 10 % of one core; chat p50 changes by under 0.2 ms
 (the medians over the repeats). Exit 0 when both are met, 1 otherwise: on a
 shared machine, read the figures (and the steal column) before believing it.
+To compare two checkouts on a busy machine, count instructions per beat
+instead (tests/bench/count_heartbeat.py: exact, load-independent).
 """
 
 from __future__ import annotations
