@@ -80,6 +80,19 @@ def test_error_shapes_are_frozen(client):
     assert r.status_code == 403 and "herd apply" in r.json["error"]
 
 
+def test_error_bodies_are_never_sniffed(client):
+    """An error body quotes what the client sent (here a path that looks like
+    HTML): every family says nosniff, so no browser renders it as a page."""
+    c, _ = client
+    for path in ("/api/<script>x</script>", "/v1/<b>x", "/v2/<i>"):
+        r = c.simulate_get(path, **LOCAL)
+        assert r.status_code == 404, path
+        assert r.headers["content-type"] == "application/json", path
+        assert r.headers["x-content-type-options"] == "nosniff", path
+    r = c.simulate_post("/api/chat", json=CHAT, **LOCAL)
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
 def test_dead_node_then_no_healthy_node(client):
     c, traces = client
     body = {**CHAT, "model": "m", "stream": False}

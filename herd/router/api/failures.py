@@ -81,6 +81,9 @@ def render(
 ) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
+    # An error body may quote the client's path or model name: a browser must
+    # read it as the JSON it says it is, never sniff it into a page.
+    resp.set_header("X-Content-Type-Options", "nosniff")
     if is_openai(req.path):
         resp.data = dumps(openai_body(message, kind, code, param))
     elif is_registry(req.path):
