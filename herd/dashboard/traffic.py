@@ -23,7 +23,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import NONE_KEY, UNTAGGED, Bucket, as_text, has_tags
+from herd.ops.tracequery import (
+    NONE_KEY,
+    UNTAGGED,
+    Bucket,
+    as_number,
+    as_text,
+    has_tags,
+)
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
 
@@ -51,8 +58,8 @@ _WHERE = (
 # JSON encoder as bytes, or a sort of mixed types, and answer 500.
 _MODEL = as_text("coalesce(served_model, requested_model)", f"'{NONE_KEY}'")
 _CLIENT = as_text("client", f"'{NONE_KEY}'")
-_TTFT = "CASE WHEN typeof(ttft_ms) IN ('integer', 'real') THEN ttft_ms END"
-_DURATION = "CASE WHEN typeof(duration_ms) IN ('integer', 'real') THEN duration_ms END"
+_TTFT = as_number("ttft_ms")
+_DURATION = as_number("duration_ms")
 
 
 class _Window:

@@ -38,6 +38,29 @@ def as_text(column: str, default: str = "NULL") -> str:
     )
 
 
+def as_number(column: str) -> str:
+    """SQL for `column` read as a number: NULL unless SQLite holds an integer
+    or a real there (text or a blob in a figure comes from a damaged file)."""
+    return f"CASE WHEN typeof({column}) IN ('integer', 'real') THEN {column} END"
+
+
+#: The traces columns that hold figures; every other column is a name or text.
+NUMBERS = frozenset(
+    ("id", "ts", "status", "queue_ms", "ttft_ms", "duration_ms")
+    + ("tokens_in", "tokens_out", "retries")
+)
+
+
+def _read_as_written(conn: sqlite3.Connection, wanted: list[str] | None = None) -> str:
+    """The select list for `wanted` columns (default: all of them), each read as
+    the router writes it: figures as numbers, the rest as text, whatever a
+    damaged or hand-edited file holds (see as_text, as_number)."""
+    names = wanted or [r[1] for r in conn.execute("PRAGMA table_info(traces)")]
+    return ", ".join(
+        f"{as_number(n) if n in NUMBERS else as_text(n)} AS {n}" for n in names
+    )
+
+
 @dataclass(frozen=True)
 class Filters:
     """What `herd traces` narrows to (epoch seconds for the window)."""
@@ -120,7 +143,7 @@ def rows(
 ) -> list[dict[str, Any]]:
     """Matching traces, oldest first; with `limit`, only the newest `limit`."""
     where, args = _where(conn, f)
-    sql = f"SELECT * FROM traces{where}"
+    sql = f"SELECT {_read_as_written(conn)} FROM traces{where}"
     if limit:
         sql = f"SELECT * FROM ({sql} ORDER BY ts DESC, id DESC LIMIT ?)"
         args.append(limit)
@@ -143,7 +166,8 @@ class Bucket:
 
     def add(self, row: sqlite3.Row) -> None:
         self.count += 1
-        if row["status"] >= 400 or row["error_class"] is not None:
+        status = row["status"]  # None: unreadable, counted as an error
+        if status is None or status >= 400 or row["error_class"] is not None:
             self.errors += 1
         self.tokens_in += row["tokens_in"] or 0
         self.tokens_out += row["tokens_out"] or 0
@@ -195,9 +219,9 @@ def stats(
     of each dimension (a request with two tags counts under both)."""
     where, args = _where(conn, f)
     tagged = has_tags(conn)
-    columns = "status, error_class, tokens_in, tokens_out, ttft_ms, duration_ms, "
-    columns += "served_model, requested_model, node, client"
-    columns += ", tags" if tagged else ""
+    wanted = "status error_class tokens_in tokens_out ttft_ms duration_ms"
+    wanted += " served_model requested_model node client" + (" tags" if tagged else "")
+    columns = _read_as_written(conn, wanted.split())
     total = Bucket()
     by: dict[str, dict[str, Bucket]] = {d: {} for d in dimensions}
     for row in conn.execute(f"SELECT {columns} FROM traces{where}", args):

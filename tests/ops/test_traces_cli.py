@@ -153,3 +153,33 @@ def test_no_traces_yet(tmp_path):
     result = herd_cli(tmp_path, "traces", "stats")
     assert result.returncode == 1
     assert result.stderr.startswith("herd traces: no traces in")
+
+
+def test_a_damaged_row_is_read_not_a_traceback(state):
+    """A hand-edited or damaged traces.db may hold text in a figure, a blob in
+    a name, a number in a group: every listing and summary still answers, the
+    odd values shown as SQL quotes them (figures that are not numbers as
+    none), and the damaged row counts as an error."""
+    db = sqlite3.connect(state / "traces.db")
+    db.execute(
+        "UPDATE traces SET status = 'x', ttft_ms = X'00ff', tokens_in = 'lots',"
+        " served_model = X'ff', client = 3.5, node = X'c3', tags = X'ff'"
+        " WHERE id = (SELECT max(id) FROM traces)"
+    )
+    db.commit()
+    db.close()
+    rows = json.loads(herd_cli(state, "traces", "--json", "--since", "7d").stdout)
+    damaged = max(rows, key=lambda r: r["id"])
+    assert (damaged["status"], damaged["ttft_ms"], damaged["tokens_in"]) == (
+        None, None, None
+    )  # fmt: skip
+    assert (damaged["served_model"], damaged["client"]) == ("X'FF'", "3.5")
+    out = herd_cli(state, "traces", "--csv", "--since", "7d").stdout
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 15
+    assert "X'C3'" in herd_cli(state, "traces", "--since", "7d").stdout
+    summary = json.loads(
+        herd_cli(state, "traces", "stats", "--since", "7d", "--json").stdout
+    )
+    assert summary["total"]["count"] == 15
+    nodes = {b["key"]: b for b in summary["by"]["node"]}
+    assert nodes["X'C3'"]["errors"] == 1 and nodes["X'C3'"]["tokens_in"] == 0
