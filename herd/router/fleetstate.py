@@ -310,11 +310,7 @@ class FleetState(HealthCells):
         """Take a slot if fewer than `limit` are taken fleet-wide. A newcomer
         (`queued` False) never overtakes a request already waiting."""
         base = node * ROWS
-        # _lock() and _unlock() inlined (a slot is taken on every request),
-        # with the same SOLO rule: checked once, so never a lock left held.
-        locked = self._fd >= 0 and not self._header[SOLO]
-        if locked:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._lock()
         try:
             hi = self._header[HI]
             cells = self._in_flight
@@ -327,8 +323,7 @@ class FleetState(HealthCells):
             cells[base + self.row] += 1
             return True
         finally:
-            if locked:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._unlock()
 
     def give(self, node: int) -> None:
         """Release a slot this worker took."""

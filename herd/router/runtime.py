@@ -27,6 +27,7 @@ from herd.router.fleetstate import (
     WRITE_FAILURES,
     FleetState,
 )
+from herd.router.http.httphead import MAX_LENGTH_DIGITS
 from herd.router.observe.accesslog import AccessLog
 from herd.router.observe.metrics import Metrics, node_families
 from herd.router.observe.traces import TraceLog, row
@@ -290,7 +291,7 @@ class Runtime:
         # The router's worker passes a checked decimal CONTENT_LENGTH: read it
         # from the environ; anything else gets falcon's checks (and errors).
         text = req.env.get("CONTENT_LENGTH")
-        length = decimal(text, 18) if text else None
+        length = decimal(text, MAX_LENGTH_DIGITS) if text else None
         if length is None:
             length = req.content_length
         if length is not None and length > limit:

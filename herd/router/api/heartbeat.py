@@ -37,6 +37,7 @@ from herd.discovery.membership import Membership
 from herd.errors import HerdError
 from herd.router.api.body import parse_router_only
 from herd.router.hostnames import HostCheck
+from herd.router.http.httphead import MAX_LENGTH_DIGITS
 from herd.router.http.peer import peer_address
 from herd.router.routing.forward import dumps
 
@@ -117,7 +118,7 @@ class HeartbeatResource:
         status, data = self.answer(
             peer_address(env.get("REMOTE_ADDR")),
             lambda name: env.get(_WSGI_HEADERS[name]),
-            decimal(length, 18) if length else None,
+            decimal(length, MAX_LENGTH_DIGITS) if length else None,
             env["wsgi.input"].read,
             env.get("HTTP_HOST"),
         )

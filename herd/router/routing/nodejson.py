@@ -13,20 +13,20 @@ space around one object.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 #: The C scanner json.loads uses (its memo is cleared after every call).
 _scan = json.JSONDecoder().scan_once
-#: JSON's white space (RFC 8259): not every character str.isspace() knows.
-_WHITE = re.compile(r"[ \t\n\r]*")
+#: JSON's white space (RFC 8259: not every character str.isspace() knows),
+#: the json module's own pattern.
+_white = json.decoder.WHITESPACE.match
 
 
 def node_object(data: bytes) -> dict[str, Any]:
     """`data` as one JSON object; ValueError when it is anything else
     (not UTF-8, not JSON, not an object, more after it, nested too deeply)."""
     text = data.decode("utf-8")
-    start = 0 if text[:1] == "{" else _WHITE.match(text).end()  # type: ignore[union-attr]
+    start = 0 if text[:1] == "{" else _white(text).end()  # type: ignore[union-attr]
     try:
         obj, end = _scan(text, start)
     except StopIteration as ex:
@@ -34,7 +34,7 @@ def node_object(data: bytes) -> dict[str, Any]:
     except RecursionError as ex:  # nested absurdly deep
         raise ValueError("nested too deeply") from ex
     size = len(text)
-    if end != size and _WHITE.match(text, end).end() != size:  # type: ignore[union-attr]
+    if end != size and _white(text, end).end() != size:  # type: ignore[union-attr]
         raise ValueError("more than one JSON value")
     if obj.__class__ is not dict:
         raise ValueError("not a JSON object")

@@ -160,10 +160,8 @@ class Queues:
         whose queue has room. Raises QueueFull when every queue is full or
         the wait timed out.
         """
-        known = self._slots
         for name in ranked:
-            slots = known.get(name) or self.slots(name)
-            if slots._state.take(slots._index, slots.limit, False):
+            if self.slots(name).try_acquire():
                 return name, 0.0
         start = self._clock()
         for name in ranked:
@@ -184,4 +182,4 @@ class Queues:
         )
 
     def release(self, name: str) -> None:
-        (self._slots.get(name) or self.slots(name)).release()
+        self.slots(name).release()
