@@ -12,6 +12,20 @@ from herd.router.reload import StaticSource
 from herd.router.routing.proxy import Upstream
 
 
+def app_with_one_node(tmp_path, **node):
+    """The router app in-process over one node nothing listens on, and its
+    TraceLog (the caller closes it)."""
+    fleet = build_fleet(
+        {
+            "metadata": {"name": "f"},
+            "nodes": [{"name": "a", "url": "http://127.0.0.1:9", **node}],
+            "models": [{"name": "m", "place": {"nodes": ["a"]}}],
+        }
+    )
+    traces = TraceLog(tmp_path)
+    return create_app(StaticSource(fleet), traces, Upstream(), background=False), traces
+
+
 def test_saturated_means_all_slots_busy_and_more_waiting():
     assert saturated(in_flight=2, waiting=3, limit=2, depth=8)
     assert not saturated(in_flight=2, waiting=2, limit=2, depth=8)
@@ -21,15 +35,7 @@ def test_saturated_means_all_slots_busy_and_more_waiting():
 
 
 def test_queue_saturated_for_a_minute_across_samples(tmp_path):
-    fleet = build_fleet(
-        {
-            "metadata": {"name": "f"},
-            "nodes": [{"name": "a", "url": "http://127.0.0.1:9", "max_concurrency": 2}],
-            "models": [{"name": "m", "place": {"nodes": ["a"]}}],
-        }
-    )
-    traces = TraceLog(tmp_path)
-    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    app, traces = app_with_one_node(tmp_path, max_concurrency=2)
     rt = app.herd_runtime
     now = [1000.0]
     rt.monotonic = lambda: now[0]
@@ -66,15 +72,7 @@ def test_concurrent_snapshots_run_one_traces_query(tmp_path, monkeypatch):
 
     from herd.health import gather
 
-    fleet = build_fleet(
-        {
-            "metadata": {"name": "f"},
-            "nodes": [{"name": "a", "url": "http://127.0.0.1:9"}],
-            "models": [{"name": "m", "place": {"nodes": ["a"]}}],
-        }
-    )
-    traces = TraceLog(tmp_path)
-    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    app, traces = app_with_one_node(tmp_path)
     rt = app.herd_runtime
     now = [1000.0]
     rt.monotonic = lambda: now[0]

@@ -58,12 +58,10 @@ from herd.health import checks
 from herd.health.gather import offline_snapshot
 from herd.health.tracestats import trace_facts
 from herd.manifest.model import build_fleet
-from herd.router.app import create_app
 from herd.router.observe.traces import Trace, TraceLog
-from herd.router.reload import StaticSource
 from herd.router.routing.forward import dumps
-from herd.router.routing.proxy import Upstream
 from tests.dashboard.cdp import BINARY, Chromium
+from tests.health.test_monitor import app_with_one_node
 from tests.health.test_scrub import DAMAGED as DAMAGED_SCRUB
 from tests.router.routerproc import (
     TOKEN,
@@ -275,15 +273,7 @@ def test_head_answers_wherever_get_does(router):
 
 def test_every_route_that_answers_get_answers_head(tmp_path):
     """The family: no route of the app serves GET without HEAD."""
-    fleet = build_fleet(
-        {
-            "metadata": {"name": "f"},
-            "nodes": [{"name": "a", "url": "http://127.0.0.1:9"}],
-            "models": [{"name": "m", "place": {"nodes": ["a"]}}],
-        }
-    )
-    traces = TraceLog(tmp_path)
-    app = create_app(StaticSource(fleet), traces, Upstream(), background=False)
+    app, traces = app_with_one_node(tmp_path)
     try:
         missing = [
             route.path
