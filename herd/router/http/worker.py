@@ -34,6 +34,7 @@ Imported only by gunicorn when it loads the worker class (etc/gunicorn.conf.py).
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import socket as stdsocket
 import time
@@ -99,6 +100,49 @@ def _error_response(status: int, reason: str) -> bytes:
 _BUSY = _error_response(503, "too many connections from this address")
 
 
+class ReadWhenReady(io.RawIOBase):
+    """The raw reader under a connection's read buffer: every read first waits
+    until the event loop sees the socket readable, then reads.
+
+    gevent's socket read tries first and waits only when nothing has arrived.
+    Under load that is unfair: a connection whose next request is already in
+    the kernel when its answer is sent is served again at once, with no trip
+    through the loop, while connections that became readable before it wait
+    (at 64 connections the worker's p99 was ten times its p50). Waiting first
+    serves connections in the order the loop saw them ready. An idle client,
+    the usual case at low load, also costs one syscall and one exception less
+    (the read that finds nothing). Bytes already buffered are read without a
+    wait (a pipelined request): the buffer calls this only when it is empty.
+    """
+
+    def __init__(self, sock: Any):
+        super().__init__()
+        self._sock = sock
+        self._wait = sock._wait
+        self._event = sock._read_event
+        self._recv_into = sock._sock.recv_into
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            self._wait(self._event)
+            try:
+                return self._recv_into(buffer)
+            except BlockingIOError:  # readiness without data: wait again
+                continue
+
+
+def _reader(sock: Any) -> Any:
+    """The connection's buffered reader (ReadWhenReady on a plain gevent
+    socket; anything else, such as TLS, keeps its own makefile)."""
+    if hasattr(sock, "_wait") and hasattr(sock, "_read_event"):
+        if hasattr(getattr(sock, "_sock", None), "recv_into"):
+            return io.BufferedReader(ReadWhenReady(sock), io.DEFAULT_BUFFER_SIZE)
+    return sock.makefile("rb", -1)
+
+
 class LeanHandler(PyWSGIHandler):
     """One client connection: the front door's checks, then pywsgi's request
     handling (each response's head and first chunk in one write)."""
@@ -106,6 +150,9 @@ class LeanHandler(PyWSGIHandler):
     _served = False
     _linger = False
     _env_base: dict[str, Any] | None = None
+
+    def __init__(self, sock: Any, address: Any, server: Any):
+        super().__init__(sock, address, server, _reader(sock))
 
     # -- the connection ------------------------------------------------------
 
