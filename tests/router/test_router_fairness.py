@@ -77,3 +77,20 @@ def test_a_request_head_split_over_writes_is_still_read():
 
     events = _serve(app, _get("/split?a"), 2)
     assert events == ["/split?a", "/split?b"]
+
+
+def test_a_body_already_arrived_is_read_without_a_loop_trip_per_chunk():
+    # Only a request's first read takes its turn: the rest of a large body,
+    # already in the kernel, is read straight on (the other greenlet spawned
+    # before the read runs only after it).
+    body = b"x" * 100_000
+
+    def app(env, start_response, events, client):
+        gevent.spawn(events.append, "another greenlet")
+        got = env["wsgi.input"].read()
+        events.append(f"body {len(got)}")
+        return _answer(start_response)
+
+    head = b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body)
+    events = _serve(app, head + body, 2)
+    assert events == ["body 100000", "another greenlet"]

@@ -101,8 +101,8 @@ _BUSY = _error_response(503, "too many connections from this address")
 
 
 class ReadWhenReady(io.RawIOBase):
-    """The raw reader under a connection's read buffer: every read first waits
-    until the event loop sees the socket readable, then reads.
+    """The raw reader under a connection's read buffer: a request's first read
+    waits until the event loop sees the socket readable, then reads.
 
     gevent's socket read tries first and waits only when nothing has arrived.
     Under load that is unfair: a connection whose next request is already in
@@ -111,13 +111,20 @@ class ReadWhenReady(io.RawIOBase):
     (at 64 connections the worker's p99 was ten times its p50). Waiting first
     serves connections in the order the loop saw them ready. An idle client,
     the usual case at low load, also costs one syscall and one exception less
-    (the read that finds nothing). Bytes already buffered are read without a
-    wait (a pipelined request): the buffer calls this only when it is empty.
+    (the read that finds nothing).
+
+    The handler sets `take_turn` before each request's first read; the reads
+    after it in the same request (the rest of a head, a body) try first, as
+    gevent's do: a large body is not read one loop trip per chunk. Bytes
+    already buffered (a pipelined request) are read without any wait: the
+    buffer calls this only when it is empty.
     """
+
+    #: The next read waits for readiness before trying (see above).
+    take_turn = True
 
     def __init__(self, sock: Any):
         super().__init__()
-        self._sock = sock
         self._wait = sock._wait
         self._event = sock._read_event
         self._recv_into = sock._sock.recv_into
@@ -126,12 +133,14 @@ class ReadWhenReady(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while True:
+        if self.take_turn:
+            self.take_turn = False
             self._wait(self._event)
+        while True:
             try:
                 return self._recv_into(buffer)
-            except BlockingIOError:  # readiness without data: wait again
-                continue
+            except BlockingIOError:  # nothing yet: wait for readiness
+                self._wait(self._event)
 
 
 def _reader(sock: Any) -> Any:
@@ -242,6 +251,9 @@ class LeanHandler(PyWSGIHandler):
         # Wait for the first byte: an idle keep-alive connection, or a fresh
         # one that has not said anything yet. Closed quietly when it times out
         # (or at once when the worker stops).
+        raw = rfile.raw
+        if raw.__class__ is ReadWhenReady:
+            raw.take_turn = True
         current = gevent.getcurrent()
         deadlines = server.deadlines
         deadlines.enter(current, deadline, True)
