@@ -1,40 +1,35 @@
-"""Traffic over the last hour and day, aggregated from traces.db.
+"""Traffic over the last hour and day, read from traces.db's rollup.
 
 What the dashboard charts: model requests per minute, errors, and p50/p95
 time to first token and duration in time buckets (one minute over the hour,
-fifteen minutes over the day), plus usage per client group, tag and model.
-"Model requests" are the traces that name a model (chat, generate, embed,
-OpenAI completions...); probes, /fleet/status and the dashboard's own polling
-are not counted.
+fifteen minutes over the day, on whole minutes: the newest bucket is the one
+under way), plus usage per client group, tag and model. "Model requests" are
+the traces that name a model (chat, generate, embed, OpenAI completions...);
+probes, /fleet/status and the dashboard's own polling are not counted.
 
-A window costs two queries whatever its size. Counts, errors and tokens are
-exact: SQLite groups the window by (bucket, group, model, tags), which leaves
-a few hundred rows for Python to fold into each dimension. Percentiles
-(nearest rank) come from at most `SAMPLE_MAX` traces: every trace when the
-window holds fewer, else every n-th by id (`sampled_every` says which), so a
-busy day never turns into a Python loop over millions of rows. The file is
-opened read-only.
+Everything comes from the per-minute rollup the trace writer keeps next to
+the rows (herd.router.observe.rollup), so a window costs the same whatever the
+traffic: SQLite sums the window's minutes per (bucket, group, model, tags)
+and its latency histograms per bucket and per key of each dimension, and
+Python folds a few hundred rows. Counts, errors and tokens are exact;
+percentiles are nearest-rank within rollup.RELATIVE_ERROR (4.4%). The file is
+opened read-only, and every value is read as the writer writes it: a damaged
+rollup row counts as nothing rather than answering 500.
 """
 
 from __future__ import annotations
 
-import math
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import (
-    NONE_KEY,
-    UNTAGGED,
-    Bucket,
-    as_number,
-    as_text,
-    has_tags,
-)
+from herd.ops.tracequery import UNTAGGED, Bucket, as_text
+from herd.router.observe import rollup
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
 
-#: name -> (seconds covered, seconds per bucket)
+#: name -> (seconds covered, seconds per bucket: whole minutes)
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900)}
 #: Keys listed per dimension (the busiest first).
 KEYS_MAX = 20
@@ -46,114 +41,127 @@ SERIES = (
     "duration_p50_ms",
     "duration_p95_ms",
 )
-#: Traces read for the percentiles of one window, at most.
-SAMPLE_MAX = 50_000
+#: The dimensions besides time, and the rollup column each groups by.
+DIMENSIONS = {"group": "client", "model": "model", "tag": "tags"}
 
-_WHERE = (
-    "ts >= :since AND ts <= :now"
-    " AND (requested_model IS NOT NULL OR served_model IS NOT NULL)"
-)
+_WHERE = "typeof(minute) = 'integer' AND minute >= :start AND minute <= :now"
 # Keys are read as text and figures only when they are numbers: a value of
 # another type (a damaged or hand-edited traces.db) would otherwise reach the
 # JSON encoder as bytes, or a sort of mixed types, and answer 500.
-_MODEL = as_text("coalesce(served_model, requested_model)", f"'{NONE_KEY}'")
-_CLIENT = as_text("client", f"'{NONE_KEY}'")
-_TTFT = as_number("ttft_ms")
-_DURATION = as_number("duration_ms")
+_KEYS = {c: as_text(c, "''") for c in DIMENSIONS.values()}
+_BUCKET = "min(:last, (minute - :start) / :step)"
+
+
+@dataclass
+class Rolled(Bucket):
+    """A Bucket whose TTFTs and durations are histograms ({bin: count})."""
+
+    ttft: dict[int, int] = field(default_factory=dict)  # type: ignore[assignment]
+    duration: dict[int, int] = field(default_factory=dict)  # type: ignore[assignment]
+
+    @staticmethod
+    def percentile(values: Any, pct: float) -> float | None:
+        return rollup.percentile(values, pct)
 
 
 class _Window:
     def __init__(self, count: int):
-        self.buckets = [Bucket() for _ in range(count)]
-        self.total = Bucket()
-        self.by: dict[str, dict[str, Bucket]] = {"group": {}, "tag": {}, "model": {}}
-        #: (bucket, group, model, tags) -> every Bucket such a trace counts in.
-        self._targets: dict[tuple, list[Bucket]] = {}
+        self.buckets = [Rolled() for _ in range(count)]
+        self.total = Rolled()
+        self.by: dict[str, dict[str, Rolled]] = {d: {} for d in DIMENSIONS}
 
-    def targets(self, key: tuple) -> list[Bucket]:
-        """Every Bucket a trace of this (time bucket, group, model, tags) counts in.
-
-        Worked out once per key: a window holds a few hundred keys and up to
-        SAMPLE_MAX sampled traces, and this runs on a thread that shares the
-        worker's GIL with its event loop."""
-        found = self._targets.get(key)
-        if found is None:
-            bucket, client, model, tags = key
-            by = self.by
-            found = [self.buckets[bucket], self.total]
-            found.append(_get(by["group"], client))
-            found.append(_get(by["model"], model))
-            found.extend(_get(by["tag"], tag) for tag in split(tags) or [UNTAGGED])
-            self._targets[key] = found
-        return found
+    def keyed(self, dimension: str, key: Any) -> list[Rolled]:
+        """The Rolled figures a rollup row keyed `key` in `dimension` adds to."""
+        if dimension == "bucket":
+            return [self.buckets[key]]
+        if dimension == "total":
+            return [self.total]
+        by = self.by[dimension]
+        keys = (split(key) or [UNTAGGED]) if dimension == "tag" else [key]
+        return [_get(by, k) for k in keys]
 
 
-def _get(by: dict[str, Bucket], key: str) -> Bucket:
+def _get(by: dict[str, Rolled], key: str) -> Rolled:
     found = by.get(key)
     if found is None:
-        found = by[key] = Bucket()
+        found = by[key] = Rolled()
     return found
 
 
-def _ranked(by: dict[str, Bucket]) -> list[dict[str, Any]]:
+def _ranked(by: dict[str, Rolled]) -> list[dict[str, Any]]:
     ordered = sorted(by.items(), key=lambda kv: (-kv[1].count, kv[0]))
     return [{"key": k, **figures.summary()} for k, figures in ordered[:KEYS_MAX]]
+
+
+def _grouped(columns: str) -> str:
+    """One SELECT per dimension, as (dimension, key, ...`columns` summed)."""
+    return " UNION ALL ".join(
+        f"SELECT '{name}', {key}, {columns} FROM {{table}} WHERE {{where}}"
+        f" GROUP BY 2{{more}}"
+        for name, key in (
+            ("bucket", _BUCKET),
+            ("total", "0"),
+            *((d, _KEYS[c]) for d, c in DIMENSIONS.items()),
+        )
+    )
+
+
+#: A rollup figure above this is damage, not traffic (a minute would hold a
+#: trillion requests or tokens): it is read as nothing, so sums over a day of
+#: minutes never overflow SQLite's integers (an error, no answer at all).
+FIGURE_MAX = 10**12
+
+
+def _figure(column: str) -> str:
+    return (
+        f"CASE WHEN typeof({column}) = 'integer'"
+        f" AND {column} BETWEEN 0 AND {FIGURE_MAX} THEN {column} ELSE 0 END"
+    )
+
+
+_COUNTS = _grouped(
+    ", ".join(
+        f"sum({_figure(c)})" for c in ("requests", "errors", "tokens_in", "tokens_out")
+    )
+).format(table="traffic_minutes", where=_WHERE, more="")
+_LATENCY = _grouped(f"metric, bin, sum({_figure('n')})").format(
+    table="traffic_latency",
+    where=(
+        f"{_WHERE} AND metric IN ({rollup.TTFT}, {rollup.DURATION})"
+        f" AND typeof(bin) = 'integer' AND bin BETWEEN 0 AND {rollup.TOP_BIN}"
+    ),
+    more=", 3, 4",
+)
 
 
 def window(conn: sqlite3.Connection, now: float, span: int, step: int) -> dict:
     """One window: its bucket series, totals, and usage per group, tag, model."""
     count = span // step
-    start = now - count * step  # bucket i: [start + i*step, start + (i+1)*step)
-    params: dict[str, Any] = {"since": now - span, "now": now, "start": start}
-    keys = (
-        f"min({count - 1}, CAST((ts - :start) / {step} AS INTEGER)), {_CLIENT},"
-        f" {_MODEL}, {as_text('tags') if has_tags(conn) else 'NULL'}"
-    )
+    start = int(now // step) * step - (count - 1) * step  # bucket i: start + i*step
+    params = {"start": start, "now": now, "step": step, "last": count - 1}
     figures = _Window(count)
-    for *key, n, errors, tokens_in, tokens_out in conn.execute(
-        f"SELECT {keys}, count(*), sum(status >= 400 OR error_class IS NOT NULL),"
-        " coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0)"
-        f" FROM traces WHERE {_WHERE} GROUP BY 1, 2, 3, 4",
-        params,
+    for dimension, key, n, errors, tokens_in, tokens_out in conn.execute(
+        _COUNTS, params
     ):
-        for target in figures.targets(tuple(key)):
+        for target in figures.keyed(dimension, key):
             target.count += n
             target.errors += errors
             target.tokens_in += tokens_in
             target.tokens_out += tokens_out
-    every = max(1, math.ceil(figures.total.count / SAMPLE_MAX))
-    # The samples are gathered per key first, then handed to each key's
-    # Buckets a list at a time: one append per trace, not one per Bucket.
-    sampled: dict[tuple, tuple[list[float], list[float]]] = {}
-    for bucket, client, model, tags, ttft, duration in conn.execute(
-        f"SELECT {keys}, {_TTFT}, {_DURATION} FROM traces WHERE {_WHERE}"
-        " AND (ttft_ms IS NOT NULL OR duration_ms IS NOT NULL) AND id % :every = 0",
-        {**params, "every": every},
-    ):
-        key = (bucket, client, model, tags)
-        lists = sampled.get(key)
-        if lists is None:
-            lists = sampled[key] = ([], [])
-        if ttft is not None:
-            lists[0].append(ttft)
-        if duration is not None:
-            lists[1].append(duration)
-    for key, (ttfts, durations) in sampled.items():
-        for target in figures.targets(key):
-            target.ttft.extend(ttfts)
-            target.duration.extend(durations)
-    series: dict[str, list[Any]] = {
-        "t": [round(start + i * step, 3) for i in range(count)]
-    }
+    for dimension, key, metric, bin_, n in conn.execute(_LATENCY, params):
+        for target in figures.keyed(dimension, key):
+            histogram = target.ttft if metric == rollup.TTFT else target.duration
+            histogram[bin_] = histogram.get(bin_, 0) + n
+    series: dict[str, list[Any]] = {"t": [start + i * step for i in range(count)]}
     summaries = [b.summary() for b in figures.buckets]
     series["requests"] = [s["count"] for s in summaries]
     for name in SERIES:
         series[name] = [s[name] for s in summaries]
     series["rpm"] = [round(c * 60.0 / step, 3) for c in series["requests"]]
     return {
-        "since": round(now - span, 3),
+        "since": start,
         "bucket_s": step,
-        "sampled_every": every,
+        "sampled_every": 1,
         "series": series,
         "total": figures.total.summary(),
         **{f"by_{d}": _ranked(by) for d, by in figures.by.items()},

@@ -14,6 +14,7 @@ exactly one of `written`, `pending` or `dropped`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from herd.router.observe import rollup
 from herd.router.observe.logfield import logged_all
 from herd.store import Store
 
@@ -156,7 +158,12 @@ def _m3_tags(db: sqlite_utils.Database) -> None:
         db["traces"].add_column("tags", str)
 
 
-MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags)
+def _m4_rollup(db: sqlite_utils.Database) -> None:
+    """The traffic rollup (herd.router.observe.rollup), from the rows kept."""
+    rollup.create(db.conn)
+
+
+MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags, _m4_rollup)
 
 # SQLite formats `time` from `ts` (the first value), off the Python side.
 _INSERT = (
@@ -247,6 +254,7 @@ class TraceLog:
             store = Store(self._state_dir, db_name=DB_NAME)
             try:
                 store.ensure("traces", MIGRATIONS)
+                rollup.with_ln(store.db.conn)
             except BaseException:
                 store.close()
                 raise
@@ -300,6 +308,7 @@ class TraceLog:
         try:
             with store.transaction() as db:
                 execute = db.conn.execute
+                (after,) = execute(rollup.LAST_ID).fetchone()
                 for start in range(0, len(batch), SLICE_ROWS):
                     if start and between is not None:
                         between()
@@ -308,6 +317,7 @@ class TraceLog:
                         _insert_rows(len(rows)),
                         [_NULL if v is None else v for row in rows for v in row],
                     )
+                rollup.roll(execute, after)
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,
@@ -327,11 +337,14 @@ class TraceLog:
         returns how many were bad."""
         bad = 0
         with store.transaction() as db:
+            execute = db.conn.execute
+            (after,) = execute(rollup.LAST_ID).fetchone()
             for row in batch:
                 try:
-                    db.conn.execute(_INSERT, row)
+                    execute(_INSERT, row)
                 except _UNWRITABLE_ROW:
                     bad += 1
+            rollup.roll(execute, after)
         return bad
 
     def _requeue(self, batch: list[Trace]) -> None:
@@ -352,13 +365,18 @@ class TraceLog:
         self.write_error = error
 
     def prune(self) -> int:
-        """Delete traces older than the retention period; returns how many."""
+        """Delete traces older than the retention period; returns how many.
+
+        Whole minutes go, of the traces and of their rollup alike, so the
+        rollup never counts a trace that is gone (nor misses one kept)."""
         store = self._db()
         if store is None:
             return 0
         cutoff = self._clock() - self._retention_days() * 86400.0
+        cutoff = math.floor(cutoff / rollup.MINUTE_S) * rollup.MINUTE_S
         with store.transaction() as db:
             count = db.execute("DELETE FROM traces WHERE ts < ?", [cutoff]).rowcount
+            rollup.prune(db.conn.execute, cutoff)
         self._last_prune = time.monotonic()
         return count
 
