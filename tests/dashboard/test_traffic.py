@@ -11,6 +11,7 @@ import pytest
 
 from herd.dashboard.traffic import traffic
 from herd.ops.tracequery import Filters, open_traces, stats
+from herd.router.observe import rollup
 from herd.router.observe.traces import DB_NAME, Trace, TraceLog
 from tests.dashboard.conftest import close
 
@@ -106,76 +107,108 @@ def rows_of(seed: int, count: int) -> list[Trace]:
 def test_the_rollup_answers_as_the_rows_do(tmp_path, batches):
     """Counts, errors and tokens equal the exact aggregation of the kept rows
     (herd traces stats over the same window), per window, bucket and key, and
-    every percentile is within the histogram's error of the exact one,
-    whether the rows came in one transaction or several."""
+    every percentile is within the histogram's error of the exact one (per
+    key, over the window's quarter hours), whether the rows were rolled up by
+    one refresh or by several."""
     rows = rows_of(batches, 3000)
     log = TraceLog(tmp_path, clock=lambda: NOW)
-    for at in range(0, len(rows), len(rows) // batches + 1):
-        for row in rows[at : at + len(rows) // batches + 1]:
+    size = len(rows) // batches + 1
+    for at in range(0, len(rows), size):
+        for row in rows[at : at + size]:
             log.record(row)
         log.flush()
+        body = traffic(tmp_path, NOW)  # each refresh rolls up what is new
     log.close()
-    body = traffic(tmp_path, NOW)
     conn = open_traces(tmp_path)
     try:
         for name in ("hour", "day"):
             got = body["windows"][name]
-            step = got["bucket_s"]
-            exact = stats(conn, Filters(since=got["since"], until=NOW + 60))
-            compare(got["total"], exact["total"])
+            step, since = got["bucket_s"], got["since"]
+            exact = stats(conn, Filters(since=since, until=NOW + 60))
+            quarter = since // rollup.QUARTER_S * rollup.QUARTER_S
+            quarters = stats(conn, Filters(since=quarter, until=NOW + 60))
+            compare(got["total"], exact["total"], exact["total"])
             for dimension in ("group", "model", "tag"):
                 keys = {k["key"]: k for k in exact["by"][dimension]}
+                spans = {k["key"]: k for k in quarters["by"][dimension]}
                 assert [k["key"] for k in got[f"by_{dimension}"]] == list(keys)
                 for key in got[f"by_{dimension}"]:
-                    compare(key, keys[key["key"]])
+                    compare(key, keys[key["key"]], spans[key["key"]])
             for i in (0, len(got["series"]["t"]) // 2, -2, -1):
                 t = got["series"]["t"][i]
                 one = stats(conn, Filters(since=t, until=t + step))["total"]
-                assert got["series"]["requests"][i] == one["count"]
-                for figure in ("errors", *(f for f in one if f.endswith("_ms"))):
-                    compare_figure(got["series"][figure][i], one[figure])
+                bucket = {k: v[i] for k, v in got["series"].items()}
+                bucket["count"] = bucket["requests"]
+                compare(bucket, {k: one[k] for k in ("count", "errors")}, one)
     finally:
         conn.close()
 
 
-def compare(got: dict, exact: dict) -> None:
+def compare(got: dict, exact: dict, percentiles: dict) -> None:
+    """Figures as `exact` has them, percentiles within the histogram's error
+    of `percentiles`'."""
     for figure, value in exact.items():
-        if figure != "key":
-            compare_figure(got[figure], value)
+        if figure.endswith("_ms"):
+            assert close(got[figure], percentiles[figure]), (figure, got, percentiles)
+        elif figure != "key":
+            assert got[figure] == value, (figure, got, exact)
+    for figure, value in percentiles.items():
+        if figure.endswith("_ms"):
+            assert close(got[figure], value), (figure, got, percentiles)
 
 
-def compare_figure(got, exact) -> None:
-    if isinstance(exact, float) and exact > 0:  # a percentile
-        assert close(got, exact), (got, exact)
-    else:
-        assert got == exact
-
-
-def test_pruning_drops_whole_minutes_of_rows_and_rollup_alike(tmp_path):
+def test_pruning_drops_whole_quarters_of_rows_and_rollup_alike(tmp_path):
     """After pruning, the rollup still matches the rows kept: the cutoff falls
-    on a minute, so no minute is half counted."""
+    on a quarter hour, so no minute or quarter is half counted."""
     rows = rows_of(3, 1000)
     clock = [NOW]
     log = TraceLog(tmp_path, clock=lambda: clock[0], retention_days=lambda: 1)
     for row in rows:
         log.record(row)
     log.flush()
+    traffic(tmp_path, NOW)  # rolls up the last day
     clock[0] = NOW + 3600 + 17  # prunes the traces older than NOW - 23 h + 17 s
     assert log.prune() > 0
     log.close()
     conn = sqlite3.connect(tmp_path / DB_NAME)
     try:
         (oldest,) = conn.execute("SELECT min(ts) FROM traces").fetchone()
-        kept = conn.execute("SELECT count(*), sum(tokens_in) FROM traces").fetchone()
-        rolled = conn.execute(
-            "SELECT sum(requests), sum(tokens_in) FROM traffic_minutes"
+        kept = conn.execute(
+            "SELECT count(*), sum(tokens_in), count(duration_ms) FROM traces"
         ).fetchone()
-        (first,) = conn.execute("SELECT min(minute) FROM traffic_minutes").fetchone()
+        rolled = conn.execute(
+            "SELECT sum(requests), sum(tokens_in),"
+            " (SELECT sum(n) FROM traffic_latency_minutes WHERE metric = 1)"
+            " FROM traffic_minutes"
+        ).fetchone()
+        (keyed,) = conn.execute(
+            "SELECT sum(n) FROM traffic_latency WHERE metric = 1"
+        ).fetchone()
+        first = conn.execute(
+            "SELECT (SELECT min(minute) FROM traffic_minutes),"
+            " (SELECT min(minute) FROM traffic_latency_minutes),"
+            " (SELECT min(slot) FROM traffic_latency)"
+        ).fetchone()
     finally:
         conn.close()
-    assert kept == rolled
-    cutoff = (NOW + 3600 + 17 - 86400) // 60 * 60
-    assert cutoff <= first == oldest // 60 * 60
+    assert kept == rolled and keyed == kept[2]
+    cutoff = (NOW + 3600 + 17 - 86400) // 900 * 900
+    assert cutoff <= oldest
+    assert first == (oldest // 60 * 60, oldest // 60 * 60, oldest // 900 * 900)
+
+
+def test_a_prune_that_empties_the_traces_starts_the_rollup_over(tmp_path):
+    """SQLite numbers traces from 1 again once none is left: the rollup's
+    mark goes back to 0 with them, so the new traces are counted."""
+    log = TraceLog(tmp_path, clock=lambda: NOW + 10 * 86400, retention_days=lambda: 1)
+    log.record(trace(NOW))
+    log.flush()
+    assert log.prune() == 1
+    log.record(trace(NOW + 10 * 86400 - 5))
+    log.flush()
+    log.close()
+    body = traffic(tmp_path, NOW + 10 * 86400)
+    assert body["windows"]["hour"]["total"]["count"] == 1
 
 
 def test_an_old_traces_db_is_rolled_up_when_upgraded(tmp_path):

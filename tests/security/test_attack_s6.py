@@ -120,7 +120,8 @@ def seed(state_dir: Path, now: float, column: str, value: object) -> None:
 ROLLUP = {
     "traffic_minutes": {"minute": 0, "client": "evil", "model": "evil", "tags": "",
                         "requests": 3, "errors": 1, "tokens_in": 5, "tokens_out": 7},
-    "traffic_latency": {"minute": 0, "client": "evil", "model": "evil", "tags": "",
+    "traffic_latency_minutes": {"minute": 0, "metric": 0, "bin": 80, "n": 3},
+    "traffic_latency": {"slot": 0, "client": "evil", "model": "evil", "tags": "",
                         "metric": 0, "bin": 80, "n": 3},
 }  # fmt: skip
 DAMAGED_FIGURES = {"text": "x", "blob": b"\xff", "inf": 1e999, "real": 0.5,
@@ -129,8 +130,10 @@ DAMAGED_FIGURES = {"text": "x", "blob": b"\xff", "inf": 1e999, "real": 0.5,
 
 def damage_rollup(conn: sqlite3.Connection, now: float, table: str, column: str,
                   value: object) -> None:  # fmt: skip
-    """A row of `table` in the last minute with `value` in `column`."""
-    row = {**ROLLUP[table], "minute": int(now - 30) // 60 * 60, column: value}
+    """A row of `table` in the minute (quarter) of `now - 30` with `value` in
+    `column`."""
+    when, grain = ("slot", 900) if "slot" in ROLLUP[table] else ("minute", 60)
+    row = {**ROLLUP[table], when: int(now - 30) // grain * grain, column: value}
     conn.execute(
         f"INSERT OR REPLACE INTO {table} ({', '.join(row)})"
         f" VALUES ({', '.join('?' * len(row))})",

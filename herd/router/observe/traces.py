@@ -14,7 +14,6 @@ exactly one of `written`, `pending` or `dropped`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -159,7 +158,7 @@ def _m3_tags(db: sqlite_utils.Database) -> None:
 
 
 def _m4_rollup(db: sqlite_utils.Database) -> None:
-    """The traffic rollup (herd.router.observe.rollup), from the rows kept."""
+    """The traffic rollup's tables (herd.router.observe.rollup)."""
     rollup.create(db.conn)
 
 
@@ -254,7 +253,6 @@ class TraceLog:
             store = Store(self._state_dir, db_name=DB_NAME)
             try:
                 store.ensure("traces", MIGRATIONS)
-                rollup.with_ln(store.db.conn)
             except BaseException:
                 store.close()
                 raise
@@ -308,7 +306,6 @@ class TraceLog:
         try:
             with store.transaction() as db:
                 execute = db.conn.execute
-                (after,) = execute(rollup.LAST_ID).fetchone()
                 for start in range(0, len(batch), SLICE_ROWS):
                     if start and between is not None:
                         between()
@@ -317,7 +314,6 @@ class TraceLog:
                         _insert_rows(len(rows)),
                         [_NULL if v is None else v for row in rows for v in row],
                     )
-                rollup.roll(execute, after)
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,
@@ -337,14 +333,11 @@ class TraceLog:
         returns how many were bad."""
         bad = 0
         with store.transaction() as db:
-            execute = db.conn.execute
-            (after,) = execute(rollup.LAST_ID).fetchone()
             for row in batch:
                 try:
-                    execute(_INSERT, row)
+                    db.conn.execute(_INSERT, row)
                 except _UNWRITABLE_ROW:
                     bad += 1
-            rollup.roll(execute, after)
         return bad
 
     def _requeue(self, batch: list[Trace]) -> None:
@@ -367,16 +360,15 @@ class TraceLog:
     def prune(self) -> int:
         """Delete traces older than the retention period; returns how many.
 
-        Whole minutes go, of the traces and of their rollup alike, so the
-        rollup never counts a trace that is gone (nor misses one kept)."""
+        Whole quarter hours go, of the traces and of their rollup alike
+        (herd.router.observe.rollup.prune), so the rollup never counts a trace
+        that is gone, nor misses one kept."""
         store = self._db()
         if store is None:
             return 0
         cutoff = self._clock() - self._retention_days() * 86400.0
-        cutoff = math.floor(cutoff / rollup.MINUTE_S) * rollup.MINUTE_S
         with store.transaction() as db:
-            count = db.execute("DELETE FROM traces WHERE ts < ?", [cutoff]).rowcount
-            rollup.prune(db.conn.execute, cutoff)
+            count = rollup.prune(db.conn.execute, cutoff)
         self._last_prune = time.monotonic()
         return count
 
