@@ -229,13 +229,15 @@ def roll_up(conn: sqlite3.Connection, now: float) -> None:
     rollup is read as it stands: behind, never wrong."""
     try:
         rollup.with_ln(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rollup.roll(conn.execute, now)
-            conn.execute("COMMIT")
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        rolled = rollup.ROLL_MAX
+        while rolled == rollup.ROLL_MAX:  # a transaction each, see ROLL_MAX
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rolled = rollup.roll(conn.execute, now, rollup.ROLL_MAX)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
     except sqlite3.Error as ex:
         log.warning("rolling up traces for the dashboard failed: %s", ex)
 

@@ -103,13 +103,15 @@ def rows_of(seed: int, count: int) -> list[Trace]:
     return found
 
 
-@pytest.mark.parametrize("batches", [1, 7])
-def test_the_rollup_answers_as_the_rows_do(tmp_path, batches):
+@pytest.mark.parametrize("batches,most", [(1, None), (7, None), (1, 97)])
+def test_the_rollup_answers_as_the_rows_do(tmp_path, monkeypatch, batches, most):
     """Counts, errors and tokens equal the exact aggregation of the kept rows
     (herd traces stats over the same window), per window, bucket and key, and
     every percentile is within the histogram's error of the exact one (per
     key, over the window's quarter hours), whether the rows were rolled up by
-    one refresh or by several."""
+    one refresh or by several, in one transaction or in many (`most`)."""
+    if most:
+        monkeypatch.setattr(rollup, "ROLL_MAX", most)
     rows = rows_of(batches, 3000)
     log = TraceLog(tmp_path, clock=lambda: NOW)
     size = len(rows) // batches + 1

@@ -68,6 +68,10 @@ MINUTE_S = 60
 QUARTER_S = 900
 #: How far back a roll-up reaches: the longest window, and its first quarter.
 ROLL_BACK_S = 86400 + QUARTER_S
+#: Trace ids rolled up per transaction, at most: the first roll-up after an
+#: upgrade (or after a long time without a dashboard) takes a day of traces,
+#: and the trace writers wait for the write lock while one runs (~0.1 s).
+ROLL_MAX = 10_000
 
 _NUMBER = "typeof({0}) IN ('integer', 'real')"
 
@@ -168,15 +172,16 @@ _ROLL_KEYS = _roll_latency(
 _LAST_ID = "SELECT coalesce(max(id), 0) FROM traces"
 
 
-def roll(execute: Callable[..., Any], now: float) -> int:
-    """Add the traces above `traffic_rolled` (those of the last ROLL_BACK_S
-    before `now`) to the rollup and move it to the largest id; returns how
-    many ids that spans. `execute` is the connection's, inside a write
-    transaction."""
+def roll(execute: Callable[..., Any], now: float, most: int) -> int:
+    """Add the traces above `traffic_rolled` (at most `most` ids, of the
+    last ROLL_BACK_S before `now`) to the rollup and move it past them;
+    returns how many ids that spans. `execute` is the connection's, inside a
+    write transaction."""
     (after,) = execute("SELECT id FROM traffic_rolled").fetchone()
-    (through,) = execute(_LAST_ID).fetchone()
+    (last,) = execute(_LAST_ID).fetchone()
     if not isinstance(after, int):
-        after = through  # damaged: count nothing twice, miss what came before
+        after = last  # damaged: count nothing twice, miss what came before
+    through = min(last, after + most)
     if through <= after:
         return 0
     params = {"after": after, "through": through, "since": now - ROLL_BACK_S}
