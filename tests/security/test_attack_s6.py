@@ -165,6 +165,25 @@ def test_a_damaged_rollup_row_is_no_500(tmp_path, table, column, kind):
     strict(encode(body))
 
 
+@pytest.mark.parametrize("kind", sorted(DAMAGED_FIGURES))
+def test_a_damaged_rollup_mark_is_no_500(tmp_path, kind):
+    """The rollup's mark (the last trace id rolled up) of any type or size:
+    the traffic still answers, as strict JSON, and counts nothing twice (a
+    negative mark rolled up forever, 10,000 ids of nothing at a time)."""
+    seed(tmp_path, NOW, "node", "node-a")
+    first = traffic(tmp_path, NOW)["windows"]["hour"]["total"]["count"]
+    assert first >= 36
+    conn = sqlite3.connect(tmp_path / "traces.db")
+    with conn:
+        conn.execute("UPDATE traffic_rolled SET id = ?", (DAMAGED_FIGURES[kind],))
+    conn.close()
+    body = traffic(tmp_path, NOW)
+    assert body["available"], body
+    strict(encode(body))
+    count = body["windows"]["hour"]["total"]["count"]
+    assert count == first  # the seeded traces, rolled up once
+
+
 @pytest.mark.parametrize("column,kind", sorted(WRONG))
 def test_a_value_of_the_wrong_type_in_traces_db_is_no_500(tmp_path, column, kind):
     """The traffic and the health facts still come from the good rows, and

@@ -179,7 +179,7 @@ def roll(execute: Callable[..., Any], now: float, most: int) -> int:
     write transaction."""
     (after,) = execute("SELECT id FROM traffic_rolled").fetchone()
     (last,) = execute(_LAST_ID).fetchone()
-    if not isinstance(after, int):
+    if not isinstance(after, int) or not 0 <= after <= last:
         after = last  # damaged: count nothing twice, miss what came before
     through = min(last, after + most)
     if through <= after:
