@@ -1,40 +1,44 @@
-"""Traffic over the last hour and day, aggregated from traces.db.
+"""Traffic over the last hour and day, read from traces.db's rollup.
 
 What the dashboard charts: model requests per minute, errors, and p50/p95
 time to first token and duration in time buckets (one minute over the hour,
-fifteen minutes over the day), plus usage per client group, tag and model.
-"Model requests" are the traces that name a model (chat, generate, embed,
-OpenAI completions...); probes, /fleet/status and the dashboard's own polling
-are not counted.
+fifteen minutes over the day, on whole minutes: the newest bucket is the one
+under way), plus usage per client group, tag and model. "Model requests" are
+the traces that name a model (chat, generate, embed, OpenAI completions...);
+probes, /fleet/status and the dashboard's own polling are not counted.
 
-A window costs two queries whatever its size. Counts, errors and tokens are
-exact: SQLite groups the window by (bucket, group, model, tags), which leaves
-a few hundred rows for Python to fold into each dimension. Percentiles
-(nearest rank) come from at most `SAMPLE_MAX` traces: every trace when the
-window holds fewer, else every n-th by id (`sampled_every` says which), so a
-busy day never turns into a Python loop over millions of rows. The file is
-opened read-only.
+Everything comes from the rollup kept in traces.db next to the rows
+(herd.router.observe.rollup): each refresh first rolls up the traces written
+since the last one (each trace is rolled up once, in SQLite, with the GIL
+released), then reads the window, at a cost that does not grow with the
+traffic: SQLite sums the window's minutes per (bucket, group, model, tags)
+and its latency histograms per bucket and per key, and Python folds what
+comes back (a few thousand rows at most). Counts, errors and tokens are
+exact. Percentiles are nearest-rank within rollup.RELATIVE_ERROR (4.4%): the
+chart's and the totals' over the window's own minutes; those per group, model
+and tag over the window's quarter hours (the hour's span from the start of
+its first quarter, up to 14 minutes more; the day's is whole quarters). The
+file is opened read-write only to roll up (it is never created here), and
+every value is read as the writer writes it: a damaged rollup row counts as
+nothing rather than answering 500.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import (
-    NONE_KEY,
-    UNTAGGED,
-    Bucket,
-    as_number,
-    as_text,
-    has_tags,
-)
+from herd.ops.tracequery import UNTAGGED, Bucket, as_text
+from herd.router.observe import rollup
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
 
-#: name -> (seconds covered, seconds per bucket)
+log = logging.getLogger("herd.router")
+
+#: name -> (seconds covered, seconds per bucket: whole minutes)
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900)}
 #: Keys listed per dimension (the busiest first).
 KEYS_MAX = 20
@@ -46,56 +50,123 @@ SERIES = (
     "duration_p50_ms",
     "duration_p95_ms",
 )
-#: Traces read for the percentiles of one window, at most.
-SAMPLE_MAX = 50_000
+#: The dimensions besides time, and the rollup column each groups by.
+DIMENSIONS = {"group": "client", "model": "model", "tag": "tags"}
 
-_WHERE = (
-    "ts >= :since AND ts <= :now"
-    " AND (requested_model IS NOT NULL OR served_model IS NOT NULL)"
-)
 # Keys are read as text and figures only when they are numbers: a value of
 # another type (a damaged or hand-edited traces.db) would otherwise reach the
 # JSON encoder as bytes, or a sort of mixed types, and answer 500.
-_MODEL = as_text("coalesce(served_model, requested_model)", f"'{NONE_KEY}'")
-_CLIENT = as_text("client", f"'{NONE_KEY}'")
-_TTFT = as_number("ttft_ms")
-_DURATION = as_number("duration_ms")
+_KEYS = {c: as_text(c, "''") for c in DIMENSIONS.values()}
+#: A rollup figure above this is damage, not traffic (a minute would hold a
+#: trillion requests or tokens): it is read as nothing, so sums over a day of
+#: minutes never overflow SQLite's integers (an error, no answer at all).
+FIGURE_MAX = 10**12
+
+
+def _figure(column: str) -> str:
+    return (
+        f"CASE WHEN typeof({column}) = 'integer'"
+        f" AND {column} BETWEEN 0 AND {FIGURE_MAX} THEN {column} ELSE 0 END"
+    )
+
+
+def _within(column: str, since: str) -> str:
+    return f"typeof({column}) = 'integer' AND {column} >= {since} AND {column} <= :now"
+
+
+def _bucket(column: str) -> str:
+    return f"min(:last, ({column} - :start) / :step)"
+
+
+_HISTOGRAM = (
+    f"metric IN ({rollup.TTFT}, {rollup.DURATION}) AND typeof(bin) = 'integer'"
+    f" AND bin BETWEEN 0 AND {rollup.TOP_BIN}"
+)
+_N = f"sum({_figure('n')})"
+# Grouped by the stored columns (the cheapest to compare), read as text.
+_KEY_TEXT = ", ".join(_KEYS.values())
+_KEY_COLUMNS = ", ".join(DIMENSIONS.values())
+
+
+def _per_bucket(grain: int, column: str) -> str:
+    """What to group a window's rows by for its buckets: over the hour the
+    stored minute itself (a bucket is a minute, and rows come in that order:
+    SQLite sums them without sorting), else the bucket."""
+    return column if grain == rollup.MINUTE_S else "1"
+
+
+#: The counts per bucket and key, by the window's bucket size.
+_COUNTS = {
+    grain: f"SELECT {_bucket('minute')}, {_KEY_TEXT}, "
+    + ", ".join(
+        f"sum({_figure(c)})" for c in ("requests", "errors", "tokens_in", "tokens_out")
+    )
+    + f" FROM traffic_minutes WHERE {_within('minute', ':start')}"
+    f" GROUP BY {_per_bucket(grain, 'minute')}, {_KEY_COLUMNS}"
+    for grain in (rollup.MINUTE_S, rollup.QUARTER_S)
+}
+#: The chart's histograms, by the window's bucket size: per minute for all
+#: keys, or per quarter hour summed over the keys.
+_SERIES = {
+    grain: f"SELECT {_bucket(column)}, metric, bin, {_N} FROM {table}"
+    f" WHERE {_within(column, ':start')} AND {_HISTOGRAM}"
+    f" GROUP BY {_per_bucket(grain, column)}, metric, bin"
+    for grain, table, column in (
+        (rollup.MINUTE_S, "traffic_latency_minutes", "minute"),
+        (rollup.QUARTER_S, "traffic_latency", "slot"),
+    )
+}
+_PER_KEY = (
+    f"SELECT {_KEY_TEXT}, metric, bin, {_N} FROM traffic_latency"
+    f" WHERE {_within('slot', ':quarter')} AND {_HISTOGRAM}"
+    f" GROUP BY {_KEY_COLUMNS}, metric, bin"
+)
+
+
+@dataclass
+class Rolled(Bucket):
+    """A Bucket whose TTFTs and durations are histograms ({bin: count})."""
+
+    ttft: dict[int, int] = field(default_factory=dict)  # type: ignore[assignment]
+    duration: dict[int, int] = field(default_factory=dict)  # type: ignore[assignment]
+
+    @staticmethod
+    def percentile(values: Any, pct: float) -> float | None:
+        return rollup.percentile(values, pct)
 
 
 class _Window:
     def __init__(self, count: int):
-        self.buckets = [Bucket() for _ in range(count)]
-        self.total = Bucket()
-        self.by: dict[str, dict[str, Bucket]] = {"group": {}, "tag": {}, "model": {}}
-        #: (bucket, group, model, tags) -> every Bucket such a trace counts in.
-        self._targets: dict[tuple, list[Bucket]] = {}
+        self.buckets = [Rolled() for _ in range(count)]
+        self.total = Rolled()
+        self.by: dict[str, dict[str, Rolled]] = {d: {} for d in DIMENSIONS}
+        self._keyed: dict[tuple, list[Rolled]] = {}
 
-    def targets(self, key: tuple) -> list[Bucket]:
-        """Every Bucket a trace of this (time bucket, group, model, tags) counts in.
-
-        Worked out once per key: a window holds a few hundred keys and up to
-        SAMPLE_MAX sampled traces, and this runs on a thread that shares the
-        worker's GIL with its event loop."""
-        found = self._targets.get(key)
+    def keyed(self, key: tuple[str, str, str], new: bool = True) -> list[Rolled]:
+        """The Rolled figures of the group, model and tags of a (client, model,
+        tags) key. Worked out once per key. With `new` False, only those the
+        counts made (a quarter's histograms may name a key with no request in
+        the window)."""
+        found = self._keyed.get(key)
         if found is None:
-            bucket, client, model, tags = key
+            if not new:
+                return []
+            client, model, tags = key
             by = self.by
-            found = [self.buckets[bucket], self.total]
-            found.append(_get(by["group"], client))
-            found.append(_get(by["model"], model))
+            found = [_get(by["group"], client), _get(by["model"], model)]
             found.extend(_get(by["tag"], tag) for tag in split(tags) or [UNTAGGED])
-            self._targets[key] = found
+            self._keyed[key] = found
         return found
 
 
-def _get(by: dict[str, Bucket], key: str) -> Bucket:
+def _get(by: dict[str, Rolled], key: str) -> Rolled:
     found = by.get(key)
     if found is None:
-        found = by[key] = Bucket()
+        found = by[key] = Rolled()
     return found
 
 
-def _ranked(by: dict[str, Bucket]) -> list[dict[str, Any]]:
+def _ranked(by: dict[str, Rolled]) -> list[dict[str, Any]]:
     ordered = sorted(by.items(), key=lambda kv: (-kv[1].count, kv[0]))
     return [{"key": k, **figures.summary()} for k, figures in ordered[:KEYS_MAX]]
 
@@ -103,57 +174,43 @@ def _ranked(by: dict[str, Bucket]) -> list[dict[str, Any]]:
 def window(conn: sqlite3.Connection, now: float, span: int, step: int) -> dict:
     """One window: its bucket series, totals, and usage per group, tag, model."""
     count = span // step
-    start = now - count * step  # bucket i: [start + i*step, start + (i+1)*step)
-    params: dict[str, Any] = {"since": now - span, "now": now, "start": start}
-    keys = (
-        f"min({count - 1}, CAST((ts - :start) / {step} AS INTEGER)), {_CLIENT},"
-        f" {_MODEL}, {as_text('tags') if has_tags(conn) else 'NULL'}"
-    )
+    start = int(now // step) * step - (count - 1) * step  # bucket i: start + i*step
+    params = {"start": start, "now": now, "step": step, "last": count - 1}
+    params["quarter"] = start // rollup.QUARTER_S * rollup.QUARTER_S
     figures = _Window(count)
-    for *key, n, errors, tokens_in, tokens_out in conn.execute(
-        f"SELECT {keys}, count(*), sum(status >= 400 OR error_class IS NOT NULL),"
-        " coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0)"
-        f" FROM traces WHERE {_WHERE} GROUP BY 1, 2, 3, 4",
-        params,
+    buckets, total = figures.buckets, figures.total
+    for bucket, *key, n, errors, tokens_in, tokens_out in conn.execute(
+        _COUNTS[step], params
     ):
-        for target in figures.targets(tuple(key)):
+        for target in (buckets[bucket], total, *figures.keyed(tuple(key))):
             target.count += n
             target.errors += errors
             target.tokens_in += tokens_in
             target.tokens_out += tokens_out
-    every = max(1, math.ceil(figures.total.count / SAMPLE_MAX))
-    # The samples are gathered per key first, then handed to each key's
-    # Buckets a list at a time: one append per trace, not one per Bucket.
-    sampled: dict[tuple, tuple[list[float], list[float]]] = {}
-    for bucket, client, model, tags, ttft, duration in conn.execute(
-        f"SELECT {keys}, {_TTFT}, {_DURATION} FROM traces WHERE {_WHERE}"
-        " AND (ttft_ms IS NOT NULL OR duration_ms IS NOT NULL) AND id % :every = 0",
-        {**params, "every": every},
-    ):
-        key = (bucket, client, model, tags)
-        lists = sampled.get(key)
-        if lists is None:
-            lists = sampled[key] = ([], [])
-        if ttft is not None:
-            lists[0].append(ttft)
-        if duration is not None:
-            lists[1].append(duration)
-    for key, (ttfts, durations) in sampled.items():
-        for target in figures.targets(key):
-            target.ttft.extend(ttfts)
-            target.duration.extend(durations)
-    series: dict[str, list[Any]] = {
-        "t": [round(start + i * step, 3) for i in range(count)]
-    }
+    # The histograms: a few thousand rows, so no method call per row.
+    ttft = rollup.TTFT
+    totals = (total.ttft, total.duration)
+    for bucket, metric, bin_, n in conn.execute(_SERIES[step], params):
+        one = buckets[bucket]
+        histograms = (
+            (one.ttft, totals[0]) if metric == ttft else (one.duration, totals[1])
+        )
+        for histogram in histograms:
+            histogram[bin_] = histogram.get(bin_, 0) + n
+    for *key, metric, bin_, n in conn.execute(_PER_KEY, params):
+        for target in figures.keyed(tuple(key), new=False):
+            histogram = target.ttft if metric == ttft else target.duration
+            histogram[bin_] = histogram.get(bin_, 0) + n
+    series: dict[str, list[Any]] = {"t": [start + i * step for i in range(count)]}
     summaries = [b.summary() for b in figures.buckets]
     series["requests"] = [s["count"] for s in summaries]
     for name in SERIES:
         series[name] = [s[name] for s in summaries]
     series["rpm"] = [round(c * 60.0 / step, 3) for c in series["requests"]]
     return {
-        "since": round(now - span, 3),
+        "since": start,
         "bucket_s": step,
-        "sampled_every": every,
+        "sampled_every": 1,
         "series": series,
         "total": figures.total.summary(),
         **{f"by_{d}": _ranked(by) for d, by in figures.by.items()},
@@ -165,6 +222,26 @@ def empty(now: float, reason: str) -> dict[str, Any]:
     return {"generated_at": now, "available": False, "reason": reason}
 
 
+def roll_up(conn: sqlite3.Connection, now: float) -> None:
+    """Roll up the traces written since the last roll-up (see
+    herd.router.observe.rollup). If that cannot be done now (another writer
+    holds the lock past the timeout, a read-only file, a damaged table), the
+    rollup is read as it stands: behind, never wrong."""
+    try:
+        rollup.with_ln(conn)
+        rolled = rollup.ROLL_MAX
+        while rolled == rollup.ROLL_MAX:  # a transaction each, see ROLL_MAX
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rolled = rollup.roll(conn.execute, now, rollup.ROLL_MAX)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+    except sqlite3.Error as ex:
+        log.warning("rolling up traces for the dashboard failed: %s", ex)
+
+
 def traffic(
     state_dir: str | Path, now: float, names: tuple[str, ...] = tuple(WINDOWS)
 ) -> dict[str, Any]:
@@ -173,10 +250,15 @@ def traffic(
     if not path.exists():
         return empty(now, f"no traces yet ({path} does not exist)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        # Read-write (never created here) only to roll up; autocommit, so a
+        # read takes no lock the trace writer would wait for.
+        conn = sqlite3.connect(
+            f"file:{path}?mode=rw", uri=True, timeout=5, isolation_level=None
+        )
     except sqlite3.Error as ex:
         return empty(now, f"cannot read {path}: {ex}")
     try:
+        roll_up(conn, now)
         return {
             "generated_at": now,
             "available": True,

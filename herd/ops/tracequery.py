@@ -18,30 +18,14 @@ from typing import Any
 
 from herd.digits import decimal
 from herd.errors import ConfigError
+from herd.router.observe.rollup import NONE_KEY
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
+from herd.sqlread import as_number, as_text
 
 #: The dimensions `herd traces stats` groups by, and what each reads.
 DIMENSIONS = ("model", "node", "group", "tag")
-NONE_KEY = "(none)"
 UNTAGGED = "(untagged)"
-
-
-def as_text(column: str, default: str = "NULL") -> str:
-    """SQL for `column` read as text: `default` for NULL, and SQL's quoting of
-    a number or a blob (whose bytes need not be UTF-8). The router writes text
-    there, but a damaged or hand-edited file may hold anything, and a blob
-    would reach Python as bytes (or fail to decode) and JSON as an error."""
-    return (
-        f"CASE typeof({column}) WHEN 'text' THEN {column} WHEN 'null' THEN {default}"
-        f" ELSE quote({column}) END"
-    )
-
-
-def as_number(column: str) -> str:
-    """SQL for `column` read as a number: NULL unless SQLite holds an integer
-    or a real there (text or a blob in a figure comes from a damaged file)."""
-    return f"CASE WHEN typeof({column}) IN ('integer', 'real') THEN {column} END"
 
 
 #: The traces columns that hold figures; every other column is a name or text.
@@ -176,17 +160,23 @@ class Bucket:
         if row["duration_ms"] is not None:
             self.duration.append(row["duration_ms"])
 
+    @staticmethod
+    def percentile(values: Any, pct: float) -> float | None:
+        """Nearest-rank percentile of `values` (a subclass may keep them
+        otherwise: the dashboard's as histograms)."""
+        values.sort()
+        return percentile(values, pct)
+
     def summary(self) -> dict[str, Any]:
-        self.ttft.sort()
-        self.duration.sort()
+        pick = self.percentile
         return {
             "count": self.count,
             "errors": self.errors,
             "error_rate": round(self.errors / self.count, 4) if self.count else 0.0,
-            "ttft_p50_ms": percentile(self.ttft, 50),
-            "ttft_p95_ms": percentile(self.ttft, 95),
-            "duration_p50_ms": percentile(self.duration, 50),
-            "duration_p95_ms": percentile(self.duration, 95),
+            "ttft_p50_ms": pick(self.ttft, 50),
+            "ttft_p95_ms": pick(self.ttft, 95),
+            "duration_p50_ms": pick(self.duration, 50),
+            "duration_p95_ms": pick(self.duration, 95),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
         }

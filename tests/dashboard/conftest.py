@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from herd.router.observe import rollup
 from tests.router.routerproc import Router, manifest, start_router, start_sim
 
 CLIENTS = [
@@ -27,6 +28,16 @@ SENT = {
     ("apps", None, "no-such-model", 404): 1,
 }
 SOURCE = {"ops": "127.0.0.1", "apps": "127.0.0.2"}
+
+
+def close(got: float | None, exact: float | None) -> bool:
+    """Whether a percentile read from the traffic rollup's histogram is within
+    its documented error of the exact nearest-rank one."""
+    if exact is None or got is None:
+        return got is exact
+    if exact < rollup.LOWEST_MS:
+        return abs(got - exact) <= rollup.LOWEST_MS / 2
+    return abs(got - exact) <= exact * rollup.RELATIVE_ERROR + 0.001
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from herd.dashboard.page import ASSETS
-from tests.dashboard.conftest import SENT
+from tests.dashboard.conftest import SENT, close
 
 pytestmark = pytest.mark.e2e
 
@@ -169,8 +169,9 @@ def test_traffic_matches_what_was_sent(fleet):
 
 
 def test_percentiles_match_the_stored_traces(fleet):
-    """p50/p95 per group equal the nearest-rank percentiles of the rows in
-    traces.db, computed here independently."""
+    """p50/p95 per group are the nearest-rank percentiles of the rows in
+    traces.db, computed here independently, within the rollup's histogram
+    error."""
     path = fleet.router.state_dir / "traces.db"
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -191,7 +192,8 @@ def test_percentiles_match_the_stored_traces(fleet):
             for p in (50, 95):
                 rank = max(1, math.ceil(p / 100 * len(values)))
                 expected = round(values[rank - 1], 3) if values else None
-                assert group[f"{name}_p{p}_ms"] == expected, (group, name, p)
+                got = group[f"{name}_p{p}_ms"]
+                assert close(got, expected), (group, name, p)
 
 
 def test_audit_lists_the_apply_with_an_intact_chain(fleet):

@@ -1,12 +1,22 @@
 """Dashboard traffic aggregates over a real traces.db written by the router's
-own TraceLog: buckets, percentiles, groups and tags, and what is not counted."""
+own TraceLog: buckets, percentiles, groups and tags, what is not counted, and
+the rollup's answer against the exact aggregation of the same rows."""
 
 from __future__ import annotations
 
-from herd.dashboard.traffic import traffic
-from herd.router.observe.traces import Trace, TraceLog
+import random
+import sqlite3
 
-NOW = 2_000_000.0
+import pytest
+
+from herd.dashboard.traffic import traffic
+from herd.ops.tracequery import Filters, open_traces, stats
+from herd.router.observe import rollup
+from herd.router.observe.traces import DB_NAME, Trace, TraceLog
+from tests.dashboard.conftest import close
+
+#: 50 s into a minute (buckets are whole minutes; the newest is under way).
+NOW = 2_000_090.0
 
 
 def trace(ts, client="ops", status=200, ttft=100.0, duration=200.0, tags=None,
@@ -53,8 +63,10 @@ def test_buckets_percentiles_groups_and_tags(tmp_path):
     series = hour["series"]
     assert series["requests"][-1] == 10 and series["rpm"][-1] == 10
     assert series["requests"][-2] == 4 and series["errors"][-2] == 1
-    assert series["ttft_p50_ms"][-1] == 5.0 and series["ttft_p95_ms"][-1] == 10.0
-    assert series["duration_p95_ms"][-1] == 100.0
+    assert close(series["ttft_p50_ms"][-1], 5.0)
+    assert close(series["ttft_p95_ms"][-1], 10.0)
+    assert close(series["duration_p95_ms"][-1], 100.0)
+    assert series["t"][-1] == NOW - 50 and hour["since"] == NOW - 50 - 59 * 60
     assert series["requests"][0] == 0 and series["ttft_p95_ms"][0] is None
     # rpm over the day is per minute, not per 15-minute bucket.
     assert day["series"]["requests"][-1] == 14
@@ -70,15 +82,170 @@ def test_buckets_percentiles_groups_and_tags(tmp_path):
     assert [m["key"] for m in hour["by_model"]] == ["m"]
 
 
-def test_a_big_window_samples_percentiles_but_counts_exactly(tmp_path, monkeypatch):
-    from herd.dashboard import traffic as module
+def rows_of(seed: int, count: int) -> list[Trace]:
+    """`count` model requests over the last 26 hours, of mixed groups, tags,
+    models and outcomes, latencies spread from 0.01 ms to an hour."""
+    pick = random.Random(seed)
+    found = []
+    for _ in range(count):
+        status = pick.choice((200, 200, 200, 200, 404, 503))
+        ttft = None if pick.random() < 0.1 else 10 ** pick.uniform(-2, 6.6)
+        row = trace(
+            NOW - pick.uniform(0, 26 * 3600),
+            client=pick.choice(("ops", "apps", None)),
+            status=status,
+            ttft=ttft,
+            duration=10 ** pick.uniform(-1, 5),
+            tags=pick.choice((None, "a", "a,b", "team/x")),
+            model=pick.choice(("m1", "m2:3b")),
+        )
+        found.append(row._replace(tokens_in=pick.randint(0, 900)))
+    return found
 
-    write(tmp_path, [trace(NOW - 10 - i % 50, ttft=float(i)) for i in range(400)])
-    monkeypatch.setattr(module, "SAMPLE_MAX", 100)
-    hour = traffic(tmp_path, NOW)["windows"]["hour"]
-    assert hour["sampled_every"] == 4
-    assert hour["total"]["count"] == 400 and hour["total"]["tokens_in"] == 1200
-    assert sum(hour["series"]["requests"]) == 400
-    # A sample of every 4th trace by id still spans the whole range.
-    assert 180 <= hour["total"]["ttft_p50_ms"] <= 220
-    assert hour["total"]["ttft_p95_ms"] >= 370
+
+@pytest.mark.parametrize("batches,most", [(1, None), (7, None), (1, 97)])
+def test_the_rollup_answers_as_the_rows_do(tmp_path, monkeypatch, batches, most):
+    """Counts, errors and tokens equal the exact aggregation of the kept rows
+    (herd traces stats over the same window), per window, bucket and key, and
+    every percentile is within the histogram's error of the exact one (per
+    key, over the window's quarter hours), whether the rows were rolled up by
+    one refresh or by several, in one transaction or in many (`most`)."""
+    if most:
+        monkeypatch.setattr(rollup, "ROLL_MAX", most)
+    rows = rows_of(batches, 3000)
+    log = TraceLog(tmp_path, clock=lambda: NOW)
+    size = len(rows) // batches + 1
+    for at in range(0, len(rows), size):
+        for row in rows[at : at + size]:
+            log.record(row)
+        log.flush()
+        body = traffic(tmp_path, NOW)  # each refresh rolls up what is new
+    log.close()
+    conn = open_traces(tmp_path)
+    try:
+        for name in ("hour", "day"):
+            got = body["windows"][name]
+            step, since = got["bucket_s"], got["since"]
+            exact = stats(conn, Filters(since=since, until=NOW + 60))
+            quarter = since // rollup.QUARTER_S * rollup.QUARTER_S
+            quarters = stats(conn, Filters(since=quarter, until=NOW + 60))
+            compare(got["total"], exact["total"], exact["total"])
+            for dimension in ("group", "model", "tag"):
+                keys = {k["key"]: k for k in exact["by"][dimension]}
+                spans = {k["key"]: k for k in quarters["by"][dimension]}
+                assert [k["key"] for k in got[f"by_{dimension}"]] == list(keys)
+                for key in got[f"by_{dimension}"]:
+                    compare(key, keys[key["key"]], spans[key["key"]])
+            for i in (0, len(got["series"]["t"]) // 2, -2, -1):
+                t = got["series"]["t"][i]
+                one = stats(conn, Filters(since=t, until=t + step))["total"]
+                bucket = {k: v[i] for k, v in got["series"].items()}
+                bucket["count"] = bucket["requests"]
+                compare(bucket, {k: one[k] for k in ("count", "errors")}, one)
+    finally:
+        conn.close()
+
+
+def compare(got: dict, exact: dict, percentiles: dict) -> None:
+    """Figures as `exact` has them, percentiles within the histogram's error
+    of `percentiles`'."""
+    for figure, value in exact.items():
+        if figure.endswith("_ms"):
+            assert close(got[figure], percentiles[figure]), (figure, got, percentiles)
+        elif figure != "key":
+            assert got[figure] == value, (figure, got, exact)
+    for figure, value in percentiles.items():
+        if figure.endswith("_ms"):
+            assert close(got[figure], value), (figure, got, percentiles)
+
+
+def test_pruning_drops_whole_quarters_of_rows_and_rollup_alike(tmp_path):
+    """After pruning, the rollup still matches the rows kept: the cutoff falls
+    on a quarter hour, so no minute or quarter is half counted."""
+    rows = rows_of(3, 1000)
+    clock = [NOW]
+    log = TraceLog(tmp_path, clock=lambda: clock[0], retention_days=lambda: 1)
+    for row in rows:
+        log.record(row)
+    log.flush()
+    traffic(tmp_path, NOW)  # rolls up the last day
+    clock[0] = NOW + 3600 + 17  # prunes the traces older than NOW - 23 h + 17 s
+    assert log.prune() > 0
+    log.close()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        (oldest,) = conn.execute("SELECT min(ts) FROM traces").fetchone()
+        kept = conn.execute(
+            "SELECT count(*), sum(tokens_in), count(duration_ms) FROM traces"
+        ).fetchone()
+        rolled = conn.execute(
+            "SELECT sum(requests), sum(tokens_in),"
+            " (SELECT sum(n) FROM traffic_latency_minutes WHERE metric = 1)"
+            " FROM traffic_minutes"
+        ).fetchone()
+        (keyed,) = conn.execute(
+            "SELECT sum(n) FROM traffic_latency WHERE metric = 1"
+        ).fetchone()
+        first = conn.execute(
+            "SELECT (SELECT min(minute) FROM traffic_minutes),"
+            " (SELECT min(minute) FROM traffic_latency_minutes),"
+            " (SELECT min(slot) FROM traffic_latency)"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert kept == rolled and keyed == kept[2]
+    cutoff = (NOW + 3600 + 17 - 86400) // 900 * 900
+    assert cutoff <= oldest
+    assert first == (oldest // 60 * 60, oldest // 60 * 60, oldest // 900 * 900)
+
+
+def test_a_prune_that_empties_the_traces_starts_the_rollup_over(tmp_path):
+    """SQLite numbers traces from 1 again once none is left: the rollup's
+    mark goes back to 0 with them, so the new traces are counted."""
+    log = TraceLog(tmp_path, clock=lambda: NOW + 10 * 86400, retention_days=lambda: 1)
+    log.record(trace(NOW))
+    log.flush()
+    assert log.prune() == 1
+    log.record(trace(NOW + 10 * 86400 - 5))
+    log.flush()
+    log.close()
+    body = traffic(tmp_path, NOW + 10 * 86400)
+    assert body["windows"]["hour"]["total"]["count"] == 1
+
+
+def test_an_old_traces_db_is_rolled_up_when_upgraded(tmp_path):
+    """A traces.db from before the rollup (schema v3) gets it filled from the
+    rows it keeps, so an upgraded router shows its history at once."""
+    from herd.router.observe import traces as module
+    from herd.store import Store
+
+    rows = rows_of(4, 500)
+    store = Store(tmp_path, db_name=DB_NAME)
+    store.ensure("traces", module.MIGRATIONS[:3])
+    with store.transaction() as db:
+        for row in rows:
+            db.conn.execute(module._INSERT, row)
+    store.close()
+    before = stats_of(tmp_path)
+    log = TraceLog(tmp_path, clock=lambda: NOW)
+    log.record(rows[0])
+    log.flush()  # migrates, then writes one more row
+    log.close()
+    body = traffic(tmp_path, NOW)
+    assert body["windows"]["day"]["total"]["count"] == before["day"] + 1
+    assert body["windows"]["hour"]["total"]["count"] == before["hour"] + (
+        rows[0].ts >= body["windows"]["hour"]["since"]
+    )
+
+
+def stats_of(state_dir) -> dict[str, int]:
+    """Model requests in each window, counted from the rows."""
+    conn = open_traces(state_dir)
+    try:
+        found = {}
+        for name, (span, step) in (("hour", (3600, 60)), ("day", (86400, 900))):
+            since = NOW // step * step - span + step
+            found[name] = stats(conn, Filters(since=since))["total"]["count"]
+        return found
+    finally:
+        conn.close()

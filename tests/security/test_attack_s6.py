@@ -115,6 +115,75 @@ def seed(state_dir: Path, now: float, column: str, value: object) -> None:
     conn.close()
 
 
+#: The traffic rollup's tables (herd.router.observe.rollup), a good row of
+#: each, and what a damaged file may hold in any column instead.
+ROLLUP = {
+    "traffic_minutes": {"minute": 0, "client": "evil", "model": "evil", "tags": "",
+                        "requests": 3, "errors": 1, "tokens_in": 5, "tokens_out": 7},
+    "traffic_latency_minutes": {"minute": 0, "metric": 0, "bin": 80, "n": 3},
+    "traffic_latency": {"slot": 0, "client": "evil", "model": "evil", "tags": "",
+                        "metric": 0, "bin": 80, "n": 3},
+}  # fmt: skip
+DAMAGED_FIGURES = {"text": "x", "blob": b"\xff", "inf": 1e999, "real": 0.5,
+                   "negative": -1, "least": -(2**63), "most": 2**63 - 1}  # fmt: skip
+
+
+def damage_rollup(conn: sqlite3.Connection, now: float, table: str, column: str,
+                  value: object) -> None:  # fmt: skip
+    """A row of `table` in the minute (quarter) of `now - 30` with `value` in
+    `column`."""
+    when, grain = ("slot", 900) if "slot" in ROLLUP[table] else ("minute", 60)
+    row = {**ROLLUP[table], when: int(now - 30) // grain * grain, column: value}
+    conn.execute(
+        f"INSERT OR REPLACE INTO {table} ({', '.join(row)})"
+        f" VALUES ({', '.join('?' * len(row))})",
+        list(row.values()),
+    )
+
+
+@pytest.mark.parametrize(
+    "table,column,kind",
+    [(t, c, k) for t, row in ROLLUP.items() for c in row for k in DAMAGED_FIGURES],
+)
+def test_a_damaged_rollup_row_is_no_500(tmp_path, table, column, kind):
+    """The traffic is read from the rollup the writer keeps: a value of any
+    type or size in any of its columns counts as nothing (or as a key named
+    by its SQL quoting), and the good rows' figures still come through as
+    strict JSON (a sum past SQLite's integers, or a figure that is not a
+    number, would otherwise fail the whole answer)."""
+    seed(tmp_path, NOW, "node", "node-a")
+    conn = sqlite3.connect(tmp_path / "traces.db")
+    with conn:
+        damage_rollup(conn, NOW, table, column, DAMAGED_FIGURES[kind])
+        damage_rollup(conn, NOW - 60, table, column, DAMAGED_FIGURES[kind])
+    conn.close()
+    body = traffic(tmp_path, NOW)
+    assert body["available"], body
+    for name in ("hour", "day"):
+        total = body["windows"][name]["total"]
+        assert total["count"] >= 36 and total["ttft_p50_ms"] is not None
+    strict(encode(body))
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGED_FIGURES))
+def test_a_damaged_rollup_mark_is_no_500(tmp_path, kind):
+    """The rollup's mark (the last trace id rolled up) of any type or size:
+    the traffic still answers, as strict JSON, and counts nothing twice (a
+    negative mark rolled up forever, 10,000 ids of nothing at a time)."""
+    seed(tmp_path, NOW, "node", "node-a")
+    first = traffic(tmp_path, NOW)["windows"]["hour"]["total"]["count"]
+    assert first >= 36
+    conn = sqlite3.connect(tmp_path / "traces.db")
+    with conn:
+        conn.execute("UPDATE traffic_rolled SET id = ?", (DAMAGED_FIGURES[kind],))
+    conn.close()
+    body = traffic(tmp_path, NOW)
+    assert body["available"], body
+    strict(encode(body))
+    count = body["windows"]["hour"]["total"]["count"]
+    assert count == first  # the seeded traces, rolled up once
+
+
 @pytest.mark.parametrize("column,kind", sorted(WRONG))
 def test_a_value_of_the_wrong_type_in_traces_db_is_no_500(tmp_path, column, kind):
     """The traffic and the health facts still come from the good rows, and
@@ -179,6 +248,11 @@ def router(tmp_path_factory):
         conn.execute("UPDATE traces SET ttft_ms = 'soon' WHERE id % 7 = 0")
         conn.execute("UPDATE traces SET ttft_ms = 1e999 WHERE id % 7 = 1")
         conn.execute("UPDATE traces SET duration_ms = -1e999 WHERE id % 7 = 2")
+        now = time.time()
+        for table, row in ROLLUP.items():
+            for column in row:
+                for value in DAMAGED_FIGURES.values():
+                    damage_rollup(conn, now, table, column, value)
     conn.close()
     text = manifest([NO_NODE], clients=CLIENTS)
     apply(state, text)

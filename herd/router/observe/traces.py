@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from herd.router.observe import rollup
 from herd.router.observe.logfield import logged_all
 from herd.store import Store
 
@@ -156,7 +157,12 @@ def _m3_tags(db: sqlite_utils.Database) -> None:
         db["traces"].add_column("tags", str)
 
 
-MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags)
+def _m4_rollup(db: sqlite_utils.Database) -> None:
+    """The traffic rollup's tables (herd.router.observe.rollup)."""
+    rollup.create(db.conn)
+
+
+MIGRATIONS = (_m1_traces, _m2_peer, _m3_tags, _m4_rollup)
 
 # SQLite formats `time` from `ts` (the first value), off the Python side.
 _INSERT = (
@@ -352,13 +358,17 @@ class TraceLog:
         self.write_error = error
 
     def prune(self) -> int:
-        """Delete traces older than the retention period; returns how many."""
+        """Delete traces older than the retention period; returns how many.
+
+        Whole quarter hours go, of the traces and of their rollup alike
+        (herd.router.observe.rollup.prune), so the rollup never counts a trace
+        that is gone, nor misses one kept."""
         store = self._db()
         if store is None:
             return 0
         cutoff = self._clock() - self._retention_days() * 86400.0
         with store.transaction() as db:
-            count = db.execute("DELETE FROM traces WHERE ts < ?", [cutoff]).rowcount
+            count = rollup.prune(db.conn.execute, cutoff)
         self._last_prune = time.monotonic()
         return count
 
