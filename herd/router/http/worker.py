@@ -34,6 +34,7 @@ Imported only by gunicorn when it loads the worker class (etc/gunicorn.conf.py).
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import socket as stdsocket
 import time
@@ -58,6 +59,7 @@ from herd.router.http.httphead import (
     read_fields,
     split_head,
 )
+from herd.router.http.sockreader import SocketReader
 
 log = logging.getLogger("herd.router.http.worker")
 
@@ -108,6 +110,13 @@ class LeanHandler(PyWSGIHandler):
     _env_base: dict[str, Any] | None = None
 
     # -- the connection ------------------------------------------------------
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None):
+        if rfile is None:
+            # pywsgi's `sock.makefile("rb", -1)`, one Python frame per read
+            # instead of three (sockreader.py).
+            rfile = io.BufferedReader(SocketReader(sock))
+        super().__init__(sock, address, server, rfile)
 
     def handle(self) -> None:
         server = self.server
@@ -477,7 +486,12 @@ class LeanHandler(PyWSGIHandler):
         fit the socket buffer: no `getsockopt`, no chunking loop)."""
         sock = self.socket
         try:
-            sent = sock.send(data)
+            try:
+                # (The native non-blocking socket: gevent's `send` is a Python
+                # frame around it, and waits only when the buffer is full.)
+                sent = sock._sock.send(data)
+            except BlockingIOError:
+                sent = 0
             if sent < len(data):
                 sock.sendall(memoryview(data)[sent:])
         except OSError as ex:
