@@ -3,10 +3,7 @@ sweep ends. In a child process: gevent's hub, as in a router worker."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.router.routerproc import ROOT
+from tests.router.routerproc import run_script
 
 #: Four readers block on socket pairs: one past its deadline, one far from it,
 #: and two far from it, one of them droppable (a keep-alive connection between
@@ -48,13 +45,7 @@ print("at end:", sorted(ended.items()), len(deadlines.waiting), flush=True)
 
 
 def test_sweep_ends_waits_past_their_deadline_and_idle_ones_when_stopping():
-    done = subprocess.run(
-        [sys.executable, "-c", READERS],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    done = run_script(READERS)
     assert done.stdout.splitlines() == [
         "before stop: [('late', 'timed out')] 2",
         "after stop: [('idle', 'timed out'), ('late', 'timed out')]",

@@ -3,10 +3,7 @@ the reads socket.SocketIO made, in a child process with gevent's hub."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.router.routerproc import ROOT
+from tests.router.routerproc import run_script
 
 #: Prints what each step of a connection's reads gives.
 READS = """
@@ -50,13 +47,7 @@ print("reader closed, socket closed:", ours2._sock.fileno() == -1, flush=True)
 
 
 def test_reader_waits_reads_ends_and_holds_the_socket_open():
-    done = subprocess.run(
-        [sys.executable, "-c", READS],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    done = run_script(READS)
     assert done.stdout.splitlines() == [
         "waited for: b'GET'",
         "line: b'GET / HTTP/1.1\\r\\n'",
