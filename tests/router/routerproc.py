@@ -41,6 +41,18 @@ SIM_MODELS = "llama3.2:3b,nomic-embed-text,qwen3:0.6b,llava:7b"
 PORT_TRIES = 5
 
 
+def run_script(source: str) -> subprocess.CompletedProcess[str]:
+    """Run `source` in a fresh Python at the repository root (a gevent hub of
+    its own, as a router worker has), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", source],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
 class PortTaken(RuntimeError):
     """`herd serve` could not bind its port: someone took it meanwhile."""
 

@@ -15,7 +15,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import pytest
 
 from herd import hosts
 from tests.router.routerproc import (
-    ROOT,
     Router,
     manifest,
+    run_script,
     start_router,
 )
 from tests.router.test_registry_ranges import served  # noqa: F401 - fixture
@@ -115,13 +114,7 @@ def test_paused_process_reads_what_arrived_before_its_deadline():
     """Without the two-sweep rule the first sweep after SIGCONT ran before the
     loop saw the socket (epoll_wait returns EINTR to a stopped process) and
     threw the timeout into a reader whose data had arrived in time."""
-    done = subprocess.run(
-        [sys.executable, "-c", PAUSED_READER],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    done = run_script(PAUSED_READER)
     assert done.stdout == "read b'next request'\n", done.stdout + done.stderr
 
 

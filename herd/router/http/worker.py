@@ -59,6 +59,7 @@ from herd.router.http.httphead import (
     read_fields,
     split_head,
 )
+from herd.router.http.sockreader import SocketReader
 
 log = logging.getLogger("herd.router.http.worker")
 
@@ -164,6 +165,13 @@ class LeanHandler(PyWSGIHandler):
         super().__init__(sock, address, server, _reader(sock))
 
     # -- the connection ------------------------------------------------------
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None):
+        if rfile is None:
+            # pywsgi's `sock.makefile("rb", -1)`, one Python frame per read
+            # instead of three (sockreader.py).
+            rfile = io.BufferedReader(SocketReader(sock))
+        super().__init__(sock, address, server, rfile)
 
     def handle(self) -> None:
         server = self.server
@@ -536,7 +544,12 @@ class LeanHandler(PyWSGIHandler):
         fit the socket buffer: no `getsockopt`, no chunking loop)."""
         sock = self.socket
         try:
-            sent = sock.send(data)
+            try:
+                # (The native non-blocking socket: gevent's `send` is a Python
+                # frame around it, and waits only when the buffer is full.)
+                sent = sock._sock.send(data)
+            except BlockingIOError:
+                sent = 0
             if sent < len(data):
                 sock.sendall(memoryview(data)[sent:])
         except OSError as ex:
