@@ -1,5 +1,6 @@
-"""Fair turns on kept connections (herd/router/http/worker.py, ReadWhenReady),
-in-process: the real handler class over a real socket pair, no gunicorn."""
+"""Fair turns on kept connections (SocketReader.take_turn in
+herd/router/http/sockreader.py), in-process: the real handler class over a
+real socket pair, no gunicorn."""
 
 from __future__ import annotations
 

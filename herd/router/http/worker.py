@@ -44,6 +44,7 @@ from urllib.parse import unquote
 
 import gevent
 from gevent.pywsgi import format_date_time
+from gevent.socket import socket as GeventSocket
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 from herd.router.http.frontdoor import FrontDoor, RouterServer
@@ -101,58 +102,6 @@ def _error_response(status: int, reason: str) -> bytes:
 _BUSY = _error_response(503, "too many connections from this address")
 
 
-class ReadWhenReady(io.RawIOBase):
-    """The raw reader under a connection's read buffer: a request's first read
-    waits until the event loop sees the socket readable, then reads.
-
-    gevent's socket read tries first and waits only when nothing has arrived.
-    Under load that is unfair: a connection whose next request is already in
-    the kernel when its answer is sent is served again at once, with no trip
-    through the loop, while connections that became readable before it wait
-    (at 64 connections the worker's p99 was ten times its p50). Waiting first
-    serves connections in the order the loop saw them ready. An idle client,
-    the usual case at low load, also costs one syscall and one exception less
-    (the read that finds nothing).
-
-    The handler sets `take_turn` before each request's first read; the reads
-    after it in the same request (the rest of a head, a body) try first, as
-    gevent's do: a large body is not read one loop trip per chunk. Bytes
-    already buffered (a pipelined request) are read without any wait: the
-    buffer calls this only when it is empty.
-    """
-
-    #: The next read waits for readiness before trying (see above).
-    take_turn = True
-
-    def __init__(self, sock: Any):
-        super().__init__()
-        self._wait = sock._wait
-        self._event = sock._read_event
-        self._recv_into = sock._sock.recv_into
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.take_turn:
-            self.take_turn = False
-            self._wait(self._event)
-        while True:
-            try:
-                return self._recv_into(buffer)
-            except BlockingIOError:  # nothing yet: wait for readiness
-                self._wait(self._event)
-
-
-def _reader(sock: Any) -> Any:
-    """The connection's buffered reader (ReadWhenReady on a plain gevent
-    socket; anything else, such as TLS, keeps its own makefile)."""
-    if hasattr(sock, "_wait") and hasattr(sock, "_read_event"):
-        if hasattr(getattr(sock, "_sock", None), "recv_into"):
-            return io.BufferedReader(ReadWhenReady(sock), io.DEFAULT_BUFFER_SIZE)
-    return sock.makefile("rb", -1)
-
-
 class LeanHandler(PyWSGIHandler):
     """One client connection: the front door's checks, then pywsgi's request
     handling (each response's head and first chunk in one write)."""
@@ -161,15 +110,13 @@ class LeanHandler(PyWSGIHandler):
     _linger = False
     _env_base: dict[str, Any] | None = None
 
-    def __init__(self, sock: Any, address: Any, server: Any):
-        super().__init__(sock, address, server, _reader(sock))
-
     # -- the connection ------------------------------------------------------
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None):
-        if rfile is None:
+        if rfile is None and type(sock) is GeventSocket:
             # pywsgi's `sock.makefile("rb", -1)`, one Python frame per read
-            # instead of three (sockreader.py).
+            # instead of three, and each request's first read in its turn
+            # (sockreader.py). Anything else (TLS) keeps its makefile.
             rfile = io.BufferedReader(SocketReader(sock))
         super().__init__(sock, address, server, rfile)
 
@@ -260,7 +207,7 @@ class LeanHandler(PyWSGIHandler):
         # one that has not said anything yet. Closed quietly when it times out
         # (or at once when the worker stops).
         raw = rfile.raw
-        if raw.__class__ is ReadWhenReady:
+        if raw.__class__ is SocketReader:
             raw.take_turn = True
         current = gevent.getcurrent()
         deadlines = server.deadlines
