@@ -149,6 +149,56 @@ async def drive(args, port: int, key_path: Path, counter: Counter) -> None:
     )
 
 
+def apply(python: Path, tree: Path, manifest: Path, state: Path) -> dict[str, str]:
+    """`herd apply` of `manifest` into `state` with `tree`'s herd (the plan
+    recorded, nodes untouched); the environment a worker then serves it with."""
+    env = {
+        **os.environ,
+        "HERD_ACCESS_LOG": "0",
+        "HERD_LOG_LEVEL": "error",
+        "HERD_APPLY_NODES": "0",
+        "HERD_STATE_DIR": str(state),
+    }
+    subprocess.run(
+        [str(python), "-m", "herd", "apply", str(manifest), "--yes",
+         "--state-dir", str(state)],
+        check=True, capture_output=True, env=env, timeout=120, cwd=tree,
+    )  # fmt: skip
+    return env
+
+
+def lone_worker(
+    procs: Procs,
+    wrap: list[str],
+    python: Path,
+    tree: Path,
+    tmp: Path,
+    port: int,
+    env: dict[str, str],
+    app: tuple[str, ...] = (),
+) -> subprocess.Popen:
+    """One gunicorn worker of `tree` (its config; `app` instead of the router
+    if given) on `port`, in the process `wrap` (valgrind, strace or nothing)
+    starts: tests/bench/lone_worker.py. Its output goes to tmp/worker-PORT.log."""
+    log = open(tmp / f"worker-{port}.log", "wb")  # noqa: SIM115 - with the procs
+    return procs.start(
+        [*wrap, str(python), str(Path(__file__).with_name("lone_worker.py")),
+         "--config", str(tree / "etc" / "gunicorn.conf.py"), "--bind",
+         f"127.0.0.1:{port}", "--workers", "1", *app],
+        stdout=log, stderr=log, env=env, cwd=tree,
+    )  # fmt: skip
+
+
+def wait_up(tmp: Path, port: int, url: str, body: bytes | None = None) -> None:
+    """Wait (valgrind starts slowly) until `lone_worker`'s worker on `port`
+    answers `url`; if it never does, its log's end goes to stderr."""
+    try:
+        wait_http(url, body=body, timeout=900)
+    except RuntimeError:
+        sys.stderr.write((tmp / f"worker-{port}.log").read_text()[-3000:])
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=str(Path(__file__).resolve().parents[2]))
@@ -191,20 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest.write_text(
                 MANIFEST.format(model=MODEL, key=key, router=port, nginx=free_port())
             )
-            state = tmp / "state"
-            env = {
-                **os.environ,
-                "HERD_ACCESS_LOG": "0",
-                "HERD_LOG_LEVEL": "error",
-                "HERD_APPLY_NODES": "0",
-                "HERD_STATE_DIR": str(state),
-                "HERD_BIND": f"127.0.0.1:{port}",
-            }
-            subprocess.run(
-                [str(python), "-m", "herd", "apply", str(manifest), "--yes",
-                 "--state-dir", str(state)],
-                check=True, capture_output=True, env=env, timeout=120, cwd=tree,
-            )  # fmt: skip
+            env = apply(python, tree, manifest, tmp / "state")
+            env["HERD_BIND"] = f"127.0.0.1:{port}"
             if args.plain:
                 wrap = []
             elif args.strace:
@@ -212,19 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 wrap = ["valgrind", "--tool=callgrind",
                         f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
-            log = open(tmp / "router.log", "wb")  # noqa: SIM115 - with the procs
-            master = procs.start(
-                [*wrap, str(python), str(Path(__file__).with_name("lone_worker.py")),
-                 "--config", str(tree / "etc" / "gunicorn.conf.py"), "--bind",
-                 f"127.0.0.1:{port}", "--workers", "1"],
-                stdout=log, stderr=log, env=env, cwd=tree,
-            )  # fmt: skip
-            try:
-                wait_http(f"http://127.0.0.1:{port}/healthz", timeout=900)
-            except RuntimeError:
-                log.flush()
-                sys.stderr.write((tmp / "router.log").read_text()[-3000:])
-                raise
+            master = lone_worker(procs, wrap, python, tree, tmp, port, env)
+            wait_up(tmp, port, f"http://127.0.0.1:{port}/healthz")
             counter = Counter(master.pid, tmp, times=not wrap[:1] == ["valgrind"])
             print(f"worker pid {master.pid}", flush=True)
             asyncio.run(drive(args, port, key, counter))

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,12 @@ from tests.bench.bench_router import (  # noqa: E402
     nginx_conf,
     wait_http,
 )
-from tests.bench.count_heartbeat import Counter  # noqa: E402
+from tests.bench.count_heartbeat import (  # noqa: E402
+    Counter,
+    apply,
+    lone_worker,
+    wait_up,
+)
 
 REQUEST = (
     b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -98,29 +101,6 @@ def count(port: int, counter: Counter, conc: int, requests: int) -> float:
     return (busy - idle * spent) / requests
 
 
-def serve(
-    procs: Procs, python: Path, tree: Path, tmp: Path, port: int, env: dict, app: list
-) -> Counter:
-    """One worker under callgrind on `port`; its Counter once it answers."""
-    log = open(tmp / f"worker-{port}.log", "wb")  # noqa: SIM115 - with the procs
-    proc = procs.start(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p",
-         str(python), str(Path(__file__).with_name("lone_worker.py")),
-         "--config", str(tree / "etc" / "gunicorn.conf.py"),
-         "--bind", f"127.0.0.1:{port}", "--workers", "1", *app],
-        stdout=log, stderr=log, env=env, cwd=tree,
-    )  # fmt: skip
-    try:
-        wait_http(
-            f"http://127.0.0.1:{port}/api/chat", body=CHAT_BODY.encode(), timeout=900
-        )
-    except RuntimeError:
-        log.flush()
-        sys.stderr.write((tmp / f"worker-{port}.log").read_text()[-3000:])
-        raise
-    return Counter(proc.pid, tmp)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=str(Path(__file__).resolve().parents[2]))
@@ -158,25 +138,19 @@ def main(argv: list[str] | None = None) -> int:
                     model=MODEL, stream_model=STREAM_MODEL, sim=free_port(), **ports
                 )
             )
-            state = tmp / "state"
-            env = {
-                **os.environ,
-                "HERD_ACCESS_LOG": "0",
-                "HERD_LOG_LEVEL": "error",
-                "HERD_APPLY_NODES": "0",  # the plan is recorded, nodes untouched
-                "HERD_STATE_DIR": str(state),
-            }
-            subprocess.run(
-                [str(python), "-m", "herd", "apply", str(tmp / "fleet.yaml"),
-                 "--yes", "--state-dir", str(state)],
-                check=True, capture_output=True, env=env, timeout=120, cwd=tree,
-            )  # fmt: skip
+            env = apply(python, tree, tmp / "fleet.yaml", tmp / "state")
             (tmp / "floor_app.py").write_text(FLOOR_APP.format(reply=FIXED_REPLY))
-            apps = {"router": [], "floor": ["--chdir", str(tmp), "floor_app:app"]}
+            apps = {"router": (), "floor": ("--chdir", str(tmp), "floor_app:app")}
             for name, app in apps.items():
                 if args.only and name != args.only:
                     continue
-                counter = serve(procs, python, tree, tmp, ports[name], env, app)
+                port = ports[name]
+                wrap = ["valgrind", "--tool=callgrind",
+                        f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
+                worker = lone_worker(procs, wrap, python, tree, tmp, port, env, app)
+                url = f"http://127.0.0.1:{port}/api/chat"
+                wait_up(tmp, port, url, CHAT_BODY.encode())
+                counter = Counter(worker.pid, tmp)
                 for conc in levels:
                     ir = count(ports[name], counter, conc, args.requests)
                     figures[name, conc] = ir
