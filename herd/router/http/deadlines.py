@@ -74,11 +74,13 @@ class Deadlines:
         # Every waiting connection is looked at on every sweep (hundreds of
         # idle agents' keep-alive connections): one comprehension, no Python
         # call per entry; a due entry is checked again by `_expire`.
-        cutoff = self._cutoff
-        if self.closing:
-            due = [g for g, (d, drop) in self.waiting.items() if d <= cutoff or drop]
-        else:
-            due = [g for g, (d, _) in self.waiting.items() if d <= cutoff]
+        # (The rule is `_due`'s, spelled inline.)
+        cutoff, closing = self._cutoff, self.closing
+        due = [
+            g
+            for g, (deadline, droppable) in self.waiting.items()
+            if deadline <= cutoff or (droppable and closing)
+        ]
         if due:
             run_callback = gevent.get_hub().loop.run_callback
             for greenlet in due:

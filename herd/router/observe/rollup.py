@@ -1,4 +1,4 @@
-"""Per-minute totals of traces.db, kept by the trace writer: the traffic rollup.
+"""The traffic rollup: per-minute totals of traces.db, rolled up as a dashboard reads.
 
 The dashboard's traffic view charts an hour and a day of model requests. Read
 from the trace rows, each refresh cost CPU in proportion to the traffic (0.45 s
@@ -50,6 +50,8 @@ import math
 import sqlite3
 from collections.abc import Callable
 from typing import Any
+
+from herd.sqlread import as_number
 
 #: What a NULL client group is stored and shown as.
 NONE_KEY = "(none)"
@@ -130,7 +132,7 @@ def _slot(grain: int) -> str:
 
 
 def _figure(column: str) -> str:
-    return f"coalesce(sum(CASE WHEN {_NUMBER.format(column)} THEN {column} END), 0)"
+    return f"coalesce(sum({as_number(column)}), 0)"
 
 
 _ROLL_MINUTES = (
