@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,36 +168,65 @@ def apply(python: Path, tree: Path, manifest: Path, state: Path) -> dict[str, st
     return env
 
 
+def listener() -> socket.socket:
+    """A listening socket on a free loopback port, held from now on: the
+    worker inherits it (`lone_worker`), so no other run can take the port
+    while valgrind starts (a free port picked by number could be taken by a
+    concurrent run in between, and its worker answer this run's requests)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def lone_worker(
     procs: Procs,
     wrap: list[str],
     python: Path,
     tree: Path,
     tmp: Path,
-    port: int,
+    listening: socket.socket,
     env: dict[str, str],
     app: tuple[str, ...] = (),
 ) -> subprocess.Popen:
     """One gunicorn worker of `tree` (its config; `app` instead of the router
-    if given) on `port`, in the process `wrap` (valgrind, strace or nothing)
-    starts: tests/bench/lone_worker.py. Its output goes to tmp/worker-PORT.log."""
+    if given) serving the socket `listening` (then closed here), in the
+    process `wrap` (valgrind, strace or nothing) starts:
+    tests/bench/lone_worker.py. Its output goes to tmp/worker-PORT.log."""
+    port = listening.getsockname()[1]
+    fd = listening.fileno()
     log = open(tmp / f"worker-{port}.log", "wb")  # noqa: SIM115 - with the procs
-    return procs.start(
-        [*wrap, str(python), str(Path(__file__).with_name("lone_worker.py")),
-         "--config", str(tree / "etc" / "gunicorn.conf.py"), "--bind",
-         f"127.0.0.1:{port}", "--workers", "1", *app],
-        stdout=log, stderr=log, env=env, cwd=tree,
-    )  # fmt: skip
-
-
-def wait_up(tmp: Path, port: int, url: str, body: bytes | None = None) -> None:
-    """Wait (valgrind starts slowly) until `lone_worker`'s worker on `port`
-    answers `url`; if it never does, its log's end goes to stderr."""
     try:
-        wait_http(url, body=body, timeout=900)
-    except RuntimeError:
-        sys.stderr.write((tmp / f"worker-{port}.log").read_text()[-3000:])
-        raise
+        return procs.start(
+            [*wrap, str(python), str(Path(__file__).with_name("lone_worker.py")),
+             "--config", str(tree / "etc" / "gunicorn.conf.py"), "--bind",
+             f"fd://{fd}", "--workers", "1", *app],
+            stdout=log, stderr=log, env=env, cwd=tree, pass_fds=(fd,),
+        )  # fmt: skip
+    finally:
+        listening.close()
+
+
+def wait_up(
+    tmp: Path,
+    port: int,
+    url: str,
+    worker: subprocess.Popen,
+    body: bytes | None = None,
+) -> None:
+    """Wait (valgrind starts slowly) until `lone_worker`'s `worker` on `port`
+    answers `url`; if it exits or never answers, its log's end goes to stderr."""
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            wait_http(url, body=body, timeout=2)
+            return
+        except RuntimeError:
+            if worker.poll() is None and time.monotonic() < deadline:
+                continue
+            sys.stderr.write((tmp / f"worker-{port}.log").read_text()[-3000:])
+            raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(tmp_name)
             key = tmp / "fleet.key"
             fleetkey.write(key, fleetkey.generate())
-            port = free_port()
+            listening = listener()
+            port = listening.getsockname()[1]
             manifest = tmp / "fleet.yaml"
             # (The static node's port has no listener: its polls fail at once.)
             manifest.write_text(
@@ -250,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 wrap = ["valgrind", "--tool=callgrind",
                         f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
-            master = lone_worker(procs, wrap, python, tree, tmp, port, env)
-            wait_up(tmp, port, f"http://127.0.0.1:{port}/healthz")
+            master = lone_worker(procs, wrap, python, tree, tmp, listening, env)
+            wait_up(tmp, port, f"http://127.0.0.1:{port}/healthz", master)
             counter = Counter(master.pid, tmp, times=not wrap[:1] == ["valgrind"])
             print(f"worker pid {master.pid}", flush=True)
             asyncio.run(drive(args, port, key, counter))

@@ -48,6 +48,7 @@ from tests.bench.bench_router import (  # noqa: E402
 from tests.bench.count_heartbeat import (  # noqa: E402
     Counter,
     apply,
+    listener,
     lone_worker,
     wait_up,
 )
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             prefix="herd-count-router-", ignore_cleanup_errors=True
         ) as tmp_name:
             tmp = Path(tmp_name)
-            ports = {name: free_port() for name in ("nginx", "router", "floor")}
+            listening = {name: listener() for name in ("router", "floor")}
+            ports = {name: sock.getsockname()[1] for name, sock in listening.items()}
+            ports["nginx"] = free_port()
             (tmp / "nginx.conf").write_text(nginx_conf(tmp, ports["nginx"]))
             log = open(tmp / "nginx.log", "wb")  # noqa: SIM115 - with the procs
             procs.start(
@@ -147,14 +150,18 @@ def main(argv: list[str] | None = None) -> int:
                 port = ports[name]
                 wrap = ["valgrind", "--tool=callgrind",
                         f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
-                worker = lone_worker(procs, wrap, python, tree, tmp, port, env, app)
+                worker = lone_worker(
+                    procs, wrap, python, tree, tmp, listening.pop(name), env, app
+                )
                 url = f"http://127.0.0.1:{port}/api/chat"
-                wait_up(tmp, port, url, CHAT_BODY.encode())
+                wait_up(tmp, port, url, worker, CHAT_BODY.encode())
                 counter = Counter(worker.pid, tmp)
                 for conc in levels:
                     ir = count(ports[name], counter, conc, args.requests)
                     figures[name, conc] = ir
                     print(f"{name:6} c{conc:<3} {ir:10,.0f} Ir/request", flush=True)
+            for sock in listening.values():  # (--only: the other's)
+                sock.close()
             procs.stop()  # before the state directory goes
             if args.keep:
                 keep = Path(args.keep)
