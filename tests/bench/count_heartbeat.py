@@ -1,7 +1,7 @@
 """Instructions per heartbeat in the real router worker, under callgrind.
 
     python tests/bench/count_heartbeat.py [--tree PATH] [--agents 20]
-        [--beats 100] [--gap 0.2]
+        [--beats 100] [--gap 0.1,0.3]
 
 Exact and load-independent (valgrind counts instructions, not time), so two
 checkouts compare on a busy machine where bench_discovery.py's CPU shares
@@ -13,12 +13,20 @@ One gunicorn worker (herd's worker class and config) runs under callgrind,
 in the process valgrind started (tests/bench/lone_worker.py: no fork).
 --agents agents join (a whole heartbeat each, from their own loopback address
 on a keep-alive connection, as in bench_discovery.py), send a few light beats
-to warm up, then, counted: --beats light (partial) signed heartbeats, round
-robin over the connections, one at a time --gap seconds apart, so each is a
-lone request per wake-up as when 500 agents beat at 250/s. Then the same
-length of time with no connections (the idle cost: health poller, checker).
-Printed: Ir per beat in the window, and with the idle window's Ir per second
-taken off (what bench_discovery.py calls the heartbeats' cost). --probe counts
+to warm up, then, counted, for each --gap: --beats light (partial) signed
+heartbeats, round robin over the connections, one at a time --gap seconds
+apart, so each is a lone request per wake-up as when 500 agents beat at
+250/s. Then as long as the longest window with no connections (the idle
+cost: health poller, checker). Printed per gap: Ir per beat in the window,
+and with the idle window's Ir per second taken off (what bench_discovery.py
+calls the heartbeats' cost).
+
+Some work runs at most every so often while beats arrive (the membership's
+batched write and expiry, every 0.25 s): at a gap of 0.1-0.5 s it lands on
+nearly every beat, at 250 beats/s on one in sixty. So two gaps are counted
+and per beat = fixed + rate x gap is fitted; the fit's figure at 250 beats/s
+is the one to compare with bench_discovery.py (valgrind runs the worker ~50x
+slower, so the real gap of 4 ms cannot be counted directly). --probe counts
 GET /healthz instead (the worker and falcon alone). --strace FILE or --plain
 run the worker without valgrind and print the windows' times and its user and
 system CPU (syscalls per beat in strace's log; py-spy on the printed pid).
@@ -115,39 +123,57 @@ async def drive(args, port: int, key_path: Path, counter: Counter) -> None:
     for i, link in enumerate(links):
         await _beat(link, key, agent_body(i), stats)
     light = [agent_body(i, partial=True) for i in range(args.agents)]
+    gaps = [float(g) for g in args.gap.split(",")]
     for i, link in enumerate(links * 2):  # warm: every agent's light path twice
         await _beat(link, key, light[i % args.agents], stats)
-        await asyncio.sleep(args.gap)
+        await asyncio.sleep(gaps[0])
     if stats["ok"] != 3 * args.agents:
         raise SystemExit(f"agents did not join: {stats}")
     bench_discovery.PROBE = args.probe
-    counter.zero()
-    began = time.monotonic()
-    due = began
-    for n in range(args.beats):  # bounded by --beats
-        i = n % args.agents
-        await _beat(links[i], key, light[i], stats)
-        due += args.gap
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-    beats_ir = counter.dump()
-    spent = time.monotonic() - began
+    windows = []  # (gap, units counted, seconds, beats answered)
+    for gap in gaps:
+        answered = stats["ok"]
+        counter.zero()
+        began = time.monotonic()
+        due = began
+        for n in range(args.beats):  # bounded by --beats
+            i = n % args.agents
+            await _beat(links[i], key, light[i], stats)
+            due += gap
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        counted = counter.dump()
+        windows.append((gap, counted, time.monotonic() - began, stats["ok"] - answered))
     bench_discovery.PROBE = False
-    taken = stats["ok"] - 3 * args.agents
     for link in links:
         link.close()
     await asyncio.sleep(1.0)  # the worker sees the closes
     counter.zero()
     began = time.monotonic()
-    await asyncio.sleep(spent)
-    idle_ir = counter.dump()
-    idle_spent = time.monotonic() - began
-    idle_rate = idle_ir / idle_spent
-    print(
-        f"beats taken {taken}/{args.beats} in {spent:.1f} s ({stats}); "
-        f"window Ir {beats_ir:,} = {beats_ir / args.beats:,.0f} per beat; "
-        f"idle {idle_rate:,.0f} Ir/s; "
-        f"beats minus idle: {(beats_ir - idle_rate * spent) / args.beats:,.0f} Ir/beat"
-    )
+    await asyncio.sleep(max(w[2] for w in windows))
+    idle_rate = counter.dump() / (time.monotonic() - began)
+    unit = "us" if counter.times else "Ir"
+    print(f"idle {idle_rate:,.0f} {unit}/s ({stats})")
+    per_beat = []
+    for gap, counted, spent, taken in windows:
+        beat = (counted - idle_rate * spent) / args.beats
+        per_beat.append(beat)
+        print(
+            f"gap {gap} s: beats taken {taken}/{args.beats} in {spent:.1f} s; "
+            f"window {counted:,} {unit} = {counted / args.beats:,.0f} per beat; "
+            f"minus idle: {beat:,.0f} {unit}/beat"
+        )
+    if len(gaps) >= 2 and gaps[0] != gaps[-1]:
+        # Work that runs at most every so often while beats arrive (the
+        # membership's batched write, every CHECK_S) lands on nearly every
+        # beat at these gaps, but on one beat in dozens at bench_discovery's
+        # 250 beats/s: fit per beat = fixed + rate x gap and read it there.
+        rate = (per_beat[-1] - per_beat[0]) / (gaps[-1] - gaps[0])
+        fixed = per_beat[0] - rate * gaps[0]
+        print(
+            f"fit: {fixed:,.0f} {unit} per beat + {rate:,.0f} {unit} per second of "
+            f"beating; at bench_discovery's 250 beats/s: "
+            f"{fixed + rate / 250:,.0f} {unit}/beat"
+        )
 
 
 def apply(python: Path, tree: Path, manifest: Path, state: Path) -> dict[str, str]:
@@ -234,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", default=str(Path(__file__).resolve().parents[2]))
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--beats", type=int, default=100)
-    parser.add_argument("--gap", type=float, default=0.2)
+    parser.add_argument(
+        "--gap",
+        default="0.1,0.3",
+        help="seconds between beats; two or more (comma-separated): a window "
+        "each, and the per-beat cost fitted to bench_discovery's rate",
+    )
     parser.add_argument("--keep", help="copy callgrind's files to this directory")
     parser.add_argument(
         "--strace",
