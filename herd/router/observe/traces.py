@@ -199,9 +199,10 @@ def _insert_rows(count: int) -> str:
     `count` is a power of two (SLICE_ROWS, or a part of a flush's last, shorter
     slice: `_SIZES`), so there are only a few such statements and `sqlite3`
     keeps each compiled in its statement cache. With one statement per row
-    count, a flush's last slice was mostly a count not seen lately: SQLite
-    compiled its INSERT again, about 2.5 million instructions for 64 rows of
-    numbered parameters (each looked up in a list of them), once a flush."""
+    count, a flush's last slice compiled an INSERT of its own count (millions
+    of instructions for tens of rows of numbered parameters, each looked up in
+    a list of them) until the cache held all 64 counts: in a new worker, once
+    a flush, for minutes; and 64 large compiled statements held for good."""
     sql = _INSERTS.get(count)
     if sql is None:
         values = ", ".join(
