@@ -152,7 +152,6 @@ class Runtime:
         self._chains_fleet: Fleet | None = None
         self._chains: dict[tuple[int, str], tuple[Client, tuple[Model, ...]]] = {}
         self._node_urls: frozenset[str] = frozenset()
-        upstream.set_allow(lambda url: url in self._node_urls)
         source.listeners.append(self._apply)
         self._apply(source.current())
 
@@ -162,6 +161,9 @@ class Runtime:
         """A (new) revision: resize queues, re-allow node URLs, drop old pools."""
         fleet = served.fleet
         self._node_urls = frozenset(n.url for n in fleet.nodes)
+        # The set's own (C) test, asked for every request sent to a node: a
+        # lambda reading the attribute cost a Python call each time.
+        self.upstream.set_allow(self._node_urls.__contains__)
         self.metrics.configure(fleet)
         self.queues.configure(
             ((n.name, n.max_concurrency) for n in fleet.nodes),

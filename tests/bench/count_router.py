@@ -18,7 +18,9 @@ here, at full speed, keeps --conc requests in flight on kept connections
 (POST /api/chat, wrk's request), so at 1 every request arrives alone and at
 16 or 64 the worker is saturated, as under wrk. After a warm-up, counted:
 --requests requests at each concurrency, then as long again with no traffic
-(the idle cost: health polls) taken off at its rate.
+(the idle cost: health polls) taken off at its rate. --plain runs the workers
+without valgrind (CPU time per request instead of Ir; py-spy on the printed
+pid, with more --requests to give it time).
 Everything listens on 127.0.0.1 and is stopped at the end.
 """
 
@@ -109,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conc", default="1,16,64")
     parser.add_argument("--only", choices=("router", "floor"))
     parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no valgrind: the workers run at full speed and print their pid "
+        "(for py-spy), and each window's worker CPU time is printed instead",
+    )
+    parser.add_argument(
         "--keep",
         help="move callgrind's dumps here (two per concurrency and server, in "
         "order: counted, idle) for callgrind_annotate",
@@ -148,18 +156,21 @@ def main(argv: list[str] | None = None) -> int:
                 if args.only and name != args.only:
                     continue
                 port = ports[name]
-                wrap = ["valgrind", "--tool=callgrind",
-                        f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
+                wrap = [] if args.plain else [
+                    "valgrind", "--tool=callgrind",
+                    f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
                 worker = lone_worker(
                     procs, wrap, python, tree, tmp, listening.pop(name), env, app
                 )
                 url = f"http://127.0.0.1:{port}/api/chat"
                 wait_up(tmp, port, url, worker, CHAT_BODY.encode())
-                counter = Counter(worker.pid, tmp)
+                counter = Counter(worker.pid, tmp, times=args.plain)
+                print(f"{name} worker pid {worker.pid}", flush=True)
                 for conc in levels:
                     ir = count(ports[name], counter, conc, args.requests)
                     figures[name, conc] = ir
-                    print(f"{name:6} c{conc:<3} {ir:10,.0f} Ir/request", flush=True)
+                    unit = "CPU us" if args.plain else "Ir"
+                    print(f"{name:6} c{conc:<3} {ir:10,.0f} {unit}/request", flush=True)
             for sock in listening.values():  # (--only: the other's)
                 sock.close()
             procs.stop()  # before the state directory goes
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     path.rename(keep / path.name)
     finally:
         procs.stop()
-    if not args.only:
+    if not args.only and not args.plain:
         print("\n| conc | floor Ir/req | router Ir/req | router - floor | ratio |")
         print("|---|---|---|---|---|")
         for conc in levels:

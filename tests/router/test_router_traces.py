@@ -151,6 +151,35 @@ def test_a_flush_pauses_between_slices_inside_its_transaction(tmp_path):
     log.close()
 
 
+
+def test_a_short_slice_goes_in_power_of_two_statements(tmp_path, monkeypatch):
+    """A flush's last slice of fewer than SLICE_ROWS rows is written as
+    INSERTs of power-of-two sizes (a handful of statements SQLite keeps
+    compiled, not one per row count), every row once and in order."""
+    sizes: list[int] = []
+    insert_rows = traces._insert_rows
+
+    def recording(count: int) -> str:
+        sizes.append(count)
+        return insert_rows(count)
+
+    monkeypatch.setattr(traces, "_insert_rows", recording)
+    log = TraceLog(tmp_path)
+    sent = 0
+    for count in (traces.SLICE_ROWS - 1, 1, 37, traces.SLICE_ROWS + 5):
+        for _ in range(count):
+            trace = _trace(sent)
+            log.record(trace._replace(queue_ms=float(sent)))
+            sent += 1
+        log.tick()
+    assert set(sizes) <= {1 << bit for bit in range(7)}
+    assert sizes == [32, 16, 8, 4, 2, 1, 1, 32, 4, 1, 64, 4, 1]
+    assert (log.written, log.pending) == (sent, 0)
+    with closing(sqlite3.connect(tmp_path / traces.DB_NAME)) as db:
+        got = [r[0] for r in db.execute("SELECT queue_ms FROM traces ORDER BY id")]
+    assert got == [float(i) for i in range(sent)]
+    log.close()
+
 # -- through a real router whose worker may not write files any more -----------
 
 

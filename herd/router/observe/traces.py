@@ -44,8 +44,9 @@ BATCH_MAX = 1024
 #: one burst (~16 ms of CPU at c=1) would make the requests arriving meanwhile
 #: wait. A slice with a pause after it is a few hundred microseconds.
 PAUSE_S = 0.001
-#: Rows per INSERT statement; `between()` runs between two of them (on the
-#: writer thread a native sleep: the transaction stays open, the loop runs).
+#: Rows per INSERT statement (a power of two: see `_insert_rows`); `between()`
+#: runs between two of them (on the writer thread a native sleep: the
+#: transaction stays open, the loop runs).
 SLICE_ROWS = 64
 
 
@@ -182,6 +183,9 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
 
 _WIDTH = len(COLUMNS)
 _INSERTS: dict[int, str] = {}
+#: The statement sizes a slice shorter than SLICE_ROWS is cut into (its
+#: count's binary digits), largest first.
+_SIZES = tuple(1 << bit for bit in reversed(range(SLICE_ROWS.bit_length() - 1)))
 
 
 def _insert_rows(count: int) -> str:
@@ -190,7 +194,15 @@ def _insert_rows(count: int) -> str:
     Rows go in one statement, not `executemany`'s one per row: `sqlite3` takes
     the GIL back after every statement it runs, and on the writer thread each
     of those waits for the event loop to let go of it (a context switch and
-    more CPU per request than the insert itself)."""
+    more CPU per request than the insert itself).
+
+    `count` is a power of two (SLICE_ROWS, or a part of a flush's last, shorter
+    slice: `_SIZES`), so there are only a few such statements and `sqlite3`
+    keeps each compiled in its statement cache. With one statement per row
+    count, a flush's last slice compiled an INSERT of its own count (millions
+    of instructions for tens of rows of numbered parameters, each looked up in
+    a list of them) until the cache held all 64 counts: in a new worker, once
+    a flush, for minutes; and 64 large compiled statements held for good."""
     sql = _INSERTS.get(count)
     if sql is None:
         values = ", ".join(
@@ -310,10 +322,19 @@ class TraceLog:
                     if start and between is not None:
                         between()
                     rows = batch[start : start + SLICE_ROWS]
-                    execute(
-                        _insert_rows(len(rows)),
-                        [_NULL if v is None else v for row in rows for v in row],
-                    )
+                    values = [_NULL if v is None else v for row in rows for v in row]
+                    count = len(rows)
+                    if count == SLICE_ROWS:
+                        execute(_insert_rows(count), values)
+                        continue
+                    # A shorter slice (a flush's last) goes in statements of
+                    # power-of-two sizes: see _insert_rows.
+                    at = 0
+                    for size in _SIZES:
+                        if count & size:
+                            end = at + size * _WIDTH
+                            execute(_insert_rows(size), values[at:end])
+                            at = end
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,

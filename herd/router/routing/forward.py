@@ -509,7 +509,9 @@ def _streaming(raw: bytes) -> bytes | None:
     if (
         at < 0
         or raw.find(b'"stream"', at + 8) >= 0
-        or (b"\\u00" in raw and _LETTER_ESCAPE.search(raw))
+        # (`find`, not `in`: `bytes in bytes` first tries the needle as an
+        # integer, raising and clearing a TypeError, twice find's cost.)
+        or (raw.find(b"\\u00") >= 0 and _LETTER_ESCAPE.search(raw))
     ):
         return None
     # The two spellings JSON encoders write, checked without a regex.
@@ -522,7 +524,7 @@ def _streaming(raw: bytes) -> bytes | None:
         if found is None:
             return None
         end = found.end()
-    return b'%s"stream":true%s' % (raw[:at], raw[end:])
+    return raw[:at] + b'"stream":true' + raw[end:]
 
 
 def _keep_alive(value: str) -> Any:
