@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, address TEXT, name TEXT,
     status INTEGER NOT NULL, reason TEXT NOT NULL);
 """
+#: A member's row, written whole.
+_UPSERT_MEMBER = "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class Membership:
@@ -258,11 +260,13 @@ class Membership:
         if not self._pending:
             return
         rows, self._pending = list(self._pending.values()), {}
+        if len(rows) == 1:
+            # One statement is a transaction of its own (autocommit): the
+            # same write, without a BEGIN and a COMMIT statement around it.
+            self.db.execute(_UPSERT_MEMBER, rows[0])
+            return
         with self._transaction():
-            self.db.executemany(
-                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            self.db.executemany(_UPSERT_MEMBER, rows)
 
     def holder(self, name: str) -> tuple[str, str] | None:
         """(address, url) of the live member called `name`, if any."""
