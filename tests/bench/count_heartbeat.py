@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +60,7 @@ from tests.bench.bench_discovery import (  # noqa: E402
 from tests.bench.bench_router import (  # noqa: E402
     MODEL,
     Procs,
+    _interrupt,
     free_port,
     wait_http,
 )
@@ -285,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         help="no valgrind: the worker runs at full speed (for py-spy on its pid)",
     )
     args = parser.parse_args(argv)
+    # SIGTERM/SIGHUP end the run like Ctrl-C: the `finally` stops the workers.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     tree = Path(args.tree).resolve()
     python = tree / ".venv" / "bin" / "python"
     procs = Procs()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ from tests.bench.bench_router import (  # noqa: E402
     MODEL,
     STREAM_MODEL,
     Procs,
+    _interrupt,
     free_port,
     nginx_conf,
     wait_http,
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         "order: counted, idle) for callgrind_annotate",
     )
     args = parser.parse_args(argv)
+    # SIGTERM/SIGHUP end the run like Ctrl-C: the `finally` stops the workers.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     levels = [int(c) for c in args.conc.split(",")]
     tree = Path(args.tree).resolve()
     python = tree / ".venv" / "bin" / "python"
