@@ -183,9 +183,6 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
 
 _WIDTH = len(COLUMNS)
 _INSERTS: dict[int, str] = {}
-#: The statement sizes a slice shorter than SLICE_ROWS is cut into (its
-#: count's binary digits), largest first.
-_SIZES = tuple(1 << bit for bit in reversed(range(SLICE_ROWS.bit_length() - 1)))
 
 
 def _insert_rows(count: int) -> str:
@@ -197,7 +194,7 @@ def _insert_rows(count: int) -> str:
     more CPU per request than the insert itself).
 
     `count` is a power of two (SLICE_ROWS, or a part of a flush's last, shorter
-    slice: `_SIZES`), so there are only a few such statements and `sqlite3`
+    slice), so there are only a few such statements and `sqlite3`
     keeps each compiled in its statement cache. With one statement per row
     count, a flush's last slice compiled an INSERT of its own count (millions
     of instructions for tens of rows of numbered parameters, each looked up in
@@ -318,23 +315,20 @@ class TraceLog:
         try:
             with store.transaction() as db:
                 execute = db.conn.execute
-                for start in range(0, len(batch), SLICE_ROWS):
-                    if start and between is not None:
+                start, total = 0, len(batch)
+                while start < total:
+                    if start and start % SLICE_ROWS == 0 and between is not None:
                         between()
-                    rows = batch[start : start + SLICE_ROWS]
-                    values = [_NULL if v is None else v for row in rows for v in row]
-                    count = len(rows)
-                    if count == SLICE_ROWS:
-                        execute(_insert_rows(count), values)
-                        continue
-                    # A shorter slice (a flush's last) goes in statements of
-                    # power-of-two sizes: see _insert_rows.
-                    at = 0
-                    for size in _SIZES:
-                        if count & size:
-                            end = at + size * _WIDTH
-                            execute(_insert_rows(size), values[at:end])
-                            at = end
+                    # SLICE_ROWS rows, or the largest power of two left: a
+                    # flush's last, shorter slice goes in 32, 16, ... 1 rows
+                    # (see _insert_rows).
+                    size = min(SLICE_ROWS, 1 << ((total - start).bit_length() - 1))
+                    rows = batch[start : start + size]
+                    execute(
+                        _insert_rows(size),
+                        [_NULL if v is None else v for row in rows for v in row],
+                    )
+                    start += size
         except _UNWRITABLE_ROW:
             # A row SQLite cannot take (a value no column type holds): write
             # the batch row by row, dropping and counting only the bad rows,
