@@ -17,7 +17,12 @@ def as_text(column: str, default: str = "NULL") -> str:
     )
 
 
+def is_number(column: str) -> str:
+    """SQL true where SQLite holds an integer or a real in `column` (text or a
+    blob in a figure comes from a damaged file)."""
+    return f"typeof({column}) IN ('integer', 'real')"
+
+
 def as_number(column: str) -> str:
-    """SQL for `column` read as a number: NULL unless SQLite holds an integer
-    or a real there (text or a blob in a figure comes from a damaged file)."""
-    return f"CASE WHEN typeof({column}) IN ('integer', 'real') THEN {column} END"
+    """SQL for `column` read as a number: NULL unless `is_number`."""
+    return f"CASE WHEN {is_number(column)} THEN {column} END"

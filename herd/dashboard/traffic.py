@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.ops.tracequery import UNTAGGED, Bucket, as_text
+from herd.ops.tracequery import UNTAGGED, Bucket
 from herd.router.observe import rollup
 from herd.router.observe.tags import split
 from herd.router.observe.traces import DB_NAME
+from herd.sqlread import as_text
 
 log = logging.getLogger("herd.router")
 

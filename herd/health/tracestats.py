@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from herd.health.snapshot import TraceFacts, TtftFacts
-from herd.ops.tracequery import as_text
+from herd.sqlread import as_text, is_number
 
 DB_NAME = "traces.db"
 RECENT_S = 300.0
@@ -26,7 +26,7 @@ RECENT_ROWS_MAX = 50_000
 #: Rows read for the 24-hour baselines, at most (a busier day is sampled).
 BASELINE_ROWS_MAX = 50_000
 #: Only numbers are TTFTs (a damaged or hand-edited file may hold anything).
-_NUMBER = "typeof(ttft_ms) IN ('integer', 'real')"
+_NUMBER = is_number("ttft_ms")
 
 
 def p95(values: list[float]) -> float | None:

@@ -51,7 +51,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from herd.sqlread import as_number
+from herd.sqlread import as_number, is_number
 
 #: What a NULL client group is stored and shown as.
 NONE_KEY = "(none)"
@@ -74,8 +74,6 @@ ROLL_BACK_S = 86400 + QUARTER_S
 #: upgrade (or after a long time without a dashboard) takes a day of traces,
 #: and the trace writers wait for the write lock while one runs (~0.1 s).
 ROLL_MAX = 10_000
-
-_NUMBER = "typeof({0}) IN ('integer', 'real')"
 
 
 def _bin(column: str) -> str:
@@ -122,7 +120,7 @@ _KEY = (
     " coalesce(served_model, requested_model), coalesce(tags, '')"
 )
 _ROWS = (
-    f"id > :after AND id <= :through AND {_NUMBER.format('ts')} AND ts >= :since"
+    f"id > :after AND id <= :through AND {is_number('ts')} AND ts >= :since"
     " AND (requested_model IS NOT NULL OR served_model IS NOT NULL)"
 )
 
@@ -154,7 +152,7 @@ def _roll_latency(table: str, key: list[str], select: list[str]) -> str:
     each in `select`), both metrics in one statement."""
     branches = " UNION ALL ".join(
         f"SELECT {', '.join(select)}, {metric}, {_bin(column)} FROM traces"
-        f" WHERE {_ROWS} AND {_NUMBER.format(column)}"
+        f" WHERE {_ROWS} AND {is_number(column)}"
         for metric, column in ((TTFT, "ttft_ms"), (DURATION, "duration_ms"))
     )
     columns = ", ".join([*key, "metric", "bin"])
