@@ -15,11 +15,15 @@ each one's best, for shared machines). What it does, all in one run:
 2. `herd sim --tps 2` on another port: a slow streaming node; and the "floor":
    the router's own gunicorn config and worker class (herd.router.http.worker) with
    a Falcon app answering the fixed reply itself (no proxying): the fastest any
-   router on this stack can be on this machine.
+   router on this stack can be on this machine. And the "proxy floor": the same
+   stack forwarding each request to nginx over a kept-alive socket, with no
+   parsing, decision or trace: what two HTTP exchanges cost on this stack, so
+   router / proxy is the share of herd's own work.
 3. A manifest with both nodes (clients 127.0.0.0/8) is `herd apply`-ed into a
    temp state dir and `herd serve` runs the router (one gevent worker).
 4. wrk (Lua POST body, --latency) measures non-streaming /api/chat direct to
-   nginx, to the floor and through the router at concurrency 1, 16 and 64:
+   nginx, to the floor, the proxy floor and through the router at concurrency
+   1, 16 and 64:
    req/s, p50/p99/p99.9 and CPU per request, also as a ratio to the floor's
    (`--profile`: py-spy samples the router worker under c16, hot spots printed).
 5. With `--workers N` (N > 1) a second router with one worker serves the same
@@ -173,6 +177,61 @@ class Chat:
 app = falcon.App()
 app.add_route("/api/chat", Chat())
 """
+# The "proxy floor": the same stack (worker class, gunicorn config, Falcon)
+# forwarding each request to the zero-cost node over a kept-alive socket and
+# answering with its reply. No parsing, no decision, no limits, no trace: what
+# any proxy on this stack pays for two HTTP exchanges instead of one. The
+# router's cost above it is herd's own work.
+PROXY_FLOOR_APP = """\
+import socket
+
+import falcon
+
+NODE = ("127.0.0.1", {port})
+HEAD = (
+    b"POST /api/chat HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n"
+    b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n"
+)
+IDLE = []
+
+
+def _recv(sock, buf):
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise OSError("node closed the connection")
+    return buf + chunk
+
+
+def _connect():
+    sock = socket.create_connection(NODE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def exchange(body):
+    # (The bench's nginx keeps connections open for 10M requests.)
+    sock = IDLE.pop() if IDLE else _connect()
+    sock.sendall(HEAD % len(body) + body)
+    buf = b""
+    while b"\\r\\n\\r\\n" not in buf:
+        buf = _recv(sock, buf)
+    head, _, rest = buf.partition(b"\\r\\n\\r\\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\\r\\n")[0])
+    while len(rest) < length:
+        rest = _recv(sock, rest)
+    IDLE.append(sock)
+    return rest[:length]
+
+
+class Chat:
+    def on_post(self, req, resp):
+        resp.content_type = "application/json; charset=utf-8"
+        resp.data = exchange(req.bounded_stream.read())
+
+
+app = falcon.App()
+app.add_route("/api/chat", Chat())
+"""
 MANIFEST = """\
 apiVersion: herd/v1
 kind: Fleet
@@ -240,6 +299,9 @@ class Wrk:
     errors: int
     #: CPU seconds the server under test used during the run (user + system).
     cpu_s: float = 0.0
+    #: The kernel's part of cpu_s (system time: syscalls, and on loopback the
+    #: peer's TCP receive work, which runs in the sender's context).
+    sys_s: float = 0.0
     #: Share of the machine's CPU time the hypervisor stole during the run.
     steal: float = 0.0
     #: The server's loop stalls during the run (--stalls; stallprobe.diff).
@@ -255,6 +317,11 @@ class Wrk:
         return self.cpu_s * 1e6 / self.requests if self.requests else 0.0
 
     @property
+    def sys_us(self) -> float:
+        """The kernel's part of cpu_us."""
+        return self.sys_s * 1e6 / self.requests if self.requests else 0.0
+
+    @property
     def cpu_share(self) -> float:
         """Server CPU time over the run's wall time (1.0 = one whole core)."""
         return self.cpu_s / (self.duration_us / 1e6)
@@ -262,19 +329,25 @@ class Wrk:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its live children."""
+    return cpu_split(pid)[0]
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU time of a process and its live children."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
+        return 0.0, 0.0
+    total = system = 0.0
     for proc in procs:
         try:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue
         total += times.user + times.system
-    return total
+        system += times.system
+    return total, system
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -382,11 +455,11 @@ def run_wrk(
         url,
     ]
     stalls0 = read_stalls(probe)
-    before, ticks0 = (cpu_seconds(server) if server else 0.0), cpu_ticks()
+    before, ticks0 = (cpu_split(server) if server else (0.0, 0.0)), cpu_ticks()
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=duration + 60, check=True
     ).stdout
-    after, ticks1 = (cpu_seconds(server) if server else 0.0), cpu_ticks()
+    after, ticks1 = (cpu_split(server) if server else (0.0, 0.0)), cpu_ticks()
     if probe is not None:
         time.sleep(2 * STALL_DUMP_S)  # the probe's next dump covers the run's end
     stalls = stalls_between(stalls0, read_stalls(probe)) if probe else None
@@ -394,7 +467,8 @@ def run_wrk(
     stolen, total = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
     return Wrk(
         **json.loads(line[len("RESULT ") :]),
-        cpu_s=max(after - before, 0.0),
+        cpu_s=max(after[0] - before[0], 0.0),
+        sys_s=max(after[1] - before[1], 0.0),
         steal=stolen / total if total > 0 else 0.0,
         stalls=stalls,
     )
@@ -655,7 +729,8 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
         # router's core too.
         os.sched_setaffinity(0, set(pin.load))
     ports = {
-        name: free_port() for name in ("nginx", "sim", "router", "router1", "floor")
+        name: free_port()
+        for name in ("nginx", "sim", "router", "router1", "floor", "proxy")
     }
     log = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed with the procs
     # 1. the zero-cost node
@@ -695,7 +770,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     env = {**os.environ, "HERD_ACCESS_LOG": "0", "HERD_LOG_LEVEL": "warning"}
     probes = {
         name: (tmp / f"stalls-{name}" if args.stalls else None)
-        for name in ("direct", "floor", "router", "router1")
+        for name in ("direct", "floor", "proxy", "router", "router1")
     }
     router_env = dict(env)
     if args.stalls:
@@ -729,34 +804,42 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     from herd.router.commands import gunicorn_conf
 
     (tmp / "floor_app.py").write_text(FLOOR_APP.format(reply=FIXED_REPLY))
+    (tmp / "proxy_app.py").write_text(PROXY_FLOOR_APP.format(port=ports["nginx"]))
     floor = f"http://127.0.0.1:{ports['floor']}"
-    floor_proc = procs.start(
-        [
-            *pin.server_cmd(),
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            str(gunicorn_conf()),
-            "--chdir",
-            str(tmp),
-            "-b",
-            floor[len("http://") :],
-            "floor_app:app",
-        ],
-        stdout=log,
-        stderr=log,
-        env={
-            **env,
-            "HERD_WORKERS": str(args.workers),
-            **({"HERD_STALL_PROBE": str(probes["floor"])} if args.stalls else {}),
-        },
-    )
-    wait_http(floor + "/api/chat", body=CHAT_BODY.encode())
-    run_wrk(floor + "/api/chat", lua, 16, 2, pin=load)  # warm-up
+    proxy = f"http://127.0.0.1:{ports['proxy']}"
+    floors = {}
+    for name, url, app in (
+        ("floor", floor, "floor_app:app"),
+        ("proxy", proxy, "proxy_app:app"),
+    ):
+        floors[name] = procs.start(
+            [
+                *pin.server_cmd(),
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                str(gunicorn_conf()),
+                "--chdir",
+                str(tmp),
+                "-b",
+                url[len("http://") :],
+                app,
+            ],
+            stdout=log,
+            stderr=log,
+            env={
+                **env,
+                "HERD_WORKERS": str(args.workers),
+                **({"HERD_STALL_PROBE": str(probes[name])} if args.stalls else {}),
+            },
+        )
+        wait_http(url + "/api/chat", body=CHAT_BODY.encode())
+        run_wrk(url + "/api/chat", lua, 16, 2, pin=load)  # warm-up
     targets = [
         ("direct", direct, nginx.pid, (1, 16, 64)),
-        ("floor", floor, floor_proc.pid, (1, 16, 64)),
+        ("floor", floor, floors["floor"].pid, (1, 16, 64)),
+        ("proxy", proxy, floors["proxy"].pid, (1, 16, 64)),
         ("router", routed, router_proc.pid, (1, 16, 64)),
     ]
     if args.workers > 1:
@@ -1013,9 +1096,10 @@ def report(
         "| conc | direct req/s | floor req/s | router req/s | router/floor | "
         "floor p50 / p99 / p99.9 ms | router p50 / p99 / p99.9 ms | "
         "CPU us/req floor | CPU us/req router | router - floor | "
-        "router / floor CPU | CPU % floor / router |"
+        "router / floor CPU | of it kernel us/req floor / router | "
+        "CPU % floor / router |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16, 64):
         d, f, r = (results[name, conns] for name in ("direct", "floor", "router"))
         print(
@@ -1023,7 +1107,24 @@ def report(
             f"{r.rps / f.rps:.2f} | {_ms(f)} | {_ms(r)} | "
             f"{f.cpu_us:.0f} | {r.cpu_us:.0f} | {r.cpu_us - f.cpu_us:.0f} | "
             f"{r.cpu_us / max(f.cpu_us, 1e-9):.2f} | "
+            f"{f.sys_us:.0f} / {r.sys_us:.0f} | "
             f"{100 * f.cpu_share:.0f} / {100 * r.cpu_share:.0f} |"
+        )
+    print(
+        "\nproxy floor: the same stack forwarding to the zero-cost node (no "
+        "parsing, decision, limits or trace); router / proxy is herd's own work\n"
+    )
+    print(
+        "| conc | proxy req/s | proxy p50 / p99 / p99.9 ms | CPU us/req proxy | "
+        "of it kernel | proxy / floor CPU | router / proxy CPU |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for conns in (1, 16, 64):
+        f, p, r = (results[name, conns] for name in ("floor", "proxy", "router"))
+        print(
+            f"| {conns} | {p.rps:.0f} | {_ms(p)} | {p.cpu_us:.0f} | {p.sys_us:.0f} | "
+            f"{p.cpu_us / max(f.cpu_us, 1e-9):.2f} | "
+            f"{r.cpu_us / max(p.cpu_us, 1e-9):.2f} |"
         )
     if args.workers > 1:
         print(
