@@ -151,7 +151,6 @@ def test_a_flush_pauses_between_slices_inside_its_transaction(tmp_path):
     log.close()
 
 
-
 def test_a_short_slice_goes_in_power_of_two_statements(tmp_path, monkeypatch):
     """A flush's last slice of fewer than SLICE_ROWS rows is written as
     INSERTs of power-of-two sizes (a handful of statements SQLite keeps
@@ -179,6 +178,7 @@ def test_a_short_slice_goes_in_power_of_two_statements(tmp_path, monkeypatch):
         got = [r[0] for r in db.execute("SELECT queue_ms FROM traces ORDER BY id")]
     assert got == [float(i) for i in range(sent)]
     log.close()
+
 
 # -- through a real router whose worker may not write files any more -----------
 
