@@ -35,7 +35,7 @@ def build_app(tmp: Path):
     key_path = tmp / "fleet.key"
     fleetkey.write(key_path, fleetkey.generate())
     manifest = tmp / "fleet.yaml"
-    manifest.write_text(MANIFEST.format(model=MODEL, key=key_path, router=1, nginx=2))
+    manifest.write_text(MANIFEST.format(model=MODEL, key=key_path, router=1, node=2))
     state = tmp / "state"
     env = {**os.environ, "HERD_APPLY_NODES": "0"}
     subprocess.run(

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = tmp / "fleet.yaml"
             # (The static node's port has no listener: its polls fail at once.)
             manifest.write_text(
-                MANIFEST.format(model=MODEL, key=key, router=port, nginx=free_port())
+                MANIFEST.format(model=MODEL, key=key, router=port, node=free_port())
             )
             env = apply(python, tree, manifest, tmp / "state")
             env["HERD_BIND"] = f"127.0.0.1:{port}"
