@@ -62,7 +62,7 @@ class Heartbeat:
     #: Digest of (version, ollama_error, models, loaded), as the agent computed it.
     inventory: str | None = None
     #: The agent left those out: unchanged since the router last took them
-    #: (Membership.complete fills them in from what it holds).
+    #: (Membership.beat takes them from the member that holds them).
     partial: bool = False
 
 
