@@ -62,7 +62,7 @@ class Heartbeat:
     #: Digest of (version, ollama_error, models, loaded), as the agent computed it.
     inventory: str | None = None
     #: The agent left those out: unchanged since the router last took them
-    #: (Membership.complete fills them in from what it holds).
+    #: (Membership.beat takes them from the member that holds them).
     partial: bool = False
 
 
@@ -81,7 +81,9 @@ _ADMITTED = Verdict(True, ADMITTED)
 
 
 def _entries(doc: dict[str, Any], key: str) -> tuple[Mapping[str, Any], ...]:
-    value = doc.get(key, [])
+    if key not in doc:
+        return ()  # (a light heartbeat leaves both out)
+    value = doc[key]
     if not isinstance(value, list) or len(value) > MAX_MODELS:
         raise InvalidRequest(f"{key} must be a list of at most {MAX_MODELS} objects")
     for i, entry in enumerate(value):

@@ -70,13 +70,16 @@ class Member:
         )
 
 
-def doc_of(hb: Heartbeat) -> dict[str, Any]:
+def doc_of(hb: Heartbeat, whole: Heartbeat | Member | None = None) -> dict[str, Any]:
+    """What a row stores for `hb` when its JSON is not at hand; the version and
+    models are those of `whole` (for a partial `hb`, the member holding them)."""
+    whole = hb if whole is None else whole
     return {
         "interval_s": hb.interval_s,
-        "version": hb.version,
-        "ollama_error": hb.ollama_error,
-        "models": list(hb.models),
-        "loaded": list(hb.loaded),
+        "version": whole.version,
+        "ollama_error": whole.ollama_error,
+        "models": list(whole.models),
+        "loaded": list(whole.loaded),
         "metrics": dict(hb.metrics),
         "inventory": hb.inventory,
     }

@@ -133,28 +133,14 @@ class Membership:
         """Record a nonce on its own; False if it was seen already (a replay)."""
         return self._nonce(nonce, skew_s)
 
-    def complete(self, hb: Heartbeat, address: str) -> Heartbeat | None:
-        """A partial heartbeat (models left out) with the version and models
-        of the inventory it names; None when no member from `address` holds
-        that inventory (the agent is then asked to send all of it)."""
+    def holds(self, hb: Heartbeat, address: str) -> bool:
+        """Whether the member `hb` names, from `address`, holds the inventory a
+        partial heartbeat (models left out) names; if not, the agent is asked
+        to send all of it. `beat` takes the version and models from it."""
         held = self.members.get(hb.name)
-        if held is None or (held.inventory, held.address) != (hb.inventory, address):
-            return None
-        # (Built field by field: dataclasses.replace costs twice as much.)
-        return build(
-            Heartbeat,
-            name=hb.name,
-            url=hb.url,
-            host=hb.host,
-            interval_s=hb.interval_s,
-            goodbye=hb.goodbye,
-            version=held.version,
-            ollama_error=held.ollama_error,
-            models=held.models,
-            loaded=held.loaded,
-            metrics=hb.metrics,
-            inventory=hb.inventory,
-            partial=True,  # its raw body lacks these, see `beat`
+        return held is not None and (held.inventory, held.address) == (
+            hb.inventory,
+            address,
         )
 
     def beat(
@@ -171,16 +157,24 @@ class Membership:
         """Record an admitted heartbeat and its nonce in one transaction; None
         when the nonce was used before (a replay). Logs when a node joins.
         `raw` is the heartbeat's JSON as received (stored as is for the other
-        workers, so it is not serialized again)."""
+        workers, so it is not serialized again). A partial `hb` takes the
+        version and models of the member that `holds` its inventory (checked
+        here too: nothing else would stand in for them)."""
         now = self.clock()
         prev = self.members.get(hb.name)
+        whole: Heartbeat | Member = hb
+        if hb.partial:
+            if prev is None or not self.holds(hb, address):
+                raise ValueError(f"{hb.name}: partial heartbeat, inventory not held")
+            # (Read from it, not built into a whole Heartbeat for each beat.)
+            whole = prev
         first = prev.first_seen if prev and prev.url == hb.url else now
-        text = raw.decode() if raw is not None else json.dumps(doc_of(hb))
+        text = raw.decode() if raw is not None else json.dumps(doc_of(hb, whole))
         # The text of the last beat that carried the whole inventory (for the
         # rows of later beats that leave it out).
-        source = prev.source if hb.partial and prev is not None else text
+        source = prev.source if hb.partial else text
         if source is None:
-            source = json.dumps(doc_of(hb))
+            source = json.dumps(doc_of(hb, whole))
         seq = time.time_ns()
         if nonce is not None and not self._nonce(nonce, skew_s):
             return None  # (one autocommit INSERT: atomic across workers)
@@ -205,10 +199,10 @@ class Membership:
             last_seen=now,
             seq=seq,
             interval_s=hb.interval_s,
-            version=hb.version,
-            ollama_error=hb.ollama_error,
-            models=hb.models,
-            loaded=hb.loaded,
+            version=whole.version,
+            ollama_error=whole.ollama_error,
+            models=whole.models,
+            loaded=whole.loaded,
             metrics=hb.metrics,
             inventory=hb.inventory,
             source=source,

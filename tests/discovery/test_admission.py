@@ -106,6 +106,8 @@ def test_signature_covers_body_timestamp_and_nonce():
         ({"name": "a", "url": "http://10.0.0.1:1", "goodbye": 1}, "goodbye"),
         ({"name": "a", "url": "http://10.0.0.1:1", "metrics": []}, "metrics"),
         ({"name": "a", "url": "http://10.0.0.1:1", "models": {}}, "models"),
+        ({"name": "a", "url": "http://10.0.0.1:1", "models": None}, "models"),
+        ({"name": "a", "url": "http://10.0.0.1:1", "loaded": None}, "loaded"),
         ({"name": "a", "url": "http://10.0.0.1:1", "models": [1]}, "models[0]"),
         ({"name": "a", "url": "http://10.0.0.1:1", "loaded": [{}]}, "loaded[0]"),
     ],
@@ -113,6 +115,14 @@ def test_signature_covers_body_timestamp_and_nonce():
 def test_malformed_heartbeats_name_the_field(doc, field):
     with pytest.raises(InvalidRequest, match=re.escape(field)):
         parse(doc)
+
+
+def test_lists_left_out_are_empty_like_lists_sent_empty():
+    base = {"name": "a", "url": "http://10.0.0.1:1"}
+    left_out = parse(base)
+    sent_empty = parse({**base, "models": [], "loaded": []})
+    assert left_out.models == left_out.loaded == sent_empty.models == ()
+    assert left_out == sent_empty
 
 
 def test_admission_rules(tmp_path):

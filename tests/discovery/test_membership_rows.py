@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from herd.discovery.heartbeat import parse
 from herd.discovery.member import Member
 from herd.discovery.membership import ROW_REFRESH_S, Membership
@@ -27,8 +29,7 @@ def test_rows_are_written_on_change_or_when_old(tmp_path):
 
     def beat(**doc) -> None:
         hb = parse({"name": "gpu-r", "url": URL, **doc})
-        if hb.partial:
-            hb = members.complete(hb, "127.0.0.1")
+        assert not hb.partial or members.holds(hb, "127.0.0.1")
         assert members.beat(hb, "127.0.0.1", None, "agent") is not None
         members.flush()
 
@@ -70,8 +71,7 @@ def test_a_row_for_a_light_beat_carries_the_whole_inventory_as_received(tmp_path
     )
     for raw in (whole, light):
         hb = parse(json.loads(raw))
-        if hb.partial:
-            hb = members.complete(hb, "127.0.0.1")
+        assert not hb.partial or members.holds(hb, "127.0.0.1")
         assert members.beat(hb, "127.0.0.1", None, "agent", raw=raw) is not None
         members._written.clear()  # (write every beat here)
     members.flush()
@@ -80,3 +80,28 @@ def test_a_row_for_a_light_beat_carries_the_whole_inventory_as_received(tmp_path
     assert back.version == "0.9" and [m["name"] for m in back.models] == ["m:3"]
     assert back.metrics == {"cpu": 9}
     members.close()
+
+
+def test_a_light_beat_takes_the_inventory_of_the_member_that_holds_it():
+    members = Membership()
+    inventory = {"inventory": "dd" * 8, "version": "0.9"}
+    whole = parse(
+        {"name": "gpu-t", "url": URL, **inventory, "models": [{"name": "m:4"}]}
+    )
+    members.beat(whole, "127.0.0.1", None, "agent")
+    light = parse(
+        {"name": "gpu-t", "url": URL, "inventory": "dd" * 8, "metrics": {"c": 2}}
+    )
+    assert light.partial and light.models == () and light.version is None
+    assert members.holds(light, "127.0.0.1")
+    member = members.beat(light, "127.0.0.1", None, "agent")
+    assert member is not None and member.version == "0.9"
+    assert member.models == whole.models and member.metrics == {"c": 2}
+    # Not from the address holding it, or naming another inventory: the agent
+    # is asked to resend all, and `beat` will not record it without the models.
+    other = parse({"name": "gpu-t", "url": URL, "inventory": "ee" * 8})
+    for hb, address in ((light, "127.0.0.2"), (other, "127.0.0.1")):
+        assert not members.holds(hb, address)
+        with pytest.raises(ValueError, match="inventory not held"):
+            members.beat(hb, address, None, "agent")
+    assert members.members["gpu-t"] is member

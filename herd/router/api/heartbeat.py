@@ -218,12 +218,9 @@ class HeartbeatResource:
             raise Refused(ex.status, ex.message, _name(doc)) from ex
         members = self.membership
         members.check(fleet.discovery.heartbeat_timeout_s)
-        if hb.partial:
-            completed = members.complete(hb, address)
-            if completed is None:
-                # Not recorded: this worker does not hold that inventory.
-                return Verdict(False, RESEND), hb.name
-            hb = completed
+        if hb.partial and not members.holds(hb, address):
+            # Not recorded: this worker does not hold that inventory.
+            return Verdict(False, RESEND), hb.name
         verdict = admit(fleet, hb, address, members.holder, members.url_holder)
         if not verdict.admitted:
             raise Refused(verdict.status, verdict.reason, hb.name)
