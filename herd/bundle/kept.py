@@ -24,7 +24,7 @@ from herd.bundle.ollama import ModelStore
 from herd.errors import BundleError
 
 KEPT = "bundles"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}\Z")
 #: Scan reports kept are at most this large (the verifier reads them whole).
 MAX_REPORT = 64 << 20
 

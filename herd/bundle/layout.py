@@ -38,8 +38,8 @@ SIGNATURE = "bundle.yaml.sig"
 NAMESPACE = "herd-bundle"
 #: bundle.yaml is read whole into memory: the fleet manifest's cap (4 MiB).
 MAX_INDEX_BYTES = MAX_BYTES
-BLOB_RE = re.compile(r"^blobs/sha256-([0-9a-f]{64})$")
-PART_RE = re.compile(r"^blobs/sha256-([0-9a-f]{64})\.part(\d{3,})$")
+BLOB_RE = re.compile(r"^blobs/sha256-([0-9a-f]{64})\Z")
+PART_RE = re.compile(r"^blobs/sha256-([0-9a-f]{64})\.part(\d{3,})\Z")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from herd.errors import BundleError
 HOST = "registry.ollama.ai"
 NAMESPACE = "library"
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
-NAME_RE = re.compile(rf"^({_PART}):({_PART})$")
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+NAME_RE = re.compile(rf"^({_PART}):({_PART})\Z")
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})\Z")
 
 
 def _noop(_: int) -> None:

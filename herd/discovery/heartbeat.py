@@ -38,8 +38,8 @@ from herd.manifest.model import Fleet
 
 MAX_BODY = 256 * 1024
 MAX_MODELS = 1000
-NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
-NONCE = re.compile(r"^[0-9a-f]{16,64}$")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})\Z")
+NONCE = re.compile(r"^[0-9a-f]{16,64}\Z")
 INVENTORY = NONCE
 #: The reason given to an admitted heartbeat from a discovered node.
 ADMITTED = "signed heartbeat from an admitted network"

@@ -35,7 +35,7 @@ LOCK_NAME = "scrub.lock"
 CHUNK = 1024 * 1024
 #: Blobs started per tick at most (bounds a tick over many tiny or unreadable blobs).
 STEPS_MAX = 256
-BLOB = re.compile(r"^sha256-([0-9a-f]{64})$")
+BLOB = re.compile(r"^sha256-([0-9a-f]{64})\Z")
 
 
 class Scrub:

@@ -33,7 +33,7 @@ MAX_NODES = 200_000
 Path_ = tuple[str | int, ...]
 #: libyaml's parser when PyYAML was built with it (10x faster); same safe constructor.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 @dataclass(frozen=True)

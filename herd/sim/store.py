@@ -22,9 +22,9 @@ from typing import Any
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
-_HOST_RE = re.compile(r"^[a-z0-9_][a-z0-9_.:-]{0,349}$")
-_NS_RE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,79}$")
-_PART_RE = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,79}$")
+_HOST_RE = re.compile(r"^[a-z0-9_][a-z0-9_.:-]{0,349}\Z")
+_NS_RE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,79}\Z")
+_PART_RE = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,79}\Z")
 
 
 class StoreError(Exception):
@@ -106,7 +106,7 @@ def manifest_blobs(raw: bytes) -> list[tuple[str, int]]:
     except (ValueError, TypeError, KeyError, AttributeError) as ex:
         raise StoreError(500, f"invalid manifest: {ex}") from ex
     for digest, size in out:
-        if not re.match(r"^sha256:[0-9a-f]{64}$", digest) or size < 0:
+        if not re.match(r"^sha256:[0-9a-f]{64}\Z", digest) or size < 0:
             raise StoreError(500, f"invalid manifest: bad layer {digest!r}")
     return out
 

@@ -95,6 +95,12 @@ def test_signature_covers_body_timestamp_and_nonce():
         ([], "JSON object"),
         ({"url": "http://10.0.0.1:1"}, "name"),
         ({"name": "UPPER", "url": "http://10.0.0.1:1"}, "name"),
+        # ($ would match before a final newline: one in a name reaches the logs)
+        ({"name": "gpu-a\n", "url": "http://10.0.0.1:1"}, "name"),
+        (
+            {"name": "a", "url": "http://10.0.0.1:1", "inventory": "ab" * 8 + "\n"},
+            "inventory",
+        ),
         ({"name": "a"}, "url"),
         ({"name": "a", "url": "http://host.lan:11434"}, "IP address"),
         ({"name": "a", "url": "https://10.0.0.1:11434"}, "url"),

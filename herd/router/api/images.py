@@ -40,7 +40,7 @@ MAX_PIXELS = 16 * 1024 * 1024
 STEPS_MAX = 500
 PROMPT_MAX = 64 * 1024
 N_MAX = 4
-_SIZE = re.compile(r"^([0-9]{2,5})x([0-9]{2,5})$")
+_SIZE = re.compile(r"^([0-9]{2,5})x([0-9]{2,5})\Z")
 _NATIVE_FIELDS = frozenset(
     {"model", "prompt", "width", "height", "steps", "seed", "negative_prompt"}
 )

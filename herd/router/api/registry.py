@@ -31,9 +31,9 @@ from herd.errors import BundleError
 from herd.router.http.blobsender import SenderClient, SenderUnavailable
 from herd.settings import BLOB_SENDER
 
-DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
+DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})\Z")
 #: One part of an Ollama model name (namespace, model or tag), no dots first.
-NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}\Z")
 CHUNK = 1 << 20
 #: Sent through the server with the headers; the rest by sendfile, in pieces.
 FIRST = 64 << 10

@@ -27,7 +27,7 @@ MAX_PARTS = 32
 #: Bytes read from the client per call.
 READ_SIZE = 64 * 1024
 #: RFC 2046: 1 to 70 characters from this set, not ending in a space.
-_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")
 _PARAM = re.compile(
     r';\s*([A-Za-z0-9_*.-]+)\s*=\s*(?:"((?:[^"\\\r\n]|\\.)*)"|([^;\s"]+))\s*'
 )
