@@ -113,6 +113,9 @@ models:
 TARGET_CPU_SHARE = 0.10
 TARGET_P50_DELTA_MS = 0.2
 PHASES = ["chat", "both", "control"]
+#: Byte counts are integers in a real agent's metrics (psutil's, nvidia-smi's
+#: MiB times 2**20), as here: floats would cost the router's JSON reader more.
+G = 10**9
 
 
 def agent_body(i: int, partial: bool = False) -> bytes:
@@ -134,18 +137,18 @@ def agent_body(i: int, partial: bool = False) -> bytes:
         "metrics": {
             "cpu_percent": 12.5,
             "cpu_count": 32,
-            "memory": {"total": 270e9, "available": 200e9, "pressure_avg10": 0.0},
+            "memory": {"total": 270 * G, "available": 200 * G, "pressure_avg10": 0.0},
             "load": [1.0, 1.2, 1.1],
-            "swap": {"total": 8e9, "used": 0, "in_per_s": 0.0, "out_per_s": 0.0},
-            "disk": {"path": "/var/lib/ollama", "total": 4e12, "free": 2e12},
+            "swap": {"total": 8 * G, "used": 0, "in_per_s": 0.0, "out_per_s": 0.0},
+            "disk": {"path": "/var/lib/ollama", "total": 4000 * G, "free": 2000 * G},
             "temperatures": {"coretemp": 55.0},
             "gpus": [
                 {
                     "index": g,
                     "name": "NVIDIA A100",
-                    "memory_total": 85e9,
-                    "memory_used": 20e9,
-                    "memory_free": 65e9,
+                    "memory_total": 85 * G,
+                    "memory_used": 20 * G,
+                    "memory_free": 65 * G,
                     "utilization_percent": 30.0,
                 }
                 for g in range(2)
