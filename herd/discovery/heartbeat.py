@@ -237,7 +237,7 @@ def admit(
     networks = fleet.router.node_networks
     if networks and not _in_networks(networks, hb):
         return Verdict(False, f"url {hb.url} is outside router.node_networks", 403)
-    static = next((n for n in fleet.nodes if n.url == hb.url), None)
+    static = fleet.node_at(hb.url)
     if static is not None:
         # The agent of a static node (under any name): merge its metrics.
         return Verdict(

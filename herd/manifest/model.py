@@ -253,6 +253,9 @@ class Fleet:
     _nodes: Mapping[str, Node] = field(
         default_factory=lambda: _frozen({}), repr=False, compare=False
     )
+    _urls: Mapping[str, Node] = field(
+        default_factory=lambda: _frozen({}), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         names: dict[str, Model] = {}
@@ -266,9 +269,12 @@ class Fleet:
         # First of a name wins, as the old linear search did (names are unique
         # once validated; discovered nodes are appended after static ones).
         by_name: dict[str, Node] = {}
+        by_url: dict[str, Node] = {}
         for node in self.nodes:
             by_name.setdefault(node.name, node)
+            by_url.setdefault(node.url, node)
         object.__setattr__(self, "_nodes", MappingProxyType(by_name))
+        object.__setattr__(self, "_urls", MappingProxyType(by_url))
 
     def _placements(self) -> dict[str, tuple[Node, ...]]:
         """Every model's nodes, resolved once: label selectors intersect an index
@@ -296,6 +302,11 @@ class Fleet:
 
     def node(self, name: str) -> Node | None:
         return self._nodes.get(name)
+
+    def node_at(self, url: str) -> Node | None:
+        """The first node whose URL is `url` (an agent's heartbeat names its
+        Ollama by URL: looked up on every beat, whatever the fleet's size)."""
+        return self._urls.get(url)
 
     def nodes_for(self, model: Model) -> tuple[Node, ...]:
         """Nodes the manifest places `model` on, in manifest order."""
