@@ -93,6 +93,8 @@ class AgentAwareHealth(StaticPoller):
     def memory(self, node: Node, health: NodeHealth, key: str) -> dict[str, Any]:
         """Memory facts for scoring `key` on `node` (Candidate keyword args);
         empty when no agent reports for the node."""
+        if not self.membership.members:  # no agent reports (a static fleet)
+            return {}
         member = self.member(node)
         if member is None:
             return {}

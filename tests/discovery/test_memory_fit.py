@@ -74,3 +74,18 @@ def test_memory_fit_and_preferred_labels(tmp_path, sims, router):
     nodes = {n["name"]: n for n in r.get("/fleet/nodes")[1]["nodes"]}
     assert nodes["big-box"]["metrics"]["memory"]["available"] == 64 * GB
     assert nodes["small-box"]["admission"].startswith("signed heartbeat from")
+
+
+def test_no_memory_facts_while_no_agent_reports():
+    """A static fleet (no member): memory() answers at once, nothing looked up."""
+    from herd.discovery.agents import AgentAwareHealth
+    from herd.discovery.membership import Membership
+
+    health = AgentAwareHealth(
+        lambda: None,
+        None,
+        lambda: 0.0,
+        membership=Membership(),
+        static_fleet=lambda: None,
+    )
+    assert health.memory(object(), object(), "m") == {}

@@ -541,3 +541,24 @@ def test_audio_never_reaches_logs_or_traces(fleet: dict[str, Any]) -> None:
     for path in Path(router.state_dir).rglob("*"):
         if path.is_file():
             assert marker not in path.read_bytes()
+
+
+def test_passthrough_stream_takes_token_counts_from_its_usage_event():
+    """An OpenAI node's SSE stream relayed as is: the counts of the trace row
+    come from the event with `usage` (found by a byte search, then parsed),
+    whatever else the events hold."""
+    from types import SimpleNamespace
+
+    from herd.router.routing.forward import Outcome
+    from herd.router.routing.relay import _sse_passthrough
+
+    events = [
+        b'data: {"choices":[{"delta":{"content":"usage"}}]}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    opened = SimpleNamespace(first=events[0], rest=iter(events[1:]))
+    outcome = Outcome(t0=0.0, started=0.0, route="/v1/chat/completions", method="POST")
+    relayed = [e for e, _ in _sse_passthrough(opened, outcome, 1e18, lambda: 1.0)]
+    assert relayed == events
+    assert (outcome.tokens_in, outcome.tokens_out) == (3, 5)

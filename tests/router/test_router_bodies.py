@@ -199,6 +199,8 @@ def test_mistyped_chat_fields_are_named(client, node, fields, param):
             "stream_options.include_usage",
         ),
         ("/api/chat", {"stream": "no"}, "stream"),
+        ("/api/chat", {"model": 3}, "model"),
+        ("/api/chat", {"name": 1}, "name"),
         ("/api/generate", {"model": ["llama3.2:3b"]}, "model"),
         ("/api/show", {"name": {"a": 1}}, "name"),
     ],

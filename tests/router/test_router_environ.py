@@ -110,3 +110,63 @@ def test_a_body_in_the_buffer_reads_in_parts_and_to_its_end(seen):
     finally:
         handler._close()
         client.close()
+
+
+def test_response_fields_are_checked_every_time_and_kept_only_when_clean():
+    """start_response keeps the fields and status lines that passed its checks
+    (herd.router.http.worker._CHECKED): a field seen before is sent as it was,
+    one with a CR or LF is refused like pywsgi refuses it (no injected line
+    reaches the client), however often a clean field of that name came first;
+    and the table stays bounded."""
+    from herd.router.http import worker
+
+    answers = [
+        ("200 OK", [("X-Model", "m"), ("Content-Length", "2")]),
+        ("200 OK", [("X-Model", "m"), ("Content-Length", "2")]),
+        ("200 OK", [("X-Model", "m\r\nX-Injected: 1"), ("Content-Length", "2")]),
+        ("200 OK", [("X-Model", "m"), ("Content-Length", "2")]),
+    ]
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        status, headers = answers.pop(0)
+        start_response(status, headers)
+        return [b"ok"]
+
+    handler, client = _handler(app)
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    try:
+        first = _exchange(handler, client, request)
+        second = _exchange(handler, client, request)
+        client.sendall(request)
+        handler.handle_one_request()
+        refused = client.recv(65536)
+        third = _exchange(handler, client, request)
+    finally:
+        handler._close()
+        client.close()
+    assert first.split(b"\r\nDate:")[0] == second.split(b"\r\nDate:")[0]
+    assert first.startswith(b"HTTP/1.1 200 OK\r\nX-Model: m\r\nContent-Length: 2\r\n")
+    assert first.endswith(b"\r\n\r\nok") and third.endswith(b"\r\n\r\nok")
+    assert refused.startswith(b"HTTP/1.1 500 ") and b"X-Injected" not in refused
+    assert ("X-Model", "m\r\nX-Injected: 1") not in worker._CHECKED
+    assert ("X-Model", "m") in worker._CHECKED
+
+    # A 204 with a body length goes through pywsgi's own start_response,
+    # which refuses it, whatever the table holds.
+    checked = worker._CHECKED
+    with pytest.raises(AssertionError):
+        worker.LeanHandler.start_response(
+            _bare_handler(), "204 No Content", [("Content-Length", "2")]
+        )
+    # Bounded: full, it is emptied before the next entry.
+    for n in range(worker._CHECKED_MAX + 5):
+        worker._checked(checked, ("X-N", str(n)), n)
+    assert len(checked) <= worker._CHECKED_MAX
+
+
+def _bare_handler() -> LeanHandler:
+    handler = LeanHandler.__new__(LeanHandler)
+    handler.request_version = "HTTP/1.1"
+    handler.code = None
+    handler.headers_sent = False
+    return handler

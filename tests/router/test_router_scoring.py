@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herd.router.routing.scoring import Candidate, RouteRequest, choose_node
+from herd.router.routing.scoring import (
+    Candidate,
+    Decision,
+    Ranked,
+    RouteRequest,
+    choose_node,
+)
 
 REQ = RouteRequest("llama3.2:3b")
 
@@ -138,3 +144,54 @@ def test_prefer_header_parsing():
     for bad in ("gpu", "=a100", "gpu=", "a=b,,c=d"):
         with pytest.raises(ValueError, match="X-Herd-Prefer"):
             parse_prefer(bad)
+
+
+def test_one_candidate_decides_the_same_named_tuples_as_several():
+    """The one-node fast path builds its Decision and Ranked whole: the same
+    values, types and defaults as the general path's constructors."""
+    c = cand("a", loaded=True)
+    one = choose_node(REQ, (c,))
+    assert type(one) is Decision and type(one.ranked[0]) is Ranked
+    assert one == Decision(REQ.model, (Ranked("a", one.ranked[0].score, c),), ())
+    assert one.excluded == () and one.nodes == ("a",)
+    two = choose_node(REQ, (c, cand("b", up=False)))
+    assert two.ranked == one.ranked
+
+
+def test_forwarder_candidates_are_the_named_tuple_with_its_defaults():
+    """`Forwarder.candidates` builds each Candidate whole (every field given):
+    equal to the keyword constructor's, defaults included; an agent's memory
+    facts still replace theirs."""
+    from types import SimpleNamespace
+
+    from herd.router.routing.forward import Forwarder
+
+    node = SimpleNamespace(name="a", max_concurrency=4, labels={"gpu": "x"})
+    fleet = SimpleNamespace(nodes_for=lambda model: [node])
+    health = SimpleNamespace(up=True, loaded={"m"}, on_disk={"m"})
+    forwarder = Forwarder(
+        health=SimpleNamespace(get=lambda n: health),
+        queues=SimpleNamespace(load=lambda name: (1, 2)),
+        stats=SimpleNamespace(
+            perf=lambda name, key: (30.0, 5.0), error_rate=lambda name: 0.25
+        ),
+        upstream=None,
+    )
+    (got,) = forwarder.candidates(fleet, SimpleNamespace(name="m"))
+    want = Candidate(
+        node="a",
+        up=True,
+        loaded=True,
+        on_disk=True,
+        in_flight=1,
+        max_concurrency=4,
+        waiting=2,
+        ttft_ms=30.0,
+        tokens_per_s=5.0,
+        error_rate=0.25,
+        labels={"gpu": "x"},
+    )
+    assert type(got) is Candidate and got == want
+    forwarder.health.memory = lambda node, health, key: {"memory_available": 7}
+    (got,) = forwarder.candidates(fleet, SimpleNamespace(name="m"))
+    assert got == want._replace(memory_available=7)

@@ -51,11 +51,11 @@ def check_fields(body: dict[str, Any]) -> None:
     """Refuse a native body whose fields the router reads are mistyped or
     spelled so that the node would read other fields than the router does."""
     check_lowercase_keys(body)
-    for key in ("model", "name"):
-        value = body.get(key)
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"'{key}' must be a string", param=key)
-    stream = body.get("stream")
+    model, name, stream = body.get("model"), body.get("name"), body.get("stream")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("'name' must be a string", param="name")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false", param="stream")
 

@@ -403,20 +403,24 @@ class LeanHandler(PyWSGIHandler):
             return super().start_response(status, headers, exc_info)
         out = []
         special: dict[str, str] = {}
+        checked = _CHECKED
         try:
             for header, value in headers:
-                # (Printable: no CR, LF or other control character. A TAB or
-                # an unusual character takes pywsgi's path, which decides.)
-                if not (value.isprintable() and header.isprintable()):
-                    raise ValueError
-                lower = header.lower()
-                if lower in _SPECIAL:
+                # A field checked before (equal strings: the same result) is
+                # not checked and encoded again: most responses repeat the
+                # same few fields.
+                pair = (header, value)
+                fields = checked.get(pair)
+                if fields is None:
+                    fields = _checked(checked, pair, _check_field(header, value))
+                lower = fields[1]
+                if lower is not None:
                     special[lower] = value
-                out.append((header.encode("latin-1"), value.encode("latin-1")))
-            if not status.isprintable():
-                raise ValueError
-            code = int(status.split(" ", 1)[0])
-            encoded = status.encode("latin-1")
+                out.append(fields[0])
+            line = checked.get(status)
+            if line is None:
+                line = _checked(checked, status, _check_status(status))
+            code, encoded = line
         except (TypeError, ValueError, AttributeError, UnicodeError):
             # Not str, CR/LF, not latin-1, a bad status: pywsgi raises the
             # error that names what is wrong.
@@ -530,6 +534,41 @@ class LeanHandler(PyWSGIHandler):
             else:
                 out += data
         self._sendall(out)
+
+
+#: Response fields and status lines that passed `start_response`'s checks,
+#: with what it makes of them (`_check_field`, `_check_status`); emptied when
+#: full (many lengths), so the fields every response repeats come back.
+_CHECKED: dict[Any, Any] = {}
+_CHECKED_MAX = 1024
+
+
+def _check_field(header: str, value: str) -> tuple[tuple[bytes, bytes], str | None]:
+    """A response field encoded, and its lower-case name if the worker acts on
+    it; raises (ValueError, AttributeError, UnicodeError) for anything
+    pywsgi's start_response must decide."""
+    # (Printable: no CR, LF or other control character. A TAB or an unusual
+    # character takes pywsgi's path, which decides.)
+    if not (value.isprintable() and header.isprintable()):
+        raise ValueError
+    lower = header.lower()
+    encoded = (header.encode("latin-1"), value.encode("latin-1"))
+    return encoded, lower if lower in _SPECIAL else None
+
+
+def _check_status(status: str) -> tuple[int, bytes]:
+    """The status line's code and bytes; raises as `_check_field`."""
+    if not status.isprintable():
+        raise ValueError
+    return int(status.split(" ", 1)[0]), status.encode("latin-1")
+
+
+def _checked(table: dict[Any, Any], key: Any, value: Any) -> Any:
+    """`value`, kept in `table` under `key`."""
+    if len(table) >= _CHECKED_MAX:
+        table.clear()
+    table[key] = value
+    return value
 
 
 _date: tuple[int, bytes] = (-1, b"")

@@ -211,7 +211,9 @@ def _sse_passthrough(
         if outcome.ttft_ms is None:
             outcome.ttft_ms = round((clock() - outcome.started) * 1000.0, 3)
         data = event_data(event)
-        if data and data != b"[DONE]" and b'"usage"' in data:
+        # (`find`, not `in`: `bytes in bytes` first tries the needle as an
+        # integer, raising and clearing a TypeError, on every event.)
+        if data and data != b"[DONE]" and data.find(b'"usage"') >= 0:
             _usage(outcome, data)
         yield event, None
         if data == b"[DONE]":

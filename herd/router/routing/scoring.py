@@ -211,11 +211,14 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
     node not polled yet is kept (ranked low) so a fresh router serves at once.
     """
     if len(candidates) == 1:
-        # The common placement (a model on one node), without lists or a sort.
+        # The common placement (a model on one node), without lists or a sort,
+        # and its tuples made whole (a named tuple's own constructor is a
+        # Python call each).
         c = candidates[0]
         why = _left_out(c)
         if why is None:
-            return Decision(request.model, (Ranked(c.node, score(request, c), c),))
+            ranked = _new(Ranked, (c.node, score(request, c), c))
+            return _new(Decision, (request.model, (ranked,), ()))
         return Decision(request.model, (), ((c.node, why),))
     ranked: list[tuple[float, int, str, Candidate]] = []
     excluded: list[tuple[str, str]] = []
@@ -232,6 +235,9 @@ def choose_node(request: RouteRequest, candidates: tuple[Candidate, ...]) -> Dec
         tuple(Ranked(node, -neg, c) for neg, _, node, c in ranked),
         tuple(excluded),
     )
+
+
+_new = tuple.__new__
 
 
 def _left_out(c: Candidate) -> str | None:
