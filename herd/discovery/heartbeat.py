@@ -163,6 +163,13 @@ def _url_host(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise InvalidRequest("url must be http://IP:PORT (no path, port required)")
     if parts.query or parts.fragment or parts.username:
         raise InvalidRequest("url must be http://IP:PORT (no query or credentials)")
+    # The URL is kept, logged and compared as sent, so it must be the one that
+    # was parsed: urlsplit drops tabs and line breaks anywhere in it, and other
+    # spellings of one address (a zero-padded port, an IPv6 written another
+    # way) would let two names hold one node.
+    netloc = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+    if url.rstrip("/") != f"http://{netloc}":
+        raise InvalidRequest(f"url must be written http://{netloc}")
     return host
 
 

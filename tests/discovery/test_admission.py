@@ -107,6 +107,12 @@ def test_signature_covers_body_timestamp_and_nonce():
         ({"name": "a", "url": "http://10.0.0.1"}, "port required"),
         ({"name": "a", "url": "http://10.0.0.1:1/api"}, "no path"),
         ({"name": "a", "url": "http://u:p@10.0.0.1:1"}, "credentials"),
+        # (urlsplit drops tabs and line breaks: the URL kept must be the one parsed)
+        ({"name": "a", "url": "http://10.0.0.1:1\n"}, "http://10.0.0.1:1"),
+        ({"name": "a", "url": "http://10.0.\t0.1:1"}, "http://10.0.0.1:1"),
+        ({"name": "a", "url": "http://10.0.0.1:011434"}, "http://10.0.0.1:11434"),
+        ({"name": "a", "url": "http://[FE80::0001]:1"}, "http://[fe80::1]:1"),
+        ({"name": "a", "url": "HTTP://10.0.0.1:1"}, "url"),
         ({"name": "a", "url": "http://10.0.0.1:1", "interval_s": "5"}, "interval_s"),
         ({"name": "a", "url": "http://10.0.0.1:1", "interval_s": 0}, "interval_s"),
         ({"name": "a", "url": "http://10.0.0.1:1", "goodbye": 1}, "goodbye"),
