@@ -101,6 +101,27 @@ def _cell(value: Any) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", str(value))
 
 
+def shown(value: Any) -> Any:
+    """`value` (a router's or an agent's JSON) with every string made safe to
+    print on a terminal: line breaks, escape sequences and other characters
+    that are not printable (bidirectional overrides too) written as Python
+    escapes (`\\n`, `\\x1b`, `\\u202e`). What an agent or a LAN announcement
+    reports (a version, a model name, an mDNS instance) then cannot forge a
+    line of `herd status` or drive the operator's terminal."""
+    if isinstance(value, str):
+        if value.isprintable():
+            return value
+        return "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+            for c in value
+        )
+    if isinstance(value, dict):
+        return {shown(k): shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [shown(v) for v in value]
+    return value
+
+
 def write_json(value: Any, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     json.dump(value, out, indent=2, sort_keys=True, ensure_ascii=False)

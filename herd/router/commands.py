@@ -144,15 +144,19 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        print(report.render(result))
+        from herd.ops.output import shown
+
+        # (What agents and mDNS announcements report reaches the terminal.)
+        safe = shown(result)
+        print(report.render(safe))
         if peers:
             from herd.router.hapeers import lines
 
-            print("\n" + "\n".join(lines(peers, digest)))
-        if result["health"] is not None:
+            print("\n" + "\n".join(shown(lines(peers, digest))))
+        if safe["health"] is not None:
             from herd.health.commands import render
 
-            print("\n" + render(result["health"]))
+            print("\n" + render(safe["health"]))
     return 0
 
 
