@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from herd.bundle.progress import human_bytes
 from herd.manifest.model import Fleet
+from herd.ops.output import shown
 from herd.reconcile.actions import FleetPlan
 
 
@@ -59,7 +60,8 @@ def table(plan: FleetPlan, fleet: Fleet) -> str:
         lines += [f"  {e}" for e in plan.unsatisfied]
     lines.append("")
     lines.append(f"Fleet: {summary(plan)}.")
-    return "\n".join(lines)
+    # (Model names and errors come from the nodes: one line each, escaped.)
+    return "\n".join(shown(lines))
 
 
 def summary(plan: FleetPlan) -> str:

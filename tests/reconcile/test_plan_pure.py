@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from herd.manifest.model import Fleet, Model, Node, Placement, Router
 from herd.reconcile import actions, render
 from herd.reconcile.actions import Imported
@@ -170,3 +172,22 @@ def test_keep_loaded_zero_needs_no_warm_up():
     plan = actions.build(f, inventory, CATALOG, {"b1"})
     assert [n.warms for n in plan.nodes] == [(), ()]
     assert [len(n.pulls) for n in plan.nodes] == [0, 1]
+
+
+def test_what_nodes_report_is_escaped_in_the_plan():
+    # A model name on a node, and a node's error, are the node's own text.
+    f = fleet(GPUS[:2], [model()])
+    inventory = {
+        "gpu-a": inv("gpu-a", "tiny:latest", "evil\n  + pull x\x1b[2J:1"),
+        "gpu-b": inv("gpu-b", reachable=False),
+    }
+    inventory["gpu-b"] = dataclasses.replace(
+        inventory["gpu-b"], error="refused\nforged"
+    )
+    plan = actions.build(f, inventory, CATALOG, {"b1"}, prune=True)
+    text = render.table(plan, f)
+    assert "evil\\n  + pull x\\x1b[2J:1" in text and "refused\\nforged" in text
+    assert all(line.isprintable() for line in text.splitlines())
+    assert not any(
+        line.startswith(("  + pull x", "forged")) for line in text.splitlines()
+    )
