@@ -41,6 +41,7 @@ from herd.discovery.health import (
     observe,
 )
 from herd.manifest.model import Fleet, Node
+from herd.router.observe.logfield import logged
 
 log = logging.getLogger("herd.discovery")
 
@@ -136,11 +137,14 @@ class StaticPoller:
                 prev = connection_refused(prev, "connection refused", refused)
         health = observe(prev, result, self._clock(), served_at)
         if health.up != prev.up and prev.up is not None:
+            # (The error can quote what the node sent: one escaped token.)
             log.warning(
                 "node %s is %s%s",
                 node.name,
                 "up" if health.up else "down",
-                "" if health.up else f" ({health.last_error})",
+                ""
+                if health.up
+                else f" ({logged(health.last_error, 500, spaces=True)})",
             )
         self.health[node.name] = health
         return health

@@ -79,3 +79,28 @@ def test_a_node_that_is_up_is_asked_its_version_once_a_minute(monkeypatch):
     now[0] += static.VERSION_EVERY_S
     poller.poll_node(node)
     assert asked.count("/api/version") == 2
+
+
+def test_a_node_going_down_is_logged_on_one_line(caplog):
+    """The poll's error can quote what the node sent: it is one escaped token."""
+    node = SimpleNamespace(
+        name="n1", url="http://10.0.0.1:11434", api="ollama", auth=None
+    )
+    up = Upstream()
+
+    class Failing(Upstream):
+        def get_json(self, url: str, path: str, timeout: float, auth: object) -> dict:
+            raise ValueError("bad answer\nforged line \x1b[2J")
+
+    poller = StaticPoller(lambda: SimpleNamespace(nodes=[node]), up, timeout=0.5)
+    assert poller.poll_node(node).up
+    poller._upstream = Failing()
+    with caplog.at_level("WARNING", logger=static.log.name):
+        # (A node is down after a few failed polls in a row.)
+        for _ in range(10):
+            if not poller.poll_node(node).up:
+                break
+        assert not poller.health["n1"].up
+    (line,) = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
+    assert "\n" not in line and "\x1b" not in line
+    assert "bad answer\\nforged line \\x1b[2J" in line
