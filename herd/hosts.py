@@ -72,6 +72,12 @@ def literal(host: str) -> str | None:
         return None
 
 
+def netloc(host: object, port: int) -> str:
+    """`host:port` as a URL writes it: an IPv6 address in brackets."""
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 def lookup(host: str, path: str | os.PathLike[str] = HOSTS_FILE) -> str | None:
     """The address to connect to for `host`: itself if an IP literal, else the
     first address /etc/hosts lists for it, else None. Never asks a resolver."""

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from herd.discovery.frozen import build
 from herd.errors import InvalidRequest
+from herd.hosts import netloc
 from herd.manifest.model import Fleet
 
 MAX_BODY = 256 * 1024
@@ -167,9 +168,9 @@ def _url_host(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     # was parsed: urlsplit drops tabs and line breaks anywhere in it, and other
     # spellings of one address (a zero-padded port, an IPv6 written another
     # way) would let two names hold one node.
-    netloc = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
-    if url.rstrip("/") != f"http://{netloc}":
-        raise InvalidRequest(f"url must be written http://{netloc}")
+    written = f"http://{netloc(host, port)}"
+    if url.rstrip("/") != written:
+        raise InvalidRequest(f"url must be written {written}")
     return host
 
 

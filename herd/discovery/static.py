@@ -137,15 +137,10 @@ class StaticPoller:
                 prev = connection_refused(prev, "connection refused", refused)
         health = observe(prev, result, self._clock(), served_at)
         if health.up != prev.up and prev.up is not None:
+            state = "up" if health.up else "down"
             # (The error can quote what the node sent: one escaped token.)
-            log.warning(
-                "node %s is %s%s",
-                node.name,
-                "up" if health.up else "down",
-                ""
-                if health.up
-                else f" ({logged(health.last_error, 500, spaces=True)})",
-            )
+            why = "" if health.up else logged(health.last_error, 500, spaces=True)
+            log.warning("node %s is %s%s", node.name, state, why and f" ({why})")
         self.health[node.name] = health
         return health
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from herd.discovery import fleetkey
 from herd.errors import HerdError
+from herd.hosts import netloc
 from herd.node.metrics import HostMetrics
 
 log = logging.getLogger("herd.node")
@@ -87,7 +88,7 @@ def advertised_url(config: AgentConfig, router: str) -> str:
         return config.advertise.rstrip("/")
     if config.lan_proxy:
         host, _, port = config.lan_proxy.rpartition(":")
-        return f"http://{_netloc(host.strip('[]'), int(port))}"
+        return f"http://{netloc(host.strip('[]'), int(port))}"
     host, port = http_url(config.ollama, "--ollama")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -97,11 +98,7 @@ def advertised_url(config: AgentConfig, router: str) -> str:
         router_host, router_port = http_url(router, "--router")
         if not ipaddress.ip_address(router_host).is_loopback:
             host = local_address_towards(router_host, router_port)
-    return f"http://{_netloc(host, port)}"
-
-
-def _netloc(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"http://{netloc(host, port)}"
 
 
 class Http:
